@@ -1,0 +1,45 @@
+"""Shared output for benchmark scripts (shared/ARCHITECTURE.md, "Benchmarks (contract)")."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from typing import Any
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="small sizes; finishes in under a minute")
+    p.add_argument("--json", action="store_true", help="print only the JSON object")
+    return p.parse_args()
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+def emit(name: str, results: list[dict[str, Any]], ratios: dict[str, float], as_json: bool) -> None:
+    report = {"benchmark": name, "machine": machine(), "results": results, "ratios": ratios}
+    if as_json:
+        json.dump(report, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")

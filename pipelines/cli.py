@@ -1,0 +1,29 @@
+"""The ``fusionpipe`` command line (shared/ARCHITECTURE.md, "CLI")."""
+from __future__ import annotations
+
+import os
+
+# Off by default: this project runs without network, and both tools stall or warn trying to phone home.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+import click  # noqa: E402
+
+from pipelines.data_cli import data  # noqa: E402
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fusionpipe")
+def cli() -> None:
+    """fusionpipe: multi-task and RGB-D dense prediction, from shards to tracked runs."""
+
+
+cli.add_command(data)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()
