@@ -117,7 +117,7 @@ def decode_member(name: str, data: bytes, where: str = "") -> Any:
     if base == "rgb":
         if img.mode != "RGB":
             img = img.convert("RGB")
-        return np.asarray(img)
+        return np.array(img)
     if base == "depth":
         if img.mode not in ("I;16", "I;16B", "I;16L", "I"):
             raise ShardFormatError(
@@ -132,7 +132,7 @@ def decode_member(name: str, data: bytes, where: str = "") -> Any:
         return decode_normals(np.asarray(img))
     if img.mode != "L":
         raise ShardFormatError(f"{loc}member {name!r} must be 8-bit grayscale, got mode {img.mode}")
-    arr = np.asarray(img)
+    arr = np.array(img)
     if base == "edge":
         return (arr > 127).astype(np.uint8)
     return arr

@@ -1,0 +1,160 @@
+import io
+import tarfile
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from datasets.loader import ShardReadError, ShardStream, iter_shard, make_loader
+from datasets.writer import write_dataset
+from tests.conftest import ToySource
+
+TASKS = ["semseg", "depth", "normals", "edge"]
+
+
+def _stream(root, split="val", **kw):
+    args = dict(tasks=TASKS, modalities=["rgb", "depth"], batch_size=2, train=False, shuffle_buffer=4)
+    args.update(kw)
+    return ShardStream(root, split, **args)
+
+
+def _ids(loader):
+    out, batches = [], 0
+    for batch in loader:
+        batches += 1
+        out.extend(batch["id"])
+    return out, batches
+
+
+def test_batch_contents_and_dtypes(toy_dataset, toy_source):
+    loader = make_loader(_stream(toy_dataset))
+    batch = next(iter(loader))
+    assert batch["inputs"]["rgb"].shape == (2, 3, 12, 16) and batch["inputs"]["rgb"].dtype == torch.float32
+    assert batch["inputs"]["depth"].shape == (2, 1, 12, 16)
+    t = batch["targets"]
+    assert t["semseg"].dtype == torch.int64 and t["semseg"].shape == (2, 12, 16)
+    assert t["normals"].shape == (2, 3, 12, 16) and t["edge"].shape == (2, 1, 12, 16)
+    ref = toy_source.load("val", "val0000")
+    # 16-bit depth survives: metres to the millimetre, not squashed to 8 bits.
+    np.testing.assert_allclose(t["depth"][0, 0].numpy(), ref["depth"], atol=6e-4)
+    assert t["depth"].max() > 1.0
+    np.testing.assert_array_equal(t["semseg"][0].numpy(), ref["semseg"].astype(np.int64))
+    assert batch["id"][0] == "val/val0000"
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_eval_reads_every_sample_exactly_once_across_ranks(toy_dataset, num_workers):
+    seen = []
+    for rank in range(2):
+        s = _stream(toy_dataset, rank=rank, world_size=2, num_workers=num_workers)
+        ids, _ = _ids(make_loader(s))
+        assert len(ids) == len(s)
+        seen += ids
+    assert sorted(seen) == [f"val/val{i:04d}" for i in range(6)]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_train_gives_equal_batches_per_rank_on_uneven_shards(tmp_path, num_workers):
+    # 11 samples in shards of 3,3,3,2: ranks would get 6 and 5 samples if split naively.
+    root = tmp_path / "ds"
+    write_dataset(ToySource(num_train=11, num_val=2), root, shard_size=3, progress=False)
+    counts = []
+    for rank in range(2):
+        s = ShardStream(root, "train", tasks=["semseg"], modalities=["rgb"], batch_size=2, train=True,
+                        rank=rank, world_size=2, num_workers=num_workers, shuffle_buffer=3, seed=5)
+        for epoch in range(2):
+            s.set_epoch(epoch)
+            ids, batches = _ids(make_loader(s))
+            counts.append(batches)
+            assert len(ids) == batches * 2
+            assert all(n <= 2 for n in Counter(ids).values())
+    assert counts == [2, 2, 2, 2]  # 11 // (2 ranks * 2) = 2 full batches per rank
+
+
+def test_train_order_depends_on_seed_and_epoch_and_is_reproducible(toy_dataset):
+    def order(seed, epoch):
+        s = ShardStream(toy_dataset, "train", tasks=["semseg"], modalities=["rgb"], batch_size=1, train=True,
+                        seed=seed, shuffle_buffer=4)
+        s.set_epoch(epoch)
+        return _ids(make_loader(s))[0]
+
+    assert order(1, 0) == order(1, 0)
+    assert order(1, 0) != order(1, 1)
+    assert sorted(order(1, 0)) == [f"train/train{i:04d}" for i in range(10)]
+
+
+def test_missing_task_member_is_refused_up_front(toy_dataset, tmp_path):
+    class NoNormals(ToySource):
+        members = ["rgb", "depth", "semseg", "edge"]
+
+        def load(self, split, key):
+            s = super().load(split, key)
+            del s["normals"]
+            return s
+
+    write_dataset(NoNormals(), tmp_path / "nn", progress=False)
+    with pytest.raises(ValueError, match="lacks normals"):
+        _stream(tmp_path / "nn")
+
+
+def _rewrite_member(root, shard, key, member, data):
+    path = root / shard
+    out = io.BytesIO()
+    with tarfile.open(path) as src, tarfile.open(fileobj=out, mode="w") as dst:
+        for ti in src.getmembers():
+            payload = src.extractfile(ti).read()
+            if ti.name == f"{key}.{member}":
+                payload = data
+                ti.size = len(payload)
+            dst.addfile(ti, io.BytesIO(payload))
+    path.write_bytes(out.getvalue())
+
+
+def _png8(arr):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_8bit_depth_error_names_shard_key_member(toy_dataset):
+    _rewrite_member(toy_dataset, "val/shard-000000.tar", "val0001", "depth.png", _png8(np.zeros((12, 16), np.uint8)))
+    with pytest.raises(ShardReadError, match=r"val/shard-000000.tar key 'val0001'.*depth.png.*8-bit"):
+        _ids(make_loader(_stream(toy_dataset)))
+
+
+def test_class_id_out_of_range_and_skip_policy(toy_dataset, caplog):
+    _rewrite_member(toy_dataset, "val/shard-000001.tar", "val0004", "semseg.png", _png8(np.full((12, 16), 7, np.uint8)))
+    with pytest.raises(ShardReadError, match=r"shard-000001.tar key 'val0004'.*class id 7"):
+        _ids(make_loader(_stream(toy_dataset)))
+    s = _stream(toy_dataset, errors="skip")
+    ids, _ = _ids(make_loader(s))
+    assert "val/val0004" not in ids and len(ids) == 5 and s.skipped == 1
+    assert "val0004" in caplog.text and "skipped" in caplog.text
+
+
+def test_truncated_shard_names_the_shard(toy_dataset):
+    path = toy_dataset / "val/shard-000000.tar"
+    path.write_bytes(path.read_bytes()[:3000])
+    with pytest.raises(ShardReadError, match="val/shard-000000.tar: corrupt or truncated"):
+        list(iter_shard(path))
+    s = _stream(toy_dataset, errors="skip")
+    ids, _ = _ids(make_loader(s))
+    assert s.skipped == 1 and {"val/val0003", "val/val0004", "val/val0005"} <= set(ids)
+
+
+def test_pickle_member_is_refused(toy_dataset):
+    path = toy_dataset / "val/shard-000000.tar"
+    with tarfile.open(path, "a") as tf:
+        ti = tarfile.TarInfo("val0002.extra.pyd")
+        ti.size = 5
+        tf.addfile(ti, io.BytesIO(b"\x80\x04K\x01."))
+    with pytest.raises(ShardReadError, match="pickle"):
+        _ids(make_loader(_stream(toy_dataset)))
+
+
+def test_too_few_samples_for_world_is_an_error(toy_dataset):
+    with pytest.raises(ValueError, match="fewer than world_size"):
+        ShardStream(toy_dataset, "val", tasks=["semseg"], modalities=["rgb"], batch_size=4, train=True, world_size=2)
