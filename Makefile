@@ -15,6 +15,7 @@ endif
 
 export RAY_USAGE_STATS_ENABLED := 0
 export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: run test install data clean-data

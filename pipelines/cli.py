@@ -6,10 +6,12 @@ import os
 # Off by default: this project runs without network, and both tools stall or warn trying to phone home.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import click  # noqa: E402
 
 from pipelines.data_cli import data  # noqa: E402
+from pipelines.run_cli import evaluate, train  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,6 +21,8 @@ def cli() -> None:
 
 
 cli.add_command(data)
+cli.add_command(train)
+cli.add_command(evaluate)
 
 
 def main() -> None:

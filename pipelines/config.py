@@ -1,0 +1,231 @@
+"""The experiment config: one YAML, validated into typed sections before anything starts.
+
+Sections (shared/ARCHITECTURE.md, "Config"): ``data``, ``model``, ``loss``, ``optim``, ``train``,
+``tracking``, ``checkpoint``, ``failure``. Unknown keys and bad values are errors that list every
+problem at once. ``--set a.b=c`` overrides any field (values parsed as YAML, like ``dvc exp run -S``).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from datasets.transforms import AugmentConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TASKS = ("semseg", "depth", "normals", "edge", "parts", "sal")
+MODALITIES = ("rgb", "depth")
+
+
+class ConfigError(ValueError):
+    """An invalid experiment config; the message lists every problem with its field path."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSection(_Section):
+    shards: str = "data/shards/synthetic"
+    tasks: list[str] = Field(default_factory=lambda: ["semseg", "depth"], min_length=1)
+    modalities: list[str] = Field(default_factory=lambda: ["rgb"], min_length=1)
+    train_split: str = "train"
+    val_split: str = "val"
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    loader_workers: int = Field(1, ge=0, description="DataLoader worker processes per training worker")
+    shuffle_buffer: int = Field(128, ge=0)
+    errors: Literal["raise", "skip"] = "raise"
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, v: list[str]) -> list[str]:
+        bad = [t for t in v if t not in TASKS]
+        if bad:
+            raise ValueError(f"unknown task(s) {bad}; known: {list(TASKS)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate task in {v}")
+        return v
+
+    @field_validator("modalities")
+    @classmethod
+    def _modalities(cls, v: list[str]) -> list[str]:
+        bad = [m for m in v if m not in MODALITIES]
+        if bad:
+            raise ValueError(f"unknown modality(ies) {bad}; known: {list(MODALITIES)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate modality in {v}")
+        return v
+
+
+class ModelSection(_Section):
+    name: str = "mtinet"
+    backbone: str = "resnet18"
+    width: float = Field(1.0, gt=0)
+    output_stride: Literal[8, 16, 32] = 32
+    pretrained: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class LossSection(_Section):
+    weights: dict[str, float] = Field(default_factory=dict, description="per-task weight, default 1")
+    deep_supervision: bool = True
+    ohem: bool = False
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = [k for k in v if k not in TASKS]
+        if bad:
+            raise ValueError(f"weights for unknown task(s) {bad}")
+        neg = [k for k, w in v.items() if w < 0]
+        if neg:
+            raise ValueError(f"negative weight for {neg}")
+        return v
+
+
+class OptimSection(_Section):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    schedule: Literal["poly", "cosine", "constant"] = "poly"
+    poly_power: float = Field(0.9, gt=0)
+    warmup_epochs: int = Field(0, ge=0)
+    grad_accum: int = Field(1, ge=1)
+    clip_grad_norm: float | None = Field(None, gt=0)
+
+
+class TrainSection(_Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(8, ge=1, description="per training worker")
+    workers: int = Field(2, ge=1, description="Ray Train workers (DDP ranks)")
+    cpus_per_worker: float = Field(1, gt=0)
+    use_gpu: bool = False
+    amp: bool = Field(False, description="bf16 autocast on GPU")
+    seed: int = 0
+    preview_every: int = Field(5, ge=0, description="epochs between prediction previews (0 = off)")
+    torch_threads: int | None = Field(None, ge=1, description="intra-op threads per worker (default: cpus_per_worker)")
+
+
+class TrackingSection(_Section):
+    uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<repo>/mlflow.db")
+    experiment: str = "fusionpipe"
+    run_name: str | None = None
+    log_model: bool = True
+
+
+class CheckpointSection(_Section):
+    storage_path: str = "ray_results"
+    keep: int = Field(2, ge=1, description="best K checkpoints kept (plus the last)")
+    metric: str = "val/semseg/miou"
+    mode: Literal["max", "min"] = "max"
+
+
+class FailureSection(_Section):
+    max_failures: int = Field(0, ge=-1)
+
+
+class ExperimentConfig(_Section):
+    data: DataSection = Field(default_factory=DataSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    loss: LossSection = Field(default_factory=LossSection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    failure: FailureSection = Field(default_factory=FailureSection)
+
+    @model_validator(mode="after")
+    def _cross(self) -> "ExperimentConfig":
+        bad = [k for k in self.loss.weights if k not in self.data.tasks]
+        if bad:
+            raise ValueError(f"loss.weights names task(s) {bad} not in data.tasks {self.data.tasks}")
+        return self
+
+    def resolved_paths(self, base: Path = REPO_ROOT) -> "ExperimentConfig":
+        """A copy with relative paths made absolute against ``base`` (so every worker agrees)."""
+        cfg = self.model_copy(deep=True)
+        cfg.data.shards = str(_abs(cfg.data.shards, base))
+        if "://" not in cfg.checkpoint.storage_path:
+            cfg.checkpoint.storage_path = str(_abs(cfg.checkpoint.storage_path, base))
+        cfg.tracking.uri = resolve_tracking_uri(cfg.tracking.uri, base)
+        return cfg
+
+
+def _abs(p: str, base: Path) -> Path:
+    path = Path(os.path.expanduser(p))
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def resolve_tracking_uri(uri: str | None, base: Path = REPO_ROOT) -> str:
+    """``None`` -> ``sqlite:///<base>/mlflow.db``; a relative sqlite path is made absolute."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(_abs(uri[len("sqlite:///"):], base))
+    return uri
+
+
+def _format_errors(e: ValidationError, source: str) -> str:
+    lines = [f"{source}: {e.error_count()} problem(s):"]
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  - {loc}: {msg}" + (f" (got {err['input']!r})" if err["type"] != "extra_forbidden" and not isinstance(err.get("input"), dict) else ""))
+    return "\n".join(lines)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=[x, y]"]`` -> nested updates; values are parsed as YAML."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {p!r} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    raw: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: no such config file")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from e
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> ``{"a.b.c": value}`` (lists kept as values): MLflow params."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,89 @@
+"""``fusionpipe evaluate``: exact metrics of a checkpoint on a split, optionally delta_m.
+
+The checkpoint is a directory (``model.pt`` + ``meta.json``) or the best checkpoint logged to an
+MLflow run. The config gives the data; its model section must match the checkpoint's, field by field.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipelines.config import ConfigError, ExperimentConfig
+
+
+def _download_checkpoint(run_id: str, uri: str, dest: str) -> Path:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException as e:
+        raise ConfigError(f"MLflow run {run_id!r} not found in {uri}: {e.message}") from e
+    try:
+        return Path(client.download_artifacts(run_id, "checkpoints/best", dest))
+    except (MlflowException, OSError) as e:
+        raise ConfigError(f"MLflow run {run_id!r} has no checkpoints/best artifact (did it finish?): {e}") from e
+
+
+def run_metrics(run_id: str, uri: str) -> dict[str, float]:
+    """Latest ``val/*`` metrics of an MLflow run, without the ``val/`` prefix."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        run = MlflowClient(tracking_uri=uri).get_run(run_id)
+    except MlflowException as e:
+        raise ConfigError(f"reference run {run_id!r} not found in {uri}: {e.message}") from e
+    return {k[len("val/"):]: v for k, v in run.data.metrics.items() if k.startswith("val/")}
+
+
+def run_evaluate(cfg: ExperimentConfig, checkpoint: str | None = None, run_id: str | None = None,
+                 split: str = "val", baseline_runs: list[str] | None = None, batch_size: int | None = None,
+                 out: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    from datasets.loader import ShardStream, make_loader
+    from fusion import build_model
+    from fusion.metrics import delta_m
+    from pipelines.checkpoints import check_compatible, load_model_state, read_meta
+    from pipelines.loop import evaluate, model_config
+    from pipelines.train import validate_experiment
+
+    if (checkpoint is None) == (run_id is None):
+        raise ConfigError("give exactly one of --checkpoint and --run-id")
+    manifest = validate_experiment(cfg)
+    cfg = cfg.resolved_paths()
+    if split not in manifest["splits"]:
+        raise ConfigError(f"{cfg.data.shards}: no split {split!r}; splits: {sorted(manifest['splits'])}")
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(checkpoint) if checkpoint else _download_checkpoint(run_id, cfg.tracking.uri, tmp)  # type: ignore[arg-type]
+        meta = read_meta(ckpt)
+        want = model_config(cfg, len(manifest["classes"]))
+        check_compatible(meta["model_config"], want, str(ckpt))
+        model = build_model(meta["model_config"])
+        load_model_state(model, ckpt)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    stream = ShardStream(cfg.data.shards, split, tasks=cfg.data.tasks, modalities=cfg.data.modalities,
+                         batch_size=batch_size or cfg.train.batch_size, train=False, num_workers=0)
+    metrics = evaluate(model, make_loader(stream), cfg.data.tasks, len(manifest["classes"]), torch.device("cpu"))
+    flat = {k[len("val/"):]: v for k, v in metrics.items()}
+    result: dict[str, Any] = {"checkpoint": str(checkpoint) if checkpoint else f"runs:/{run_id}/checkpoints/best",
+                              "epoch": meta.get("epoch"), "split": split, "num_samples": len(stream),
+                              "model": meta["model_config"]["name"], "metrics": flat}
+    if baseline_runs:
+        baseline: dict[str, float] = {}
+        for rid in baseline_runs:
+            baseline.update(run_metrics(rid, cfg.tracking.uri))
+        result["delta_m"] = delta_m(flat, baseline)
+        result["baseline_runs"] = list(baseline_runs)
+    if out is not None:
+        p = Path(out)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp_p = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+        tmp_p.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp_p, p)
+    return result

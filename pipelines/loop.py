@@ -1,0 +1,143 @@
+"""The training and evaluation steps, shared by Ray Train workers, ``evaluate`` and benchmarks.
+
+Nothing here imports Ray: distributed reductions use ``torch.distributed`` when a process group
+is up (Ray Train sets one up), so the same code runs in a plain single process.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from fusion.losses import MultiTaskLoss
+from fusion.metrics import MetricSet
+from pipelines.checkpoints import unwrap
+from pipelines.config import ExperimentConfig
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the message names the task."""
+
+
+def model_config(cfg: ExperimentConfig, num_classes: int) -> dict[str, Any]:
+    m = cfg.model
+    return {"name": m.name, "tasks": list(cfg.data.tasks), "modalities": list(cfg.data.modalities),
+            "num_classes": num_classes, "backbone": m.backbone, "width": m.width,
+            "output_stride": m.output_stride, "pretrained": m.pretrained, "options": dict(m.options)}
+
+
+def make_optimizer(cfg: ExperimentConfig, model: nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    params = [p for p in model.parameters() if p.requires_grad]
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+    return cls(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def lr_factor(cfg: ExperimentConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """Linear warm-up, then poly (DeepLab/MTI-Net: (1 - t)^0.9), cosine or constant."""
+    o = cfg.optim
+    warm = o.warmup_epochs * steps_per_epoch
+    if step < warm:
+        return (step + 1) / warm
+    t = min(1.0, (step - warm) / max(1, total_steps - warm))
+    if o.schedule == "poly":
+        return (1.0 - t) ** o.poly_power
+    if o.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    return 1.0
+
+
+def to_device(batch: Mapping[str, Any], device: torch.device) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    inputs = {k: v.to(device, non_blocking=True) for k, v in batch["inputs"].items()}
+    targets = {k: v.to(device, non_blocking=True) for k, v in batch["targets"].items()}
+    return inputs, targets
+
+
+def all_reduce_sum(t: Tensor) -> Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def _autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def train_epoch(model: nn.Module, loader: Iterable[Mapping[str, Any]], criterion: MultiTaskLoss,
+                optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+                device: torch.device, *, grad_accum: int = 1, amp: bool = False,
+                clip_grad_norm: float | None = None, epoch: int = 0) -> dict[str, float]:
+    """One pass; returns mean loss components over all ranks, samples/s and seconds."""
+    model.train()
+    sums: dict[str, float] = {}
+    batches, samples = 0, 0
+    start = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    for i, batch in enumerate(loader):
+        inputs, targets = to_device(batch, device)
+        last_micro = (i + 1) % grad_accum == 0
+        sync = nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with _autocast(device, amp):
+                outputs = model(inputs)
+                total, parts = criterion(outputs, targets, model)
+            if not torch.isfinite(total):
+                bad = [k for k, v in parts.items() if k != "total" and not torch.isfinite(v)]
+                raise NonFiniteLossError(
+                    f"non-finite loss at epoch {epoch}, batch {i}: task(s) {', '.join(bad) or 'total'} = "
+                    f"{', '.join(f'{parts[k].item()}' for k in bad) or total.item()}"
+                )
+            (total / grad_accum).backward()
+        if last_micro:
+            if clip_grad_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if scheduler is not None:
+                scheduler.step()
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+        batches += 1
+        samples += next(iter(inputs.values())).shape[0]
+    seconds = time.perf_counter() - start
+    keys = sorted(sums)
+    red = all_reduce_sum(torch.tensor([sums[k] for k in keys] + [batches, samples], dtype=torch.float64))
+    n_batches, n_samples = red[-2].item(), red[-1].item()
+    out = {f"train/loss/{k}": red[j].item() / max(1.0, n_batches) for j, k in enumerate(keys)}
+    out["train/samples_per_s"] = n_samples / max(seconds, 1e-9)
+    out["train/epoch_s"] = seconds
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable[Mapping[str, Any]], tasks: list[str], num_classes: int,
+             device: torch.device, amp: bool = False) -> dict[str, float]:
+    """Exact metrics over every sample of every rank (sums all-reduced, then computed)."""
+    net = unwrap(model)  # DDP's forward would broadcast buffers: a collective ranks may not match
+    net.eval()
+    metrics = MetricSet(tasks, num_classes=num_classes)
+    for batch in loader:
+        inputs, targets = to_device(batch, device)
+        with _autocast(device, amp):
+            outputs = net(inputs)
+        metrics.update({t: outputs[t].float() for t in tasks}, targets)
+    metrics.load_state(all_reduce_sum(metrics.state()))
+    return {f"val/{k}": v for k, v in metrics.compute().items()}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    net = unwrap(model)
+    net.eval()
+    return net(dict(inputs))

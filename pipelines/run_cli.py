@@ -1,0 +1,81 @@
+"""``fusionpipe train`` and ``fusionpipe evaluate``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipelines._output import emit, fail
+
+
+def _load(config: Path, overrides: tuple[str, ...], as_json: bool):
+    from pipelines.config import ConfigError, load_config
+
+    try:
+        return load_config(config, list(overrides))
+    except ConfigError as e:
+        fail(str(e), as_json, code=2)
+
+
+@click.command()
+@click.option("--config", type=click.Path(path_type=Path), required=True, help="experiment YAML")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config field (repeatable)")
+@click.option("--run-name", default=None, help="Ray/MLflow run name; re-use one to resume it")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object with the run summary")
+def train(config: Path, overrides: tuple[str, ...], run_name: str | None, as_json: bool) -> None:
+    """Train with Ray Train; prints the MLflow run id and the best checkpoint."""
+    from pipelines.checkpoints import CheckpointError
+    from pipelines.config import ConfigError
+    from pipelines.train import run_training
+
+    cfg = _load(config, overrides, as_json)
+    try:
+        summary = run_training(cfg, run_name=run_name)
+    except (ConfigError, CheckpointError) as e:
+        fail(str(e), as_json, code=2)
+        return
+    except KeyboardInterrupt:
+        fail("interrupted: MLflow run marked KILLED; re-run with the same --run-name to resume", as_json, code=130)
+        return
+    metric, value = next(iter(summary["best_metric"].items()))
+    human = "\n".join([
+        f"run {summary['run_name']} ({'resumed, ' if summary['resumed'] else ''}{summary['epochs']} epochs)",
+        f"  MLflow run id:    {summary['mlflow_run_id']} (experiment {summary['experiment']!r})",
+        f"  best checkpoint:  {summary['best_checkpoint']} ({metric} = {value:.4f})" if value is not None else
+        f"  best checkpoint:  {summary['best_checkpoint']}",
+        "  final metrics:    " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(summary["final_metrics"].items())),
+        f"  open in the UI:   mlflow ui --backend-store-uri {summary['tracking_uri']} --host 127.0.0.1",
+    ])
+    emit(summary, as_json, human)
+
+
+@click.command()
+@click.option("--config", type=click.Path(path_type=Path), required=True, help="experiment YAML (data, model)")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--checkpoint", default=None, help="checkpoint directory (model.pt + meta.json)")
+@click.option("--run-id", default=None, help="MLflow run id: evaluates its best checkpoint")
+@click.option("--split", default="val", show_default=True)
+@click.option("--baseline-run", "baseline_runs", multiple=True, help="single-task reference run id (repeatable): adds delta_m")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the metrics JSON here")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def evaluate(config: Path, overrides: tuple[str, ...], checkpoint: str | None, run_id: str | None, split: str,
+             baseline_runs: tuple[str, ...], out: Path | None, as_json: bool) -> None:
+    """Evaluate a checkpoint on a split with exact metrics."""
+    from pipelines.checkpoints import CheckpointError
+    from pipelines.config import ConfigError
+    from pipelines.evaluate import run_evaluate
+
+    cfg = _load(config, overrides, as_json)
+    try:
+        result = run_evaluate(cfg, checkpoint=checkpoint, run_id=run_id, split=split,
+                              baseline_runs=list(baseline_runs), out=out)
+    except (ConfigError, CheckpointError) as e:
+        fail(str(e), as_json, code=2)
+        return
+    lines = [f"{result['model']} epoch {result['epoch']} on {split} ({result['num_samples']} samples):"]
+    lines += [f"  {k:28s} {v:.4f}" for k, v in sorted(result["metrics"].items())]
+    if "delta_m" in result:
+        lines.append(f"  delta_m vs {len(baseline_runs)} reference run(s): {result['delta_m']:+.2f}%")
+    if out:
+        lines.append(f"  written to {out}")
+    emit(result, as_json, "\n".join(lines))

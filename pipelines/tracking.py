@@ -1,0 +1,161 @@
+"""MLflow tracking: one writer (rank 0 or the driver), batched requests, reproducibility tags.
+
+Conventions (shared/ARCHITECTURE.md, "Tracking conventions"): the default store is
+``sqlite:///<repo>/mlflow.db`` (absolute, so every local worker writes the same file); params are
+the flattened config; tags carry the git commit and dirty flag, the data version (manifest digest
+and DVC hash) and the Ray job id; metrics are logged per epoch with ``step = epoch``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.config import REPO_ROOT
+
+PARAM_MAX = 6000  # MLflow's limit on a param value
+BATCH_METRICS = 1000  # MLflow's limit per log_batch request
+
+
+def is_local_store(uri: str) -> bool:
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
+def check_store_for_cluster(uri: str, num_nodes: int) -> None:
+    """A local store cannot be shared by workers on several machines: refuse early, say what to do."""
+    if num_nodes > 1 and is_local_store(uri):
+        raise ValueError(
+            f"tracking URI {uri!r} is a local store but the Ray cluster has {num_nodes} nodes; workers on other "
+            "nodes cannot write it. Start a server (`mlflow server --backend-store-uri sqlite:///mlflow.db "
+            "--host 0.0.0.0 --port 5000`) and set tracking.uri (or MLFLOW_TRACKING_URI) to http://HOST:5000"
+        )
+
+
+def git_info(repo: Path = REPO_ROOT) -> dict[str, str]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=20).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    if not commit:
+        return {}
+    return {"git.commit": commit, "git.dirty": str(dirty).lower()}
+
+
+def dvc_hash(shards: str | os.PathLike[str], repo: Path = REPO_ROOT) -> str | None:
+    """The md5 that dvc.lock records for the output directory ``shards``, if DVC tracks it."""
+    lock = repo / "dvc.lock"
+    if not lock.is_file():
+        return None
+    try:
+        rel = Path(shards).resolve().relative_to(repo.resolve()).as_posix()
+    except ValueError:
+        return None
+    data = yaml.safe_load(lock.read_text()) or {}
+    for stage in (data.get("stages") or {}).values():
+        for out in stage.get("outs", []) or []:
+            if out.get("path") == rel:
+                return out.get("md5")
+    return None
+
+
+def data_version(shards: str | os.PathLike[str]) -> dict[str, str]:
+    from datasets.manifest import manifest_digest
+
+    tags = {"data.path": str(shards), "data.manifest_digest": manifest_digest(shards)}
+    h = dvc_hash(shards)
+    if h:
+        tags["data.dvc_md5"] = h
+    return tags
+
+
+def ray_job_tags() -> dict[str, str]:
+    tags: dict[str, str] = {}
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if raw:
+        try:
+            sub = json.loads(raw).get("metadata", {}).get("job_submission_id")
+        except json.JSONDecodeError:
+            sub = None
+        if sub:
+            tags["ray.submission_id"] = sub
+    try:
+        import ray
+
+        if ray.is_initialized():
+            tags["ray.job_id"] = ray.get_runtime_context().get_job_id()
+    except ImportError:
+        pass
+    return tags
+
+
+class Tracker:
+    """A thin, batching wrapper over ``MlflowClient`` bound to one run."""
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=uri)
+        self.uri, self.run_id = uri, run_id
+
+    @classmethod
+    def create_run(cls, uri: str, experiment: str, run_name: str, tags: dict[str, str]) -> "Tracker":
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+        run = client.create_run(exp_id, run_name=run_name, tags=tags)
+        return cls(uri, run.info.run_id)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(self.run_id).data.params
+        items = [Param(k, _param_value(v)) for k, v in sorted(params.items()) if k not in existing]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(_metric_key(k), float(v), ts, step) for k, v in sorted(metrics.items())]
+        for i in range(0, len(items), BATCH_METRICS):
+            self.client.log_batch(self.run_id, metrics=items[i : i + BATCH_METRICS])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in sorted(tags.items())])
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_artifacts(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(path), artifact_path)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+    def logged_steps(self, key: str) -> set[int]:
+        return {m.step for m in self.client.get_metric_history(self.run_id, _metric_key(key))}
+
+
+def _metric_key(k: str) -> str:
+    # MLflow keys allow '/', '.', '-', '_', ' ' and alphanumerics; anything else becomes '_'.
+    return "".join(c if c.isalnum() or c in "/._- " else "_" for c in k)
+
+
+def _param_value(v: Any) -> str:
+    s = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+    return s if len(s) <= PARAM_MAX else s[: PARAM_MAX - 3] + "..."

@@ -1,0 +1,360 @@
+"""``fusionpipe train``: one Ray Train (V2) run of any registered model on any shard dataset.
+
+The driver validates the config against the dataset and the model registry before Ray starts,
+creates (or, for a run name that already has state, re-opens) the MLflow run, and starts a
+``TorchTrainer``. Re-running with the same run name and storage path resumes from the latest
+checkpoint: Ray Train V2 hands it to the workers through ``ray.train.get_checkpoint()``, and the
+MLflow run id inside it makes the resumed run log into the same MLflow run, from the next epoch on.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipelines.config import ConfigError, ExperimentConfig, flatten
+
+log = logging.getLogger(__name__)
+RUN_STATE = "fusionpipe-run.json"
+# Testing hook for failure recovery: "EPOCH:RANK:MARKER_FILE" makes that rank exit hard once.
+INJECT_FAILURE_ENV = "FUSIONPIPE_INJECT_FAILURE"
+
+
+def validate_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Check everything that can be checked without Ray; returns the dataset manifest."""
+    from datasets.manifest import ManifestError, load_manifest
+    from fusion import build_model, list_models
+
+    problems: list[str] = []
+    cfg = cfg.resolved_paths()
+    manifest: dict[str, Any] = {}
+    try:
+        manifest = load_manifest(cfg.data.shards)
+    except ManifestError as e:
+        problems.append(f"data.shards: {e}")
+    if manifest:
+        for what in ("tasks", "modalities"):
+            lacking = [x for x in getattr(cfg.data, what) if x not in manifest["members"]]
+            if lacking:
+                problems.append(f"data.{what}: dataset {cfg.data.shards} lacks {lacking}; it has {manifest['members']}")
+        for split in (cfg.data.train_split, cfg.data.val_split):
+            if split not in manifest["splits"]:
+                problems.append(f"data: dataset has no split {split!r}; splits: {sorted(manifest['splits'])}")
+        n_train = manifest["splits"].get(cfg.data.train_split, {}).get("num_samples", 0)
+        if n_train and n_train < cfg.train.workers * cfg.train.batch_size:
+            problems.append(f"train: {n_train} training samples < workers × batch_size = "
+                            f"{cfg.train.workers * cfg.train.batch_size}")
+    if cfg.model.name not in list_models():
+        problems.append(f"model.name: unknown model {cfg.model.name!r}; registered: {', '.join(list_models())}")
+    elif manifest and not problems:
+        from pipelines.loop import model_config
+
+        try:
+            build_model(model_config(cfg, len(manifest["classes"])))
+        except (ValueError, KeyError, TypeError) as e:
+            problems.append(f"model: {e}")
+    metric_task = cfg.checkpoint.metric.split("/")[1] if cfg.checkpoint.metric.count("/") >= 2 else None
+    if not cfg.checkpoint.metric.startswith("val/") or metric_task not in cfg.data.tasks:
+        problems.append(f"checkpoint.metric: {cfg.checkpoint.metric!r} must be 'val/<task>/<metric>' for a task "
+                        f"in data.tasks {cfg.data.tasks}")
+    if problems:
+        raise ConfigError("invalid experiment:\n" + "\n".join(f"  - {p}" for p in problems))
+    return manifest
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _maybe_inject_failure(epoch: int, rank: int) -> None:
+    spec = os.environ.get(INJECT_FAILURE_ENV)
+    if not spec:
+        return
+    at_epoch, at_rank, marker = spec.split(":", 2)
+    if int(at_epoch) == epoch and int(at_rank) == rank and not Path(marker).exists():
+        Path(marker).write_text(f"failed at epoch {epoch} rank {rank}\n")
+        os._exit(1)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Runs in every Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+
+    from datasets.loader import ShardStream, make_loader
+    from datasets.transforms import build_transform
+    from fusion import build_model
+    from fusion.losses import MultiTaskLoss
+    from pipelines.checkpoints import check_compatible, load_model_state, load_train_state, read_meta, save_checkpoint
+    from pipelines.loop import evaluate, lr_factor, make_optimizer, predict, train_epoch
+
+    cfg = ExperimentConfig.model_validate(config["cfg"])
+    mcfg, run_id = config["model_config"], config["mlflow_run_id"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker)))
+    device = ray.train.torch.get_device()
+    _seed_everything(cfg.train.seed)
+    model = build_model(mcfg)
+    criterion = MultiTaskLoss(cfg.data.tasks, cfg.loss.weights, deep_supervision=cfg.loss.deep_supervision,
+                              ohem=cfg.loss.ohem)
+    d = cfg.data
+    common = dict(tasks=d.tasks, modalities=d.modalities, batch_size=cfg.train.batch_size, rank=rank,
+                  world_size=world, num_workers=d.loader_workers, seed=cfg.train.seed, errors=d.errors)
+    train_stream = ShardStream(d.shards, d.train_split, train=True, shuffle_buffer=d.shuffle_buffer,
+                               transform=build_transform(d.augment, train=True), **common)
+    val_stream = ShardStream(d.shards, d.val_split, train=False, transform=None, **common)
+    steps_per_epoch = max(1, train_stream.batches_per_rank // cfg.optim.grad_accum)
+    total_steps = steps_per_epoch * cfg.train.epochs
+    optimizer = make_optimizer(cfg, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(cfg, s, total_steps, steps_per_epoch))
+
+    start_epoch = 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as cdir:
+            meta = read_meta(cdir)
+            check_compatible(meta["model_config"], mcfg, str(cdir))
+            if meta.get("mlflow_run_id") != run_id:
+                raise RuntimeError(f"{cdir}: checkpoint belongs to MLflow run {meta.get('mlflow_run_id')}, not {run_id}")
+            load_model_state(model, cdir)
+            state = load_train_state(cdir)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            start_epoch = int(meta["epoch"]) + 1
+    model = ray.train.torch.prepare_model(model)
+
+    tracker = None
+    if rank == 0:
+        from pipelines.tracking import Tracker
+
+        tracker = Tracker(config["tracking_uri"], run_id)
+    num_classes = mcfg["num_classes"]
+    for epoch in range(start_epoch, cfg.train.epochs):
+        _maybe_inject_failure(epoch, rank)
+        train_stream.set_epoch(epoch)
+        metrics = train_epoch(model, make_loader(train_stream, pin_memory=device.type == "cuda"), criterion,
+                              optimizer, scheduler, device, grad_accum=cfg.optim.grad_accum, amp=cfg.train.amp,
+                              clip_grad_norm=cfg.optim.clip_grad_norm, epoch=epoch)
+        metrics.update(evaluate(model, make_loader(val_stream), d.tasks, num_classes, device, amp=cfg.train.amp))
+        metrics["lr"] = optimizer.param_groups[0]["lr"]
+        metrics["epoch"] = epoch
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                meta = {"epoch": epoch, "mlflow_run_id": run_id, "model_config": mcfg, "metrics": metrics,
+                        "tasks": d.tasks, "modalities": d.modalities, "classes": config["classes"]}
+                save_checkpoint(tmp, model, meta, {"optimizer": optimizer.state_dict(),
+                                                   "scheduler": scheduler.state_dict()})
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+        if tracker is not None:
+            # Logged after the checkpoint is persisted: a retry resumes after this epoch, never logs it twice.
+            tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+            every = cfg.train.preview_every
+            if every and (epoch % every == every - 1 or epoch == cfg.train.epochs - 1):
+                _log_preview(tracker, model, val_stream, d.tasks, epoch, device, predict)
+
+
+def _log_preview(tracker: Any, model: torch.nn.Module, stream: Any, tasks: list[str], epoch: int,
+                 device: torch.device, predict: Any) -> None:
+    from datasets.loader import make_loader
+    from pipelines.loop import to_device
+    from pipelines.previews import preview_grid
+
+    batch = next(iter(make_loader(stream)), None)
+    if batch is None:
+        return
+    inputs, targets = to_device(batch, device)
+    outputs = predict(model, inputs)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = preview_grid(inputs, targets, outputs, tasks, Path(tmp) / f"epoch_{epoch:04d}.png")
+        tracker.log_artifact(path, "previews")
+
+
+def init_ray(cfg: ExperimentConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=True,
+                 num_cpus=max(os.cpu_count() or 1, int(cfg.train.workers * cfg.train.cpus_per_worker)))
+
+
+def _run_state(storage: str, run_name: str) -> Path:
+    return Path(storage) / run_name / RUN_STATE
+
+
+def _open_mlflow_run(cfg: ExperimentConfig, run_name: str, manifest: dict[str, Any]) -> tuple[Any, bool]:
+    """Re-open the MLflow run recorded for ``run_name``, or create one with params, tags and inputs."""
+    from pipelines.tracking import Tracker, data_version, git_info, ray_job_tags
+
+    state = _run_state(cfg.checkpoint.storage_path, run_name)
+    uri = cfg.tracking.uri
+    if state.is_file():
+        info = json.loads(state.read_text())
+        tracker = Tracker(uri, info["mlflow_run_id"])
+        tracker.client.update_run(tracker.run_id, status="RUNNING")
+        tracker.set_tags({**ray_job_tags(), "fusionpipe.resumed": "true"})
+        return tracker, True
+    tags = {"fusionpipe.model": cfg.model.name, "fusionpipe.run_name": run_name, **git_info(),
+            **data_version(cfg.data.shards), **ray_job_tags()}
+    tracker = Tracker.create_run(uri, cfg.tracking.experiment, run_name, tags)
+    tracker.log_params(flatten(cfg.model_dump(mode="json")))
+    _log_dataset_input(tracker, cfg, manifest, tags["data.manifest_digest"])
+    with tempfile.TemporaryDirectory() as tmp:
+        import yaml
+
+        p = Path(tmp) / "config.yaml"
+        p.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        tracker.log_artifact(p)
+    state.parent.mkdir(parents=True, exist_ok=True)
+    tmp_state = state.with_suffix(".tmp")
+    tmp_state.write_text(json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": uri}))
+    os.replace(tmp_state, state)
+    return tracker, False
+
+
+def _log_dataset_input(tracker: Any, cfg: ExperimentConfig, manifest: dict[str, Any], digest: str) -> None:
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+    source = HTTPDatasetSource(url=Path(cfg.data.shards).as_uri())
+    ds = MetaDataset(source=source, name=manifest.get("name", "dataset"), digest=digest[:32])
+    tracker.client.log_inputs(tracker.run_id, datasets=[
+        DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "train")])])
+
+
+class _PackedModel(torch.nn.Module):
+    """Single-tensor wrapper for ``mlflow.pytorch`` (its pyfunc takes one array, returns one):
+    input = the modalities concatenated on channels, output = task predictions concatenated."""
+
+    def __init__(self, model: torch.nn.Module, modalities: list[str], channels: dict[str, int], tasks: list[str]):
+        super().__init__()
+        self.model, self.modalities, self.channels, self.tasks = model, modalities, channels, tasks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inputs, start = {}, 0
+        for m in self.modalities:
+            inputs[m] = x[:, start : start + self.channels[m]]
+            start += self.channels[m]
+        out = self.model(inputs)
+        return torch.cat([out[t].float() for t in self.tasks], dim=1)
+
+
+def _log_final_model(tracker: Any, ckpt_dir: str, meta: dict[str, Any], sample_hw: tuple[int, int]) -> None:
+    import mlflow
+    import mlflow.pytorch
+    from mlflow.models import infer_signature
+
+    from fusion import build_model
+    from pipelines.checkpoints import load_model_state
+
+    mcfg = meta["model_config"]
+    model = build_model(mcfg)
+    load_model_state(model, ckpt_dir)
+    model.eval()
+    channels = {"rgb": 3, "depth": 1}
+    packed = _PackedModel(model, mcfg["modalities"], channels, mcfg["tasks"]).eval()
+    example = np.zeros((1, sum(channels[m] for m in mcfg["modalities"]), *sample_hw), np.float32)
+    with torch.no_grad():
+        outs = model({m: torch.zeros(1, channels[m], *sample_hw) for m in mcfg["modalities"]})
+        out = packed(torch.from_numpy(example)).numpy()
+    layout, start = {}, 0
+    for t in mcfg["tasks"]:
+        layout[t] = [start, start + outs[t].shape[1]]
+        start += outs[t].shape[1]
+    mlflow.set_tracking_uri(tracker.uri)
+    with mlflow.start_run(run_id=tracker.run_id):
+        # pt2 (torch.export) rather than pickle: loading the logged model never unpickles code.
+        mlflow.pytorch.log_model(packed, name="model", signature=infer_signature(example, out),
+                                 input_example=example, serialization_format="pt2",
+                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                                 metadata={"input_channels": {m: channels[m] for m in mcfg["modalities"]},
+                                           "output_channels": layout, "model_config": mcfg})
+
+
+def run_training(cfg: ExperimentConfig, run_name: str | None = None) -> dict[str, Any]:
+    """Validate, train with Ray Train, log to MLflow; returns the run summary."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.checkpoints import read_meta
+    from pipelines.loop import model_config
+    from pipelines.tracking import check_store_for_cluster
+
+    manifest = validate_experiment(cfg)
+    cfg = cfg.resolved_paths()
+    run_name = run_name or cfg.tracking.run_name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    init_ray(cfg)
+    check_store_for_cluster(cfg.tracking.uri, len([n for n in ray.nodes() if n.get("Alive")]))
+    tracker, resumed = _open_mlflow_run(cfg, run_name, manifest)
+    mcfg = model_config(cfg, len(manifest["classes"]))
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "model_config": mcfg, "classes": manifest["classes"],
+                           "mlflow_run_id": tracker.run_id, "tracking_uri": cfg.tracking.uri},
+        scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
+                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+        run_config=RunConfig(
+            name=run_name, storage_path=cfg.checkpoint.storage_path,
+            failure_config=FailureConfig(max_failures=cfg.failure.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep,
+                                               checkpoint_score_attribute=cfg.checkpoint.metric,
+                                               checkpoint_score_order=cfg.checkpoint.mode)),
+    )
+    try:
+        result = trainer.fit()
+    except KeyboardInterrupt:
+        tracker.end("KILLED")
+        raise
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    if result.checkpoint is None:
+        tracker.end("FAILED")
+        raise RuntimeError(f"run {run_name}: training produced no checkpoint")
+    scored = [(c, m) for c, m in (result.best_checkpoints or []) if cfg.checkpoint.metric in m]
+    best_ckpt, best_metrics = (max if cfg.checkpoint.mode == "max" else min)(
+        scored, key=lambda cm: cm[1][cfg.checkpoint.metric]) if scored else (result.checkpoint, result.metrics)
+    last_meta = read_meta(result.checkpoint.path)
+    tracker.log_artifacts(best_ckpt.path, "checkpoints/best")
+    tracker.log_artifacts(result.checkpoint.path, "checkpoints/last")
+    tracker.set_tags({"fusionpipe.best_checkpoint": best_ckpt.path, "fusionpipe.last_checkpoint": result.checkpoint.path,
+                      "fusionpipe.best_epoch": str(best_metrics.get("epoch"))})
+    if cfg.tracking.log_model:
+        h, w = _sample_hw(cfg)
+        _log_final_model(tracker, best_ckpt.path, read_meta(best_ckpt.path), (h, w))
+    tracker.end("FINISHED")
+    final = {k: v for k, v in last_meta["metrics"].items() if k.startswith("val/")}
+    return {"run_name": run_name, "mlflow_run_id": tracker.run_id, "tracking_uri": cfg.tracking.uri,
+            "experiment": cfg.tracking.experiment, "resumed": resumed, "epochs": last_meta["epoch"] + 1,
+            "best_checkpoint": best_ckpt.path, "last_checkpoint": result.checkpoint.path,
+            "best_metric": {cfg.checkpoint.metric: best_metrics.get(cfg.checkpoint.metric)},
+            "final_metrics": final}
+
+
+def _sample_hw(cfg: ExperimentConfig) -> tuple[int, int]:
+    if cfg.data.augment.resize:
+        return tuple(cfg.data.augment.resize)  # type: ignore[return-value]
+    from datasets.inspect import read_samples
+
+    s = read_samples(Path(cfg.data.shards), cfg.data.val_split, 1)[0]
+    return s["rgb"].shape[:2] if "rgb" in s else s["depth"].shape[:2]
