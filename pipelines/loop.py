@@ -121,9 +121,28 @@ def train_epoch(model: nn.Module, loader: Iterable[Mapping[str, Any]], criterion
 
 
 @torch.no_grad()
+def sync_buffers(model: nn.Module) -> None:
+    """Average BatchNorm running statistics over ranks (integer buffers: take rank 0's).
+
+    DDP broadcasts rank 0's buffers at the start of each forward, so after the last training step
+    every rank holds slightly different running stats; evaluation and the checkpoint must agree.
+    """
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    world = dist.get_world_size()
+    for buf in unwrap(model).buffers():
+        if buf.is_floating_point():
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            buf.div_(world)
+        else:
+            dist.broadcast(buf, src=0)
+
+
+@torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable[Mapping[str, Any]], tasks: list[str], num_classes: int,
              device: torch.device, amp: bool = False) -> dict[str, float]:
     """Exact metrics over every sample of every rank (sums all-reduced, then computed)."""
+    sync_buffers(model)
     net = unwrap(model)  # DDP's forward would broadcast buffers: a collective ranks may not match
     net.eval()
     metrics = MetricSet(tasks, num_classes=num_classes)
