@@ -69,3 +69,14 @@ def toy_dataset(tmp_path: Path, toy_source: ToySource) -> Path:
     out = tmp_path / "toy"
     write_dataset(toy_source, out, shard_size=3, progress=False)
     return out
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny tensors: threading only adds contention on a shared 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,184 @@
+import math
+
+import pytest
+import torch
+
+from fusion import build_model
+from fusion.backbones import build_backbone
+from fusion.backbones.resnet import BasicBlock
+from fusion.cen import (BatchNorm2dParallel, CENBackbone, ChannelExchange, ModuleParallel, cen_l1, channel_exchange,
+                        partition, plain_key, to_parallel)
+from fusion.config import ModelConfig
+from fusion.models.cen import unimodal_equivalent
+
+TINY = {"name": "cen", "modalities": ["rgb", "depth"], "width": 0.25}
+
+
+def _inputs(b=2, size=64):
+    return {"rgb": torch.randn(b, 3, size, size), "depth": torch.rand(b, 1, size, size) * 5}
+
+
+def _n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_exchange_replaces_small_gamma_channels_with_the_other_modality():
+    x0, x1 = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    g0 = torch.tensor([1.0, 0.001, 0.5, 1.0])
+    g1 = torch.tensor([-0.01, 1.0, 1.0, 0.019])
+    out0, out1 = channel_exchange([x0, x1], [g0, g1], threshold=0.02)
+    assert torch.equal(out0[:, 1], x1[:, 1])
+    assert torch.equal(out0[:, [0, 2, 3]], x0[:, [0, 2, 3]])
+    assert torch.equal(out1[:, [0, 3]], x0[:, [0, 3]])  # |-0.01| and 0.019 are below 0.02
+    assert torch.equal(out1[:, [1, 2]], x1[:, [1, 2]])
+
+
+def test_exchange_with_three_modalities_takes_the_mean_of_the_other_two():
+    xs = [torch.full((1, 2, 2, 2), v) for v in (1.0, 2.0, 6.0)]
+    gammas = [torch.tensor([0.0, 1.0]), torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])]
+    out = channel_exchange(xs, gammas, threshold=0.02)
+    assert out[0][0, 0].eq(4.0).all() and out[0][0, 1].eq(1.0).all()
+    assert out[1][0, 1].eq(3.5).all() and out[1][0, 0].eq(2.0).all()
+    assert torch.equal(out[2], xs[2])
+
+
+def test_exchange_is_a_noop_when_all_gammas_are_large():
+    bn = BatchNorm2dParallel(5, 2)
+    xs = [torch.randn(2, 5, 4, 4), torch.randn(2, 5, 4, 4)]
+    out = ChannelExchange(0.02)(xs, bn)
+    assert all(torch.equal(o, x) for o, x in zip(out, xs))
+    with torch.no_grad():
+        bn.bns[1].weight[2] = 0.0
+    out = ChannelExchange(0.02)(xs, bn)
+    assert torch.equal(out[0], xs[0]) and torch.equal(out[1][:, 2], xs[0][:, 2])
+
+
+def test_exchange_follows_the_second_bn_of_every_block():
+    enc = CENBackbone(build_backbone("resnet18", width=0.25), 2)
+    assert len(enc.exchange_bns()) == 8
+    block = enc.layer2[1]
+    assert block.exchange.threshold == 0.02 and enc.exchange_bns()[3] is block.bn2
+    seen = {}
+    block.bn2.register_forward_hook(lambda m, i, o: seen.setdefault("bn2", o))
+    block.exchange.register_forward_hook(lambda m, i, o: seen.setdefault("exchange_in", i[0]))
+    enc([torch.randn(2, 3, 32, 32)] * 2)
+    assert seen["exchange_in"] is seen["bn2"]
+
+
+def test_encoder_equals_the_plain_resnet_per_modality_when_nothing_is_exchanged():
+    resnet = build_backbone("resnet18", width=0.25).eval()
+    enc = CENBackbone(resnet, 2).eval()
+    rgb, depth = torch.randn(2, 3, 32, 32), torch.rand(2, 1, 32, 32)
+    feats = enc([rgb, depth])
+    for stage, ref_rgb, ref_depth in zip(feats, resnet(rgb), resnet(depth.expand(-1, 3, -1, -1))):
+        torch.testing.assert_close(stage[0], ref_rgb)
+        torch.testing.assert_close(stage[1], ref_depth)
+    with torch.no_grad():
+        enc.layer1[0].bn2.bns[0].weight[:] = 0.0  # modality 0 takes all of modality 1's channels there
+    changed = enc([rgb, depth])
+    assert not torch.allclose(changed[-1][0], feats[-1][0])
+    torch.testing.assert_close(changed[-1][1], feats[-1][1])
+
+
+def test_conv_weights_shared_and_bn_private():
+    model = build_model(TINY)
+    conv = model.encoder.layer1[0].conv1
+    assert isinstance(conv, ModuleParallel) and sum(1 for _ in conv.parameters()) == 1
+    bn = model.encoder.layer1[0].bn1
+    assert bn.bns[0].weight is not bn.bns[1].weight
+    model.train()
+    model(_inputs())
+    assert not torch.allclose(bn.bns[0].running_mean, bn.bns[1].running_mean)
+    # Every CEN parameter maps onto a unimodal one; only the BNs are duplicated.
+    uni = {k.removeprefix("net.backbone.") for k, _ in unimodal_equivalent(ModelConfig(**TINY)).named_parameters()}
+    cen = [plain_key(k.removeprefix("encoder.")) for k, _ in model.named_parameters() if k.startswith("encoder.")]
+    assert set(cen) == {k for k in uni if not k.startswith("net.heads.")}
+    is_bn = [k for k in set(cen) if k.split(".")[-2].startswith("bn") or ".downsample.1." in k]
+    assert is_bn and all(cen.count(k) == 2 for k in is_bn)
+    assert all(cen.count(k) == 1 for k in set(cen) - set(is_bn))
+
+
+def test_l1_partitions_are_disjoint_and_cover_and_equal_the_hand_sum():
+    for c, m_count in ((10, 3), (7, 2), (16, 4)):
+        idx = [i for m in range(m_count) for i in range(c)[partition(c, m_count, m)]]
+        assert idx == list(range(c))
+    assert partition(5, 2, 0) == slice(0, 2) and partition(5, 2, 1) == slice(2, 5)  # official halves
+    model = build_model({**TINY, "options": {"l1_weight": 0.5}})
+    expected = 0.0
+    with torch.no_grad():
+        for p in model.encoder.exchange_bns():
+            c = p.bns[0].num_features
+            p.bns[0].weight.copy_(torch.arange(1.0, c + 1))
+            p.bns[1].weight.copy_(-10 * torch.arange(1.0, c + 1))
+            expected += sum(range(1, c // 2 + 1)) + 10 * sum(range(c // 2 + 1, c + 1))
+    assert cen_l1(model.encoder.exchange_bns()).item() == pytest.approx(expected)
+    assert model.regularization()["cen_l1"].item() == pytest.approx(0.5 * expected)
+
+
+def test_ensemble_weights_softmax_and_fused_output():
+    model = build_model({**TINY, "tasks": ["semseg", "depth"]}).eval()
+    with torch.no_grad():
+        model.alpha[0] = torch.tensor([0.0, math.log(3.0)])
+    weights = model.ensemble_weights()
+    torch.testing.assert_close(weights["semseg"], torch.tensor([0.25, 0.75]))
+    torch.testing.assert_close(weights["depth"], torch.tensor([0.5, 0.5]))
+    out = model(_inputs())
+    aux = out["aux"]
+    torch.testing.assert_close(out["semseg"], 0.25 * aux["rgb"]["semseg"] + 0.75 * aux["depth"]["semseg"])
+    torch.testing.assert_close(out["depth"], 0.5 * aux["rgb"]["depth"] + 0.5 * aux["depth"]["depth"])
+    assert out["semseg"].shape == (2, 13, 64, 64) and out["depth"].shape == (2, 1, 64, 64)
+    assert model.aux_weights == {"rgb": 1.0, "depth": 1.0}
+
+
+def test_detached_ensemble_trains_only_alpha_and_plain_mean_trains_all():
+    model = build_model(TINY)
+    model(_inputs())["semseg"].sum().backward()
+    assert model.alpha.grad is not None and model.encoder.layer1[0].conv1.module.weight.grad is None
+    plain = build_model({**TINY, "options": {"ensemble": False}})
+    assert plain.alpha is None
+    torch.testing.assert_close(plain.ensemble_weights()["semseg"], torch.tensor([0.5, 0.5]))
+    plain(_inputs())["semseg"].sum().backward()
+    assert plain.encoder.layer1[0].conv1.module.weight.grad is not None
+
+
+def test_forward_backward_reaches_every_parameter():
+    model = build_model({**TINY, "tasks": ["semseg", "normals"]})
+    out = model(_inputs())
+    loss = out["semseg"].mean() + sum(p.mean() for preds in out["aux"].values() for p in preds.values())
+    (loss + model.regularization()["cen_l1"]).backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+@pytest.mark.parametrize("width", [0.25, 1.0])
+def test_params_at_most_2_percent_over_the_unimodal_network(width):
+    cfg = ModelConfig(**{**TINY, "width": width})
+    ratio = _n_params(build_model(cfg)) / _n_params(unimodal_equivalent(cfg))
+    assert 1.0 < ratio <= 1.02
+
+
+def test_pretrained_weights_shared_by_convs_and_copied_into_every_bn(tmp_path):
+    src = build_backbone("resnet18", width=0.25)
+    state = {k: torch.randn_like(v.float()) for k, v in src.state_dict().items()}
+    torch.save(state, tmp_path / "r18.pth")
+    model = build_model({**TINY, "pretrained": str(tmp_path / "r18.pth")})
+    torch.testing.assert_close(model.encoder.layer2[0].conv2.module.weight, state["layer2.0.conv2.weight"])
+    for bn in model.encoder.layer3[1].bn2.bns:
+        torch.testing.assert_close(bn.weight, state["layer3.1.bn2.weight"])
+        torch.testing.assert_close(bn.running_var, state["layer3.1.bn2.running_var"])
+
+
+def test_clear_errors():
+    model = build_model(TINY)
+    with pytest.raises(KeyError, match="model 'cen' needs input modality 'depth'; given: rgb"):
+        model({"rgb": torch.randn(1, 3, 32, 32)})
+    with pytest.raises(ValueError, match="unknown option.*treshold.*known options"):
+        build_model({**TINY, "options": {"treshold": 0.1}})
+    with pytest.raises(ValueError, match="needs a ResNet backbone.*hrnet18"):
+        build_model({**TINY, "backbone": "hrnet18"})
+    with pytest.raises(ValueError, match="l1_weight must be >= 0"):
+        build_model({**TINY, "options": {"l1_weight": -1.0}})
+    enc = CENBackbone(build_backbone("resnet18", width=0.25), 2)
+    with pytest.raises(ValueError, match="input 1 has 2 channels"):
+        enc([torch.randn(1, 3, 32, 32), torch.randn(1, 2, 32, 32)])
+    with pytest.raises(TypeError, match="cannot convert BasicBlock; use CENBlock"):
+        to_parallel(BasicBlock(8, 8), 2)

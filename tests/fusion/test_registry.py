@@ -1,0 +1,63 @@
+"""Every registered model through build, forward and backward on CPU (timm's ``test_models`` idea)."""
+import pytest
+import torch
+
+import fusion
+from fusion.config import ModelConfig
+
+BASE = {"tasks": ["semseg", "depth"], "modalities": ["rgb"], "backbone": "resnet18", "width": 0.125, "num_classes": 3}
+# Models with narrower scope than BASE; a model not listed here is built with BASE.
+OVERRIDES = {
+    "single_task": {"tasks": ["semseg"]},
+    "ann": {"tasks": ["semseg"]},
+    "fcn": {"tasks": ["semseg"]},
+    "nonlocal": {"tasks": ["semseg"]},
+    "cen": {"modalities": ["rgb", "depth"]},
+    "early_fusion": {"modalities": ["rgb", "depth"]},
+    "late_fusion": {"modalities": ["rgb", "depth"]},
+    "mtinet": {"backbone": "hrnet18", "width": 0.25, "options": {"auxiliary_tasks": ["edge"]}},
+    "padnet": {"options": {"channels": 16}},
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Intra-op threads oversubscribe the shared CI cores and make tiny convs ~50x slower.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _config(name: str) -> ModelConfig:
+    return ModelConfig.from_dict({"name": name, **BASE, **OVERRIDES.get(name, {})})
+
+
+def test_registry_lists_the_multitask_models():
+    assert {"single_task", "mtl_baseline", "padnet", "mtinet"} <= set(fusion.list_models())
+
+
+@pytest.mark.parametrize("name", fusion.list_models())
+def test_model_builds_runs_and_backpropagates(name):
+    torch.manual_seed(0)
+    cfg = _config(name)
+    model = fusion.build_model(cfg)
+    b, h, w = 2, 32, 48
+    inputs = {"rgb": torch.rand(b, 3, h, w), "depth": torch.rand(b, 1, h, w) * 5}
+    out = model({m: inputs[m] for m in cfg.modalities})
+    assert set(out) == set(cfg.tasks) | {"aux"}
+    for t in cfg.tasks:
+        assert out[t].shape == (b, cfg.task_channels(t), h, w), t
+        assert torch.isfinite(out[t]).all(), t
+    for aux_name, preds in out["aux"].items():
+        assert isinstance(aux_name, str) and isinstance(preds, dict)
+        for t, p in preds.items():
+            assert p.shape[:2] == (b, cfg.task_channels(t)), (aux_name, t)
+    assert all(isinstance(v, float) for v in getattr(model, "aux_weights", {}).values())
+    reg = model.regularization() if hasattr(model, "regularization") else {}
+    total = sum(out[t].float().square().mean() for t in cfg.tasks)
+    total = total + sum(p.float().square().mean() for preds in out["aux"].values() for p in preds.values())
+    total = total + sum(reg.values())
+    total.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad, f"{name}: parameters without gradient: {no_grad[:5]}"
