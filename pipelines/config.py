@@ -129,7 +129,19 @@ class FailureSection(_Section):
     max_failures: int = Field(0, ge=-1)
 
 
+class SyntheticBuildSection(_Section):
+    """How dvc.yaml's data stage builds ``data.shards`` with ``fusionpipe data build synthetic``."""
+
+    num_train: int = Field(600, ge=1)
+    num_val: int = Field(150, ge=1)
+    height: int = Field(120, ge=16)
+    width: int = Field(160, ge=16)
+    seed: int = 0
+    shard_size: int = Field(100, ge=1)
+
+
 class ExperimentConfig(_Section):
+    synthetic: SyntheticBuildSection | None = None
     data: DataSection = Field(default_factory=DataSection)
     model: ModelSection = Field(default_factory=ModelSection)
     loss: LossSection = Field(default_factory=LossSection)

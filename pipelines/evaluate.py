@@ -43,9 +43,56 @@ def run_metrics(run_id: str, uri: str) -> dict[str, float]:
     return {k[len("val/"):]: v for k, v in run.data.metrics.items() if k.startswith("val/")}
 
 
+@torch.no_grad()
+def trivial_baselines(cfg: ExperimentConfig, num_classes: int, split: str) -> dict[str, float]:
+    """What a model that learned nothing scores: the training set's majority class everywhere, and
+    its mean valid depth everywhere. ``learned`` ratios in the main job are measured against these."""
+    from datasets.loader import ShardStream, make_loader
+    from fusion.metrics import MetricSet
+
+    tasks = [t for t in ("semseg", "depth") if t in cfg.data.tasks]
+    if not tasks:
+        return {}
+
+    def stream(s: str) -> ShardStream:
+        return ShardStream(cfg.data.shards, s, tasks=tasks, modalities=cfg.data.modalities, batch_size=16,
+                           train=False, num_workers=0)
+
+    hist = torch.zeros(num_classes, dtype=torch.float64)
+    depth_sum, depth_n = 0.0, 0
+    for batch in make_loader(stream(cfg.data.train_split)):
+        t = batch["targets"]
+        if "semseg" in t:
+            ids = t["semseg"][t["semseg"] != 255]
+            hist += torch.bincount(ids.flatten(), minlength=num_classes)[:num_classes].double()
+        if "depth" in t:
+            valid = t["depth"][t["depth"] > 0]
+            depth_sum, depth_n = depth_sum + float(valid.double().sum()), depth_n + valid.numel()
+    majority, mean_depth = int(hist.argmax()), depth_sum / max(1, depth_n)
+    metrics = MetricSet(tasks, num_classes=num_classes)
+    for batch in make_loader(stream(split)):
+        t = batch["targets"]
+        out: dict[str, torch.Tensor] = {}
+        if "semseg" in t:
+            b, h, w = t["semseg"].shape
+            logits = torch.zeros(b, num_classes, h, w)
+            logits[:, majority] = 1.0
+            out["semseg"] = logits
+        if "depth" in t:
+            out["depth"] = torch.full_like(t["depth"], mean_depth)
+        metrics.update(out, t)
+    m = metrics.compute()
+    result = {}
+    if "semseg" in tasks:
+        result["majority_class_miou"] = m["semseg/miou"]
+    if "depth" in tasks:
+        result["mean_depth_rmse"] = m["depth/rmse"]
+    return result
+
+
 def run_evaluate(cfg: ExperimentConfig, checkpoint: str | None = None, run_id: str | None = None,
                  split: str = "val", baseline_runs: list[str] | None = None, batch_size: int | None = None,
-                 out: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+                 out: str | os.PathLike[str] | None = None, baselines: bool = False) -> dict[str, Any]:
     from datasets.loader import ShardStream, make_loader
     from fusion import build_model
     from fusion.metrics import delta_m
@@ -69,11 +116,20 @@ def run_evaluate(cfg: ExperimentConfig, checkpoint: str | None = None, run_id: s
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     stream = ShardStream(cfg.data.shards, split, tasks=cfg.data.tasks, modalities=cfg.data.modalities,
                          batch_size=batch_size or cfg.train.batch_size, train=False, num_workers=0)
-    metrics = evaluate(model, make_loader(stream), cfg.data.tasks, len(manifest["classes"]), torch.device("cpu"))
+    metrics = evaluate(model, make_loader(stream), want["tasks"], len(manifest["classes"]), torch.device("cpu"))
     flat = {k[len("val/"):]: v for k, v in metrics.items()}
     result: dict[str, Any] = {"checkpoint": str(checkpoint) if checkpoint else f"runs:/{run_id}/checkpoints/best",
                               "epoch": meta.get("epoch"), "split": split, "num_samples": len(stream),
                               "model": meta["model_config"]["name"], "metrics": flat}
+    if baselines:
+        ref = trivial_baselines(cfg, len(manifest["classes"]), split)
+        result["trivial_baselines"] = ref
+        learned = {}
+        if "majority_class_miou" in ref and ref["majority_class_miou"] > 0:
+            learned["miou_vs_majority_class"] = flat["semseg/miou"] / ref["majority_class_miou"]
+        if "mean_depth_rmse" in ref and ref["mean_depth_rmse"] > 0:
+            learned["rmse_vs_mean_depth"] = flat["depth/rmse"] / ref["mean_depth_rmse"]
+        result["learned"] = learned
     if baseline_runs:
         baseline: dict[str, float] = {}
         for rid in baseline_runs:

@@ -26,8 +26,11 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def model_config(cfg: ExperimentConfig, num_classes: int) -> dict[str, Any]:
+    """The ``fusion.build_model`` config. Tasks named in ``model.options.auxiliary_tasks`` (MTI-Net,
+    PAD-Net) are loaded as targets and supervise the front end, but are not final outputs."""
     m = cfg.model
-    return {"name": m.name, "tasks": list(cfg.data.tasks), "modalities": list(cfg.data.modalities),
+    aux = set(m.options.get("auxiliary_tasks") or [])
+    return {"name": m.name, "tasks": [t for t in cfg.data.tasks if t not in aux], "modalities": list(cfg.data.modalities),
             "num_classes": num_classes, "backbone": m.backbone, "width": m.width,
             "output_stride": m.output_stride, "pretrained": m.pretrained, "options": dict(m.options)}
 

@@ -21,16 +21,22 @@ def _load(config: Path, overrides: tuple[str, ...], as_json: bool):
 @click.option("--config", type=click.Path(path_type=Path), required=True, help="experiment YAML")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config field (repeatable)")
 @click.option("--run-name", default=None, help="Ray/MLflow run name; re-use one to resume it")
+@click.option("--summary", default=None, type=click.Path(dir_okay=False), help="also write the summary JSON here")
+@click.option("--history", default=None, type=click.Path(dir_okay=False),
+              help="write every per-epoch metric as CSV here (for dvc plots)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object with the run summary")
-def train(config: Path, overrides: tuple[str, ...], run_name: str | None, as_json: bool) -> None:
+def train(config: Path, overrides: tuple[str, ...], run_name: str | None, summary: str | None, history: str | None,
+          as_json: bool) -> None:
     """Train with Ray Train; prints the MLflow run id and the best checkpoint."""
     from pipelines.checkpoints import CheckpointError
     from pipelines.config import ConfigError
-    from pipelines.train import run_training
+    from pipelines.train import run_training, write_outputs
 
     cfg = _load(config, overrides, as_json)
+    summary_path = summary
     try:
         summary = run_training(cfg, run_name=run_name)
+        write_outputs(summary, summary_path, history)
     except (ConfigError, CheckpointError) as e:
         fail(str(e), as_json, code=2)
         return
@@ -54,26 +60,41 @@ def train(config: Path, overrides: tuple[str, ...], run_name: str | None, as_jso
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 @click.option("--checkpoint", default=None, help="checkpoint directory (model.pt + meta.json)")
 @click.option("--run-id", default=None, help="MLflow run id: evaluates its best checkpoint")
+@click.option("--summary", "summary_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="a `train --summary` JSON: evaluates the best checkpoint it names")
 @click.option("--split", default="val", show_default=True)
 @click.option("--baseline-run", "baseline_runs", multiple=True, help="single-task reference run id (repeatable): adds delta_m")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the metrics JSON here")
+@click.option("--trivial-baselines", is_flag=True,
+              help="also score majority-class semseg and mean depth, and the model's ratios to them")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def evaluate(config: Path, overrides: tuple[str, ...], checkpoint: str | None, run_id: str | None, split: str,
-             baseline_runs: tuple[str, ...], out: Path | None, as_json: bool) -> None:
+def evaluate(config: Path, overrides: tuple[str, ...], checkpoint: str | None, run_id: str | None,
+             summary_file: str | None, split: str,
+             baseline_runs: tuple[str, ...], out: Path | None, trivial_baselines: bool, as_json: bool) -> None:
     """Evaluate a checkpoint on a split with exact metrics."""
     from pipelines.checkpoints import CheckpointError
     from pipelines.config import ConfigError
     from pipelines.evaluate import run_evaluate
 
     cfg = _load(config, overrides, as_json)
+    if summary_file is not None:
+        import json
+
+        if checkpoint or run_id:
+            fail("give one of --checkpoint, --run-id and --summary", as_json, code=2)
+        checkpoint = json.loads(Path(summary_file).read_text())["best_checkpoint"]
     try:
         result = run_evaluate(cfg, checkpoint=checkpoint, run_id=run_id, split=split,
-                              baseline_runs=list(baseline_runs), out=out)
+                              baseline_runs=list(baseline_runs), out=out, baselines=trivial_baselines)
     except (ConfigError, CheckpointError) as e:
         fail(str(e), as_json, code=2)
         return
     lines = [f"{result['model']} epoch {result['epoch']} on {split} ({result['num_samples']} samples):"]
     lines += [f"  {k:28s} {v:.4f}" for k, v in sorted(result["metrics"].items())]
+    for k, v in result.get("trivial_baselines", {}).items():
+        lines.append(f"  trivial baseline {k:19s} {v:.4f}")
+    for k, v in result.get("learned", {}).items():
+        lines.append(f"  {k:28s} {v:.3f}")
     if "delta_m" in result:
         lines.append(f"  delta_m vs {len(baseline_runs)} reference run(s): {result['delta_m']:+.2f}%")
     if out:

@@ -61,10 +61,15 @@ def validate_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             build_model(model_config(cfg, len(manifest["classes"])))
         except (ValueError, KeyError, TypeError) as e:
             problems.append(f"model: {e}")
+    aux = set(cfg.model.options.get("auxiliary_tasks") or [])
+    final = [t for t in cfg.data.tasks if t not in aux]
+    lacking_aux = sorted(aux - set(cfg.data.tasks))
+    if lacking_aux:
+        problems.append(f"model.options.auxiliary_tasks {lacking_aux} must also be in data.tasks (their targets)")
     metric_task = cfg.checkpoint.metric.split("/")[1] if cfg.checkpoint.metric.count("/") >= 2 else None
-    if not cfg.checkpoint.metric.startswith("val/") or metric_task not in cfg.data.tasks:
-        problems.append(f"checkpoint.metric: {cfg.checkpoint.metric!r} must be 'val/<task>/<metric>' for a task "
-                        f"in data.tasks {cfg.data.tasks}")
+    if not cfg.checkpoint.metric.startswith("val/") or metric_task not in final:
+        problems.append(f"checkpoint.metric: {cfg.checkpoint.metric!r} must be 'val/<task>/<metric>' for a final "
+                        f"task in {final}")
     if problems:
         raise ConfigError("invalid experiment:\n" + "\n".join(f"  - {p}" for p in problems))
     return manifest
@@ -76,8 +81,7 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _maybe_inject_failure(epoch: int, rank: int) -> None:
-    spec = os.environ.get(INJECT_FAILURE_ENV)
+def _maybe_inject_failure(spec: str | None, epoch: int, rank: int) -> None:
     if not spec:
         return
     at_epoch, at_rank, marker = spec.split(":", 2)
@@ -106,7 +110,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     _seed_everything(cfg.train.seed)
     model = build_model(mcfg)
-    criterion = MultiTaskLoss(cfg.data.tasks, cfg.loss.weights, deep_supervision=cfg.loss.deep_supervision,
+    criterion = MultiTaskLoss(mcfg["tasks"], cfg.loss.weights, deep_supervision=cfg.loss.deep_supervision,
                               ohem=cfg.loss.ohem)
     d = cfg.data
     common = dict(tasks=d.tasks, modalities=d.modalities, batch_size=cfg.train.batch_size, rank=rank,
@@ -142,12 +146,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         tracker = Tracker(config["tracking_uri"], run_id)
     num_classes = mcfg["num_classes"]
     for epoch in range(start_epoch, cfg.train.epochs):
-        _maybe_inject_failure(epoch, rank)
+        _maybe_inject_failure(config.get("inject_failure"), epoch, rank)
         train_stream.set_epoch(epoch)
         metrics = train_epoch(model, make_loader(train_stream, pin_memory=device.type == "cuda"), criterion,
                               optimizer, scheduler, device, grad_accum=cfg.optim.grad_accum, amp=cfg.train.amp,
                               clip_grad_norm=cfg.optim.clip_grad_norm, epoch=epoch)
-        metrics.update(evaluate(model, make_loader(val_stream), d.tasks, num_classes, device, amp=cfg.train.amp))
+        metrics.update(evaluate(model, make_loader(val_stream), mcfg["tasks"], num_classes, device, amp=cfg.train.amp))
         metrics["lr"] = optimizer.param_groups[0]["lr"]
         metrics["epoch"] = epoch
         with tempfile.TemporaryDirectory() as tmp:
@@ -164,7 +168,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
             every = cfg.train.preview_every
             if every and (epoch % every == every - 1 or epoch == cfg.train.epochs - 1):
-                _log_preview(tracker, model, val_stream, d.tasks, epoch, device, predict)
+                _log_preview(tracker, model, val_stream, mcfg["tasks"], epoch, device, predict)
 
 
 def _log_preview(tracker: Any, model: torch.nn.Module, stream: Any, tasks: list[str], epoch: int,
@@ -310,7 +314,8 @@ def run_training(cfg: ExperimentConfig, run_name: str | None = None) -> dict[str
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "model_config": mcfg, "classes": manifest["classes"],
-                           "mlflow_run_id": tracker.run_id, "tracking_uri": cfg.tracking.uri},
+                           "mlflow_run_id": tracker.run_id, "tracking_uri": cfg.tracking.uri,
+                           "inject_failure": os.environ.get(INJECT_FAILURE_ENV)},
         scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=RunConfig(
@@ -349,6 +354,37 @@ def run_training(cfg: ExperimentConfig, run_name: str | None = None) -> dict[str
             "best_checkpoint": best_ckpt.path, "last_checkpoint": result.checkpoint.path,
             "best_metric": {cfg.checkpoint.metric: best_metrics.get(cfg.checkpoint.metric)},
             "final_metrics": final}
+
+
+def write_outputs(summary: dict[str, Any], summary_path: str | None, history_path: str | None) -> None:
+    """The summary JSON and a per-epoch CSV of every logged metric (for ``dvc plots``), atomically."""
+    import csv
+    import io
+
+    from pipelines.tracking import Tracker
+
+    def put(path: str, text: str) -> None:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, p)
+
+    if summary_path:
+        put(summary_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    if history_path:
+        tracker = Tracker(summary["tracking_uri"], summary["mlflow_run_id"])
+        keys = sorted(k for k in tracker.client.get_run(tracker.run_id).data.metrics if k != "epoch")
+        rows: dict[int, dict[str, float]] = {}
+        for k in keys:
+            for m in tracker.client.get_metric_history(tracker.run_id, k):
+                rows.setdefault(m.step, {})[k] = m.value
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=["epoch", *keys])
+        w.writeheader()
+        for step in sorted(rows):
+            w.writerow({"epoch": step, **rows[step]})
+        put(history_path, buf.getvalue())
 
 
 def _sample_hw(cfg: ExperimentConfig) -> tuple[int, int]:

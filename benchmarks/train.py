@@ -1,0 +1,128 @@
+"""Training overheads: Ray Train vs a plain loop, MLflow logging cost, 1 vs 2 workers.
+
+``python benchmarks/train.py [--quick] [--json]``. Everything is measured in one run on the same
+model, shards and batch size. Throughput is taken from epochs after the first (the first pays for
+worker start-up, imports and allocator warm-up), as ``train/samples_per_s`` from the very same
+``pipelines.loop.train_epoch`` in both set-ups, so the ratio isolates what Ray Train adds.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from benchmarks._common import emit, parse_args  # noqa: E402
+
+
+def _config(shards: Path, tmp: Path, workers: int, threads: int, epochs: int, size: str):
+    from pipelines.config import load_config
+
+    return load_config(None, [
+        f"data.shards={shards}", "data.tasks=[semseg, depth, normals, edge]", "data.loader_workers=0",
+        "data.augment={hflip: 0.5}", "model.name=mtinet", f"model.width={size}", f"train.epochs={epochs}",
+        "train.batch_size=8", f"train.workers={workers}", f"train.cpus_per_worker={threads}",
+        f"train.torch_threads={threads}", "train.preview_every=0", "tracking.log_model=false",
+        f"tracking.uri=sqlite:///{tmp}/mlflow.db", "tracking.experiment=bench", f"checkpoint.storage_path={tmp}/ray",
+    ])
+
+
+def plain_loop(cfg) -> list[float]:
+    """The same epoch function in one process, no Ray, no DDP: samples/s per epoch."""
+    import torch
+
+    from datasets.loader import ShardStream, make_loader
+    from datasets.manifest import load_manifest
+    from datasets.transforms import build_transform
+    from fusion import build_model
+    from fusion.losses import MultiTaskLoss
+    from pipelines.loop import model_config, make_optimizer, train_epoch
+
+    torch.set_num_threads(cfg.train.torch_threads)
+    torch.manual_seed(0)
+    mcfg = model_config(cfg, len(load_manifest(cfg.data.shards)["classes"]))
+    model = build_model(mcfg)
+    stream = ShardStream(cfg.data.shards, "train", tasks=cfg.data.tasks, modalities=cfg.data.modalities,
+                         batch_size=cfg.train.batch_size, train=True, shuffle_buffer=cfg.data.shuffle_buffer,
+                         transform=build_transform(cfg.data.augment, train=True))
+    crit, opt = MultiTaskLoss(mcfg["tasks"]), make_optimizer(cfg, model)
+    rates = []
+    for epoch in range(cfg.train.epochs):
+        stream.set_epoch(epoch)
+        rates.append(train_epoch(model, make_loader(stream), crit, opt, None, torch.device("cpu"), epoch=epoch)
+                     ["train/samples_per_s"])
+    return rates
+
+
+def ray_loop(cfg) -> list[float]:
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.train import run_training
+
+    s = run_training(cfg)
+    hist = MlflowClient(tracking_uri=s["tracking_uri"]).get_metric_history(s["mlflow_run_id"], "train/samples_per_s")
+    return [m.value for m in sorted(hist, key=lambda m: m.step)]
+
+
+def mlflow_log_seconds(tmp: Path, num_metrics: int, repeats: int) -> float:
+    """Median seconds of one epoch's batched log_metrics call against a sqlite store."""
+    from pipelines.tracking import Tracker
+
+    tracker = Tracker.create_run(f"sqlite:///{tmp}/mlflow-bench.db", "bench-logging", "log", {})
+    metrics = {f"val/m{i}": float(i) for i in range(num_metrics)}
+    times = []
+    for step in range(repeats):
+        t0 = time.perf_counter()
+        tracker.log_metrics(metrics, step=step)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    import ray
+
+    from datasets.sources.synthetic import SyntheticSource
+    from datasets.writer import write_dataset
+
+    n, hw, epochs, size = (48, (64, 80), 3, "0.125") if args.quick else (192, (120, 160), 4, "0.25")
+    results, ratios = [], {}
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        shards = tmp / "shards"
+        write_dataset(SyntheticSource(num_train=n, num_val=16, height=hw[0], width=hw[1]), shards,
+                      shard_size=16, progress=False)
+        threads = os.cpu_count() or 1
+        cfg1 = _config(shards, tmp, 1, threads, epochs, size)
+        plain = plain_loop(cfg1)
+        ray.init(num_cpus=threads, include_dashboard=False, log_to_driver=False)
+        ray1 = ray_loop(cfg1)
+        steady_plain, steady_ray = statistics.mean(plain[1:]), statistics.mean(ray1[1:])
+        results += [{"setup": "plain loop, 1 process", "threads": threads, "samples_per_s_by_epoch": plain,
+                     "steady_samples_per_s": steady_plain},
+                    {"setup": "Ray Train, 1 worker", "threads": threads, "samples_per_s_by_epoch": ray1,
+                     "steady_samples_per_s": steady_ray}]
+        ratios["ray_train_vs_plain_loop"] = steady_ray / steady_plain
+        if not args.quick:
+            cfg2 = _config(shards, tmp, 2, max(1, threads // 2), epochs, size)
+            ray2 = ray_loop(cfg2)
+            results.append({"setup": "Ray Train, 2 workers (DDP)", "threads_per_worker": max(1, threads // 2),
+                            "samples_per_s_by_epoch": ray2, "steady_samples_per_s": statistics.mean(ray2[1:])})
+            ratios["two_workers_vs_one"] = statistics.mean(ray2[1:]) / steady_ray
+        ray.shutdown()
+        epoch_s = n / steady_ray
+        log_s = mlflow_log_seconds(tmp, num_metrics=40, repeats=5 if args.quick else 20)
+        results.append({"setup": "MLflow log_metrics, 40 metrics, one batched request", "seconds": log_s,
+                        "epoch_seconds": epoch_s})
+        ratios["mlflow_logging_fraction"] = log_s / epoch_s
+    emit("train", results, ratios, args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Training-step behaviour without Ray: non-finite losses, schedules, validation before start."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from fusion.losses import MultiTaskLoss
+from pipelines.config import ConfigError, load_config
+from pipelines.loop import NonFiniteLossError, lr_factor, train_epoch
+from pipelines.train import validate_experiment
+
+
+class _Bad(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(1))
+
+    def forward(self, inputs):
+        x = inputs["rgb"]
+        depth = x[:, :1] * self.w * float("nan")
+        return {"semseg": x[:, :2] * self.w, "depth": depth}
+
+
+def test_nan_loss_names_the_task():
+    batch = {"inputs": {"rgb": torch.ones(2, 3, 4, 4)},
+             "targets": {"semseg": torch.zeros(2, 4, 4, dtype=torch.long), "depth": torch.ones(2, 1, 4, 4)}}
+    model = _Bad()
+    with pytest.raises(NonFiniteLossError, match=r"epoch 3, batch 0: task\(s\) depth"):
+        train_epoch(model, [batch], MultiTaskLoss(["semseg", "depth"]), torch.optim.SGD(model.parameters(), 0.1),
+                    None, torch.device("cpu"), epoch=3)
+
+
+def test_poly_and_cosine_schedules():
+    poly = load_config(None, ["optim.schedule=poly", "optim.warmup_epochs=1"])
+    assert lr_factor(poly, 0, 100, 10) == pytest.approx(0.1)
+    assert lr_factor(poly, 10, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(poly, 55, 100, 10) == pytest.approx(0.5 ** 0.9)
+    cos = load_config(None, ["optim.schedule=cosine"])
+    assert lr_factor(cos, 50, 100, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_invalid_experiment_lists_every_problem_before_ray(smoke_shards, tmp_path):
+    from datasets.writer import write_dataset
+    from tests.conftest import ToySource
+
+    cfg = load_config(None, [f"data.shards={smoke_shards}", "model.name=nosuchnet", "data.tasks=[semseg]",
+                             "checkpoint.metric=val/depth/rmse", "train.batch_size=64"])
+    with pytest.raises(ConfigError) as e:
+        validate_experiment(cfg)
+    msg = str(e.value)
+    assert "unknown model 'nosuchnet'" in msg and "checkpoint.metric" in msg and "training samples" in msg
+
+    class NoDepth(ToySource):
+        members = ["rgb", "semseg"]
+
+        def load(self, split, key):
+            s = super().load(split, key)
+            return {k: s[k] for k in ("rgb", "semseg", "meta")}
+
+    write_dataset(NoDepth(), tmp_path / "nd", progress=False)
+    with pytest.raises(ConfigError, match=r"data.tasks: dataset .* lacks \['depth'\]"):
+        validate_experiment(load_config(None, [f"data.shards={tmp_path / 'nd'}", "data.tasks=[semseg, depth]"]))

@@ -1,0 +1,78 @@
+"""End-to-end Ray Train runs: tracking, resume, recovery from a dead worker, evaluate."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from datasets.manifest import manifest_digest
+from pipelines.train import INJECT_FAILURE_ENV, run_training
+
+pytestmark = pytest.mark.integration
+
+
+def _steps(client, run_id, key):
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def test_two_worker_run_is_tracked_completely(ray_cluster, tiny_config, smoke_shards):
+    from pipelines.evaluate import run_evaluate
+
+    cfg = tiny_config()
+    summary = run_training(cfg, run_name="full")
+    client = MlflowClient(tracking_uri=cfg.resolved_paths().tracking.uri)
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == "full"
+    assert run.data.params["model.name"] == "mtinet" and run.data.params["train.workers"] == "2"
+    assert run.data.tags["data.manifest_digest"] == manifest_digest(smoke_shards)
+    for key in ("train/loss/total", "train/loss/semseg", "val/semseg/miou", "val/depth/rmse", "val/normals/mean",
+                "val/edge/odsF", "lr", "train/samples_per_s"):
+        assert _steps(client, run.info.run_id, key) == [0, 1], key
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"checkpoints", "previews", "config.yaml"} <= artifacts
+    best = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints/best")}
+    assert {"checkpoints/best/model.pt", "checkpoints/best/meta.json"} <= best
+    assert len(client.list_artifacts(run.info.run_id, "previews")) == 2
+    assert len(client.search_logged_models(experiment_ids=[run.info.experiment_id])) == 1
+    assert Path(summary["best_checkpoint"]).is_dir() and str(cfg.checkpoint.storage_path) in summary["best_checkpoint"]
+    assert 0.0 <= summary["final_metrics"]["val/semseg/miou"] <= 1.0
+
+    # Evaluating the logged best checkpoint reproduces the metrics training reported for that epoch.
+    ev = run_evaluate(cfg, run_id=summary["mlflow_run_id"])
+    best_epoch = int(run.data.tags["fusionpipe.best_epoch"])
+    hist = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val/semseg/miou")}
+    assert ev["epoch"] == best_epoch and ev["num_samples"] == 8
+    assert ev["metrics"]["semseg/miou"] == pytest.approx(hist[best_epoch], abs=1e-6)
+
+
+def test_checkpoint_of_another_model_is_refused(ray_cluster, tiny_config):
+    from pipelines.checkpoints import CheckpointError
+    from pipelines.evaluate import run_evaluate
+
+    summary = run_training(tiny_config("train.epochs=1", "tracking.log_model=false"), run_name="other")
+    with pytest.raises(CheckpointError, match=r"another model config: name: checkpoint 'mtinet' vs config 'padnet'"):
+        run_evaluate(tiny_config("model.name=padnet"), checkpoint=summary["best_checkpoint"])
+
+
+def test_rerun_with_same_name_resumes_the_same_mlflow_run(ray_cluster, tiny_config):
+    first = run_training(tiny_config("train.epochs=1", "tracking.log_model=false"), run_name="resume-me")
+    cfg = tiny_config("train.epochs=3", "tracking.log_model=false")
+    second = run_training(cfg, run_name="resume-me")
+    assert second["resumed"] and second["mlflow_run_id"] == first["mlflow_run_id"] and second["epochs"] == 3
+    client = MlflowClient(tracking_uri=cfg.resolved_paths().tracking.uri)
+    assert _steps(client, first["mlflow_run_id"], "val/semseg/miou") == [0, 1, 2]
+    assert _steps(client, first["mlflow_run_id"], "train/loss/total") == [0, 1, 2]
+    assert len(client.search_runs([client.get_experiment_by_name("test").experiment_id])) == 1
+
+
+def test_dead_worker_is_recovered_with_max_failures(ray_cluster, tiny_config, tmp_path, monkeypatch):
+    marker = tmp_path / "failed-once"
+    monkeypatch.setenv(INJECT_FAILURE_ENV, f"1:1:{marker}")
+    cfg = tiny_config("failure.max_failures=1", "tracking.log_model=false")
+    summary = run_training(cfg, run_name="flaky")
+    assert marker.exists(), "the injected failure did not happen"
+    assert summary["epochs"] == 2
+    client = MlflowClient(tracking_uri=cfg.resolved_paths().tracking.uri)
+    assert client.get_run(summary["mlflow_run_id"]).info.status == "FINISHED"
+    assert _steps(client, summary["mlflow_run_id"], "val/semseg/miou") == [0, 1]
