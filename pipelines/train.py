@@ -144,6 +144,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         from pipelines.tracking import Tracker
 
         tracker = Tracker(config["tracking_uri"], run_id)
+        # A worker that dies right after ray.train.report can take the report with it, so a retry may
+        # redo an epoch whose metrics are already in MLflow: those steps are not logged again.
+        already_logged = tracker.logged_steps("train/loss/total")
     num_classes = mcfg["num_classes"]
     for epoch in range(start_epoch, cfg.train.epochs):
         _maybe_inject_failure(config.get("inject_failure"), epoch, rank)
@@ -163,8 +166,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                                    "scheduler": scheduler.state_dict()})
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
-        if tracker is not None:
-            # Logged after the checkpoint is persisted: a retry resumes after this epoch, never logs it twice.
+        if tracker is not None and epoch not in already_logged:
+            # Logged after the checkpoint is persisted, and never for a step MLflow already has.
             tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
             every = cfg.train.preview_every
             if every and (epoch % every == every - 1 or epoch == cfg.train.epochs - 1):
