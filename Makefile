@@ -18,7 +18,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test install data clean-data
+.PHONY: run test install smoke-data
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,9 +30,13 @@ install: $(VENV)/.installed
 
 run: install
 	PATH="$(abspath $(VENV))/bin:$$PATH" dvc repro
+	@PATH="$(abspath $(VENV))/bin:$$PATH" dvc metrics show
+	@echo "Results: metrics/eval.json (dvc metrics show), outputs/history.csv (dvc plots show),"
+	@echo "         checkpoints in ray_results/, every run in MLflow:"
+	@echo "         $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1"
 
 test: install
 	$(PY) -m pytest
 
-data: install
+smoke-data: install
 	$(VENV)/bin/fusionpipe data build synthetic --out data/shards/smoke --num-train 32 --num-val 16 --height 96 --width 128 --shard-size 8

@@ -167,24 +167,28 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         return (0, 1) if info is None else (info.id, info.num_workers)
 
-    def _decoded(self, shards: list[tuple[Path, int]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    def _raw(self, shards: list[tuple[Path, int]]) -> Iterator[tuple[str, dict[str, bytes]]]:
+        """``(where, encoded members)`` of each sample; a truncated shard is skipped or raised."""
         for path, _ in shards:
             try:
                 for key, members in iter_shard(path):
-                    where = f"{path} key {key!r}"
-                    try:
-                        sample = decode_sample(members, where)
-                        check_sample(sample, self.required, self.num_classes, self.ignore_index, where)
-                    except ShardFormatError as e:
-                        if self.errors == "raise":
-                            raise ShardReadError(str(e)) from e
-                        self._skip(str(e))
-                        continue
-                    yield key, sample
+                    yield f"{path} key {key!r}", members
             except ShardReadError as e:
                 if self.errors == "raise":
                     raise
                 self._skip(str(e))
+
+    def _decode(self, where: str, members: dict[str, bytes]) -> dict[str, Any] | None:
+        """The decoded, checked sample, or ``None`` when it is bad and ``errors="skip"``."""
+        try:
+            sample = decode_sample(members, where)
+            check_sample(sample, self.required, self.num_classes, self.ignore_index, where)
+        except ShardFormatError as e:
+            if self.errors == "raise":
+                raise ShardReadError(str(e)) from e
+            self._skip(str(e))
+            return None
+        return sample
 
     def _skip(self, why: str) -> None:
         self.skipped += 1
@@ -202,39 +206,54 @@ class ShardStream(IterableDataset):
             raise RuntimeError(f"ShardStream built for {self.num_workers} workers runs in {nworkers}")
         slot = self.rank * nworkers + worker
         if not self.train:
-            for _, sample in self._decoded(self._eval_shards(range(worker, worker + 1))):
-                yield self._to_tensors(sample)
+            for where, members in self._raw(self._eval_shards(range(worker, worker + 1))):
+                sample = self._decode(where, members)
+                if sample is not None:
+                    yield self._to_tensors(sample)
             return
         batches = self.batches_per_rank // nworkers + (1 if worker < self.batches_per_rank % nworkers else 0)
         yield from self._train_iter(slot, batches * self.batch_size)
 
     def _train_iter(self, slot: int, quota: int) -> Iterator[dict[str, Any]]:
+        """Exactly ``quota`` samples, cycling over this slot's shards as often as needed.
+
+        The shuffle buffer holds *encoded* samples (~8x smaller than decoded ones, and decoded just
+        before use, while hot in cache); it is capped at the samples one pass over the slot's
+        shards yields, so it fills in the first pass.
+        """
         rng = random.Random(f"{self.seed}-{self.epoch}-{slot}")
-        buffer: list[dict[str, Any]] = []
+        buffer: list[tuple[str, dict[str, bytes]]] = []
         produced, rounds = 0, 0
         while produced < quota:
-            got = 0
-            for _, sample in self._decoded(self._train_shards(slot, self.epoch * 1000 + rounds)):
-                got += 1
-                if len(buffer) < self.shuffle_buffer:
-                    buffer.append(sample)
+            shards = self._train_shards(slot, self.epoch * 1000 + rounds)
+            cap = min(self.shuffle_buffer, sum(n for _, n in shards))
+            for item in self._raw(shards):
+                if len(buffer) < cap:
+                    buffer.append(item)
                     continue
                 if buffer:
                     i = rng.randrange(len(buffer))
-                    buffer[i], sample = sample, buffer[i]
-                yield self._prepare(sample, rng)
-                produced += 1
-                if produced == quota:
-                    return
-            if got == 0:
-                raise ShardReadError(f"{self.root}/{self.split}: slot {slot} read no usable sample from its shards")
+                    buffer[i], item = item, buffer[i]
+                out = self._prepare(item, rng)
+                if out is not None:
+                    yield out
+                    produced += 1
+                    if produced == quota:
+                        return
             rounds += 1
             # Drain the buffer only when the quota will be met before it runs dry (keeps order random).
             while buffer and produced < quota and len(buffer) >= quota - produced:
-                yield self._prepare(buffer.pop(rng.randrange(len(buffer))), rng)
-                produced += 1
+                out = self._prepare(buffer.pop(rng.randrange(len(buffer))), rng)
+                if out is not None:
+                    yield out
+                    produced += 1
+            if produced == 0 and rounds >= 2:
+                raise ShardReadError(f"{self.root}/{self.split}: slot {slot} read no usable sample from its shards")
 
-    def _prepare(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    def _prepare(self, item: tuple[str, dict[str, bytes]], rng: random.Random) -> dict[str, Any] | None:
+        sample = self._decode(*item)
+        if sample is None:
+            return None
         if self.transform is not None:
             sample = self.transform(sample, rng.randrange(2**31))
         return self._to_tensors(sample)

@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,4 +76,4 @@ def test_ratios_on_hand_made_rates_and_bad_input():
     with pytest.raises(ValueError, match="decode_limit"):
         ratios([results[0], {"name": "decode_limit", "samples_per_s_cpu": 0.0}, results[2]])
     with pytest.raises(ValueError, match="rounds"):
-        measure(None, None, H, W, rounds=1)
+        measure(Path("unused"), Path("unused"), H, W, rounds=1)

@@ -158,3 +158,12 @@ def test_pickle_member_is_refused(toy_dataset):
 def test_too_few_samples_for_world_is_an_error(toy_dataset):
     with pytest.raises(ValueError, match="fewer than world_size"):
         ShardStream(toy_dataset, "val", tasks=["semseg"], modalities=["rgb"], batch_size=4, train=True, world_size=2)
+
+
+def test_skip_policy_in_train_mode_keeps_exact_batch_counts(toy_dataset):
+    _rewrite_member(toy_dataset, "train/shard-000001.tar", "train0004", "semseg.png",
+                    _png8(np.full((12, 16), 9, np.uint8)))
+    s = ShardStream(toy_dataset, "train", tasks=["semseg"], modalities=["rgb"], batch_size=2, train=True,
+                    shuffle_buffer=3, errors="skip")
+    ids, batches = _ids(make_loader(s))
+    assert batches == 5 and len(ids) == 10 and "train/train0004" not in ids and s.skipped >= 1
