@@ -248,55 +248,6 @@ def _log_dataset_input(tracker: Any, cfg: ExperimentConfig, manifest: dict[str, 
         DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "train")])])
 
 
-class _PackedModel(torch.nn.Module):
-    """Single-tensor wrapper for ``mlflow.pytorch`` (its pyfunc takes one array, returns one):
-    input = the modalities concatenated on channels, output = task predictions concatenated."""
-
-    def __init__(self, model: torch.nn.Module, modalities: list[str], channels: dict[str, int], tasks: list[str]):
-        super().__init__()
-        self.model, self.modalities, self.channels, self.tasks = model, modalities, channels, tasks
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        inputs, start = {}, 0
-        for m in self.modalities:
-            inputs[m] = x[:, start : start + self.channels[m]]
-            start += self.channels[m]
-        out = self.model(inputs)
-        return torch.cat([out[t].float() for t in self.tasks], dim=1)
-
-
-def _log_final_model(tracker: Any, ckpt_dir: str, meta: dict[str, Any], sample_hw: tuple[int, int]) -> None:
-    import mlflow
-    import mlflow.pytorch
-    from mlflow.models import infer_signature
-
-    from fusion import build_model
-    from pipelines.checkpoints import load_model_state
-
-    mcfg = meta["model_config"]
-    model = build_model(mcfg)
-    load_model_state(model, ckpt_dir)
-    model.eval()
-    channels = {"rgb": 3, "depth": 1}
-    packed = _PackedModel(model, mcfg["modalities"], channels, mcfg["tasks"]).eval()
-    example = np.zeros((1, sum(channels[m] for m in mcfg["modalities"]), *sample_hw), np.float32)
-    with torch.no_grad():
-        outs = model({m: torch.zeros(1, channels[m], *sample_hw) for m in mcfg["modalities"]})
-        out = packed(torch.from_numpy(example)).numpy()
-    layout, start = {}, 0
-    for t in mcfg["tasks"]:
-        layout[t] = [start, start + outs[t].shape[1]]
-        start += outs[t].shape[1]
-    mlflow.set_tracking_uri(tracker.uri)
-    with mlflow.start_run(run_id=tracker.run_id):
-        # pt2 (torch.export) rather than pickle: loading the logged model never unpickles code.
-        mlflow.pytorch.log_model(packed, name="model", signature=infer_signature(example, out),
-                                 input_example=example, serialization_format="pt2",
-                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                                 metadata={"input_channels": {m: channels[m] for m in mcfg["modalities"]},
-                                           "output_channels": layout, "model_config": mcfg})
-
-
 def run_training(cfg: ExperimentConfig, run_name: str | None = None) -> dict[str, Any]:
     """Validate, train with Ray Train, log to MLflow; returns the run summary."""
     import ray
@@ -305,6 +256,7 @@ def run_training(cfg: ExperimentConfig, run_name: str | None = None) -> dict[str
 
     from pipelines.checkpoints import read_meta
     from pipelines.loop import model_config
+    from pipelines.model_export import log_final_model
     from pipelines.tracking import check_store_for_cluster
 
     manifest = validate_experiment(cfg)
@@ -349,7 +301,7 @@ def run_training(cfg: ExperimentConfig, run_name: str | None = None) -> dict[str
                       "fusionpipe.best_epoch": str(best_metrics.get("epoch"))})
     if cfg.tracking.log_model:
         h, w = _sample_hw(cfg)
-        _log_final_model(tracker, best_ckpt.path, read_meta(best_ckpt.path), (h, w))
+        log_final_model(tracker, best_ckpt.path, read_meta(best_ckpt.path), (h, w))
     tracker.end("FINISHED")
     final = {k: v for k, v in last_meta["metrics"].items() if k.startswith("val/")}
     return {"run_name": run_name, "mlflow_run_id": tracker.run_id, "tracking_uri": cfg.tracking.uri,

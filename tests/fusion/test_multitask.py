@@ -5,17 +5,6 @@ import fusion
 from fusion.losses import MultiTaskLoss
 from fusion.models.multitask.layers import FeaturePropagation, MultiModalDistillation, SqueezeExcitation
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Intra-op threads oversubscribe the shared CI cores and make tiny convs ~50x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TINY = {"backbone": "hrnet18", "width": 0.25, "num_classes": 5}
 
 

@@ -20,15 +20,6 @@ OVERRIDES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Intra-op threads oversubscribe the shared CI cores and make tiny convs ~50x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _config(name: str) -> ModelConfig:
     return ModelConfig.from_dict({"name": name, **BASE, **OVERRIDES.get(name, {})})
 
