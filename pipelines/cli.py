@@ -10,6 +10,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import click  # noqa: E402
 
+from pipelines.compare_cli import compare  # noqa: E402
 from pipelines.data_cli import data  # noqa: E402
 from pipelines.run_cli import evaluate, train  # noqa: E402
 
@@ -23,6 +24,7 @@ def cli() -> None:
 cli.add_command(data)
 cli.add_command(train)
 cli.add_command(evaluate)
+cli.add_command(compare)
 
 
 def main() -> None:

@@ -1,0 +1,205 @@
+"""``pipelines.compare`` and ``fusionpipe compare`` on small sqlite MLflow stores filled by hand."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from pipelines.compare import CompareError, compare, metric_direction
+from pipelines.compare_cli import compare as compare_cmd
+
+D1, D2 = "a" * 64, "b" * 64
+T0 = 1_700_000_000_000
+# name: (params, tags, {metric: values per epoch}, training seconds)
+RUNS = {
+    "mtl": ({"model.name": "mtinet", "train.epochs": "3", "train.lr": "0.01", "model.heads": "2"},
+            {"fusionpipe.model": "mtinet", "data.manifest_digest": D1},
+            {"val/semseg/miou": [0.30, 0.50, 0.45], "val/depth/rmse": [1.0, 0.8, 0.9], "train/loss/total": [3, 2, 1]},
+            60.5),
+    "st_semseg": ({"model.name": "single_task", "train.epochs": "3", "train.lr": "0.01"},
+                  {"fusionpipe.model": "single_task", "data.manifest_digest": D1},
+                  {"val/semseg/miou": [0.20, 0.40, 0.40]}, 30.0),
+    "st_depth": ({"model.name": "single_task", "train.epochs": "3", "train.lr": "0.01"},
+                 {"fusionpipe.model": "single_task", "data.manifest_digest": D1},
+                 {"val/depth/rmse": [1.2, 1.0, 1.1]}, 31.25),
+    "mtl_newdata": ({"model.name": "mtinet", "train.epochs": "3", "train.lr": "0.02"},
+                    {"fusionpipe.model": "mtinet", "data.manifest_digest": D2},
+                    {"val/semseg/miou": [0.1, 0.2, 0.3], "val/depth/rmse": [2.0, 1.5, 1.6]}, 90.0),
+}
+
+
+def _fill(uri: str, experiment: str, runs: dict) -> dict[str, str]:
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment(experiment)
+    ids = {}
+    for i, (name, (params, tags, metrics, seconds)) in enumerate(runs.items()):
+        start = T0 + i * 1_000_000
+        run = client.create_run(exp_id, run_name=name, start_time=start)
+        items = [Metric(k, float(v), start + step, step) for k, vs in metrics.items() for step, v in enumerate(vs)]
+        client.log_batch(run.info.run_id, metrics=items, params=[Param(k, v) for k, v in params.items()],
+                         tags=[RunTag(k, v) for k, v in tags.items()])
+        client.set_terminated(run.info.run_id, end_time=start + int(seconds * 1000))
+        ids[name] = run.info.run_id
+    return ids
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{path}/m.db"
+    return uri, _fill(uri, "exp", RUNS)
+
+
+def test_metric_direction():
+    assert [metric_direction(k) for k in ("val/semseg/miou", "val/depth/rmse", "normals/mean", "val/depth/abs_rel",
+                                          "val/normals/median", "train/loss/total", "val/edge/odsF", "val/x/acc")] \
+        == ["higher", "lower", "lower", "lower", "lower", "lower", "higher", "higher"]
+
+
+def test_table_rows(store):
+    uri, ids = store
+    result = compare(uri, experiment="exp")
+    assert result["differing_params"] == ["model.heads", "model.name", "train.lr"]
+    assert result["metric"] == "val/semseg/miou"
+    row = result["runs"][0]
+    assert row == {
+        "run_id": ids["mtl"], "run_name": "mtl", "model": "mtinet",
+        "params.model.heads": "2", "params.model.name": "mtinet", "params.train.lr": "0.01",
+        "final.val/depth/rmse": 0.9, "best.val/depth/rmse": 0.8,
+        "final.val/semseg/miou": 0.45, "best.val/semseg/miou": 0.5,
+        "training_s": 60.5, "data_version": "a" * 12,
+    }
+    assert [r["run_name"] for r in result["runs"]] == list(RUNS)
+    assert [r["params.model.heads"] for r in result["runs"]] == ["2", None, None, None]
+    assert [r["final.val/depth/rmse"] for r in result["runs"]] == [0.9, None, 1.1, 1.6]
+    assert [r["best.val/depth/rmse"] for r in result["runs"]] == [0.8, None, 1.0, 1.5]
+    assert [r["best.val/semseg/miou"] for r in result["runs"]] == [0.5, 0.4, None, 0.3]
+    assert [r["training_s"] for r in result["runs"]] == [60.5, 30.0, 31.25, 90.0]
+    assert "delta_m" not in result and result["files"] == []
+
+
+def test_no_best_leaves_best_empty(store):
+    uri, ids = store
+    result = compare(uri, run_ids=[ids["mtl_newdata"], ids["mtl"]], best=False)
+    assert [r["run_name"] for r in result["runs"]] == ["mtl_newdata", "mtl"]
+    assert result["differing_params"] == ["model.heads", "train.lr"]
+    assert all(r["best.val/semseg/miou"] is None for r in result["runs"])
+    assert result["runs"][0]["final.val/semseg/miou"] == 0.3
+
+
+def test_data_versions_flagged(store):
+    uri, ids = store
+    result = compare(uri, experiment="exp")
+    assert result["data_versions"] == {D1: [ids["mtl"], ids["st_semseg"], ids["st_depth"]], D2: [ids["mtl_newdata"]]}
+    assert [r["data_version"] for r in result["runs"]] == ["a" * 12] * 3 + ["b" * 12]
+    same = compare(uri, run_ids=[ids["mtl"], ids["st_semseg"]])
+    assert same["data_versions"] == {D1: [ids["mtl"], ids["st_semseg"]]}
+
+
+@pytest.mark.parametrize("how", ["runs", "tag"])
+def test_delta_m_against_single_task_references(store, how):
+    uri, ids = store
+    if how == "runs":
+        result = compare(uri, experiment="exp", baseline_runs=[ids["st_semseg"], ids["st_depth"]])
+    else:
+        result = compare(uri, experiment="exp", baseline_tag="fusionpipe.model=single_task")
+    # baseline: semseg/miou 0.40 (st_semseg), depth/rmse 1.1 (st_depth), both final values
+    dm = result["delta_m"]
+    assert set(dm) == {ids["mtl"], ids["mtl_newdata"]}
+    assert dm[ids["mtl"]]["terms"] == pytest.approx({"semseg/miou": 12.5, "depth/rmse": 200 / 11}, rel=1e-12)
+    assert dm[ids["mtl"]]["delta_m"] == pytest.approx((12.5 + 200 / 11) / 2, rel=1e-12)
+    assert dm[ids["mtl_newdata"]]["terms"] == pytest.approx({"semseg/miou": -25.0, "depth/rmse": -500 / 11}, rel=1e-12)
+    assert dm[ids["mtl_newdata"]]["delta_m"] == pytest.approx((-25.0 - 500 / 11) / 2, rel=1e-12)
+
+
+def test_outputs_written(store, tmp_path):
+    uri, ids = store
+    out = tmp_path / "cmp"
+    result = compare(uri, run_ids=[ids["mtl"], ids["mtl_newdata"]], out=out)
+    assert result["files"] == [str(out / n) for n in ("compare.csv", "compare.json", "curves.png", "bars.png")]
+    assert (out / "compare.csv").read_text() == (
+        "run_id,run_name,model,params.model.heads,params.train.lr,final.val/depth/rmse,best.val/depth/rmse,"
+        "final.val/semseg/miou,best.val/semseg/miou,training_s,data_version\n"
+        f"{ids['mtl']},mtl,mtinet,2,0.01,0.9,0.8,0.45,0.5,60.5,aaaaaaaaaaaa\n"
+        f"{ids['mtl_newdata']},mtl_newdata,mtinet,,0.02,1.6,1.5,0.3,0.3,90.0,bbbbbbbbbbbb\n"
+    )
+    assert json.loads((out / "compare.json").read_text())["runs"] == result["runs"]
+    for name in ("curves.png", "bars.png"):
+        with Image.open(out / name) as im:
+            assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
+    assert sorted(p.name for p in out.iterdir()) == ["bars.png", "compare.csv", "compare.json", "curves.png"]
+
+
+def test_errors_name_the_bad_input(store):
+    uri, ids = store
+    with pytest.raises(CompareError, match=r"unknown experiment 'nope' \(existing: .*exp"):
+        compare(uri, experiment="nope")
+    with pytest.raises(CompareError, match="unknown run id 'deadbeef'"):
+        compare(uri, run_ids=[ids["mtl"], "deadbeef"])
+    with pytest.raises(CompareError, match=r"no run has metric 'val/edge/odsF' \(existing: train/loss/total, "
+                                           r"val/depth/rmse, val/semseg/miou\)"):
+        compare(uri, experiment="exp", metric="val/edge/odsF")
+    with pytest.raises(CompareError, match="KEY=VALUE, got 'single_task'"):
+        compare(uri, experiment="exp", baseline_tag="single_task")
+    with pytest.raises(CompareError, match="no run has tag fusionpipe.model='st'"):
+        compare(uri, experiment="exp", baseline_tag="fusionpipe.model=st")
+    with pytest.raises(CompareError, match="both report 'val/semseg/miou'"):
+        compare(uri, experiment="exp", baseline_runs=[ids["st_semseg"], ids["mtl"]])
+
+
+def test_cli_human_and_json(store):
+    uri, ids = store
+    runner = CliRunner()
+    res = runner.invoke(compare_cmd, ["--experiment", "exp", "--tracking-uri", uri,
+                                      "--baseline-tag", "fusionpipe.model=single_task"])
+    assert res.exit_code == 0, res.output
+    assert "warning: runs used 2 different data versions (aaaaaaaaaaaa: 3 run(s); bbbbbbbbbbbb: 1 run(s))" in res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("| run_id | run_name | model | params.model.heads |")
+    assert lines[2] == (f"| {ids['mtl']} | mtl | mtinet | 2 | mtinet | 0.01 | 0.9 | 0.8 | 0.45 | 0.5 | 60.5 "
+                        "| aaaaaaaaaaaa | +15.34% |")
+    assert f"delta_m {ids['mtl']}: +15.34% (semseg/miou +12.50%, depth/rmse +18.18%)" in res.stdout
+    res = runner.invoke(compare_cmd, ["--run-ids", ids["mtl"], "--run-ids", ids["st_semseg"],
+                                      "--tracking-uri", uri, "--json"])
+    assert res.exit_code == 0 and res.stderr == ""
+    obj = json.loads(res.stdout)
+    assert [r["run_name"] for r in obj["runs"]] == ["mtl", "st_semseg"] and obj["files"] == []
+    res = runner.invoke(compare_cmd, ["--experiment", "missing", "--tracking-uri", uri, "--json"])
+    assert res.exit_code == 2 and "unknown experiment 'missing'" in json.loads(res.stdout)["error"]
+    res = runner.invoke(compare_cmd, ["--tracking-uri", uri])
+    assert res.exit_code == 2 and "exactly one of --experiment and --run-ids" in res.stderr
+
+
+def test_many_runs_page_and_skip_history(tmp_path, monkeypatch):
+    import pipelines.compare as cmp
+
+    n = 100
+    runs = {f"r{i:03d}": ({"model.name": "mtinet", "train.lr": str(i % 3)}, {"data.manifest_digest": D1},
+                          {"val/semseg/miou": [i / 200, i / 100], "val/depth/rmse": [1 + i / 100]}, 1.0)
+            for i in range(n)}
+    uri = f"sqlite:///{tmp_path}/m.db"
+    _fill(uri, "big", runs)
+    monkeypatch.setattr(cmp, "PAGE_SIZE", 30)  # four pages
+    result = compare(uri, experiment="big")
+    assert [r["run_name"] for r in result["runs"]] == list(runs)
+    assert [r["final.val/semseg/miou"] for r in result["runs"]] == [i / 100 for i in range(n)]
+    assert [r["params.train.lr"] for r in result["runs"]] == [str(i % 3) for i in range(n)]
+    assert result["differing_params"] == ["train.lr"]
+    assert all(r["best.val/semseg/miou"] is None for r in result["runs"])  # > 50 runs: no history requests
+    best = compare(uri, experiment="big", best=True)
+    assert [r["best.val/depth/rmse"] for r in best["runs"]] == [1 + i / 100 for i in range(n)]
+
+
+def test_metric_direction_uses_the_last_component():
+    from pipelines.compare import metric_direction
+
+    assert metric_direction("val/semseg/mean_acc") == "higher"
+    assert metric_direction("val/normals/median") == "lower"
+    assert metric_direction("val/depth/log_rmse") == "lower"
+    assert metric_direction("train/loss/total") == "lower"
+    assert metric_direction("val/normals/11.25") == "higher"
