@@ -15,10 +15,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from datasets.transforms import AugmentConfig
+from fusion.config import MODALITIES, TASKS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TASKS = ("semseg", "depth", "normals", "edge", "parts", "sal")
-MODALITIES = ("rgb", "depth")
 
 
 class ConfigError(ValueError):
@@ -43,22 +42,21 @@ class DataSection(_Section):
     @field_validator("tasks")
     @classmethod
     def _tasks(cls, v: list[str]) -> list[str]:
-        bad = [t for t in v if t not in TASKS]
-        if bad:
-            raise ValueError(f"unknown task(s) {bad}; known: {list(TASKS)}")
-        if len(set(v)) != len(v):
-            raise ValueError(f"duplicate task in {v}")
-        return v
+        return _known_unique(v, TASKS, "task")
 
     @field_validator("modalities")
     @classmethod
     def _modalities(cls, v: list[str]) -> list[str]:
-        bad = [m for m in v if m not in MODALITIES]
-        if bad:
-            raise ValueError(f"unknown modality(ies) {bad}; known: {list(MODALITIES)}")
-        if len(set(v)) != len(v):
-            raise ValueError(f"duplicate modality in {v}")
-        return v
+        return _known_unique(v, MODALITIES, "modality")
+
+
+def _known_unique(values: list[str], known: tuple[str, ...], what: str) -> list[str]:
+    bad = [x for x in values if x not in known]
+    if bad:
+        raise ValueError(f"unknown {what}(s) {bad}; known: {list(known)}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"duplicate {what} in {values}")
+    return values
 
 
 class ModelSection(_Section):
