@@ -1,8 +1,11 @@
 """Printing for commands with ``--json``: one JSON object on stdout and nothing else there."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -21,3 +24,22 @@ def fail(message: str, as_json: bool = False, code: int = 1) -> None:
         sys.stdout.write(json.dumps({"ok": False, "error": message}) + "\n")
     click.echo(f"error: {message}", err=True)
     raise SystemExit(code)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr(active: bool = True) -> Iterator[None]:
+    """Send everything written to file descriptor 1 (Ray's progress, worker logs, C extensions) to
+    stderr while active, so a ``--json`` command's stdout holds nothing but its JSON."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

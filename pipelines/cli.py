@@ -13,6 +13,7 @@ import click  # noqa: E402
 from pipelines.compare_cli import compare  # noqa: E402
 from pipelines.data_cli import data  # noqa: E402
 from pipelines.run_cli import evaluate, train  # noqa: E402
+from pipelines.tune_cli import tune  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,6 +25,7 @@ def cli() -> None:
 cli.add_command(data)
 cli.add_command(train)
 cli.add_command(evaluate)
+cli.add_command(tune)
 cli.add_command(compare)
 
 

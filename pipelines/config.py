@@ -192,19 +192,27 @@ def _format_errors(e: ValidationError, source: str) -> str:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """``["a.b=1", "c=[x, y]"]`` -> nested updates; values are parsed as YAML."""
-    out = copy.deepcopy(raw)
+    pairs = []
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected key=value")
+        pairs.append((key, yaml.safe_load(value)))
+    return set_fields(raw, pairs)
+
+
+def set_fields(raw: dict[str, Any], pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A copy of ``raw`` with each dotted ``key`` set to its (already parsed) value."""
+    out = copy.deepcopy(raw)
+    for key, value in pairs:
         node = out
         parts = key.split(".")
         for p in parts[:-1]:
             child = node.setdefault(p, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: {p!r} is not a section")
+                raise ConfigError(f"{key}: {p!r} is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(value)
+        node[parts[-1]] = copy.deepcopy(value)
     return out
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from pipelines._output import emit, fail
+from pipelines._output import emit, fail, stdout_to_stderr
 
 
 def _load(config: Path, overrides: tuple[str, ...], as_json: bool):
@@ -35,8 +35,9 @@ def train(config: Path, overrides: tuple[str, ...], run_name: str | None, summar
     cfg = _load(config, overrides, as_json)
     summary_path = summary
     try:
-        summary = run_training(cfg, run_name=run_name)
-        write_outputs(summary, summary_path, history)
+        with stdout_to_stderr(as_json):  # Ray's and the workers' output must not corrupt the JSON
+            summary = run_training(cfg, run_name=run_name)
+            write_outputs(summary, summary_path, history)
     except (ConfigError, CheckpointError) as e:
         fail(str(e), as_json, code=2)
         return

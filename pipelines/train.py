@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import tempfile
@@ -157,6 +158,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics.update(evaluate(model, make_loader(val_stream), mcfg["tasks"], num_classes, device, amp=cfg.train.amp))
         metrics["lr"] = optimizer.param_groups[0]["lr"]
         metrics["epoch"] = epoch
+        if tracker is not None and epoch not in already_logged:
+            # Logged before the report: a Tune scheduler may stop the trial as soon as it sees the report.
+            # A retry that redoes this epoch does not log it again.
+            tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
@@ -167,8 +172,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
         if tracker is not None and epoch not in already_logged:
-            # Logged after the checkpoint is persisted, and never for a step MLflow already has.
-            tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
             every = cfg.train.preview_every
             if every and (epoch % every == every - 1 or epoch == cfg.train.epochs - 1):
                 _log_preview(tracker, model, val_stream, mcfg["tasks"], epoch, device, predict)
@@ -190,7 +193,8 @@ def _log_preview(tracker: Any, model: torch.nn.Module, stream: Any, tasks: list[
         tracker.log_artifact(path, "previews")
 
 
-def init_ray(cfg: ExperimentConfig) -> None:
+def init_ray(cfg: ExperimentConfig, concurrent_runs: int = 1) -> None:
+    """Join ``RAY_ADDRESS``, or start a local Ray big enough for ``concurrent_runs`` runs of ``cfg``."""
     import ray
 
     if ray.is_initialized():
@@ -198,15 +202,19 @@ def init_ray(cfg: ExperimentConfig) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, log_to_driver=True,
-                 num_cpus=max(os.cpu_count() or 1, int(cfg.train.workers * cfg.train.cpus_per_worker)))
+        needed = math.ceil(concurrent_runs * cfg.train.workers * cfg.train.cpus_per_worker)
+        # The dashboard serves Ray's state API, which Train V2 needs to release the placement group of a
+        # run whose controller was killed (a Tune trial stopped early); it listens on 127.0.0.1 only.
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True,
+                 num_cpus=max(os.cpu_count() or 1, needed))
 
 
 def _run_state(storage: str, run_name: str) -> Path:
     return Path(storage) / run_name / RUN_STATE
 
 
-def _open_mlflow_run(cfg: ExperimentConfig, run_name: str, manifest: dict[str, Any]) -> tuple[Any, bool]:
+def _open_mlflow_run(cfg: ExperimentConfig, run_name: str, manifest: dict[str, Any],
+                     extra_tags: dict[str, str] | None = None) -> tuple[Any, bool]:
     """Re-open the MLflow run recorded for ``run_name``, or create one with params, tags and inputs."""
     from pipelines.tracking import Tracker, data_version, git_info, ray_job_tags
 
@@ -219,7 +227,7 @@ def _open_mlflow_run(cfg: ExperimentConfig, run_name: str, manifest: dict[str, A
         tracker.set_tags({**ray_job_tags(), "fusionpipe.resumed": "true"})
         return tracker, True
     tags = {"fusionpipe.model": cfg.model.name, "fusionpipe.run_name": run_name, **git_info(),
-            **data_version(cfg.data.shards), **ray_job_tags()}
+            **data_version(cfg.data.shards), **ray_job_tags(), **(extra_tags or {})}
     tracker = Tracker.create_run(uri, cfg.tracking.experiment, run_name, tags)
     tracker.log_params(flatten(cfg.model_dump(mode="json")))
     _log_dataset_input(tracker, cfg, manifest, tags["data.manifest_digest"])
@@ -248,8 +256,15 @@ def _log_dataset_input(tracker: Any, cfg: ExperimentConfig, manifest: dict[str, 
         DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "train")])])
 
 
-def run_training(cfg: ExperimentConfig, run_name: str | None = None) -> dict[str, Any]:
-    """Validate, train with Ray Train, log to MLflow; returns the run summary."""
+def run_training(cfg: ExperimentConfig, run_name: str | None = None, *, extra_tags: dict[str, str] | None = None,
+                 callbacks: list[Any] | None = None, inject_failure: str | None = None,
+                 close_on_error: bool = True) -> dict[str, Any]:
+    """Validate, train with Ray Train, log to MLflow; returns the run summary.
+
+    ``extra_tags`` go on a new MLflow run (a Tune trial passes ``mlflow.parentRunId`` and its trial id);
+    ``callbacks`` are Ray Train ``UserCallback``s (a Tune trial passes its ``TuneReportCallback``).
+    ``close_on_error=False`` leaves the MLflow run open when training raises, for a caller that closes it.
+    """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -264,17 +279,17 @@ def run_training(cfg: ExperimentConfig, run_name: str | None = None) -> dict[str
     run_name = run_name or cfg.tracking.run_name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     init_ray(cfg)
     check_store_for_cluster(cfg.tracking.uri, len([n for n in ray.nodes() if n.get("Alive")]))
-    tracker, resumed = _open_mlflow_run(cfg, run_name, manifest)
+    tracker, resumed = _open_mlflow_run(cfg, run_name, manifest, extra_tags)
     mcfg = model_config(cfg, len(manifest["classes"]))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "model_config": mcfg, "classes": manifest["classes"],
                            "mlflow_run_id": tracker.run_id, "tracking_uri": cfg.tracking.uri,
-                           "inject_failure": os.environ.get(INJECT_FAILURE_ENV)},
+                           "inject_failure": inject_failure or os.environ.get(INJECT_FAILURE_ENV)},
         scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=RunConfig(
-            name=run_name, storage_path=cfg.checkpoint.storage_path,
+            name=run_name, storage_path=cfg.checkpoint.storage_path, callbacks=callbacks,
             failure_config=FailureConfig(max_failures=cfg.failure.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep,
                                                checkpoint_score_attribute=cfg.checkpoint.metric,
@@ -283,10 +298,12 @@ def run_training(cfg: ExperimentConfig, run_name: str | None = None) -> dict[str
     try:
         result = trainer.fit()
     except KeyboardInterrupt:
-        tracker.end("KILLED")
+        if close_on_error:
+            tracker.end("KILLED")
         raise
     except BaseException:
-        tracker.end("FAILED")
+        if close_on_error:
+            tracker.end("FAILED")
         raise
     if result.checkpoint is None:
         tracker.end("FAILED")

@@ -21,7 +21,8 @@ def smoke_shards(tmp_path_factory) -> Path:
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # The dashboard serves the state API that Train V2 uses to free the resources of a stopped Tune trial.
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
     yield
     ray.shutdown()
 

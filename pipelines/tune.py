@@ -1,0 +1,349 @@
+"""``fusionpipe tune``: a Ray Tune sweep whose trials are Ray Train runs, tracked as nested MLflow runs.
+
+Ray 2.60 (Train V2) pattern: ``Tuner(driver_fn)``. Each trial is a small driver function that applies
+its sampled values to the base config and calls ``pipelines.train.run_training`` with a
+``TuneReportCallback``, so every epoch's metrics reach Tune and ASHA can stop weak trials early. A
+trial is therefore exactly a ``fusionpipe train`` run: same validation, checkpoints, resume and MLflow
+logging, in a run nested under the sweep's parent run (``mlflow.parentRunId``).
+
+MLflow writers: the sweep driver writes only the parent run and closes runs of trials that Tune
+stopped; each trial's driver writes its own run before and after training; its rank-0 worker writes
+the per-epoch metrics in between. Every process keeps one client, and no two write the same run at
+the same time, so a sqlite store is never "locked" for long.
+
+Layout under ``<storage>/<sweep name>/``: Tune's experiment state (what ``Tuner.restore`` reads),
+``fusionpipe-sweep.json`` (parent run id and the sweep digest), ``trials/<sweep>-<trial id>/`` (each
+trial's Ray Train run: checkpoints and its ``fusionpipe-run.json``) and ``best_config.yaml``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.config import REPO_ROOT, ConfigError, ExperimentConfig, _abs, flatten, load_config, set_fields
+from pipelines.sweep import (SweepSpec, candidate_values, grid_size, load_sweep, trial_raw_config, tune_domain,
+                             validate_sweep)
+
+log = logging.getLogger(__name__)
+SWEEP_STATE = "fusionpipe-sweep.json"
+EPOCHS_DONE = "epochs_done"  # what ASHA counts: epochs finished by the trial (1-based, survives resumes)
+
+
+def _report_callback() -> Any:
+    """A ``TuneReportCallback`` that also reports ``epochs_done`` (Tune's own iteration counter restarts
+    when a trial is resumed from its Ray Train checkpoint; the epoch does not)."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class EpochReportCallback(TuneReportCallback):
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            first = dict(metrics[0])
+            first[EPOCHS_DONE] = int(first["epoch"]) + 1
+            super().after_report(run_context, [first, *metrics[1:]], checkpoint)
+
+    return EpochReportCallback()
+
+
+def trial_run_name(sweep: str, trial_id: str) -> str:
+    return f"{sweep}-{trial_id}"
+
+
+def _trial(config: dict[str, Any], *, base: dict[str, Any], spec: dict[str, Any], parent_run_id: str,
+           sweep_dir: str, inject_failure: str | None) -> None:
+    """One trial (runs in a Tune trial actor): a ``fusionpipe train`` run with the sampled values."""
+    import ray.tune
+
+    from pipelines.train import run_training
+
+    sweep = SweepSpec.model_validate(spec)
+    trial_id = ray.tune.get_context().get_trial_id()
+    raw = set_fields(trial_raw_config(base, sweep, config["params"]),
+                     [("checkpoint.storage_path", str(Path(sweep_dir) / "trials"))])
+    cfg = ExperimentConfig.model_validate(raw)
+    # Tune may stop this actor at any report, even the last; closing the run of a stopped or failed
+    # trial is left to the sweep driver (_close_stopped_trial), so the two never race.
+    run_training(cfg, run_name=trial_run_name(sweep.name, trial_id), callbacks=[_report_callback()],
+                 inject_failure=inject_failure, close_on_error=False,
+                 extra_tags={"mlflow.parentRunId": parent_run_id, "fusionpipe.sweep": sweep.name,
+                             "fusionpipe.trial_id": trial_id,
+                             **{f"tune.{k}": json.dumps(v) for k, v in config["params"].items()}})
+
+
+def _trial_state(sweep_dir: Path, sweep: str, trial_id: str) -> dict[str, Any] | None:
+    from pipelines.train import RUN_STATE
+
+    p = sweep_dir / "trials" / trial_run_name(sweep, trial_id) / RUN_STATE
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def scan_checkpoints(run_dir: Path) -> list[dict[str, Any]]:
+    """Every complete checkpoint of a Ray Train run directory, as ``{"path", "epoch", "metrics"}``."""
+    from pipelines.checkpoints import CheckpointError, read_meta
+
+    found = []
+    for d in sorted(run_dir.glob("checkpoint_*")):
+        try:
+            meta = read_meta(d)
+        except CheckpointError:
+            continue  # a checkpoint being written when the trial was stopped
+        found.append({"path": str(d), "epoch": int(meta["epoch"]), "metrics": meta.get("metrics", {})})
+    return found
+
+
+def _best(items: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
+    scored = [c for c in items if isinstance(c["metrics"].get(metric), (int, float))
+              and math.isfinite(c["metrics"][metric])]
+    if not scored:
+        return None
+    return (max if mode == "max" else min)(scored, key=lambda c: c["metrics"][metric])
+
+
+def _close_stopped_trial(sweep_dir: Path, spec: SweepSpec, trial: Any, uri: str, failed: bool) -> None:
+    """Tune ended a trial from outside (ASHA stop, or a crash): finish its MLflow run properly."""
+    from mlflow.exceptions import MlflowException
+
+    from pipelines.tracking import Tracker
+
+    state = _trial_state(sweep_dir, spec.name, trial.trial_id)
+    if state is None:
+        return
+    tracker = Tracker(uri, state["mlflow_run_id"])
+    try:
+        if tracker.client.get_run(tracker.run_id).info.status != "RUNNING":
+            return  # run_training finished (or failed) it itself
+        done = int((trial.last_result or {}).get(EPOCHS_DONE, 0))
+        ckpts = scan_checkpoints(sweep_dir / "trials" / trial_run_name(spec.name, trial.trial_id))
+        tags = {"fusionpipe.tune.epochs": str(done)}
+        if not failed:
+            tags["fusionpipe.tune.early_stopped"] = str(done < spec.scheduler.max_epochs).lower()
+        best = _best(ckpts, spec.metric, spec.mode)
+        last = max(ckpts, key=lambda c: c["epoch"]) if ckpts else None
+        if best:
+            tracker.log_artifacts(best["path"], "checkpoints/best")
+            tags.update({"fusionpipe.best_checkpoint": best["path"], "fusionpipe.best_epoch": str(best["epoch"])})
+        if last:
+            tracker.log_artifacts(last["path"], "checkpoints/last")
+            tags["fusionpipe.last_checkpoint"] = last["path"]
+        tracker.set_tags(tags)
+        tracker.end("FAILED" if failed else "FINISHED")
+    except MlflowException as e:  # never let bookkeeping kill the sweep
+        log.warning("could not close the MLflow run of trial %s: %s", trial.trial_id, e)
+
+
+def _sweep_callback(sweep_dir: Path, spec: SweepSpec, uri: str) -> Any:
+    from ray.tune import Callback
+
+    class SweepCallback(Callback):
+        def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            _close_stopped_trial(sweep_dir, spec, trial, uri, failed=False)
+
+        def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            _close_stopped_trial(sweep_dir, spec, trial, uri, failed=True)
+
+    return SweepCallback()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _open_parent_run(sweep_dir: Path, spec: SweepSpec, base: ExperimentConfig, digest: str,
+                     uri: str, experiment: str) -> tuple[Any, bool]:
+    """The sweep's parent MLflow run: re-opened for a resumed sweep, else created with the spec."""
+    from pipelines.tracking import Tracker, data_version, git_info, ray_job_tags
+
+    state_path = sweep_dir / SWEEP_STATE
+    if state_path.is_file():
+        state = json.loads(state_path.read_text())
+        if state.get("digest") != digest:
+            raise ConfigError(f"sweep {spec.name!r} at {sweep_dir} was started with another sweep spec or base "
+                              "config; choose another --name, or delete that directory to start over")
+        tracker = Tracker(uri, state["parent_run_id"])
+        tracker.client.update_run(tracker.run_id, status="RUNNING")
+        tracker.set_tags({"fusionpipe.resumed": "true"})
+        return tracker, True
+    tags = {"fusionpipe.kind": "sweep", "fusionpipe.sweep": spec.name, "fusionpipe.model": base.model.name,
+            **git_info(), **data_version(base.resolved_paths().data.shards), **ray_job_tags()}
+    tracker = Tracker.create_run(uri, experiment, spec.name, tags)
+    tracker.log_params(flatten({"sweep": spec.model_dump(mode="json")}))
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "sweep.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+        (Path(tmp) / "base_config.yaml").write_text(yaml.safe_dump(base.model_dump(mode="json"), sort_keys=False))
+        tracker.log_artifacts(tmp)
+    _write_atomic(state_path, json.dumps({"parent_run_id": tracker.run_id, "digest": digest, "tracking_uri": uri}))
+    return tracker, False
+
+
+def _trial_rows(results: Any, sweep_dir: Path, spec: SweepSpec) -> list[dict[str, Any]]:
+    """One row per trial: its sampled params, epochs run, best metric, best checkpoint, MLflow run."""
+    rows = []
+    for r in results:
+        last = r.metrics or {}
+        trial_id = last.get("trial_id") or Path(r.path).name.removeprefix("trial_")
+        history: list[dict[str, Any]] = []
+        df = r.metrics_dataframe
+        if df is not None and spec.metric in df.columns:
+            for rec in df.to_dict("records"):
+                history.append({"path": rec.get("checkpoint_path"), "epoch": int(rec.get("epoch", -1)),
+                                "metrics": {spec.metric: rec.get(spec.metric)}})
+        best = _best(history, spec.metric, spec.mode)
+        state = _trial_state(sweep_dir, spec.name, trial_id) or {}
+        rows.append({
+            "trial_id": trial_id,
+            "params": (r.config or {}).get("params", {}),
+            "status": "ERROR" if r.error else "TERMINATED",
+            "error": str(r.error).splitlines()[0] if r.error else None,
+            "epochs": int(last.get(EPOCHS_DONE, 0)),
+            "early_stopped": bool(not r.error and int(last.get(EPOCHS_DONE, 0)) < spec.scheduler.max_epochs),
+            "best_metric": best["metrics"][spec.metric] if best else None,
+            "best_epoch": best["epoch"] if best else None,
+            "checkpoint": best["path"] if best else None,
+            "mlflow_run_id": state.get("mlflow_run_id"),
+        })
+    return sorted(rows, key=lambda row: row["trial_id"])
+
+
+def _check_model_values(base_raw: dict[str, Any], spec: SweepSpec, num_classes: int) -> None:
+    """Build the model for every candidate value of a ``model.*`` field: a bad option fails now, not in
+    trial 7 an hour from now."""
+    from fusion import build_model
+    from pipelines.loop import model_config
+
+    first = {k: candidate_values(d)[0] for k, d in spec.space.items()}
+    problems = []
+    for key, dist in spec.space.items():
+        if not key.startswith("model."):
+            continue
+        for value in candidate_values(dist)[1:]:  # the first was built by validate_experiment
+            cfg = ExperimentConfig.model_validate(trial_raw_config(base_raw, spec, {**first, key: value}))
+            try:
+                build_model(model_config(cfg, num_classes))
+            except (ValueError, KeyError, TypeError) as e:
+                problems.append(f"space.{key} = {value!r}: {e}")
+    if problems:
+        raise ConfigError(f"sweep {spec.name!r}: model options the model refuses:\n"
+                          + "\n".join(f"  - {p}" for p in problems))
+
+
+def run_tune(config: str | Path, sweep: str | Path, overrides: list[str] | None = None, name: str | None = None,
+             best_config_out: str | Path | None = None, verbose: int = 1) -> dict[str, Any]:
+    """Validate, run (or resume) the sweep, log it to MLflow; returns the sweep summary."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from pipelines.tracking import check_store_for_cluster
+    from pipelines.train import INJECT_FAILURE_ENV, init_ray, validate_experiment
+
+    base = load_config(config, overrides)
+    spec = load_sweep(sweep)
+    if name:
+        spec.name = name
+    base_raw = base.model_dump(mode="json")
+    first = validate_sweep(base_raw, spec)
+    manifest = validate_experiment(first)
+    _check_model_values(base_raw, spec, len(manifest["classes"]))
+    resolved = base.resolved_paths()
+    resolved_raw = resolved.model_dump(mode="json")
+    storage_text = spec.storage_path or resolved.checkpoint.storage_path
+    if "://" in storage_text:
+        raise ConfigError(f"storage path {storage_text!r}: a sweep needs a filesystem path (local, or NFS shared by "
+                          "every node); object-store URIs are supported by `fusionpipe train` only")
+    storage = _abs(storage_text, REPO_ROOT)
+    sweep_dir = storage / spec.name
+    uri = resolved.tracking.uri
+    experiment = spec.experiment or base.tracking.experiment
+
+    init_ray(first, concurrent_runs=spec.max_concurrent_trials)
+    check_store_for_cluster(uri, len([n for n in ray.nodes() if n.get("Alive")]))
+    parent, resumed = _open_parent_run(sweep_dir, spec, base, spec.digest(base_raw), uri, experiment)
+
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, base=resolved_raw, spec=spec.model_dump(mode="json"),
+                             parent_run_id=parent.run_id, sweep_dir=str(sweep_dir),
+                             inject_failure=os.environ.get(INJECT_FAILURE_ENV)),
+        # The trial's driver only waits on its Ray Train run, whose workers hold the real resources; a
+        # placement group cannot be empty, so it asks for one byte of memory instead of a CPU.
+        {"CPU": 0, "memory": 1})
+    run_config = tune.RunConfig(name=spec.name, storage_path=str(storage), verbose=verbose,
+                                callbacks=[_sweep_callback(sweep_dir, spec, uri)])
+    try:
+        if resumed and tune.Tuner.can_restore(str(sweep_dir)):
+            tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True)
+        else:
+            scheduler = (ASHAScheduler(time_attr=EPOCHS_DONE, max_t=spec.scheduler.max_epochs,
+                                       grace_period=spec.scheduler.grace_period,
+                                       reduction_factor=spec.scheduler.reduction_factor)
+                         if spec.scheduler.name == "asha" else FIFOScheduler())
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"params": {k: tune_domain(d) for k, d in spec.space.items()}},
+                tune_config=tune.TuneConfig(
+                    metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples, scheduler=scheduler,
+                    search_alg=BasicVariantGenerator(random_state=spec.seed,
+                                                     max_concurrent=spec.max_concurrent_trials),
+                    trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
+                run_config=run_config)
+        results = tuner.fit()
+    except KeyboardInterrupt:
+        parent.end("KILLED")
+        raise
+    except BaseException:
+        parent.end("FAILED")
+        raise
+    return _finish(results, spec, base_raw, sweep_dir, parent, resumed, best_config_out)
+
+
+def _finish(results: Any, spec: SweepSpec, base_raw: dict[str, Any], sweep_dir: Path, parent: Any, resumed: bool,
+            best_config_out: str | Path | None) -> dict[str, Any]:
+    rows = _trial_rows(results, sweep_dir, spec)
+    scored = [r for r in rows if r["best_metric"] is not None and math.isfinite(r["best_metric"])]
+    errored = [r for r in rows if r["status"] == "ERROR"]
+    summary: dict[str, Any] = {
+        "sweep": spec.name, "experiment_path": str(sweep_dir), "parent_run_id": parent.run_id,
+        "tracking_uri": parent.uri, "resumed": resumed, "metric": spec.metric, "mode": spec.mode,
+        "scheduler": spec.scheduler.name, "num_trials": len(rows),
+        "trial_epochs": sum(r["epochs"] for r in rows), "errored": [r["trial_id"] for r in errored],
+        "trials": rows, "best": None, "best_config_path": None,
+    }
+    if scored:
+        best = (max if spec.mode == "max" else min)(scored, key=lambda r: r["best_metric"])
+        best_raw = trial_raw_config(base_raw, spec, best["params"])
+        best_raw = set_fields(best_raw, [("tracking.run_name", None)])
+        ExperimentConfig.model_validate(best_raw)  # what `fusionpipe train --config` will load
+        out = Path(best_config_out) if best_config_out else sweep_dir / "best_config.yaml"
+        header = (f"# Best trial {best['trial_id']} of sweep {spec.name!r}: {spec.metric} = {best['best_metric']:.6g}"
+                  f" (epoch {best['best_epoch']}).\n# Train it: fusionpipe train --config {out}\n")
+        _write_atomic(out, header + yaml.safe_dump(best_raw, sort_keys=False))
+        summary["best"] = {"trial_id": best["trial_id"], "params": best["params"], "config": best_raw,
+                           "metric": {spec.metric: best["best_metric"]}, "epoch": best["best_epoch"],
+                           "mlflow_run_id": best["mlflow_run_id"], "checkpoint": best["checkpoint"]}
+        summary["best_config_path"] = str(out)
+        parent.log_artifact(out)
+        parent.log_metrics({f"best/{spec.metric}": best["best_metric"]}, step=0)
+        parent.set_tags({"fusionpipe.best_trial": best["trial_id"],
+                         "fusionpipe.best_run_id": best["mlflow_run_id"] or "",
+                         "fusionpipe.best_checkpoint": best["checkpoint"] or ""})
+    parent.log_metrics({"tune/trials": len(rows), "tune/trial_epochs": summary["trial_epochs"],
+                        "tune/early_stopped": sum(r["early_stopped"] for r in rows)}, step=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / "trials.json"
+        p.write_text(json.dumps(rows, indent=2, sort_keys=True))
+        parent.log_artifact(p)
+    parent.end("FAILED" if errored else "FINISHED")
+    return summary
+
+
+def expected_trials(spec: SweepSpec) -> int:
+    return spec.num_samples * grid_size(spec)

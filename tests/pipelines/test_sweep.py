@@ -1,0 +1,105 @@
+"""The sweep spec: shapes, bounds, reserved fields, and validation against the base config (no Ray)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import REPO_ROOT, ConfigError, ExperimentConfig, load_config
+from pipelines.sweep import candidate_values, grid_size, load_sweep, trial_raw_config, tune_domain, validate_sweep
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "sweep.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_shipped_sweeps_fit_their_base_configs():
+    for base, sweep in [("smoke", "smoke"), ("mtinet", "mtinet_weights"), ("cen", "cen"), ("ann", "ann")]:
+        spec = load_sweep(REPO_ROOT / "configs" / "sweeps" / f"{sweep}.yaml")
+        cfg = validate_sweep(load_config(REPO_ROOT / "configs" / f"{base}.yaml").model_dump(mode="json"), spec)
+        assert spec.name == sweep and cfg.train.epochs == spec.scheduler.max_epochs
+        assert cfg.checkpoint.metric == spec.metric and cfg.tracking.log_model is False
+
+
+def test_trial_config_applies_values_and_fixed_settings():
+    spec = load_sweep(REPO_ROOT / "configs" / "sweeps" / "smoke.yaml")
+    base = load_config(REPO_ROOT / "configs" / "smoke.yaml").model_dump(mode="json")
+    raw = trial_raw_config(base, spec, {"optim.lr": 1e-05, "loss.weights.depth": 2.0})
+    cfg = ExperimentConfig.model_validate(raw)
+    assert cfg.optim.lr == 1e-05  # a float YAML would read as a string ("1e-05") stays a float
+    assert cfg.loss.weights == {"depth": 2.0}
+    assert (cfg.train.epochs, cfg.train.workers, cfg.train.cpus_per_worker) == (3, 1, 1)
+    assert base["optim"]["lr"] == 0.002  # the base is not modified
+
+
+@pytest.mark.parametrize("space, message", [
+    ("optim.lr: {uniform: [0.1, 0.01]}", r"space.optim.lr.uniform: low 0.1 must be < high 0.01"),
+    ("optim.lr: {loguniform: [0, 0.01]}", r"space.optim.lr.loguniform: low 0 must be > 0"),
+    ("optim.lr: {normal: [0, 1]}", r"space.optim.lr: expected one of"),
+    ("optim.lr: {choice: []}", r"space.optim.lr.choice: expected a non-empty list"),
+    ("train.batch_size: {randint: [1.5, 4]}", r"space.train.batch_size.randint: bounds must be integers"),
+    ("train.epochs: {choice: [1, 2]}", r"space.train.epochs: set by the sweep itself"),
+])
+def test_bad_distributions_name_the_field(tmp_path, space, message):
+    with pytest.raises(ConfigError, match=message):
+        load_sweep(_write(tmp_path, f"space:\n  {space}\n"))
+
+
+def test_bad_spec_keys_and_scheduler(tmp_path):
+    with pytest.raises(ConfigError, match=r"scheduler: Value error, grace_period 5 > max_epochs 3"):
+        load_sweep(_write(tmp_path, "scheduler: {max_epochs: 3, grace_period: 5}\nspace: {optim.lr: {choice: [0.1]}}\n"))
+    with pytest.raises(ConfigError, match=r"metirc: unknown key"):
+        load_sweep(_write(tmp_path, "metirc: val/semseg/miou\nspace: {optim.lr: {choice: [0.1]}}\n"))
+    with pytest.raises(ConfigError, match=r"no such sweep file"):
+        load_sweep(tmp_path / "missing.yaml")
+
+
+def test_values_are_checked_against_the_base_config(tmp_path):
+    base = load_config(REPO_ROOT / "configs" / "smoke.yaml").model_dump(mode="json")
+    spec = load_sweep(_write(tmp_path, "space:\n  optim.lrr: {choice: [0.1]}\n  optim.lr: {uniform: [-1, 0.1]}\n"
+                                       "  loss.weights.semseg: {choice: [1.0, -2.0]}\n"))
+    with pytest.raises(ConfigError) as e:
+        validate_sweep(base, spec)
+    text = str(e.value)
+    assert "space.optim.lrr = 0.1: optim.lrr: unknown key" in text
+    assert "space.optim.lr = -1.0: optim.lr: Input should be greater than 0" in text
+    assert "space.loss.weights.semseg = -2.0" in text and "negative weight" in text
+    assert "space.loss.weights.semseg = 1.0" not in text  # valid values are not reported
+
+
+def test_candidates_domains_and_grid_size(tmp_path):
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    assert candidate_values({"randint": [2, 8]}) == [2, 7]  # Tune's upper bound is exclusive
+    assert candidate_values({"loguniform": [1e-4, 1e-2]}) == [1e-4, 1e-2]
+    assert candidate_values({"grid": [[1, 3], [2]]}) == [[1, 3], [2]]
+    assert isinstance(tune_domain({"choice": [1, 2]}), Categorical)
+    assert isinstance(tune_domain({"loguniform": [1e-4, 1e-2]}), Float)
+    assert isinstance(tune_domain({"randint": [2, 8]}), Integer)
+    assert tune_domain({"grid": [1, 2]}) == {"grid_search": [1, 2]}
+    spec = load_sweep(_write(tmp_path, "num_samples: 2\nspace:\n  a.b: {grid: [1, 2, 3]}\n  c.d: {grid: [x, y]}\n"
+                                       "  e.f: {choice: [1]}\n"))
+    assert grid_size(spec) == 6
+
+
+def test_digest_identifies_spec_and_base(tmp_path):
+    spec = load_sweep(_write(tmp_path, "space: {optim.lr: {choice: [0.1, 0.2]}}\n"))
+    base = load_config(REPO_ROOT / "configs" / "smoke.yaml").model_dump(mode="json")
+    other = load_config(REPO_ROOT / "configs" / "smoke.yaml", ["optim.lr=0.5"]).model_dump(mode="json")
+    assert spec.digest(base) == spec.digest(base) and spec.digest(base) != spec.digest(other)
+    assert spec.digest(base) != spec.model_copy(update={"num_samples": 9}).digest(base)
+
+
+def test_stdout_to_stderr_keeps_stdout_clean(capfd):
+    import os
+
+    from pipelines._output import stdout_to_stderr
+
+    with stdout_to_stderr(True):
+        print("progress")
+        os.write(1, b"from C\n")
+    print("result")
+    out, err = capfd.readouterr()
+    assert out == "result\n" and "progress" in err and "from C" in err
