@@ -46,13 +46,24 @@ def metric_direction(key: str) -> str:
     return "lower" if leaf in LOWER_LEAVES or "loss" in name else "higher"
 
 
-def fetch_runs(client: Any, experiment: str | None = None, run_ids: Iterable[str] = ()) -> list[Any]:
-    """All runs of ``experiment`` (oldest first), or the runs ``run_ids`` in the given order."""
+def fetch_runs(client: Any, experiment: str | None = None, run_ids: Iterable[str] = (),
+               sweep: str | None = None) -> list[Any]:
+    """All training runs of ``experiment`` (oldest first; a sweep's parent run holds no epochs and is
+    left out), the runs ``run_ids`` in the given order, or the trials of the sweep whose parent run is
+    ``sweep``."""
     from mlflow.exceptions import MlflowException
 
     run_ids = list(run_ids)
-    if (experiment is None) == (not run_ids):
-        raise CompareError("give either an experiment name or run ids, not both and not neither")
+    if sum([experiment is not None, bool(run_ids), sweep is not None]) != 1:
+        raise CompareError("give exactly one of an experiment name, run ids and a sweep's parent run id")
+    if sweep is not None:
+        try:
+            parent = client.get_run(sweep)
+        except MlflowException as e:
+            raise CompareError(f"unknown run id {sweep!r}") from e
+        if parent.data.tags.get("fusionpipe.kind") != "sweep":
+            raise CompareError(f"run {sweep!r} is not a sweep's parent run (fusionpipe tune creates those)")
+        return _search_all(client, parent.info.experiment_id, f"tags.mlflow.parentRunId = '{sweep}'")
     if run_ids:
         runs = []
         for rid in run_ids:
@@ -65,10 +76,14 @@ def fetch_runs(client: Any, experiment: str | None = None, run_ids: Iterable[str
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())
         raise CompareError(f"unknown experiment {experiment!r} (existing: {', '.join(names) or 'none'})")
+    return [r for r in _search_all(client, exp.experiment_id) if r.data.tags.get("fusionpipe.kind") != "sweep"]
+
+
+def _search_all(client: Any, experiment_id: str, filter_string: str = "") -> list[Any]:
     runs, token = [], None
     while True:
-        page = client.search_runs([exp.experiment_id], max_results=PAGE_SIZE, page_token=token,
-                                  order_by=["attributes.start_time ASC"])
+        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=PAGE_SIZE,
+                                  page_token=token, order_by=["attributes.start_time ASC"])
         runs.extend(page)
         token = page.token
         if not token:
@@ -170,7 +185,8 @@ def select_by_tag(runs: list[Any], tag: str) -> list[Any]:
 
 def compare(tracking_uri: str, experiment: str | None = None, run_ids: Iterable[str] = (),
             metric: str | None = None, baseline_runs: Iterable[str] = (), baseline_tag: str | None = None,
-            out: str | os.PathLike[str] | None = None, best: bool | None = None) -> dict[str, Any]:
+            out: str | os.PathLike[str] | None = None, best: bool | None = None,
+            sweep: str | None = None) -> dict[str, Any]:
     """The comparison as one JSON-able dict (see docs/compare.md); writes files under ``out`` if given.
 
     ``best=None`` fetches history (for best values) when there are at most AUTO_BEST_MAX_RUNS runs.
@@ -178,9 +194,9 @@ def compare(tracking_uri: str, experiment: str | None = None, run_ids: Iterable[
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    runs = fetch_runs(client, experiment, run_ids)
+    runs = fetch_runs(client, experiment, run_ids, sweep)
     if not runs:
-        raise CompareError(f"experiment {experiment!r} has no runs")
+        raise CompareError(f"sweep {sweep!r} has no trial runs" if sweep else f"experiment {experiment!r} has no runs")
     metrics = val_metrics(runs)
     if metric is None:
         known_first = [f"val/{k}" for k in DELTA_M_DIRECTIONS if f"val/{k}" in metrics]

@@ -9,6 +9,8 @@ from pipelines._output import emit, fail
 @click.command()
 @click.option("--experiment", default=None, help="compare every run of this MLflow experiment")
 @click.option("--run-ids", "run_ids", multiple=True, metavar="ID", help="compare these runs (repeatable)")
+@click.option("--sweep", default=None, metavar="PARENT_RUN_ID",
+              help="compare the trials of a `fusionpipe tune` sweep (its parent run id)")
 @click.option("--tracking-uri", default=None,
               help="MLflow store (default: MLFLOW_TRACKING_URI or sqlite:///<repo>/mlflow.db)")
 @click.option("--metric", default=None,
@@ -22,20 +24,21 @@ from pipelines._output import emit, fail
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="write compare.csv, compare.json, curves.png and bars.png here")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def compare(experiment: str | None, run_ids: tuple[str, ...], tracking_uri: str | None, metric: str | None,
+def compare(experiment: str | None, run_ids: tuple[str, ...], sweep: str | None, tracking_uri: str | None, metric: str | None,
             baseline_runs: tuple[str, ...], baseline_tag: str | None, best: bool | None, out: str | None,
             as_json: bool) -> None:
     """Compare MLflow runs: params that differ, final and best val metrics, training time, data version."""
     from pipelines.compare import CompareError, compare as run_compare, markdown_table
     from pipelines.config import resolve_tracking_uri
 
-    if bool(experiment) == bool(run_ids):
-        fail("give exactly one of --experiment and --run-ids", as_json, code=2)
+    if sum([bool(experiment), bool(run_ids), bool(sweep)]) != 1:
+        fail("give exactly one of --experiment, --run-ids and --sweep", as_json, code=2)
     if baseline_runs and baseline_tag:
         fail("give at most one of --baseline-runs and --baseline-tag", as_json, code=2)
     try:
         result = run_compare(resolve_tracking_uri(tracking_uri), experiment=experiment, run_ids=run_ids,
-                             metric=metric, baseline_runs=baseline_runs, baseline_tag=baseline_tag, out=out, best=best)
+                             metric=metric, baseline_runs=baseline_runs, baseline_tag=baseline_tag, out=out, best=best,
+                             sweep=sweep)
     except CompareError as e:
         fail(str(e), as_json, code=2)
         return

@@ -193,8 +193,13 @@ def _log_preview(tracker: Any, model: torch.nn.Module, stream: Any, tasks: list[
         tracker.log_artifact(path, "previews")
 
 
-def init_ray(cfg: ExperimentConfig, concurrent_runs: int = 1) -> None:
-    """Join ``RAY_ADDRESS``, or start a local Ray big enough for ``concurrent_runs`` runs of ``cfg``."""
+def init_ray(cfg: ExperimentConfig, concurrent_runs: int = 1, dashboard: bool = False) -> None:
+    """Join ``RAY_ADDRESS``, or start a local Ray big enough for ``concurrent_runs`` runs of ``cfg``.
+
+    ``dashboard``: the dashboard serves Ray's state API, which Train V2 needs to free the placement group
+    of a run whose controller was killed (a Tune trial stopped early). It listens on 127.0.0.1 only; a
+    plain training run does without it (and its CPU cost on a small machine).
+    """
     import ray
 
     if ray.is_initialized():
@@ -203,9 +208,7 @@ def init_ray(cfg: ExperimentConfig, concurrent_runs: int = 1) -> None:
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:
         needed = math.ceil(concurrent_runs * cfg.train.workers * cfg.train.cpus_per_worker)
-        # The dashboard serves Ray's state API, which Train V2 needs to release the placement group of a
-        # run whose controller was killed (a Tune trial stopped early); it listens on 127.0.0.1 only.
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True,
+        ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=True,
                  num_cpus=max(os.cpu_count() or 1, needed))
 
 

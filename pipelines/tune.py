@@ -264,7 +264,7 @@ def run_tune(config: str | Path, sweep: str | Path, overrides: list[str] | None 
     uri = resolved.tracking.uri
     experiment = spec.experiment or base.tracking.experiment
 
-    init_ray(first, concurrent_runs=spec.max_concurrent_trials)
+    init_ray(first, concurrent_runs=spec.max_concurrent_trials, dashboard=True)
     check_store_for_cluster(uri, len([n for n in ray.nodes() if n.get("Alive")]))
     parent, resumed = _open_parent_run(sweep_dir, spec, base, spec.digest(base_raw), uri, experiment)
 

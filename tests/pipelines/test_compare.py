@@ -172,7 +172,7 @@ def test_cli_human_and_json(store):
     res = runner.invoke(compare_cmd, ["--experiment", "missing", "--tracking-uri", uri, "--json"])
     assert res.exit_code == 2 and "unknown experiment 'missing'" in json.loads(res.stdout)["error"]
     res = runner.invoke(compare_cmd, ["--tracking-uri", uri])
-    assert res.exit_code == 2 and "exactly one of --experiment and --run-ids" in res.stderr
+    assert res.exit_code == 2 and "exactly one of --experiment, --run-ids and --sweep" in res.stderr
 
 
 def test_many_runs_page_and_skip_history(tmp_path, monkeypatch):
@@ -203,3 +203,25 @@ def test_metric_direction_uses_the_last_component():
     assert metric_direction("val/depth/log_rmse") == "lower"
     assert metric_direction("train/loss/total") == "lower"
     assert metric_direction("val/normals/11.25") == "higher"
+
+
+def test_sweep_trials_are_selected_by_parent_and_parents_are_not_rows(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/sweep.db"
+    runs = {"sweep": ({"sweep.metric": "val/semseg/miou"}, {"fusionpipe.kind": "sweep"},
+                      {"best/val/semseg/miou": [0.5]}, 10.0),
+            "t1": ({"optim.lr": "0.01"}, {}, {"val/semseg/miou": [0.2, 0.5]}, 5.0),
+            "t2": ({"optim.lr": "0.001"}, {}, {"val/semseg/miou": [0.1]}, 2.0),
+            "solo": ({"optim.lr": "0.1"}, {}, {"val/semseg/miou": [0.3, 0.4]}, 5.0)}
+    ids = _fill(uri, "sw", runs)
+    client = MlflowClient(tracking_uri=uri)
+    for trial in ("t1", "t2"):
+        client.set_tag(ids[trial], "mlflow.parentRunId", ids["sweep"])
+    res = compare(uri, sweep=ids["sweep"])
+    assert [r["run_name"] for r in res["runs"]] == ["t1", "t2"]
+    assert [r["params.optim.lr"] for r in res["runs"]] == ["0.01", "0.001"]
+    assert [r["best.val/semseg/miou"] for r in res["runs"]] == [0.5, 0.1]
+    assert [r["run_name"] for r in compare(uri, experiment="sw")["runs"]] == ["t1", "t2", "solo"]
+    with pytest.raises(CompareError, match=r"is not a sweep's parent run"):
+        compare(uri, sweep=ids["solo"])
