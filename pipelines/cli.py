@@ -10,6 +10,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import click  # noqa: E402
 
+from jobs.cli import jobs, submit  # noqa: E402
 from pipelines.compare_cli import compare  # noqa: E402
 from pipelines.data_cli import data  # noqa: E402
 from pipelines.run_cli import evaluate, train  # noqa: E402
@@ -27,6 +28,8 @@ cli.add_command(train)
 cli.add_command(evaluate)
 cli.add_command(tune)
 cli.add_command(compare)
+cli.add_command(submit)
+cli.add_command(jobs)
 
 
 def main() -> None:
