@@ -30,6 +30,8 @@ class _Section(BaseModel):
 
 class DataSection(_Section):
     shards: str = "data/shards/synthetic"
+    rev: str | None = Field(None, description="git revision of this repo at which data.shards is read; "
+                                              "resolved through DVC (pipelines/data_versions.py)")
     tasks: list[str] = Field(default_factory=lambda: ["semseg", "depth"], min_length=1)
     modalities: list[str] = Field(default_factory=lambda: ["rgb"], min_length=1)
     train_split: str = "train"
@@ -38,6 +40,14 @@ class DataSection(_Section):
     loader_workers: int = Field(1, ge=0, description="DataLoader worker processes per training worker")
     shuffle_buffer: int = Field(128, ge=0)
     errors: Literal["raise", "skip"] = "raise"
+
+    @field_validator("rev")
+    @classmethod
+    def _rev(cls, v: str | None) -> str | None:
+        # It is handed to `git rev-parse`: a leading '-' would read as an option.
+        if v is not None and (not v.strip() or v.startswith("-") or v != v.strip()):
+            raise ValueError(f"{v!r} is not a git revision (a tag, branch or commit, e.g. v1 or 3f2a9c1)")
+        return v
 
     @field_validator("tasks")
     @classmethod

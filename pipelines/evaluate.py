@@ -102,6 +102,9 @@ def run_evaluate(cfg: ExperimentConfig, checkpoint: str | None = None, run_id: s
 
     if (checkpoint is None) == (run_id is None):
         raise ConfigError("give exactly one of --checkpoint and --run-id")
+    from pipelines.data_versions import resolve_data_rev
+
+    cfg = resolve_data_rev(cfg)  # data.rev: the shards as they were at that git revision
     manifest = validate_experiment(cfg)
     cfg = cfg.resolved_paths()
     if split not in manifest["splits"]:

@@ -2,8 +2,9 @@
 
 Conventions (shared/ARCHITECTURE.md, "Tracking conventions"): the default store is
 ``sqlite:///<repo>/mlflow.db`` (absolute, so every local worker writes the same file); params are
-the flattened config; tags carry the git commit and dirty flag, the data version (manifest digest
-and DVC hash) and the Ray job id; metrics are logged per epoch with ``step = epoch``.
+the flattened config; tags carry the git commit and dirty flag, the data version (manifest digest,
+DVC hash and, for ``data.rev``, the data's git commit) and the Ray job id; metrics are logged per
+epoch with ``step = epoch``.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pipelines.config import REPO_ROOT
 
 PARAM_MAX = 6000  # MLflow's limit on a param value
 BATCH_METRICS = 1000  # MLflow's limit per log_batch request
+GIT_COMMIT_ENV, GIT_DIRTY_ENV = "FUSIONPIPE_GIT_COMMIT", "FUSIONPIPE_GIT_DIRTY"
 
 
 def is_local_store(uri: str) -> bool:
@@ -43,8 +45,11 @@ def git_info(repo: Path = REPO_ROOT) -> dict[str, str]:
         commit = git("rev-parse", "HEAD")
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
-        return {}
+        commit = ""
     if not commit:
+        # A submitted job runs in an uploaded copy without .git: `fusionpipe submit` passes the commit.
+        if os.environ.get(GIT_COMMIT_ENV):
+            return {"git.commit": os.environ[GIT_COMMIT_ENV], "git.dirty": os.environ.get(GIT_DIRTY_ENV, "unknown")}
         return {}
     return {"git.commit": commit, "git.dirty": str(dirty).lower()}
 
@@ -58,7 +63,12 @@ def dvc_hash(shards: str | os.PathLike[str], repo: Path = REPO_ROOT) -> str | No
         rel = Path(shards).resolve().relative_to(repo.resolve()).as_posix()
     except ValueError:
         return None
-    data = yaml.safe_load(lock.read_text()) or {}
+    return lock_out_md5(lock.read_text(), rel)
+
+
+def lock_out_md5(lock_text: str, rel: str) -> str | None:
+    """The md5 a dvc.lock (its text) records for the output at repo-relative path ``rel``."""
+    data = yaml.safe_load(lock_text) or {}
     for stage in (data.get("stages") or {}).values():
         for out in stage.get("outs", []) or []:
             if out.get("path") == rel:
@@ -66,11 +76,21 @@ def dvc_hash(shards: str | os.PathLike[str], repo: Path = REPO_ROOT) -> str | No
     return None
 
 
-def data_version(shards: str | os.PathLike[str]) -> dict[str, str]:
+def data_version(shards: str | os.PathLike[str], rev: str | None = None, repo: Path = REPO_ROOT) -> dict[str, str]:
+    """Tags that name the data a run saw. With ``rev`` (``data.rev``, shards already resolved by
+    pipelines.data_versions) the DVC hash is the one in dvc.lock at that commit, not the working tree's,
+    and ``data.git_rev`` records the commit."""
     from datasets.manifest import manifest_digest
 
     tags = {"data.path": str(shards), "data.manifest_digest": manifest_digest(shards)}
-    h = dvc_hash(shards)
+    if rev is None:
+        h = dvc_hash(shards, repo)
+    else:
+        from pipelines.data_versions import dvc_hash_at, resolve_commit, tracked_path
+
+        commit = resolve_commit(rev, repo)
+        tags["data.git_rev"] = commit
+        h = dvc_hash_at(tracked_path(shards, repo), commit, repo)
     if h:
         tags["data.dvc_md5"] = h
     return tags

@@ -230,7 +230,7 @@ def _open_mlflow_run(cfg: ExperimentConfig, run_name: str, manifest: dict[str, A
         tracker.set_tags({**ray_job_tags(), "fusionpipe.resumed": "true"})
         return tracker, True
     tags = {"fusionpipe.model": cfg.model.name, "fusionpipe.run_name": run_name, **git_info(),
-            **data_version(cfg.data.shards), **ray_job_tags(), **(extra_tags or {})}
+            **data_version(cfg.data.shards, cfg.data.rev), **ray_job_tags(), **(extra_tags or {})}
     tracker = Tracker.create_run(uri, cfg.tracking.experiment, run_name, tags)
     tracker.log_params(flatten(cfg.model_dump(mode="json")))
     _log_dataset_input(tracker, cfg, manifest, tags["data.manifest_digest"])
@@ -259,6 +259,31 @@ def _log_dataset_input(tracker: Any, cfg: ExperimentConfig, manifest: dict[str, 
         DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "train")])])
 
 
+def _interruptible_trainer_cls() -> type:
+    """``TorchTrainer`` that remembers a Ctrl-C. Ray Train V2 installs its own SIGINT handler during
+    ``fit`` (it aborts the run, and ``fit`` then fails with an actor error); chaining a flag in front of it
+    lets the driver mark the MLflow run KILLED, not FAILED."""
+    import signal
+
+    from ray.train.torch import TorchTrainer
+
+    class InterruptibleTrainer(TorchTrainer):
+        interrupted = False
+
+        def _register_sigint_handler(self, controller: Any) -> None:
+            super()._register_sigint_handler(controller)
+            ray_handler = signal.getsignal(signal.SIGINT)
+
+            def handler(signum: int, frame: Any) -> None:
+                self.interrupted = True
+                if callable(ray_handler):
+                    ray_handler(signum, frame)
+
+            signal.signal(signal.SIGINT, handler)
+
+    return InterruptibleTrainer
+
+
 def run_training(cfg: ExperimentConfig, run_name: str | None = None, *, extra_tags: dict[str, str] | None = None,
                  callbacks: list[Any] | None = None, inject_failure: str | None = None,
                  close_on_error: bool = True) -> dict[str, Any]:
@@ -270,21 +295,23 @@ def run_training(cfg: ExperimentConfig, run_name: str | None = None, *, extra_ta
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from pipelines.checkpoints import read_meta
+    from pipelines.cluster import check_shared_storage
+    from pipelines.data_versions import resolve_data_rev
     from pipelines.loop import model_config
     from pipelines.model_export import log_final_model
     from pipelines.tracking import check_store_for_cluster
 
+    cfg = resolve_data_rev(cfg)
     manifest = validate_experiment(cfg)
     cfg = cfg.resolved_paths()
     run_name = run_name or cfg.tracking.run_name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     init_ray(cfg)
     check_store_for_cluster(cfg.tracking.uri, len([n for n in ray.nodes() if n.get("Alive")]))
+    check_shared_storage(cfg.checkpoint.storage_path)
     tracker, resumed = _open_mlflow_run(cfg, run_name, manifest, extra_tags)
     mcfg = model_config(cfg, len(manifest["classes"]))
-    trainer = TorchTrainer(
+    trainer = _interruptible_trainer_cls()(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "model_config": mcfg, "classes": manifest["classes"],
                            "mlflow_run_id": tracker.run_id, "tracking_uri": cfg.tracking.uri,
@@ -300,14 +327,17 @@ def run_training(cfg: ExperimentConfig, run_name: str | None = None, *, extra_ta
     )
     try:
         result = trainer.fit()
-    except KeyboardInterrupt:
+    except BaseException as e:
+        interrupted = trainer.interrupted or isinstance(e, KeyboardInterrupt)
+        if close_on_error:
+            tracker.end("KILLED" if interrupted else "FAILED")
+        if interrupted and not isinstance(e, KeyboardInterrupt):
+            raise KeyboardInterrupt from e  # Ray Train aborted the run on Ctrl-C: report it as such
+        raise
+    if trainer.interrupted:
         if close_on_error:
             tracker.end("KILLED")
-        raise
-    except BaseException:
-        if close_on_error:
-            tracker.end("FAILED")
-        raise
+        raise KeyboardInterrupt
     if result.checkpoint is None:
         tracker.end("FAILED")
         raise RuntimeError(f"run {run_name}: training produced no checkpoint")

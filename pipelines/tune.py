@@ -242,10 +242,11 @@ def run_tune(config: str | Path, sweep: str | Path, overrides: list[str] | None 
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    from pipelines.data_versions import resolve_data_rev
     from pipelines.tracking import check_store_for_cluster
     from pipelines.train import INJECT_FAILURE_ENV, init_ray, validate_experiment
 
-    base = load_config(config, overrides)
+    base = resolve_data_rev(load_config(config, overrides))  # once here; trials reuse the resolved path
     spec = load_sweep(sweep)
     if name:
         spec.name = name
