@@ -44,7 +44,7 @@ class SchedulerSpec(_Spec):
     name: Literal["asha", "fifo"] = "asha"
     max_epochs: int = Field(4, ge=1, description="epochs of a trial that is never stopped (train.epochs)")
     grace_period: int = Field(1, ge=1, description="ASHA: epochs before a trial can be stopped")
-    reduction_factor: float = Field(2, gt=1, description="ASHA: 1/reduction_factor of trials go on at each rung")
+    reduction_factor: float = Field(4, gt=1, description="ASHA: 1/reduction_factor of trials go on at each rung (Ray's default)")
 
     @model_validator(mode="after")
     def _grace(self) -> "SchedulerSpec":
