@@ -196,7 +196,8 @@ def logs(address: str | None, timeout: float, job_id: str, follow: bool, tail_li
 @click.option("--wait", is_flag=True, help="wait until the job has stopped")
 @click.option("--json", "as_json", is_flag=True)
 def stop(address: str | None, timeout: float, job_id: str, wait: bool, as_json: bool) -> None:
-    """Stop a job (its driver gets SIGTERM, then SIGKILL)."""
+    """Stop a job (its driver gets SIGINT, as jobs are submitted with RAY_JOB_STOP_SIGNAL=SIGINT, so Ray Train
+    aborts gracefully and the MLflow run is marked KILLED; Ray kills it if it does not exit)."""
     client = _connect(address, timeout, as_json)
     stopping = _cluster_call(as_json, client.stop, job_id)
     final = _cluster_call(as_json, client.wait, job_id) if wait else _cluster_call(as_json, client.status, job_id)

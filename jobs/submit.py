@@ -88,7 +88,9 @@ def redact(text: str, token: Token | None) -> str:
     """``text`` with the token and any URL password replaced, safe to print or log."""
     if token is not None and token.value:
         text = text.replace(token.value, "***")
-    return re.sub(r"(://[^/\s:@]+:)[^/\s@]+@", r"\1***@", text)
+    from pipelines.tracking import redact_url_password
+
+    return redact_url_password(text)
 
 
 MISSING_TOKEN_HELP = (

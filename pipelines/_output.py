@@ -43,3 +43,11 @@ def stdout_to_stderr(active: bool = True) -> Iterator[None]:
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
+
+
+def shutdown_ray() -> None:
+    """Disconnect from (or stop the embedded) Ray now, not at interpreter exit, where Ray prints the
+    workers' last buffered lines to stdout after a command's JSON."""
+    ray = sys.modules.get("ray")  # only if this process imported it
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()

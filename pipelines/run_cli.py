@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from pipelines._output import emit, fail, stdout_to_stderr
+from pipelines._output import emit, fail, shutdown_ray, stdout_to_stderr
 
 
 def _load(config: Path, overrides: tuple[str, ...], as_json: bool):
@@ -36,8 +36,11 @@ def train(config: Path, overrides: tuple[str, ...], run_name: str | None, summar
     summary_path = summary
     try:
         with stdout_to_stderr(as_json):  # Ray's and the workers' output must not corrupt the JSON
-            summary = run_training(cfg, run_name=run_name)
-            write_outputs(summary, summary_path, history)
+            try:
+                summary = run_training(cfg, run_name=run_name)
+                write_outputs(summary, summary_path, history)
+            finally:
+                shutdown_ray()  # while stdout is still redirected: Ray flushes worker output at shutdown
     except (ConfigError, CheckpointError) as e:
         fail(str(e), as_json, code=2)
         return

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,6 +76,11 @@ class SweepSpec(_Spec):
     log_model: bool = Field(False, description="log an MLflow model per trial (off: checkpoints are enough)")
     space: dict[str, dict[str, Any]] = Field(min_length=1)
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        return v if v is None else check_name(v)
+
     @field_validator("space")
     @classmethod
     def _space(cls, space: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -92,6 +98,13 @@ class SweepSpec(_Spec):
         """Identifies the sweep (spec + base config) so a resumed sweep is the same sweep."""
         body = json.dumps({"spec": self.model_dump(mode="json"), "base": base}, sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()
+
+
+def check_name(name: str) -> str:
+    """A sweep name becomes a directory under the storage path: one plain path component."""
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+        raise ValueError(f"sweep name {name!r}: use letters, digits, '_', '-' and '.' (it names a directory)")
+    return name
 
 
 def _check_distribution(key: str, dist: dict[str, Any]) -> None:
@@ -131,7 +144,10 @@ def load_sweep(path: str | Path) -> SweepSpec:
     except ValidationError as e:
         raise ConfigError(_format_errors(e, str(p))) from e
     if spec.name is None:
-        spec.name = p.stem
+        try:
+            spec.name = check_name(p.stem)
+        except ValueError as e:
+            raise ConfigError(f"{p}: {e}; set `name:` in the file") from e
     return spec
 
 

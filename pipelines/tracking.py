@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,12 @@ def _metric_key(k: str) -> str:
     return "".join(c if c.isalnum() or c in "/._- " else "_" for c in k)
 
 
+def redact_url_password(text: str) -> str:
+    """``scheme://user:password@host`` -> ``scheme://user:***@host``: safe to log, print or store."""
+    return re.sub(r"(://[^/\s:@]+:)[^/\s@]+@", r"\1***@", text)
+
+
 def _param_value(v: Any) -> str:
     s = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+    s = redact_url_password(s)  # e.g. tracking.uri given as http://user:password@host
     return s if len(s) <= PARAM_MAX else s[: PARAM_MAX - 3] + "..."

@@ -296,7 +296,7 @@ def run_training(cfg: ExperimentConfig, run_name: str | None = None, *, extra_ta
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from pipelines.checkpoints import read_meta
-    from pipelines.cluster import check_shared_storage
+    from pipelines.cluster import alive_nodes, check_shared_storage
     from pipelines.data_versions import resolve_data_rev
     from pipelines.loop import model_config
     from pipelines.model_export import log_final_model
@@ -307,7 +307,7 @@ def run_training(cfg: ExperimentConfig, run_name: str | None = None, *, extra_ta
     cfg = cfg.resolved_paths()
     run_name = run_name or cfg.tracking.run_name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     init_ray(cfg)
-    check_store_for_cluster(cfg.tracking.uri, len([n for n in ray.nodes() if n.get("Alive")]))
+    check_store_for_cluster(cfg.tracking.uri, len(alive_nodes()))
     check_shared_storage(cfg.checkpoint.storage_path)
     tracker, resumed = _open_mlflow_run(cfg, run_name, manifest, extra_tags)
     mcfg = model_config(cfg, len(manifest["classes"]))

@@ -27,8 +27,10 @@ from typing import Any
 
 import yaml
 
+from datasets.manifest import write_atomic
 from pipelines.config import REPO_ROOT, ConfigError, ExperimentConfig, _abs, flatten, load_config, set_fields
-from pipelines.sweep import (SweepSpec, candidate_values, grid_size, load_sweep, trial_raw_config, tune_domain,
+from pipelines.tracking import redact_url_password
+from pipelines.sweep import (SweepSpec, candidate_values, check_name, grid_size, load_sweep, trial_raw_config, tune_domain,
                              validate_sweep)
 
 log = logging.getLogger(__name__)
@@ -106,8 +108,6 @@ def _best(items: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any]
 
 def _close_stopped_trial(sweep_dir: Path, spec: SweepSpec, trial: Any, uri: str, failed: bool) -> None:
     """Tune ended a trial from outside (ASHA stop, or a crash): finish its MLflow run properly."""
-    from mlflow.exceptions import MlflowException
-
     from pipelines.tracking import Tracker
 
     state = _trial_state(sweep_dir, spec.name, trial.trial_id)
@@ -132,7 +132,7 @@ def _close_stopped_trial(sweep_dir: Path, spec: SweepSpec, trial: Any, uri: str,
             tags["fusionpipe.last_checkpoint"] = last["path"]
         tracker.set_tags(tags)
         tracker.end("FAILED" if failed else "FINISHED")
-    except MlflowException as e:  # never let bookkeeping kill the sweep
+    except Exception as e:  # noqa: BLE001 - bookkeeping must never turn a good trial into a failed one
         log.warning("could not close the MLflow run of trial %s: %s", trial.trial_id, e)
 
 
@@ -147,13 +147,6 @@ def _sweep_callback(sweep_dir: Path, spec: SweepSpec, uri: str) -> Any:
             _close_stopped_trial(sweep_dir, spec, trial, uri, failed=True)
 
     return SweepCallback()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _open_parent_run(sweep_dir: Path, spec: SweepSpec, base: ExperimentConfig, digest: str,
@@ -172,14 +165,16 @@ def _open_parent_run(sweep_dir: Path, spec: SweepSpec, base: ExperimentConfig, d
         tracker.set_tags({"fusionpipe.resumed": "true"})
         return tracker, True
     tags = {"fusionpipe.kind": "sweep", "fusionpipe.sweep": spec.name, "fusionpipe.model": base.model.name,
-            **git_info(), **data_version(base.resolved_paths().data.shards), **ray_job_tags()}
+            **git_info(), **data_version(base.resolved_paths().data.shards, base.data.rev), **ray_job_tags()}
     tracker = Tracker.create_run(uri, experiment, spec.name, tags)
     tracker.log_params(flatten({"sweep": spec.model_dump(mode="json")}))
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "sweep.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
         (Path(tmp) / "base_config.yaml").write_text(yaml.safe_dump(base.model_dump(mode="json"), sort_keys=False))
         tracker.log_artifacts(tmp)
-    _write_atomic(state_path, json.dumps({"parent_run_id": tracker.run_id, "digest": digest, "tracking_uri": uri}))
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(state_path, json.dumps({"parent_run_id": tracker.run_id, "digest": digest,
+                                        "tracking_uri": redact_url_password(uri)}).encode())
     return tracker, False
 
 
@@ -224,10 +219,10 @@ def _check_model_values(base_raw: dict[str, Any], spec: SweepSpec, num_classes: 
         if not key.startswith("model."):
             continue
         for value in candidate_values(dist)[1:]:  # the first was built by validate_experiment
-            cfg = ExperimentConfig.model_validate(trial_raw_config(base_raw, spec, {**first, key: value}))
             try:
+                cfg = ExperimentConfig.model_validate(trial_raw_config(base_raw, spec, {**first, key: value}))
                 build_model(model_config(cfg, num_classes))
-            except (ValueError, KeyError, TypeError) as e:
+            except (ValueError, KeyError, TypeError) as e:  # pydantic's ValidationError is a ValueError
                 problems.append(f"space.{key} = {value!r}: {e}")
     if problems:
         raise ConfigError(f"sweep {spec.name!r}: model options the model refuses:\n"
@@ -243,13 +238,18 @@ def run_tune(config: str | Path, sweep: str | Path, overrides: list[str] | None 
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from pipelines.data_versions import resolve_data_rev
+    from pipelines.cluster import alive_nodes
     from pipelines.tracking import check_store_for_cluster
     from pipelines.train import INJECT_FAILURE_ENV, init_ray, validate_experiment
 
-    base = resolve_data_rev(load_config(config, overrides))  # once here; trials reuse the resolved path
+    loaded = load_config(config, overrides)
+    base = resolve_data_rev(loaded)  # once here; trials reuse the resolved path
     spec = load_sweep(sweep)
     if name:
-        spec.name = name
+        try:
+            spec.name = check_name(name)
+        except ValueError as e:
+            raise ConfigError(f"--name: {e}") from e
     base_raw = base.model_dump(mode="json")
     first = validate_sweep(base_raw, spec)
     manifest = validate_experiment(first)
@@ -266,7 +266,7 @@ def run_tune(config: str | Path, sweep: str | Path, overrides: list[str] | None 
     experiment = spec.experiment or base.tracking.experiment
 
     init_ray(first, concurrent_runs=spec.max_concurrent_trials, dashboard=True)
-    check_store_for_cluster(uri, len([n for n in ray.nodes() if n.get("Alive")]))
+    check_store_for_cluster(uri, len(alive_nodes()))
     parent, resumed = _open_parent_run(sweep_dir, spec, base, spec.digest(base_raw), uri, experiment)
 
     trainable = tune.with_resources(
@@ -285,7 +285,10 @@ def run_tune(config: str | Path, sweep: str | Path, overrides: list[str] | None 
         else:
             scheduler = (ASHAScheduler(time_attr=EPOCHS_DONE, max_t=spec.scheduler.max_epochs,
                                        grace_period=spec.scheduler.grace_period,
-                                       reduction_factor=spec.scheduler.reduction_factor)
+                                       reduction_factor=spec.scheduler.reduction_factor,
+                                       # A trial that reaches max_epochs ends by itself and closes its own
+                                       # MLflow run; ASHA only stops the weak ones.
+                                       stop_last_trials=False)
                          if spec.scheduler.name == "asha" else FIFOScheduler())
             tuner = tune.Tuner(
                 trainable,
@@ -303,7 +306,15 @@ def run_tune(config: str | Path, sweep: str | Path, overrides: list[str] | None 
     except BaseException:
         parent.end("FAILED")
         raise
-    return _finish(results, spec, base_raw, sweep_dir, parent, resumed, best_config_out)
+    # On Ctrl-C (or `fusionpipe jobs stop`) Tune saves its state and fit() returns normally: a sweep with
+    # trials neither finished nor failed, or not all created, was interrupted, not done.
+    trials = getattr(getattr(results, "_experiment_analysis", None), "trials", None) or []
+    unfinished = [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
+    if unfinished or len(trials) < expected_trials(spec):
+        parent.end("KILLED")
+        raise KeyboardInterrupt(f"sweep {spec.name!r} interrupted with {len(unfinished)} trial(s) unfinished")
+    # The best config is written from the config as the user wrote it (relative paths, data.rev, log_model).
+    return _finish(results, spec, loaded.model_dump(mode="json"), sweep_dir, parent, resumed, best_config_out)
 
 
 def _finish(results: Any, spec: SweepSpec, base_raw: dict[str, Any], sweep_dir: Path, parent: Any, resumed: bool,
@@ -313,7 +324,7 @@ def _finish(results: Any, spec: SweepSpec, base_raw: dict[str, Any], sweep_dir: 
     errored = [r for r in rows if r["status"] == "ERROR"]
     summary: dict[str, Any] = {
         "sweep": spec.name, "experiment_path": str(sweep_dir), "parent_run_id": parent.run_id,
-        "tracking_uri": parent.uri, "resumed": resumed, "metric": spec.metric, "mode": spec.mode,
+        "tracking_uri": redact_url_password(parent.uri), "resumed": resumed, "metric": spec.metric, "mode": spec.mode,
         "scheduler": spec.scheduler.name, "num_trials": len(rows),
         "trial_epochs": sum(r["epochs"] for r in rows), "errored": [r["trial_id"] for r in errored],
         "trials": rows, "best": None, "best_config_path": None,
@@ -321,12 +332,14 @@ def _finish(results: Any, spec: SweepSpec, base_raw: dict[str, Any], sweep_dir: 
     if scored:
         best = (max if spec.mode == "max" else min)(scored, key=lambda r: r["best_metric"])
         best_raw = trial_raw_config(base_raw, spec, best["params"])
-        best_raw = set_fields(best_raw, [("tracking.run_name", None)])
+        best_raw = set_fields(best_raw, [("tracking.run_name", None),
+                                         ("tracking.log_model", base_raw["tracking"]["log_model"])])
         ExperimentConfig.model_validate(best_raw)  # what `fusionpipe train --config` will load
         out = Path(best_config_out) if best_config_out else sweep_dir / "best_config.yaml"
         header = (f"# Best trial {best['trial_id']} of sweep {spec.name!r}: {spec.metric} = {best['best_metric']:.6g}"
                   f" (epoch {best['best_epoch']}).\n# Train it: fusionpipe train --config {out}\n")
-        _write_atomic(out, header + yaml.safe_dump(best_raw, sort_keys=False))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(out, (header + yaml.safe_dump(best_raw, sort_keys=False)).encode())
         summary["best"] = {"trial_id": best["trial_id"], "params": best["params"], "config": best_raw,
                            "metric": {spec.metric: best["best_metric"]}, "epoch": best["best_epoch"],
                            "mlflow_run_id": best["mlflow_run_id"], "checkpoint": best["checkpoint"]}

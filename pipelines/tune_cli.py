@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from pipelines._output import emit, fail, stdout_to_stderr
+from pipelines._output import emit, fail, shutdown_ray, stdout_to_stderr
 
 
 @click.command()
@@ -26,8 +26,11 @@ def tune(config: Path, sweep: Path, overrides: tuple[str, ...], name: str | None
     try:
         # Ray Tune and the workers print progress on stdout; with --json stdout holds only the result.
         with stdout_to_stderr(as_json):
-            summary = run_tune(config, sweep, list(overrides), name=name, best_config_out=best_config,
-                               verbose=0 if as_json else 1)
+            try:
+                summary = run_tune(config, sweep, list(overrides), name=name, best_config_out=best_config,
+                                   verbose=0 if as_json else 1)
+            finally:
+                shutdown_ray()  # while stdout is still redirected: Ray flushes worker output at shutdown
     except ConfigError as e:
         fail(str(e), as_json, code=2)
         return

@@ -103,3 +103,17 @@ def test_stdout_to_stderr_keeps_stdout_clean(capfd):
     print("result")
     out, err = capfd.readouterr()
     assert out == "result\n" and "progress" in err and "from C" in err
+
+
+def test_sweep_name_must_be_one_directory_name(tmp_path):
+    with pytest.raises(ConfigError, match=r"name: Value error, sweep name '../up'"):
+        load_sweep(_write(tmp_path, "name: ../up\nspace: {optim.lr: {choice: [0.1]}}\n"))
+    assert load_sweep(_write(tmp_path, "name: lr-v1.2\nspace: {optim.lr: {choice: [0.1]}}\n")).name == "lr-v1.2"
+
+
+def test_url_passwords_are_redacted_in_logged_params():
+    from pipelines.tracking import _param_value, redact_url_password
+
+    assert redact_url_password("http://bob:s3cr3t@10.0.0.5:5000") == "http://bob:***@10.0.0.5:5000"
+    assert _param_value("https://u:p%40ss@mlflow.example/x") == "https://u:***@mlflow.example/x"
+    assert _param_value("sqlite:////tmp/m.db") == "sqlite:////tmp/m.db"
