@@ -226,20 +226,26 @@ def set_fields(raw: dict[str, Any], pairs: list[tuple[str, Any]]) -> dict[str, A
     return out
 
 
+def read_yaml_mapping(path: str | os.PathLike[str], what: str, not_mapping: str) -> dict[str, Any]:
+    """The YAML mapping in ``path``; a missing file, bad YAML or another top level is a ConfigError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such {what}")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: {not_mapping}")
+    return raw
+
+
 def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None = None) -> ExperimentConfig:
     raw: dict[str, Any] = {}
     source = "config"
     if path is not None:
         source = str(path)
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: no such config file")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from e
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: top level must be a mapping of sections")
+        raw = read_yaml_mapping(path, "config file", "top level must be a mapping of sections")
     raw = apply_overrides(raw, overrides or [])
     try:
         return ExperimentConfig.model_validate(raw)

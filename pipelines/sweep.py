@@ -26,10 +26,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipelines.config import ConfigError, ExperimentConfig, _format_errors, set_fields
+from pipelines.config import ConfigError, ExperimentConfig, _format_errors, read_yaml_mapping, set_fields
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 # Fields a sweep may not vary: the scheduler owns the epoch budget, the sweep owns names and storage.
@@ -131,14 +130,7 @@ def _check_distribution(key: str, dist: dict[str, Any]) -> None:
 
 def load_sweep(path: str | Path) -> SweepSpec:
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: no such sweep file")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from e
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: top level must be a mapping")
+    raw = read_yaml_mapping(p, "sweep file", "top level must be a mapping")
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as e:
