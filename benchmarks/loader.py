@@ -20,8 +20,9 @@ same ``to_tensors``:
   ``codec.decode_member``, through a shuffled DataLoader (batch 8, ``num_workers=0``): the layout
   the shards replace (target ``loader_vs_loose_files`` >= 1.0).
 
-Measurement: the three methods run in rounds (one pass each per round, interleaved, the first
-round discarded as warm-up), so a change in machine load hits all three alike. Torch and OpenCV
+Measurement: the three methods run in rounds (one pass each per round, interleaved, in reverse
+order on odd rounds, the first round discarded as warm-up), so a change in machine load hits all
+three alike. Torch and OpenCV
 are held to one thread, and the ratios use the process's CPU time (user + system, so the read
 syscalls count): it measures the work each method does and not the time spent waiting for a core
 that other jobs hold, which makes it far less noisy than wall time on a shared machine. Wall
@@ -171,7 +172,8 @@ def measure(root: Path, loose_root: Path, height: int, width: int, rounds: int,
     }
     timings: dict[str, list[tuple[int, float, float]]] = {m: [] for m in METHODS}
     for r in range(rounds):
-        for method in METHODS:
+        # Odd rounds run the methods in reverse order, so a method never always follows the same one.
+        for method in METHODS if r % 2 == 0 else METHODS[::-1]:
             t = _timed(lambda: passes[method](r))
             if r > 0:
                 timings[method].append(t)
@@ -210,7 +212,7 @@ def main() -> None:
     # One thread each, so CPU time is single-core work and the rate is a per-worker figure.
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
-    num_samples, shard_size, rounds = (64, 16, 5) if args.quick else (512, 64, 4)
+    num_samples, shard_size, rounds = (64, 16, 5) if args.quick else (512, 64, 6)
     with tempfile.TemporaryDirectory(prefix="fusionpipe-loader-bench-") as tmp:
         root = build_shards(Path(tmp) / "shards", num_samples, shard_size, HEIGHT, WIDTH)
         results = measure(root, Path(tmp) / "loose", HEIGHT, WIDTH, rounds)

@@ -12,8 +12,9 @@ Splitting (``rank``, ``world_size`` and DataLoader workers give ``world_size × 
   sample is seen exactly once across all ranks (ranks may differ by a batch; evaluation gathers
   metric sums after the loop, so that is safe).
 
-Shards are read with webdataset's tar iterator but decoded here (:mod:`datasets.codec`): its own
-decoders turn 16-bit depth into 8-bit and would unpickle ``.pyd`` members. Errors name the shard,
+Shards are read with :mod:`datasets.tario` (a strict tar reader ~10x cheaper per member than
+``tarfile``, which webdataset's iterator wraps) and decoded here (:mod:`datasets.codec`):
+webdataset's decoders turn 16-bit depth into 8-bit and would unpickle ``.pyd`` members. Errors name the shard,
 key and member. ``errors="skip"`` skips a bad sample (or the rest of a truncated shard), logs each
 skip and counts it in :attr:`ShardStream.skipped`; nothing is skipped silently.
 """
@@ -30,10 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import tar_file_iterator
 
 from datasets.codec import ShardFormatError, decode_sample
 from datasets.manifest import load_manifest
+from datasets.tario import iter_tar
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,8 @@ def iter_shard(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
     key: str | None = None
     members: dict[str, bytes] = {}
     try:
-        with open(path, "rb") as f:
-            for item in tar_file_iterator(f):
-                fname = item["fname"]
+        with open(path, "rb", buffering=1 << 20) as f:
+            for fname, data in iter_tar(f):
                 k, _, member = fname.partition(".")
                 if not member:
                     raise ShardReadError(f"{path}: tar member {fname!r} has no extension")
@@ -61,10 +61,10 @@ def iter_shard(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
                     key, members = k, {}
                 if member in members:
                     raise ShardReadError(f"{path}: key {k!r} has member {member!r} twice")
-                members[member] = item["data"]
+                members[member] = data
     except ShardReadError:
         raise
-    except Exception as e:  # tarfile raises ReadError, EOFError, ... for truncated or corrupt tars
+    except (OSError, ValueError) as e:  # TarFormatError (a ValueError) for truncated or corrupt tars
         raise ShardReadError(f"{path}: corrupt or truncated shard after key {key!r}: {e}") from e
     if key is not None:
         yield key, members
