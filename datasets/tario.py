@@ -46,7 +46,11 @@ def _checksum_ok(header: bytes, offset: int) -> bool:
     stored = _number(header[148:156], "checksum", offset)
     # The checksum field itself counts as eight spaces (8 * 32 = 256).
     unsigned = sum(header[:148]) + sum(header[156:]) + 256
-    return stored == unsigned
+    if stored == unsigned:
+        return True
+    # Some old tar writers summed signed chars; they differ only where a header byte is >= 128.
+    high = sum(1 for b in header[:148] + header[156:] if b >= 128)
+    return high > 0 and stored == unsigned - 256 * high
 
 
 def _pax_path(records: bytes, offset: int) -> str | None:

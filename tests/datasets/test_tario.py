@@ -89,3 +89,14 @@ def test_bad_size_field_names_its_offset():
     data[148:156] = b"%06o\0 " % chk
     with pytest.raises(TarFormatError, match=r"header at byte 0: size field .* not an octal number"):
         list(iter_tar(io.BytesIO(bytes(data))))
+
+
+def test_signed_checksum_of_old_writers_is_accepted():
+    data = bytearray(_tar([("k.rgb.png", b"x")], tarfile.USTAR_FORMAT))
+    data[300] = 0xE9  # a byte >= 128 in an unused field, then the checksum as a signed-char writer sums it
+    signed = sum(b - 256 if b >= 128 else b for b in data[:148] + data[156:512]) + 256
+    data[148:156] = b"%06o\0 " % signed
+    assert list(iter_tar(io.BytesIO(bytes(data)))) == [("k.rgb.png", b"x")]
+    data[148:156] = b"%06o\0 " % (signed + 1)
+    with pytest.raises(TarFormatError, match="checksum"):
+        list(iter_tar(io.BytesIO(bytes(data))))
