@@ -101,7 +101,9 @@ def main() -> None:
         threads = os.cpu_count() or 1
         cfg1 = _config(shards, tmp, 1, threads, epochs, size)
         plain = plain_loop(cfg1)
-        ray.init(num_cpus=threads, include_dashboard=False, log_to_driver=False)
+        # As `fusionpipe train` starts it (pipelines.train.init_ray): the dashboard serves the state API that
+        # Ray Train's placement-group cleaner polls every second.
+        ray.init(num_cpus=threads, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
         ray1 = ray_loop(cfg1)
         steady_plain, steady_ray = statistics.mean(plain[1:]), statistics.mean(ray1[1:])
         results += [{"setup": "plain loop, 1 process", "threads": threads, "samples_per_s_by_epoch": plain,

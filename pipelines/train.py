@@ -193,12 +193,13 @@ def _log_preview(tracker: Any, model: torch.nn.Module, stream: Any, tasks: list[
         tracker.log_artifact(path, "previews")
 
 
-def init_ray(cfg: ExperimentConfig, concurrent_runs: int = 1, dashboard: bool = False) -> None:
+def init_ray(cfg: ExperimentConfig, concurrent_runs: int = 1) -> None:
     """Join ``RAY_ADDRESS``, or start a local Ray big enough for ``concurrent_runs`` runs of ``cfg``.
 
-    ``dashboard``: the dashboard serves Ray's state API, which Train V2 needs to free the placement group
-    of a run whose controller was killed (a Tune trial stopped early). It listens on 127.0.0.1 only; a
-    plain training run does without it (and its CPU cost on a small machine).
+    The local Ray always has its dashboard, listening on 127.0.0.1 only: it serves Ray's state API,
+    which every Train V2 run polls once a second (its placement-group cleaner frees the workers of a
+    run whose controller died, e.g. a Tune trial stopped early). Without it each poll fails and logs
+    a warning, once a second for the whole run.
     """
     import ray
 
@@ -208,7 +209,7 @@ def init_ray(cfg: ExperimentConfig, concurrent_runs: int = 1, dashboard: bool = 
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:
         needed = math.ceil(concurrent_runs * cfg.train.workers * cfg.train.cpus_per_worker)
-        ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=True,
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True,
                  num_cpus=max(os.cpu_count() or 1, needed))
 
 

@@ -265,7 +265,7 @@ def run_tune(config: str | Path, sweep: str | Path, overrides: list[str] | None 
     uri = resolved.tracking.uri
     experiment = spec.experiment or base.tracking.experiment
 
-    init_ray(first, concurrent_runs=spec.max_concurrent_trials, dashboard=True)
+    init_ray(first, concurrent_runs=spec.max_concurrent_trials)
     check_store_for_cluster(uri, len(alive_nodes()))
     parent, resumed = _open_parent_run(sweep_dir, spec, base, spec.digest(base_raw), uri, experiment)
 
