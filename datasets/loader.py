@@ -12,7 +12,7 @@ Splitting (``rank``, ``world_size`` and DataLoader workers give ``world_size × 
   sample is seen exactly once across all ranks (ranks may differ by a batch; evaluation gathers
   metric sums after the loop, so that is safe).
 
-Shards are read with :mod:`datasets.tario` (a strict tar reader ~10x cheaper per member than
+Shards are read with :mod:`datasets.tario` (a strict tar reader ~5x cheaper per member than
 ``tarfile``, which webdataset's iterator wraps) and decoded here (:mod:`datasets.codec`):
 webdataset's decoders turn 16-bit depth into 8-bit and would unpickle ``.pyd`` members. Errors name the shard,
 key and member. ``errors="skip"`` skips a bad sample (or the rest of a truncated shard), logs each
