@@ -25,6 +25,13 @@ applied to ``cat(0, x)``. Deliberate differences: the projection convs feeding B
 is concatenated with, so ``out_channels`` may differ from ``in_channels`` (the official APNB
 silently requires them equal); the official multi-scale query option (``sizes=[1]``, unused in
 the paper) is left out.
+
+Memory: the 1×1 projections run as matrix products (:func:`conv1x1`) on the B×C×N view of the
+feature, not through the convolution kernel, which on CPU first copies a 2048-channel input into
+its blocked layout (a second copy of the input, and of the output, at peak); the context is formed
+channel-first (V·Aᵀ, B×dv×N) so no transposed copy of it is made; and the full-resolution
+projections are released before W_o allocates its output. At 2048×128×256 on CPU this halves
+APNB's peak (docs/benchmarks.md); the results are those of the convolutions.
 """
 from __future__ import annotations
 
@@ -74,9 +81,32 @@ def _conv_bn_relu_1x1(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
+def conv1x1(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a 1×1, stride-1, ungrouped ``conv``, computed as weight · x on the B×C×(H·W)
+    view of ``x``: the same values, without the convolution kernel's layout copies of input and
+    output (see the module docstring). Autograd and autocast treat it as the matmul it is."""
+    b, c, h, w = x.shape
+    if c != conv.in_channels:
+        raise RuntimeError(f"conv1x1: input has {c} channels, the convolution expects {conv.in_channels}")
+    weight = conv.weight.view(conv.out_channels, c)
+    flat = x.flatten(2)
+    if conv.bias is None:
+        out = torch.matmul(weight, flat)
+    else:
+        out = torch.baddbmm(conv.bias.view(1, -1, 1), weight.expand(b, -1, -1), flat)
+    return out.view(b, conv.out_channels, h, w)
+
+
+def _conv_bn_relu(block: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """A :func:`_conv_bn_relu_1x1` block with its conv run by :func:`conv1x1`."""
+    conv, bn, relu = block
+    return relu(bn(conv1x1(conv, x)))
+
+
 def attention_weights(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     """softmax(Q Kᵀ / √d) over the sampled points: query B×N×d, key B×S×d -> B×N×S."""
-    return torch.softmax(query @ key.transpose(1, 2) * query.shape[-1] ** -0.5, dim=-1)
+    # Scale the logits in place: one B×N×S buffer instead of two (the scale's backward needs none).
+    return torch.softmax(torch.bmm(query, key.transpose(1, 2)).mul_(query.shape[-1] ** -0.5), dim=-1)
 
 
 def attend(
@@ -92,16 +122,17 @@ def attend(
     b, _, hq, wq = query.shape
     q = query.flatten(2).transpose(1, 2)
     k = sampler(key).transpose(1, 2)
-    v = sampler(value).transpose(1, 2)
     if use_sdpa:
         # CPU SDPA takes its fused (flash) kernel only for contiguous 4-D inputs; otherwise it falls
         # back to the math path, which materialises the B×N×S weights (measured at N = S = 9216:
         # 750 MB instead of 13 MB). Hence the head axis and the copies.
+        v = sampler(value).transpose(1, 2)
         q, k, v = (t.unsqueeze(1).contiguous() for t in (q, k, v))
         context = F.scaled_dot_product_attention(q, k, v).squeeze(1)
-    else:
-        context = attention_weights(q, k) @ v
-    return context.transpose(1, 2).reshape(b, -1, hq, wq)
+        return context.transpose(1, 2).reshape(b, -1, hq, wq)
+    # Channel-first context V·Aᵀ (B×dv×S · B×S×N): already in the B×dv×H×W layout, no copy.
+    context = torch.bmm(sampler(value), attention_weights(q, k).transpose(1, 2))
+    return context.view(b, -1, hq, wq)
 
 
 class AsymmetricAttention(nn.Module):
@@ -151,10 +182,10 @@ class AsymmetricAttention(nn.Module):
         nn.init.zeros_(self.out_project.bias)
 
     def _project(self, query_feats: torch.Tensor, key_feats: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        query = self.query_project(query_feats)
+        query = _conv_bn_relu(self.query_project, query_feats)
         # With a shared projection on the same tensor, φ(x) = θ(x): compute it once.
-        key = query if self.share_key_query and key_feats is query_feats else self.key_project(key_feats)
-        return query, key, self.value_project(key_feats)
+        key = query if self.share_key_query and key_feats is query_feats else _conv_bn_relu(self.key_project, key_feats)
+        return query, key, conv1x1(self.value_project, key_feats)
 
     def attention_map(self, query_feats: torch.Tensor, key_feats: torch.Tensor) -> torch.Tensor:
         """The B×N×S attention weights (rows sum to 1), for inspection and tests."""
@@ -163,7 +194,9 @@ class AsymmetricAttention(nn.Module):
 
     def forward(self, query_feats: torch.Tensor, key_feats: torch.Tensor) -> torch.Tensor:
         query, key, value = self._project(query_feats, key_feats)
-        return self.out_project(attend(query, key, value, self.sampler, self.use_sdpa))
+        context = attend(query, key, value, self.sampler, self.use_sdpa)
+        del query, key, value  # free the full-resolution projections before W_o allocates its output
+        return conv1x1(self.out_project, context)
 
 
 class PyramidPooledAttention(nn.Module):
