@@ -91,10 +91,49 @@ def _maybe_inject_failure(spec: str | None, epoch: int, rank: int) -> None:
         os._exit(1)
 
 
+# The one number per task that the epoch line shows (the full set goes to MLflow).
+HEADLINE_METRICS = {"semseg": "val/semseg/miou", "depth": "val/depth/rmse", "normals": "val/normals/mean",
+                    "edge": "val/edge/odsF"}
+
+
+def epoch_line(metrics: dict[str, Any], epoch: int, epochs: int, checkpoint_metric: str) -> str:
+    """The one line rank 0 prints per epoch: loss, the checkpoint metric, each task's headline
+    metric, throughput and time. Metrics a run does not have are left out."""
+    parts = [f"epoch {epoch + 1}/{epochs}"]
+    if "train/loss/total" in metrics:
+        parts.append(f"loss {metrics['train/loss/total']:.4f}")
+    names = [checkpoint_metric] + [m for m in HEADLINE_METRICS.values() if m != checkpoint_metric]
+    parts += [f"{m} {metrics[m]:.4f}" for m in names if m in metrics]
+    if "train/samples_per_s" in metrics:
+        parts.append(f"{metrics['train/samples_per_s']:.1f} samples/s")
+    if "train/epoch_s" in metrics:
+        parts.append(f"{metrics['train/epoch_s']:.0f} s")
+    return "  ".join(parts)
+
+
+def quiet_ray_train_reports() -> None:
+    """Silence Ray Train V2's per-report INFO line in this worker.
+
+    Ray logs every ``ray.train.report`` with its whole metrics dict, one multi-kilobyte line per
+    epoch and rank (48 lines for the main job). That logger is named by its file path, so
+    ``LoggingConfig`` (which filters only ``ray.train.*`` loggers) does not reach it; its level is
+    set here instead. :func:`epoch_line` says what matters. Ray's session log files keep the rest.
+    """
+    try:
+        from ray.train.v2._internal.execution import context as ray_train_context
+    except ImportError:  # another Ray layout: nothing to silence
+        return
+    reporter = getattr(ray_train_context, "logger", None)
+    if isinstance(reporter, logging.Logger):
+        reporter.setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs in every Ray Train worker."""
     import ray.train
     import ray.train.torch
+
+    quiet_ray_train_reports()
 
     from datasets.loader import ShardStream, make_loader
     from datasets.transforms import build_transform
@@ -171,6 +210,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                                    "scheduler": scheduler.state_dict()})
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
+        if rank == 0:
+            # Through logging, not print: Ray Train patches print in workers and, where Ray has
+            # wrapped sys.stdout, writes each printed line twice.
+            log.info(epoch_line(metrics, epoch, cfg.train.epochs, cfg.checkpoint.metric))
         if tracker is not None and epoch not in already_logged:
             every = cfg.train.preview_every
             if every and (epoch % every == every - 1 or epoch == cfg.train.epochs - 1):
@@ -295,7 +338,7 @@ def run_training(cfg: ExperimentConfig, run_name: str | None = None, *, extra_ta
     ``close_on_error=False`` leaves the MLflow run open when training raises, for a caller that closes it.
     """
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from pipelines.checkpoints import read_meta
     from pipelines.cluster import alive_nodes, check_shared_storage
     from pipelines.data_versions import resolve_data_rev
@@ -322,6 +365,8 @@ def run_training(cfg: ExperimentConfig, run_name: str | None = None, *, extra_ta
         run_config=RunConfig(
             name=run_name, storage_path=cfg.checkpoint.storage_path, callbacks=callbacks,
             failure_config=FailureConfig(max_failures=cfg.failure.max_failures),
+            # Ray Train's own INFO lines (worker group set-up, device moves) stay in Ray's log files.
+            logging_config=LoggingConfig(log_level="WARNING"),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep,
                                                checkpoint_score_attribute=cfg.checkpoint.metric,
                                                checkpoint_score_order=cfg.checkpoint.mode)),
