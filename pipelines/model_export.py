@@ -38,9 +38,11 @@ def log_final_model(tracker: Any, ckpt_dir: str, meta: dict[str, Any], sample_hw
     model.eval()
     channels = {"rgb": 3, "depth": 1}
     packed = PackedModel(model, mcfg["modalities"], channels, mcfg["tasks"]).eval()
-    example = np.zeros((1, sum(channels[m] for m in mcfg["modalities"]), *sample_hw), np.float32)
+    # Two samples, not one: torch.export specialises a dimension of size 1, and a batch-1 example
+    # gave a logged model that refused any other batch size ("Guard failed: x.size()[0] == 1").
+    example = np.zeros((2, sum(channels[m] for m in mcfg["modalities"]), *sample_hw), np.float32)
     with torch.no_grad():
-        outs = model({m: torch.zeros(1, channels[m], *sample_hw) for m in mcfg["modalities"]})
+        outs = model({m: torch.zeros(2, channels[m], *sample_hw) for m in mcfg["modalities"]})
         out = packed(torch.from_numpy(example)).numpy()
     layout, start = {}, 0
     for t in mcfg["tasks"]:
