@@ -91,6 +91,12 @@ def _maybe_inject_failure(spec: str | None, epoch: int, rank: int) -> None:
         os._exit(1)
 
 
+# Set (unless the user set them) before a local Ray starts, so its raylet and workers inherit them.
+# A local Ray has no preemptible nodes, so Train V2's preemption watcher has nothing to watch; it
+# costs an actor per run and logs a core-worker error line ("has constructor arguments in the object
+# store and max_restarts > 0") at every start.
+LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
 # The one number per task that the epoch line shows (the full set goes to MLflow).
 HEADLINE_METRICS = {"semseg": "val/semseg/miou", "depth": "val/depth/rmse", "normals": "val/normals/mean",
                     "edge": "val/edge/odsF"}
@@ -242,7 +248,7 @@ def init_ray(cfg: ExperimentConfig, concurrent_runs: int = 1) -> None:
     The local Ray always has its dashboard, listening on 127.0.0.1 only: it serves Ray's state API,
     which every Train V2 run polls once a second (its placement-group cleaner frees the workers of a
     run whose controller died, e.g. a Tune trial stopped early). Without it each poll fails and logs
-    a warning, once a second for the whole run.
+    a warning, once a second for the whole run. A local Ray also gets :data:`LOCAL_RAY_ENV`.
     """
     import ray
 
@@ -251,6 +257,8 @@ def init_ray(cfg: ExperimentConfig, concurrent_runs: int = 1) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:
+        for key, value in LOCAL_RAY_ENV.items():
+            os.environ.setdefault(key, value)
         needed = math.ceil(concurrent_runs * cfg.train.workers * cfg.train.cpus_per_worker)
         ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True,
                  num_cpus=max(os.cpu_count() or 1, needed))

@@ -1,6 +1,7 @@
 """One Ray cluster and one tiny synthetic dataset for every pipeline test in the session."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,12 @@ def smoke_shards(tmp_path_factory) -> Path:
 def ray_cluster():
     import ray
 
-    # The dashboard serves the state API that Train V2 uses to free the resources of a stopped Tune trial.
+    from pipelines.train import LOCAL_RAY_ENV
+
+    # As pipelines.train.init_ray starts a local Ray: the dashboard serves the state API that Train V2
+    # uses to free the resources of a stopped Tune trial, and the local-Ray environment.
+    for key, value in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(key, value)
     ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
     yield
     ray.shutdown()
