@@ -90,7 +90,7 @@ def main() -> None:
 
     from datasets.sources.synthetic import SyntheticSource
     from datasets.writer import write_dataset
-    from pipelines.train import LOCAL_RAY_ENV
+    from pipelines.train import start_local_ray
 
     n, hw, epochs, size = (48, (64, 80), 3, "0.125") if args.quick else (192, (120, 160), 4, "0.25")
     results, ratios = [], {}
@@ -102,11 +102,9 @@ def main() -> None:
         threads = os.cpu_count() or 1
         cfg1 = _config(shards, tmp, 1, threads, epochs, size)
         plain = plain_loop(cfg1)
-        # As `fusionpipe train` starts it (pipelines.train.init_ray): the dashboard serves the state API that
-        # Ray Train's placement-group cleaner polls every second; the local-Ray environment.
-        for key, value in LOCAL_RAY_ENV.items():
-            os.environ.setdefault(key, value)
-        ray.init(num_cpus=threads, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+        # As `fusionpipe train` starts it: the dashboard serves the state API that Ray Train's
+        # placement-group cleaner polls every second; the local-Ray environment.
+        start_local_ray(num_cpus=threads, log_to_driver=False)
         ray1 = ray_loop(cfg1)
         steady_plain, steady_ray = statistics.mean(plain[1:]), statistics.mean(ray1[1:])
         results += [{"setup": "plain loop, 1 process", "threads": threads, "samples_per_s_by_epoch": plain,

@@ -257,11 +257,19 @@ def init_ray(cfg: ExperimentConfig, concurrent_runs: int = 1) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:
-        for key, value in LOCAL_RAY_ENV.items():
-            os.environ.setdefault(key, value)
         needed = math.ceil(concurrent_runs * cfg.train.workers * cfg.train.cpus_per_worker)
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True,
-                 num_cpus=max(os.cpu_count() or 1, needed))
+        start_local_ray(max(os.cpu_count() or 1, needed))
+
+
+def start_local_ray(num_cpus: int, log_to_driver: bool = True) -> None:
+    """Start a local Ray the way every fusionpipe command does (see :func:`init_ray`): dashboard on
+    127.0.0.1, :data:`LOCAL_RAY_ENV` in the environment its processes inherit. The test suite's
+    session cluster and the benchmarks start theirs through here too."""
+    import ray
+
+    for key, value in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=log_to_driver)
 
 
 def _run_state(storage: str, run_name: str) -> Path:

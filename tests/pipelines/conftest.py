@@ -1,7 +1,6 @@
 """One Ray cluster and one tiny synthetic dataset for every pipeline test in the session."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -22,13 +21,11 @@ def smoke_shards(tmp_path_factory) -> Path:
 def ray_cluster():
     import ray
 
-    from pipelines.train import LOCAL_RAY_ENV
+    from pipelines.train import start_local_ray
 
-    # As pipelines.train.init_ray starts a local Ray: the dashboard serves the state API that Train V2
-    # uses to free the resources of a stopped Tune trial, and the local-Ray environment.
-    for key, value in LOCAL_RAY_ENV.items():
-        os.environ.setdefault(key, value)
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+    # As the commands start it: the dashboard serves the state API that Train V2 uses to free the
+    # resources of a stopped Tune trial.
+    start_local_ray(num_cpus=2, log_to_driver=False)
     yield
     ray.shutdown()
 
