@@ -187,6 +187,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     tracker = None
     if rank == 0:
+        log.info(f"training {mcfg['name']} on {world} worker{'s' if world > 1 else ''} ({device.type}), "
+                 f"{steps_per_epoch} steps per epoch, from epoch {start_epoch + 1} of {cfg.train.epochs}")
         from pipelines.tracking import Tracker
 
         tracker = Tracker(config["tracking_uri"], run_id)

@@ -207,7 +207,9 @@ def test_two_worker_training_job_succeeds_and_is_tracked(cluster):
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)
     assert out["status"] == "SUCCEEDED" and out["entrypoint"].startswith("python -m pipelines.cli train")
-    assert "world_size=2" in r.stderr  # the streamed log (stderr with --json)
+    # The streamed log (stderr with --json): rank 0's start line and its epoch lines.
+    assert "training mtinet on 2 workers (cpu)" in r.stderr
+    assert "epoch 1/" in r.stderr
     assert cluster.token not in r.stdout + r.stderr
 
     client = MlflowClient(tracking_uri=cluster.mlflow)
