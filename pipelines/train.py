@@ -121,7 +121,7 @@ def quiet_ray_train_reports() -> None:
     """Silence Ray Train V2's per-report INFO line in this worker.
 
     Ray logs every ``ray.train.report`` with its whole metrics dict, one multi-kilobyte line per
-    epoch and rank (48 lines for the main job). That logger is named by its file path, so
+    epoch and rank (24 lines for the main job). That logger is named by its file path, so
     ``LoggingConfig`` (which filters only ``ray.train.*`` loggers) does not reach it; its level is
     set here instead. :func:`epoch_line` says what matters. Ray's session log files keep the rest.
     """
@@ -139,8 +139,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    quiet_ray_train_reports()
-
     from datasets.loader import ShardStream, make_loader
     from datasets.transforms import build_transform
     from fusion import build_model
@@ -148,6 +146,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from pipelines.checkpoints import check_compatible, load_model_state, load_train_state, read_meta, save_checkpoint
     from pipelines.loop import evaluate, lr_factor, make_optimizer, predict, train_epoch
 
+    quiet_ray_train_reports()
     cfg = ExperimentConfig.model_validate(config["cfg"])
     mcfg, run_id = config["model_config"], config["mlflow_run_id"]
     ctx = ray.train.get_context()
