@@ -3,7 +3,9 @@
 ``python benchmarks/train.py [--quick] [--json]``. Everything is measured in one run on the same
 model, shards and batch size. Throughput is taken from epochs after the first (the first pays for
 worker start-up, imports and allocator warm-up), as ``train/samples_per_s`` from the very same
-``pipelines.loop.train_epoch`` in both set-ups, so the ratio isolates what Ray Train adds.
+``pipelines.loop.train_epoch`` in both set-ups, so the ratio isolates what Ray Train adds. The plain
+loop and Ray Train alternate in rounds, in reverse order every other round (plain, Ray, Ray, plain),
+so that a drift in the shared host's load cancels out of the ratio.
 """
 from __future__ import annotations
 
@@ -60,12 +62,12 @@ def plain_loop(cfg) -> list[float]:
     return rates
 
 
-def ray_loop(cfg) -> list[float]:
+def ray_loop(cfg, run_name: str) -> list[float]:
     from mlflow.tracking import MlflowClient
 
     from pipelines.train import run_training
 
-    s = run_training(cfg)
+    s = run_training(cfg, run_name)
     hist = MlflowClient(tracking_uri=s["tracking_uri"]).get_metric_history(s["mlflow_run_id"], "train/samples_per_s")
     return [m.value for m in sorted(hist, key=lambda m: m.step)]
 
@@ -92,7 +94,7 @@ def main() -> None:
     from datasets.writer import write_dataset
     from pipelines.train import start_local_ray
 
-    n, hw, epochs, size = (48, (64, 80), 3, "0.125") if args.quick else (192, (120, 160), 4, "0.25")
+    n, hw, epochs, size, rounds = (48, (64, 80), 3, "0.125", 1) if args.quick else (192, (120, 160), 3, "0.25", 2)
     results, ratios = [], {}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -101,24 +103,34 @@ def main() -> None:
                       shard_size=16, progress=False)
         threads = os.cpu_count() or 1
         cfg1 = _config(shards, tmp, 1, threads, epochs, size)
-        plain = plain_loop(cfg1)
-        # As `fusionpipe train` starts it: the dashboard serves the state API that Ray Train's
-        # placement-group cleaner polls every second; the local-Ray environment.
-        start_local_ray(num_cpus=threads, log_to_driver=False)
-        ray1 = ray_loop(cfg1)
-        steady_plain, steady_ray = statistics.mean(plain[1:]), statistics.mean(ray1[1:])
-        results += [{"setup": "plain loop, 1 process", "threads": threads, "samples_per_s_by_epoch": plain,
+        # The host's load drifts over minutes, so the two set-ups alternate in rounds, the order reversed
+        # in every other round (plain, Ray, Ray, plain: a linear drift cancels out of the means). The
+        # plain loop runs with no Ray on the machine; each Ray pass starts its own local Ray as
+        # `fusionpipe train` does (dashboard, local-Ray environment).
+        passes: dict[str, list[list[float]]] = {"plain": [], "ray": []}
+        for r in range(rounds):
+            for setup in (("plain", "ray") if r % 2 == 0 else ("ray", "plain")):
+                if setup == "plain":
+                    passes["plain"].append(plain_loop(cfg1))
+                else:
+                    start_local_ray(num_cpus=threads, log_to_driver=False)
+                    passes["ray"].append(ray_loop(cfg1, f"bench-1w-{r}"))
+                    ray.shutdown()
+        steady = {k: [statistics.mean(p[1:]) for p in v] for k, v in passes.items()}
+        steady_plain, steady_ray = statistics.mean(steady["plain"]), statistics.mean(steady["ray"])
+        results += [{"setup": "plain loop, 1 process", "threads": threads, "samples_per_s_by_epoch": passes["plain"],
                      "steady_samples_per_s": steady_plain},
-                    {"setup": "Ray Train, 1 worker", "threads": threads, "samples_per_s_by_epoch": ray1,
+                    {"setup": "Ray Train, 1 worker", "threads": threads, "samples_per_s_by_epoch": passes["ray"],
                      "steady_samples_per_s": steady_ray}]
         ratios["ray_train_vs_plain_loop"] = steady_ray / steady_plain
         if not args.quick:
             cfg2 = _config(shards, tmp, 2, max(1, threads // 2), epochs, size)
-            ray2 = ray_loop(cfg2)
+            start_local_ray(num_cpus=threads, log_to_driver=False)
+            ray2 = ray_loop(cfg2, "bench-2w")
+            ray.shutdown()
             results.append({"setup": "Ray Train, 2 workers (DDP)", "threads_per_worker": max(1, threads // 2),
                             "samples_per_s_by_epoch": ray2, "steady_samples_per_s": statistics.mean(ray2[1:])})
             ratios["two_workers_vs_one"] = statistics.mean(ray2[1:]) / steady_ray
-        ray.shutdown()
         epoch_s = n / steady_ray
         log_s = mlflow_log_seconds(tmp, num_metrics=40, repeats=5 if args.quick else 20)
         results.append({"setup": "MLflow log_metrics, 40 metrics, one batched request", "seconds": log_s,
