@@ -118,10 +118,10 @@ def main() -> None:
                     ray.shutdown()
         steady = {k: [statistics.mean(p[1:]) for p in v] for k, v in passes.items()}
         steady_plain, steady_ray = statistics.mean(steady["plain"]), statistics.mean(steady["ray"])
-        results += [{"setup": "plain loop, 1 process", "threads": threads, "samples_per_s_by_pass_and_epoch": passes["plain"],
-                     "steady_samples_per_s": steady_plain},
-                    {"setup": "Ray Train, 1 worker", "threads": threads, "samples_per_s_by_pass_and_epoch": passes["ray"],
-                     "steady_samples_per_s": steady_ray}]
+        results += [{"setup": "plain loop, 1 process", "threads": threads,
+                     "samples_per_s_by_pass_and_epoch": passes["plain"], "steady_samples_per_s": steady_plain},
+                    {"setup": "Ray Train, 1 worker", "threads": threads,
+                     "samples_per_s_by_pass_and_epoch": passes["ray"], "steady_samples_per_s": steady_ray}]
         ratios["ray_train_vs_plain_loop"] = steady_ray / steady_plain
         if not args.quick:
             cfg2 = _config(shards, tmp, 2, max(1, threads // 2), epochs, size)
