@@ -17,14 +17,21 @@ cannot hide the next one's peak:
 
 - time: median of ``repeats`` forward passes after a first (warm-up) pass;
 - peak memory, as the paper counts it (``max_memory_allocated`` with the block minus without it,
-  i.e. the block's weights plus its activations, the input excluded): the weights' bytes plus, on
-  CPU, the growth of the process's peak resident set (``ru_maxrss``) during the first pass over
-  the resident set just before it; on CUDA ``max_memory_allocated`` over ``memory_allocated``;
+  i.e. the block's weights plus its activations, the input excluded): the weights' bytes plus the
+  peak of tensor memory allocated during one forward pass above what was allocated before it. On
+  CUDA that is ``max_memory_allocated`` over ``memory_allocated``; on CPU the same quantity comes
+  from the CPU allocator's own running total, which PyTorch's profiler reports with every
+  allocation and free (:func:`cpu_peak_allocated_bytes`). Like the CUDA figure it counts tensors,
+  not the resident set: buffers a library allocates by itself (MKL's GEMM packing buffers) and
+  pages the C allocator keeps are not in it. On CPU the growth of the process's peak resident set
+  (``ru_maxrss``) during the first pass is reported beside it (``peak_rss_bytes``, ratios with the
+  suffix ``_rss``): what the operating system saw, allocator and library caches included;
 - ``apnb_attention_fraction``: the median time of APNB's attention part alone (``attend``:
   pooling, the two batched matmuls, softmax; projections precomputed) over the attention scope.
 
 Ratios: ``apnb_speedup@HxW`` (non-local time / APNB time), ``apnb_memory_reduction@HxW`` (non-local
-peak / APNB peak), both also ``..._with_fusion@HxW``; ``apnb_attention_fraction@HxW``; and
+peak / APNB peak; on CPU also ``apnb_memory_reduction_rss@HxW`` from the resident sets), all also
+``..._with_fusion@HxW``; ``apnb_attention_fraction@HxW``; and
 ``sdpa_speedup@HxW`` (explicit non-local time / non-local through ``scaled_dot_product_attention``,
 attention scope). They are measured on CPU; when CUDA is present the same names with the suffix
 ``:cuda`` are measured there too. The paper reports, at 2048×128×256 on a GPU, APNB ~6x faster
@@ -36,9 +43,11 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import json
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -67,6 +76,38 @@ def _available_bytes() -> int:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("benchmarks/attention.py: /proc/meminfo has no MemAvailable line")
+
+
+def cpu_peak_allocated_bytes(fn) -> int:
+    """Peak bytes of CPU tensor memory allocated while ``fn()`` runs, above what was allocated when it
+    started: the CPU counterpart of ``torch.cuda.max_memory_allocated() - torch.cuda.memory_allocated()``.
+
+    With memory profiling on, PyTorch's CPU allocator reports every allocation and free to the
+    profiler together with its running total of the bytes it has handed out since profiling began
+    (tensors that already existed are not in that total); the peak is the largest total in the trace.
+    Every allocation counts, temporaries inside an operator included; memory that libraries take
+    without going through PyTorch's allocator does not.
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as d:
+        trace = Path(d) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text())["traceEvents"]
+    memory = [e["args"] for e in events if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type") == 0]
+    if not memory:
+        return 0
+    for key in ("Total Allocated", "Bytes"):
+        if key not in memory[0]:
+            raise RuntimeError(
+                f"benchmarks/attention.py: torch {torch.__version__}'s profiler trace has no {key!r} field "
+                f"in its [memory] events (fields: {sorted(memory[0])})"
+            )
+    start = memory[0]["Total Allocated"] - memory[0]["Bytes"]
+    return max(0, max(e["Total Allocated"] for e in memory) - start)
 
 
 def _build(block: str):
@@ -110,10 +151,12 @@ def measure(block: str, scope: str, height: int, width: int, device: str, repeat
             forward()
             torch.cuda.synchronize()
             activations = torch.cuda.max_memory_allocated() - before
+            rss_activations = None
         else:
             before = _rss_bytes()
             forward()
-            activations = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+            rss_activations = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+            activations = cpu_peak_allocated_bytes(forward)
         times = _times_ms(forward, repeats, sync)
         n = height * width
         s = model.attention.sampler.num_samples(height, width)
@@ -125,6 +168,10 @@ def measure(block: str, scope: str, height: int, width: int, device: str, repeat
             "peak_mb": round(peak / 2**20, 1), "time_ms": round(statistics.median(times), 2),
             "times_ms": [round(t, 2) for t in times],
         }
+        if rss_activations is not None:
+            result["rss_activation_bytes"] = int(rss_activations)
+            result["peak_rss_bytes"] = int(weights + rss_activations)
+            result["peak_rss_mb"] = round((weights + rss_activations) / 2**20, 1)
         if block == "apnb" and scope == "attention":
             att = model.attention
             q = att.query_project(x)
@@ -184,6 +231,10 @@ def run(sizes, device: str, repeats: int) -> tuple[list[dict[str, Any]], dict[st
                 ratios[f"apnb_memory_reduction{fusion}@{tag}{suffix}"] = round(
                     nl["peak_bytes"] / max(apnb["peak_bytes"], 1), 2
                 )
+                if "peak_rss_bytes" in apnb:
+                    ratios[f"apnb_memory_reduction_rss{fusion}@{tag}"] = round(
+                        nl["peak_rss_bytes"] / max(apnb["peak_rss_bytes"], 1), 2
+                    )
                 if sdpa is not None:
                     ratios[f"sdpa_speedup@{tag}{suffix}"] = round(nl["time_ms"] / sdpa["time_ms"], 2)
     return results, ratios
