@@ -41,9 +41,9 @@ and ~28x smaller than the non-local block.
 """
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
-import json
 import resource
 import statistics
 import sys

@@ -19,9 +19,10 @@ def test_peak_allocated_counts_live_tensors_at_their_peak_not_what_existed_befor
     assert existing.numel() == 4 * MIB
 
 
-def test_peak_allocated_includes_temporaries_inside_an_operator():
+def test_peak_allocated_counts_intermediates_the_function_never_names():
     x = torch.randn(512, 512)
-    # softmax of x @ x.T: the product and the softmax (two 1 MiB matrices) are live at once.
+    # softmax of x @ x.T: the product, which fn never binds, and the softmax (two 1 MiB matrices) are
+    # live at once.
     assert cpu_peak_allocated_bytes(lambda: torch.softmax(x @ x.T, dim=-1)) >= 2 * 512 * 512 * 4
 
 
