@@ -1,11 +1,17 @@
-"""HRNet-W18-small-v2 (Wang et al., "Deep High-Resolution Representation Learning", TPAMI 2020).
+"""HRNetV2 backbones (Wang et al., "Deep High-Resolution Representation Learning", TPAMI 2020).
 
-Follows the official HRNet classification/segmentation code (``HighResolutionNet`` with the
-``w18_small_v2`` config): a stem of two stride-2 3×3 convs to 1/4, stage 1 of two bottlenecks,
-then stages 2-4 that each add a branch at half the resolution (1/8, 1/16, 1/32: "parallel
-multi-resolution convolutions"), with 1, 3 and 2 high-resolution modules of two basic blocks per
-branch. Every module ends with the "repeated multi-resolution fusions": each output branch sums
-all branches, upsampled by a 1×1 conv + upsampling, or downsampled by a chain of stride-2 3×3 convs.
+Follows the official HRNet classification/segmentation code (``HighResolutionNet``): a stem of two
+stride-2 3×3 convs to 1/4, stage 1 of bottlenecks, then stages 2-4 that each add a branch at half
+the resolution (1/8, 1/16, 1/32: "parallel multi-resolution convolutions"), made of
+high-resolution modules of basic blocks. Every module ends with the "repeated multi-resolution
+fusions": each output branch sums all branches, upsampled by a 1×1 conv + upsampling, or
+downsampled by a chain of stride-2 3×3 convs.
+
+:data:`HRNET_SPECS` holds the three configs of the official MTI-Net code
+(``models/model_info/hrnet_w{18,32,48}.yml``): ``hrnet18`` is W18-small-v2 (stage 1 of two
+bottlenecks; 1, 3 and 2 modules of two blocks per branch), the backbone of MTI-Net's experiments;
+``hrnet32`` and ``hrnet48`` are the full HRNetV2-W32/W48 (four bottlenecks; 1, 4 and 3 modules of
+four blocks), W48 being the backbone of MTI-Net's state-of-the-art comparison on NYUD-v2.
 
 Parameter names match the official code (``conv1``, ``bn1``, ``conv2``, ``bn2``, ``layer1``,
 ``transition1``, ``stage2.0.branches``, ``stage2.0.fuse_layers`` ...) so its checkpoints load by name
@@ -16,14 +22,26 @@ of the previous stage while existing branches are passed on (the segmentation co
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fusion.backbones.resnet import Backbone, BasicBlock, Bottleneck, scale_channels
 
-# (number of modules, blocks per branch) of stages 2, 3, 4 of w18_small_v2.
-_STAGES = [(1, 2), (3, 2), (2, 2)]
-_BRANCH_CHANNELS = [18, 36, 72, 144]
+
+@dataclass(frozen=True)
+class HRNetSpec:
+    stage1_blocks: int  # bottlenecks of stage 1 (64 planes, 256 channels out)
+    stages: tuple[tuple[int, int], ...]  # (number of modules, blocks per branch) of stages 2, 3, 4
+    channels: tuple[int, int, int, int]  # branch channels at 1/4, 1/8, 1/16, 1/32
+
+
+HRNET_SPECS = {
+    "hrnet18": HRNetSpec(2, ((1, 2), (3, 2), (2, 2)), (18, 36, 72, 144)),
+    "hrnet32": HRNetSpec(4, ((1, 4), (4, 4), (3, 4)), (32, 64, 128, 256)),
+    "hrnet48": HRNetSpec(4, ((1, 4), (4, 4), (3, 4)), (48, 96, 192, 384)),
+}
 
 
 def _conv_bn(cin: int, cout: int, kernel: int, stride: int, relu: bool) -> nn.Sequential:
@@ -85,7 +103,7 @@ def _transition(prev: list[int], cur: list[int]) -> nn.ModuleList:
 
 
 class HRNet(Backbone):
-    def __init__(self, in_channels: int = 3, width: float = 1.0):
+    def __init__(self, in_channels: int = 3, width: float = 1.0, spec: HRNetSpec = HRNET_SPECS["hrnet18"]):
         super().__init__()
         stem = scale_channels(64, width)
         self.conv1 = nn.Conv2d(in_channels, stem, 3, 2, 1, bias=False)
@@ -96,10 +114,11 @@ class HRNet(Backbone):
         planes = scale_channels(64, width)
         out1 = planes * Bottleneck.expansion
         down = nn.Sequential(nn.Conv2d(stem, out1, 1, bias=False), nn.BatchNorm2d(out1))
-        self.layer1 = nn.Sequential(Bottleneck(stem, planes, downsample=down), Bottleneck(out1, planes))
-        branch = [scale_channels(c, width) for c in _BRANCH_CHANNELS]
+        self.layer1 = nn.Sequential(Bottleneck(stem, planes, downsample=down),
+                                    *[Bottleneck(out1, planes) for _ in range(spec.stage1_blocks - 1)])
+        branch = [scale_channels(c, width) for c in spec.channels]
         prev = [out1]
-        for s, (num_modules, num_blocks) in enumerate(_STAGES, start=2):
+        for s, (num_modules, num_blocks) in enumerate(spec.stages, start=2):
             cur = branch[:s]
             setattr(self, f"transition{s - 1}", _transition(prev, cur))
             modules = [HighResolutionModule(cur, num_blocks) for _ in range(num_modules)]

@@ -78,6 +78,33 @@ def test_hrnet18_four_scales_and_official_structure():
     assert [tuple(f.shape) for f in feats] == [(2, 9, 16, 16), (2, 18, 8, 8), (2, 36, 4, 4), (2, 72, 2, 2)]
 
 
+def _hrnetv2_seg_params(name: str, classes: int = 19) -> int:
+    """Backbone plus the official HRNetV2 segmentation head (1×1 conv with bias, BN, 1×1 conv)."""
+    net = build_backbone(name, width=1.0)
+    c = sum(net.channels)
+    return sum(p.numel() for p in net.parameters()) + (c * c + c) + 2 * c + (c * classes + classes)
+
+
+def test_hrnet_configs_match_official_structure_and_size():
+    # The official MTI-Net code's hrnet_w18 / w32 / w48 configs (W18 is w18-small-v2).
+    for name, channels, stage1, modules, blocks in [
+        ("hrnet18", [18, 36, 72, 144], 2, [1, 3, 2], 2),
+        ("hrnet32", [32, 64, 128, 256], 4, [1, 4, 3], 4),
+        ("hrnet48", [48, 96, 192, 384], 4, [1, 4, 3], 4),
+    ]:
+        net = build_backbone(name)
+        assert net.channels == channels and net.strides == [4, 8, 16, 32], name
+        assert len(net.layer1) == stage1, name
+        assert [len(net.stage2), len(net.stage3), len(net.stage4)] == modules, name
+        assert {len(b) for m in net.stage4 for b in m.branches} == {blocks}, name
+    # The HRNet paper's Cityscapes table: HRNetV2-W18-Small-v2 3.9M and HRNetV2-W48 65.9M parameters
+    # with the segmentation head (19 classes).
+    assert round(_hrnetv2_seg_params("hrnet18") / 1e6, 1) == 3.9
+    assert round(_hrnetv2_seg_params("hrnet48") / 1e6, 1) == 65.9
+    feats = build_backbone("hrnet48", width=0.125)(torch.randn(1, 3, 64, 64))
+    assert [tuple(f.shape) for f in feats] == [(1, 8, 16, 16), (1, 12, 8, 8), (1, 24, 4, 4), (1, 48, 2, 2)]
+
+
 def test_hrnet_fusion_sums_every_branch():
     module = build_backbone("hrnet18", width=0.5).stage2[0].eval()
     xs = [torch.randn(1, 9, 8, 8), torch.randn(1, 18, 4, 4)]
@@ -104,6 +131,8 @@ def test_bad_names_and_options_are_errors():
         build_backbone("resnet18", output_stride=4)
     with pytest.raises(ValueError, match="hrnet18.*output_stride must be 32"):
         build_backbone("hrnet18", output_stride=8)
+    with pytest.raises(ValueError, match="'hrnet48' has its own two-conv stem"):
+        build_backbone("hrnet48", deep_stem=True)
     with pytest.raises(ValueError, match="width must be > 0"):
         build_backbone("resnet18", width=0)
 
