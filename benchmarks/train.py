@@ -6,6 +6,11 @@ worker start-up, imports and allocator warm-up), as ``train/samples_per_s`` from
 ``pipelines.loop.train_epoch`` in both set-ups, so the ratio isolates what Ray Train adds. The plain
 loop and Ray Train alternate in rounds, in reverse order every other round (plain, Ray, Ray, plain),
 so that a drift in the shared host's load cancels out of the ratio.
+
+With CUDA present it also measures GPU throughput on the paper set-up
+(``configs/nyud/mtinet_hrnet18.yaml``: MTI-Net, HRNet-18 at width 1, 480×640, bf16 autocast) on
+synthetic shards at 480×640: images/s of Ray Train with one GPU worker, and with two when the machine
+has two GPUs (ratio ``two_workers_vs_one:cuda``).
 """
 from __future__ import annotations
 
@@ -33,6 +38,49 @@ def _config(shards: Path, tmp: Path, workers: int, threads: int, epochs: int, si
         f"train.torch_threads={threads}", "train.preview_every=0", "tracking.log_model=false",
         f"tracking.uri=sqlite:///{tmp}/mlflow.db", "tracking.experiment=bench", f"checkpoint.storage_path={tmp}/ray",
     ])
+
+
+def _gpu_config(shards: Path, tmp: Path, workers: int, cpus_per_worker: int, epochs: int):
+    """The NYUD MTI-Net HRNet-18 paper config on ``shards``: batch 8 per GPU, no ImageNet weights."""
+    from pipelines.config import REPO_ROOT, load_config
+
+    return load_config(REPO_ROOT / "configs" / "nyud" / "mtinet_hrnet18.yaml", [
+        f"data.shards={shards}", f"data.loader_workers={max(1, min(8, cpus_per_worker - 1))}",
+        "data.shuffle_buffer=64", "model.pretrained=null", f"train.epochs={epochs}", "train.batch_size=8",
+        f"train.workers={workers}", f"train.cpus_per_worker={cpus_per_worker}", "train.preview_every=0",
+        "tracking.log_model=false", f"tracking.uri=sqlite:///{tmp}/mlflow.db", "tracking.experiment=bench-gpu",
+        f"checkpoint.storage_path={tmp}/ray",
+    ])
+
+
+def gpu_throughput(tmp: Path, quick: bool) -> tuple[list[dict], dict[str, float]]:
+    """Images/s of Ray Train on CUDA, 1 worker (and 2 on a machine with two GPUs); nothing without CUDA."""
+    import ray
+    import torch
+
+    from datasets.sources.synthetic import SyntheticSource
+    from datasets.writer import write_dataset
+    from pipelines.train import start_local_ray
+
+    if not torch.cuda.is_available():
+        return [], {}
+    n, epochs = (64, 2) if quick else (256, 3)
+    shards = tmp / "shards-480x640"
+    write_dataset(SyntheticSource(num_train=n, num_val=16, height=480, width=640), shards, shard_size=32,
+                  progress=False)
+    cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
+    results, steady = [], {}
+    for workers in (1, 2) if gpus >= 2 else (1,):
+        cfg = _gpu_config(shards, tmp, workers, max(1, cpus // workers), epochs)
+        start_local_ray(num_cpus=cpus, log_to_driver=False)
+        rates = ray_loop(cfg, f"bench-gpu-{workers}w")
+        ray.shutdown()
+        steady[workers] = statistics.mean(rates[1:])
+        results.append({"setup": f"Ray Train, {workers} GPU worker{'s' if workers > 1 else ''}, MTI-Net HRNet-18 "
+                                 f"480×640, bf16 autocast", "device": torch.cuda.get_device_name(0),
+                        "batch_size_per_worker": cfg.train.batch_size, "samples_per_s_by_epoch": rates,
+                        "steady_images_per_s": steady[workers]})
+    return results, ({"two_workers_vs_one:cuda": steady[2] / steady[1]} if 2 in steady else {})
 
 
 def plain_loop(cfg) -> list[float]:
@@ -136,6 +184,9 @@ def main() -> None:
         results.append({"setup": "MLflow log_metrics, 40 metrics, one batched request", "seconds": log_s,
                         "epoch_seconds": epoch_s})
         ratios["mlflow_logging_fraction"] = log_s / epoch_s
+        gpu_results, gpu_ratios = gpu_throughput(tmp, args.quick)
+        results += gpu_results
+        ratios.update(gpu_ratios)
     emit("train", results, ratios, args.json)
 
 

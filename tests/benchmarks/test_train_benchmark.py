@@ -1,0 +1,28 @@
+"""benchmarks/train.py: the GPU throughput run uses the paper set-up, and is skipped without CUDA."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from benchmarks.train import _gpu_config, gpu_throughput  # noqa: E402
+
+
+def test_gpu_config_is_the_nyud_mtinet_hrnet18_paper_setup(tmp_path):
+    cfg = _gpu_config(tmp_path / "shards", tmp_path, workers=2, cpus_per_worker=8, epochs=3)
+    assert (cfg.model.name, cfg.model.backbone, cfg.model.width, cfg.model.pretrained) == ("mtinet", "hrnet18", 1.0, None)
+    assert cfg.train.use_gpu and cfg.train.amp
+    assert (cfg.train.workers, cfg.train.batch_size, cfg.train.cpus_per_worker, cfg.train.epochs) == (2, 8, 8, 3)
+    assert cfg.data.augment.crop == (480, 640)
+    assert cfg.data.loader_workers == 7  # one core of the worker's share left to the training loop
+    assert str(cfg.data.shards) == str(tmp_path / "shards") and cfg.tracking.uri == f"sqlite:///{tmp_path}/mlflow.db"
+    assert _gpu_config(tmp_path, tmp_path, 1, 1, 2).data.loader_workers == 1
+
+
+def test_gpu_throughput_measures_nothing_without_cuda(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_throughput(tmp_path, quick=True) == ([], {})
+    assert not any(tmp_path.iterdir())  # no shards written either
