@@ -83,7 +83,7 @@ def train_epoch(model: nn.Module, loader: Iterable[Mapping[str, Any]], criterion
                 clip_grad_norm: float | None = None, epoch: int = 0) -> dict[str, float]:
     """One pass; returns mean loss components over all ranks, samples/s and seconds."""
     model.train()
-    sums: dict[str, float] = {}
+    sums: dict[str, Tensor] = {}
     batches, samples = 0, 0
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
@@ -109,13 +109,17 @@ def train_epoch(model: nn.Module, loader: Iterable[Mapping[str, Any]], criterion
             optimizer.zero_grad(set_to_none=True)
             if scheduler is not None:
                 scheduler.step()
+        # Summed on the device: a float() here would wait for the backward pass and the optimizer step
+        # on a GPU, and the next batch could not be queued behind them.
         for k, v in parts.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
+            sums[k] = sums[k] + v.detach().double() if k in sums else v.detach().double()
         batches += 1
         samples += next(iter(inputs.values())).shape[0]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the epoch's time includes its last queued kernels
     seconds = time.perf_counter() - start
     keys = sorted(sums)
-    red = all_reduce_sum(torch.tensor([sums[k] for k in keys] + [batches, samples], dtype=torch.float64))
+    red = all_reduce_sum(torch.tensor([float(sums[k]) for k in keys] + [batches, samples], dtype=torch.float64))
     n_batches, n_samples = red[-2].item(), red[-1].item()
     out = {f"train/loss/{k}": red[j].item() / max(1.0, n_batches) for j, k in enumerate(keys)}
     out["train/samples_per_s"] = n_samples / max(seconds, 1e-9)

@@ -31,6 +31,27 @@ def test_nan_loss_names_the_task():
                     None, torch.device("cpu"), epoch=3)
 
 
+class _Scale(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(1))
+
+    def forward(self, inputs):
+        return {"depth": inputs["rgb"][:, :1] * self.w}
+
+
+def test_epoch_losses_are_means_over_batches_and_samples_are_counted():
+    # Per-batch depth L1 losses of 1, 2 and 6 (targets 1, predictions 2/3/7): the epoch reports 3.
+    batches = [{"inputs": {"rgb": torch.full((n, 3, 4, 4), v)}, "targets": {"depth": torch.ones(n, 1, 4, 4)}}
+               for v, n in [(2.0, 2), (3.0, 3), (7.0, 2)]]
+    model = _Scale()
+    out = train_epoch(model, batches, MultiTaskLoss(["depth"]), torch.optim.SGD(model.parameters(), 0.0), None,
+                      torch.device("cpu"))
+    assert out["train/loss/depth"] == pytest.approx(3.0, rel=1e-12)
+    assert out["train/loss/total"] == pytest.approx(3.0, rel=1e-12)
+    assert out["train/samples_per_s"] == pytest.approx(7 / out["train/epoch_s"])
+
+
 def test_poly_and_cosine_schedules():
     poly = load_config(None, ["optim.schedule=poly", "optim.warmup_epochs=1"])
     assert lr_factor(poly, 0, 100, 10) == pytest.approx(0.1)
