@@ -49,7 +49,7 @@ def _gpu_config(shards: Path, tmp: Path, workers: int, cpus_per_worker: int, epo
         "data.shuffle_buffer=64", "model.pretrained=null", f"train.epochs={epochs}", "train.batch_size=8",
         f"train.workers={workers}", f"train.cpus_per_worker={cpus_per_worker}", "train.preview_every=0",
         "tracking.log_model=false", f"tracking.uri=sqlite:///{tmp}/mlflow.db", "tracking.experiment=bench-gpu",
-        f"checkpoint.storage_path={tmp}/ray",
+        f"checkpoint.storage_path={tmp}/ray", "failure.max_failures=0",
     ])
 
 
@@ -64,20 +64,25 @@ def gpu_throughput(tmp: Path, quick: bool) -> tuple[list[dict], dict[str, float]
 
     if not torch.cuda.is_available():
         return [], {}
-    n, epochs = (64, 2) if quick else (256, 3)
+    n, epochs = (64, 2) if quick else (512, 3)
+    cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
     shards = tmp / "shards-480x640"
     write_dataset(SyntheticSource(num_train=n, num_val=16, height=480, width=640), shards, shard_size=32,
-                  progress=False)
-    cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
+                  workers=min(8, cpus), progress=False)
     results, steady = [], {}
     for workers in (1, 2) if gpus >= 2 else (1,):
         cfg = _gpu_config(shards, tmp, workers, max(1, cpus // workers), epochs)
+        setup = f"Ray Train, {workers} GPU worker{'s' if workers > 1 else ''}, MTI-Net HRNet-18 480×640, bf16 autocast"
         start_local_ray(num_cpus=cpus, log_to_driver=False)
-        rates = ray_loop(cfg, f"bench-gpu-{workers}w")
-        ray.shutdown()
+        try:
+            rates = ray_loop(cfg, f"bench-gpu-{workers}w")
+        except Exception as e:  # keep the CPU figures measured before; the error goes into the JSON
+            results.append({"setup": setup, "error": f"{type(e).__name__}: {e}"})
+            break
+        finally:
+            ray.shutdown()
         steady[workers] = statistics.mean(rates[1:])
-        results.append({"setup": f"Ray Train, {workers} GPU worker{'s' if workers > 1 else ''}, MTI-Net HRNet-18 "
-                                 f"480×640, bf16 autocast", "device": torch.cuda.get_device_name(0),
+        results.append({"setup": setup, "device": torch.cuda.get_device_name(0),
                         "batch_size_per_worker": cfg.train.batch_size, "samples_per_s_by_epoch": rates,
                         "steady_images_per_s": steady[workers]})
     return results, ({"two_workers_vs_one:cuda": steady[2] / steady[1]} if 2 in steady else {})
@@ -188,6 +193,8 @@ def main() -> None:
         results += gpu_results
         ratios.update(gpu_ratios)
     emit("train", results, ratios, args.json)
+    if any("error" in r for r in results):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

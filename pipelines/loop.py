@@ -65,10 +65,23 @@ def to_device(batch: Mapping[str, Any], device: torch.device) -> tuple[dict[str,
 
 
 def all_reduce_sum(t: Tensor) -> Tensor:
+    """Sum ``t`` over every rank; the result is on ``t``'s device.
+
+    NCCL (Ray Train's backend on GPU workers) reduces CUDA tensors only, so under NCCL a CPU tensor
+    (the metric sums, the epoch's loss sums) travels through the rank's current GPU and back.
+    """
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        t = t.clone()
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        work = t.to(reduce_device(t, dist.get_backend()), copy=True)
+        dist.all_reduce(work, op=dist.ReduceOp.SUM)
+        t = work.to(t.device)
     return t
+
+
+def reduce_device(t: Tensor, backend: str) -> torch.device:
+    """Where ``t`` can be all-reduced: its own device, or the rank's current GPU for NCCL."""
+    if backend == "nccl" and t.device.type != "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return t.device
 
 
 def _autocast(device: torch.device, amp: bool):
@@ -109,8 +122,9 @@ def train_epoch(model: nn.Module, loader: Iterable[Mapping[str, Any]], criterion
             optimizer.zero_grad(set_to_none=True)
             if scheduler is not None:
                 scheduler.step()
-        # Summed on the device: a float() here would wait for the backward pass and the optimizer step
-        # on a GPU, and the next batch could not be queued behind them.
+        # Summed on the device: a float() here would make the host wait for the backward pass and the
+        # optimizer step on a GPU, so the next batch could not be loaded meanwhile. (The loss still
+        # syncs once per step, after the forward pass: the valid-pixel counts and the finiteness check.)
         for k, v in parts.items():
             sums[k] = sums[k] + v.detach().double() if k in sums else v.detach().double()
         batches += 1

@@ -154,7 +154,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker)))
     device = ray.train.torch.get_device()
     _seed_everything(cfg.train.seed)
-    model = build_model(mcfg)
+    # On the device before the optimizer exists: a resumed optimizer's state (Adam's moments) is cast to
+    # the device of the parameters it is loaded into, and must not stay on the CPU behind a GPU model.
+    model = build_model(mcfg).to(device)
     criterion = MultiTaskLoss(mcfg["tasks"], cfg.loss.weights, deep_supervision=cfg.loss.deep_supervision,
                               ohem=cfg.loss.ohem)
     d = cfg.data

@@ -30,7 +30,7 @@ class DepthMetric(Metric):
         p = pred[valid].double().clamp(min=_EPS)
         ratio = torch.maximum(p / t, t / p)
         self._add(torch.stack([
-            torch.tensor(float(t.numel()), dtype=torch.float64),
+            torch.tensor(float(t.numel()), dtype=torch.float64, device=t.device),
             ((p - t) ** 2).sum(),
             ((p.log() - t.log()) ** 2).sum(),
             ((p - t).abs() / t).sum(),

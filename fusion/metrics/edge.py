@@ -52,7 +52,8 @@ class EdgeMetric(Metric):
     def _count_at_least(self, values: Tensor) -> Tensor:
         """For every threshold t_k, the number of ``values >= t_k``."""
         k = len(self.thresholds)
-        below = torch.bucketize(values.double().flatten(), self.thresholds, right=True)  # thresholds <= value
+        thresholds = self.thresholds.to(values.device)
+        below = torch.bucketize(values.double().flatten(), thresholds, right=True)  # thresholds <= value
         hist = torch.bincount(below, minlength=k + 1).double()
         return hist.flip(0).cumsum(0).flip(0)[1:]
 

@@ -44,7 +44,7 @@ class NormalsMetric(Metric):
         bins = (angle / BIN_DEG).long().clamp(max=NUM_BINS - 1)
         self._add(torch.cat([
             torch.stack([
-                torch.tensor(float(angle.numel()), dtype=torch.float64),
+                torch.tensor(float(angle.numel()), dtype=torch.float64, device=angle.device),
                 angle.sum(),
                 (angle**2).sum(),
                 *[(angle < th).sum().double() for th in THRESHOLDS_DEG],

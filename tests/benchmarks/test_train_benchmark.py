@@ -15,6 +15,7 @@ def test_gpu_config_is_the_nyud_mtinet_hrnet18_paper_setup(tmp_path):
     cfg = _gpu_config(tmp_path / "shards", tmp_path, workers=2, cpus_per_worker=8, epochs=3)
     assert (cfg.model.name, cfg.model.backbone, cfg.model.width, cfg.model.pretrained) == ("mtinet", "hrnet18", 1.0, None)
     assert cfg.train.use_gpu and cfg.train.amp
+    assert cfg.failure.max_failures == 0  # a failing GPU run reports at once, not after two retries
     assert (cfg.train.workers, cfg.train.batch_size, cfg.train.cpus_per_worker, cfg.train.epochs) == (2, 8, 8, 3)
     assert cfg.data.augment.crop == (480, 640)
     assert cfg.data.loader_workers == 7  # one core of the worker's share left to the training loop
@@ -26,3 +27,27 @@ def test_gpu_throughput_measures_nothing_without_cuda(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert gpu_throughput(tmp_path, quick=True) == ([], {})
     assert not any(tmp_path.iterdir())  # no shards written either
+
+
+def test_a_failing_gpu_run_is_reported_and_ray_shut_down(tmp_path, monkeypatch):
+    import ray
+
+    import benchmarks.train as bench
+    import datasets.writer
+    import pipelines.train
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(datasets.writer, "write_dataset", lambda *a, **k: None)
+    monkeypatch.setattr(pipelines.train, "start_local_ray", lambda **k: None)
+    shutdowns = []
+    monkeypatch.setattr(ray, "shutdown", lambda: shutdowns.append(1))
+
+    def fail(cfg, run_name):
+        raise RuntimeError(f"{run_name} failed")
+
+    monkeypatch.setattr(bench, "ray_loop", fail)
+    results, ratios = gpu_throughput(tmp_path, quick=True)
+    assert results == [{"setup": "Ray Train, 1 GPU worker, MTI-Net HRNet-18 480×640, bf16 autocast",
+                        "error": "RuntimeError: bench-gpu-1w failed"}]
+    assert ratios == {} and shutdowns == [1]  # stops at the first failure, Ray shut down

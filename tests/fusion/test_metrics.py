@@ -55,7 +55,7 @@ def test_depth_metrics_exact_values():
     assert math.isnan(empty.compute()["rmse"])
 
 
-def test_merged_halves_equal_one_pass_for_every_metric():
+def _random_batch():
     g = torch.Generator().manual_seed(0)
     outputs = {
         "semseg": torch.randn(4, 5, 6, 7, generator=g),
@@ -70,6 +70,11 @@ def test_merged_halves_equal_one_pass_for_every_metric():
         "edge": (torch.rand(4, 1, 6, 7, generator=g) > 0.8).float(),
     }
     targets["depth"][:, :, :2] = 0
+    return outputs, targets
+
+
+def test_merged_halves_equal_one_pass_for_every_metric():
+    outputs, targets = _random_batch()
     whole = MetricSet(list(outputs), num_classes=5, edge_tolerance_px=1)
     whole.update(outputs, targets)
     halves = [MetricSet(list(outputs), num_classes=5, edge_tolerance_px=1) for _ in range(2)]
@@ -87,6 +92,16 @@ def test_merged_halves_equal_one_pass_for_every_metric():
     assert whole.state().dtype == torch.float64 and whole.state().dim() == 1
     with pytest.raises(ValueError, match="expected"):
         reduced.load_state(torch.zeros(3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_metrics_on_cuda_equal_metrics_on_cpu():
+    # Validation on a GPU hands the metrics CUDA outputs and targets; every count must stay on their device.
+    outputs, targets = _random_batch()
+    on_cpu, on_cuda = (MetricSet(list(outputs), num_classes=5, edge_tolerance_px=1) for _ in range(2))
+    on_cpu.update(outputs, targets)
+    on_cuda.update({k: v.cuda() for k, v in outputs.items()}, {k: v.cuda() for k, v in targets.items()})
+    torch.testing.assert_close(on_cuda.state(), on_cpu.state(), rtol=1e-9, atol=1e-9)
 
 
 def test_normals_angles_of_known_vectors():

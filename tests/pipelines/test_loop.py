@@ -7,7 +7,7 @@ from torch import nn
 
 from fusion.losses import MultiTaskLoss
 from pipelines.config import ConfigError, load_config
-from pipelines.loop import NonFiniteLossError, lr_factor, train_epoch
+from pipelines.loop import NonFiniteLossError, lr_factor, reduce_device, train_epoch
 from pipelines.train import validate_experiment
 
 
@@ -50,6 +50,14 @@ def test_epoch_losses_are_means_over_batches_and_samples_are_counted():
     assert out["train/loss/depth"] == pytest.approx(3.0, rel=1e-12)
     assert out["train/loss/total"] == pytest.approx(3.0, rel=1e-12)
     assert out["train/samples_per_s"] == pytest.approx(7 / out["train/epoch_s"])
+
+
+def test_nccl_reduces_cpu_tensors_through_the_current_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    cpu = torch.zeros(2)
+    assert reduce_device(cpu, "nccl") == torch.device("cuda", 3)
+    assert reduce_device(cpu, "gloo") == torch.device("cpu")
+    assert reduce_device(torch.zeros(2, device="meta"), "gloo") == torch.device("meta")
 
 
 def test_poly_and_cosine_schedules():
