@@ -114,9 +114,17 @@ class TrainSection(_Section):
     cpus_per_worker: float = Field(1, gt=0)
     use_gpu: bool = False
     amp: bool = Field(False, description="bf16 autocast on GPU")
+    sync_batchnorm: bool = Field(False, description="GPU workers: BatchNorm statistics over the global batch "
+                                                    "(SyncBatchNorm), not each worker's share")
     seed: int = 0
     preview_every: int = Field(5, ge=0, description="epochs between prediction previews (0 = off)")
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads per worker (default: cpus_per_worker)")
+
+    @model_validator(mode="after")
+    def _sync_bn_on_gpu(self) -> "TrainSection":
+        if self.sync_batchnorm and not self.use_gpu:
+            raise ValueError("sync_batchnorm needs use_gpu: true (PyTorch's SyncBatchNorm runs on GPU workers only)")
+        return self
 
 
 class TrackingSection(_Section):

@@ -141,6 +141,18 @@ def train_epoch(model: nn.Module, loader: Iterable[Mapping[str, Any]], criterion
     return out
 
 
+def with_sync_batchnorm(model: nn.Module, enabled: bool, world_size: int) -> nn.Module:
+    """``model`` with every BatchNorm a ``SyncBatchNorm`` when ``enabled`` and there are several ranks.
+
+    Batch statistics then come from the global batch (workers × batch size), as on one device: the
+    paper set-ups' 2 images per GPU would otherwise normalise over 2. Parameter and buffer names do
+    not change, so checkpoints load into the plain model and back.
+    """
+    if enabled and world_size > 1:
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
 @torch.no_grad()
 def sync_buffers(model: nn.Module) -> None:
     """Average BatchNorm running statistics over ranks (integer buffers: take rank 0's).

@@ -144,7 +144,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from fusion import build_model
     from fusion.losses import MultiTaskLoss
     from pipelines.checkpoints import check_compatible, load_model_state, load_train_state, read_meta, save_checkpoint
-    from pipelines.loop import evaluate, lr_factor, make_optimizer, predict, train_epoch
+    from pipelines.loop import evaluate, lr_factor, make_optimizer, predict, train_epoch, with_sync_batchnorm
 
     quiet_ray_train_reports()
     cfg = ExperimentConfig.model_validate(config["cfg"])
@@ -156,7 +156,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     _seed_everything(cfg.train.seed)
     # On the device before the optimizer exists: a resumed optimizer's state (Adam's moments) is cast to
     # the device of the parameters it is loaded into, and must not stay on the CPU behind a GPU model.
-    model = build_model(mcfg).to(device)
+    model = with_sync_batchnorm(build_model(mcfg), cfg.train.sync_batchnorm, world).to(device)
     criterion = MultiTaskLoss(mcfg["tasks"], cfg.loss.weights, deep_supervision=cfg.loss.deep_supervision,
                               ohem=cfg.loss.ohem)
     d = cfg.data

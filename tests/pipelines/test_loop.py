@@ -7,7 +7,7 @@ from torch import nn
 
 from fusion.losses import MultiTaskLoss
 from pipelines.config import ConfigError, load_config
-from pipelines.loop import NonFiniteLossError, lr_factor, reduce_device, train_epoch
+from pipelines.loop import NonFiniteLossError, lr_factor, reduce_device, train_epoch, with_sync_batchnorm
 from pipelines.train import validate_experiment
 
 
@@ -58,6 +58,31 @@ def test_nccl_reduces_cpu_tensors_through_the_current_gpu(monkeypatch):
     assert reduce_device(cpu, "nccl") == torch.device("cuda", 3)
     assert reduce_device(cpu, "gloo") == torch.device("cpu")
     assert reduce_device(torch.zeros(2, device="meta"), "gloo") == torch.device("meta")
+
+
+def test_sync_batchnorm_converts_every_bn_and_keeps_the_state_names():
+    from fusion import build_model
+
+    model = build_model({"name": "cen", "tasks": ["semseg"], "modalities": ["rgb", "depth"], "width": 0.125,
+                         "num_classes": 3})
+    state = model.state_dict()
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert with_sync_batchnorm(model, enabled=True, world_size=1) is model
+    assert with_sync_batchnorm(model, enabled=False, world_size=4) is model
+    synced = with_sync_batchnorm(model, enabled=True, world_size=4)
+    assert sum(isinstance(m, nn.SyncBatchNorm) for m in synced.modules()) == n_bn > 0
+    assert not any(type(m) is nn.BatchNorm2d for m in synced.modules())
+    # CEN's exchange and L1 term find the converted BNs; checkpoints keep their names and values.
+    assert all(isinstance(bn, nn.SyncBatchNorm) for p in synced.encoder.exchange_bns() for bn in p.bns)
+    new_state = synced.state_dict()
+    assert new_state.keys() == state.keys()
+    assert all(torch.equal(new_state[k], state[k]) for k in state)
+
+
+def test_sync_batchnorm_needs_gpu_workers():
+    with pytest.raises(ConfigError, match="sync_batchnorm needs use_gpu"):
+        load_config(None, ["train.sync_batchnorm=true"])
+    assert load_config(None, ["train.sync_batchnorm=true", "train.use_gpu=true"]).train.sync_batchnorm
 
 
 def test_poly_and_cosine_schedules():
