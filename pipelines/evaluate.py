@@ -90,9 +90,25 @@ def trivial_baselines(cfg: ExperimentConfig, num_classes: int, split: str) -> di
     return result
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (the first GPU when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device: {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
 def run_evaluate(cfg: ExperimentConfig, checkpoint: str | None = None, run_id: str | None = None,
                  split: str = "val", baseline_runs: list[str] | None = None, batch_size: int | None = None,
-                 out: str | os.PathLike[str] | None = None, baselines: bool = False) -> dict[str, Any]:
+                 out: str | os.PathLike[str] | None = None, baselines: bool = False,
+                 device: str = "auto") -> dict[str, Any]:
     from datasets.loader import ShardStream, make_loader
     from fusion import build_model
     from fusion.metrics import delta_m
@@ -102,6 +118,7 @@ def run_evaluate(cfg: ExperimentConfig, checkpoint: str | None = None, run_id: s
 
     if (checkpoint is None) == (run_id is None):
         raise ConfigError("give exactly one of --checkpoint and --run-id")
+    dev = resolve_device(device)
     from pipelines.data_versions import resolve_data_rev
 
     cfg = resolve_data_rev(cfg)  # data.rev: the shards as they were at that git revision
@@ -119,11 +136,12 @@ def run_evaluate(cfg: ExperimentConfig, checkpoint: str | None = None, run_id: s
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     stream = ShardStream(cfg.data.shards, split, tasks=cfg.data.tasks, modalities=cfg.data.modalities,
                          batch_size=batch_size or cfg.train.batch_size, train=False, num_workers=0)
-    metrics = evaluate(model, make_loader(stream), want["tasks"], len(manifest["classes"]), torch.device("cpu"))
+    metrics = evaluate(model.to(dev), make_loader(stream, pin_memory=dev.type == "cuda"), want["tasks"],
+                       len(manifest["classes"]), dev, amp=cfg.train.amp)
     flat = {k[len("val/"):]: v for k, v in metrics.items()}
     result: dict[str, Any] = {"checkpoint": str(checkpoint) if checkpoint else f"runs:/{run_id}/checkpoints/best",
                               "epoch": meta.get("epoch"), "split": split, "num_samples": len(stream),
-                              "model": meta["model_config"]["name"], "metrics": flat}
+                              "model": meta["model_config"]["name"], "device": str(dev), "metrics": flat}
     if baselines:
         ref = trivial_baselines(cfg, len(manifest["classes"]), split)
         result["trivial_baselines"] = ref

@@ -71,10 +71,12 @@ def train(config: Path, overrides: tuple[str, ...], run_name: str | None, summar
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the metrics JSON here")
 @click.option("--trivial-baselines", is_flag=True,
               help="also score majority-class semseg and mean depth, and the model's ratios to them")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (the GPU when there is one), cpu, cuda or cuda:N; bf16 autocast on GPU with train.amp")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def evaluate(config: Path, overrides: tuple[str, ...], checkpoint: str | None, run_id: str | None,
-             summary_file: str | None, split: str,
-             baseline_runs: tuple[str, ...], out: Path | None, trivial_baselines: bool, as_json: bool) -> None:
+             summary_file: str | None, split: str, baseline_runs: tuple[str, ...], out: Path | None,
+             trivial_baselines: bool, device: str, as_json: bool) -> None:
     """Evaluate a checkpoint on a split with exact metrics."""
     from pipelines.checkpoints import CheckpointError
     from pipelines.config import ConfigError
@@ -89,11 +91,13 @@ def evaluate(config: Path, overrides: tuple[str, ...], checkpoint: str | None, r
         checkpoint = json.loads(Path(summary_file).read_text())["best_checkpoint"]
     try:
         result = run_evaluate(cfg, checkpoint=checkpoint, run_id=run_id, split=split,
-                              baseline_runs=list(baseline_runs), out=out, baselines=trivial_baselines)
+                              baseline_runs=list(baseline_runs), out=out, baselines=trivial_baselines,
+                              device=device)
     except (ConfigError, CheckpointError) as e:
         fail(str(e), as_json, code=2)
         return
-    lines = [f"{result['model']} epoch {result['epoch']} on {split} ({result['num_samples']} samples):"]
+    lines = [f"{result['model']} epoch {result['epoch']} on {split} ({result['num_samples']} samples, "
+             f"{result['device']}):"]
     lines += [f"  {k:28s} {v:.4f}" for k, v in sorted(result["metrics"].items())]
     for k, v in result.get("trivial_baselines", {}).items():
         lines.append(f"  trivial baseline {k:19s} {v:.4f}")

@@ -42,7 +42,7 @@ def test_two_worker_run_is_tracked_completely(ray_cluster, tiny_config, smoke_sh
     ev = run_evaluate(cfg, run_id=summary["mlflow_run_id"])
     best_epoch = int(run.data.tags["fusionpipe.best_epoch"])
     hist = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val/semseg/miou")}
-    assert ev["epoch"] == best_epoch and ev["num_samples"] == 8
+    assert ev["epoch"] == best_epoch and ev["num_samples"] == 8 and ev["device"] == "cpu"
     assert ev["metrics"]["semseg/miou"] == pytest.approx(hist[best_epoch], abs=1e-6)
 
 
