@@ -90,6 +90,17 @@ def _autocast(device: torch.device, amp: bool):
     return nullcontext()
 
 
+def float32_outputs(outputs: Any) -> Any:
+    """``outputs`` (nested dicts and lists of tensors, as models return them) with bf16/fp16 as float32."""
+    if isinstance(outputs, Mapping):
+        return {k: float32_outputs(v) for k, v in outputs.items()}
+    if isinstance(outputs, (list, tuple)):
+        return type(outputs)(float32_outputs(v) for v in outputs)
+    if isinstance(outputs, Tensor) and outputs.is_floating_point() and outputs.dtype != torch.float64:
+        return outputs.float()
+    return outputs
+
+
 def train_epoch(model: nn.Module, loader: Iterable[Mapping[str, Any]], criterion: MultiTaskLoss,
                 optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler | None,
                 device: torch.device, *, grad_accum: int = 1, amp: bool = False,
@@ -107,7 +118,9 @@ def train_epoch(model: nn.Module, loader: Iterable[Mapping[str, Any]], criterion
         with sync:
             with _autocast(device, amp):
                 outputs = model(inputs)
-                total, parts = criterion(outputs, targets, model)
+            # The loss in float32, outside autocast: under it, the elementwise differences of the
+            # depth and normals losses would be taken in bf16 (8 bits of mantissa).
+            total, parts = criterion(float32_outputs(outputs), targets, model)
             if not torch.isfinite(total):
                 bad = [k for k, v in parts.items() if k != "total" and not torch.isfinite(v)]
                 raise NonFiniteLossError(

@@ -7,7 +7,8 @@ from torch import nn
 
 from fusion.losses import MultiTaskLoss
 from pipelines.config import ConfigError, load_config
-from pipelines.loop import NonFiniteLossError, lr_factor, reduce_device, train_epoch, with_sync_batchnorm
+from pipelines.loop import (NonFiniteLossError, float32_outputs, lr_factor, reduce_device, train_epoch,
+                            with_sync_batchnorm)
 from pipelines.train import validate_experiment
 
 
@@ -83,6 +84,19 @@ def test_sync_batchnorm_needs_gpu_workers():
     with pytest.raises(ConfigError, match="sync_batchnorm needs use_gpu"):
         load_config(None, ["train.sync_batchnorm=true"])
     assert load_config(None, ["train.sync_batchnorm=true", "train.use_gpu=true"]).train.sync_batchnorm
+
+
+def test_losses_see_float32_outputs_whatever_autocast_produced():
+    out = {"semseg": torch.ones(1, 2, dtype=torch.bfloat16, requires_grad=True),
+           "aux": {"scale_0": {"depth": torch.ones(1, dtype=torch.float16)}, "ids": torch.ones(1, dtype=torch.long)},
+           "alpha": torch.ones(1, dtype=torch.float64), "per_modality": [torch.ones(1, dtype=torch.bfloat16)]}
+    got = float32_outputs(out)
+    assert got["semseg"].dtype == torch.float32 and got["semseg"].requires_grad  # still in the graph
+    assert got["aux"]["scale_0"]["depth"].dtype == torch.float32
+    assert got["aux"]["ids"].dtype == torch.long and got["alpha"].dtype == torch.float64
+    assert got["per_modality"][0].dtype == torch.float32
+    fp32 = torch.ones(1)
+    assert float32_outputs({"x": fp32})["x"] is fp32  # no copy when nothing changes
 
 
 def test_poly_and_cosine_schedules():
