@@ -52,3 +52,29 @@ def test_model_builds_runs_and_backpropagates(name):
     total.backward()
     no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not no_grad, f"{name}: parameters without gradient: {no_grad[:5]}"
+
+
+@pytest.mark.parametrize("name", fusion.list_models())
+def test_model_trains_under_bf16_autocast(name):
+    # The GPU path with train.amp: the model under bf16 autocast, the losses in float32 outside it.
+    # CPU autocast has the same dtype rules for mixing bf16 activations with float32 weights and buffers.
+    from fusion.losses import MultiTaskLoss
+    from pipelines.loop import float32_outputs
+
+    torch.manual_seed(0)
+    cfg = _config(name)
+    model = fusion.build_model(cfg)
+    b, h, w = 2, 32, 48
+    g = torch.Generator().manual_seed(0)
+    inputs = {"rgb": torch.rand(b, 3, h, w, generator=g), "depth": torch.rand(b, 1, h, w, generator=g) * 5}
+    targets = {"semseg": torch.randint(0, 3, (b, h, w), generator=g),
+               "depth": torch.rand(b, 1, h, w, generator=g) * 5 + 0.1,
+               "edge": (torch.rand(b, 1, h, w, generator=g) > 0.9).float()}  # MTI-Net's auxiliary task
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model({m: inputs[m] for m in cfg.modalities})
+    assert all(out[t].dtype == torch.bfloat16 for t in cfg.tasks)  # autocast reached the heads
+    total, parts = MultiTaskLoss(cfg.tasks)(float32_outputs(out), targets, model)
+    assert total.dtype == torch.float32 and torch.isfinite(total)
+    total.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(gr is not None and gr.dtype == torch.float32 and torch.isfinite(gr).all() for gr in grads)
