@@ -136,6 +136,10 @@ def measure(block: str, scope: str, height: int, width: int, device: str, repeat
 
     from fusion.attention import attend
 
+    if device.startswith("cuda"):
+        # fp32 as specified: no TF32 in cuDNN convolutions (on by default) or in matmuls.
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     model = _build(block).eval().to(device)
     module = model.attention if scope == "attention" else model
     x = torch.randn(1, CHANNELS, height, width, device=device)
