@@ -30,6 +30,7 @@ def train(config: Path, overrides: tuple[str, ...], run_name: str | None, summar
     """Train with Ray Train; prints the MLflow run id and the best checkpoint."""
     from pipelines.checkpoints import CheckpointError
     from pipelines.config import ConfigError
+    from pipelines.loop import NonFiniteLossError
     from pipelines.train import run_training, write_outputs
 
     cfg = _load(config, overrides, as_json)
@@ -43,6 +44,10 @@ def train(config: Path, overrides: tuple[str, ...], run_name: str | None, summar
                 shutdown_ray()  # while stdout is still redirected: Ray flushes worker output at shutdown
     except (ConfigError, CheckpointError) as e:
         fail(str(e), as_json, code=2)
+        return
+    except NonFiniteLossError as e:
+        fail(f"{e}; the MLflow run is marked FAILED, the checkpoints of the epochs before it are kept",
+             as_json, code=1)
         return
     except KeyboardInterrupt:
         fail("interrupted: MLflow run marked KILLED; re-run with the same --run-name to resume", as_json, code=130)

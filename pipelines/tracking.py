@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.config import REPO_ROOT
+from pipelines.config import REPO_ROOT, ConfigError
 
 PARAM_MAX = 6000  # MLflow's limit on a param value
 BATCH_METRICS = 1000  # MLflow's limit per log_batch request
@@ -31,10 +31,11 @@ def is_local_store(uri: str) -> bool:
 def check_store_for_cluster(uri: str, num_nodes: int) -> None:
     """A local store cannot be shared by workers on several machines: refuse early, say what to do."""
     if num_nodes > 1 and is_local_store(uri):
-        raise ValueError(
+        raise ConfigError(
             f"tracking URI {uri!r} is a local store but the Ray cluster has {num_nodes} nodes; workers on other "
-            "nodes cannot write it. Start a server (`mlflow server --backend-store-uri sqlite:///mlflow.db "
-            "--host 0.0.0.0 --port 5000`) and set tracking.uri (or MLFLOW_TRACKING_URI) to http://HOST:5000"
+            "nodes cannot write it. Start a server on an address the other nodes reach (`mlflow server "
+            "--backend-store-uri sqlite:///mlflow.db --host HOST --port 5000`) and set tracking.uri (or "
+            "MLFLOW_TRACKING_URI) to http://HOST:5000"
         )
 
 

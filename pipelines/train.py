@@ -82,8 +82,20 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _maybe_inject_nan(spec: str | None, epoch: int, model: torch.nn.Module) -> None:
+    """Tests: ``nan:EPOCH:TASK`` fills the parameters of TASK's output layers with NaN at that epoch."""
+    if not spec or not spec.startswith("nan:"):
+        return
+    _, at_epoch, task = spec.split(":", 2)
+    if int(at_epoch) == epoch:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if f"heads.{task}." in name:
+                    param.fill_(float("nan"))
+
+
 def _maybe_inject_failure(spec: str | None, epoch: int, rank: int) -> None:
-    if not spec:
+    if not spec or spec.startswith("nan:"):
         return
     at_epoch, at_rank, marker = spec.split(":", 2)
     if int(at_epoch) == epoch and int(at_rank) == rank and not Path(marker).exists():
@@ -134,8 +146,57 @@ def quiet_ray_train_reports() -> None:
         reporter.setLevel(logging.WARNING)
 
 
+FATAL = "fusionpipe-fatal.json"
+
+
+def _fatal_path(storage: str, run_name: str) -> Path | None:
+    """Where a worker records an error that a retry cannot fix (None for remote storage)."""
+    return None if "://" in storage else Path(storage) / run_name / FATAL
+
+
+def _record_fatal(path: Path | None, error: Exception) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({"type": type(error).__name__, "message": str(error)}))
+    os.replace(tmp, path)
+
+
+def _read_fatal(path: Path | None) -> Exception | None:
+    """The recorded error as its own class (NonFiniteLossError, CheckpointError), or None."""
+    from pipelines.checkpoints import CheckpointError
+    from pipelines.loop import NonFiniteLossError
+
+    if path is None or not path.is_file():
+        return None
+    info = json.loads(path.read_text())
+    cls = {"NonFiniteLossError": NonFiniteLossError, "CheckpointError": CheckpointError}.get(info["type"], RuntimeError)
+    return cls(info["message"])
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Runs in every Ray Train worker."""
+    """Runs in every Ray Train worker.
+
+    A non-finite loss or an incompatible checkpoint cannot be fixed by a retry: the worker records
+    it beside the run's checkpoints before raising, a retried worker raises it again at once instead
+    of training until it recurs, and the driver re-raises it as itself (:func:`run_training`).
+    """
+    from pipelines.checkpoints import CheckpointError
+    from pipelines.loop import NonFiniteLossError
+
+    fatal = _fatal_path(config["storage_path"], config["run_name"])
+    earlier = _read_fatal(fatal)
+    if earlier is not None:
+        raise earlier
+    try:
+        _train_loop(config)
+    except (NonFiniteLossError, CheckpointError) as e:
+        _record_fatal(fatal, e)
+        raise
+
+
+def _train_loop(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
@@ -143,7 +204,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from datasets.transforms import build_transform
     from fusion import build_model
     from fusion.losses import MultiTaskLoss
-    from pipelines.checkpoints import check_compatible, load_model_state, load_train_state, read_meta, save_checkpoint
+    from pipelines.checkpoints import (CheckpointError, check_compatible, load_model_state, load_train_state,
+                                       read_meta, save_checkpoint)
     from pipelines.loop import evaluate, lr_factor, make_optimizer, predict, train_epoch, with_sync_batchnorm
 
     quiet_ray_train_reports()
@@ -178,10 +240,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             meta = read_meta(cdir)
             check_compatible(meta["model_config"], mcfg, str(cdir))
             if meta.get("mlflow_run_id") != run_id:
-                raise RuntimeError(f"{cdir}: checkpoint belongs to MLflow run {meta.get('mlflow_run_id')}, not {run_id}")
+                raise CheckpointError(f"{cdir}: checkpoint belongs to MLflow run {meta.get('mlflow_run_id')}, "
+                                      f"not {run_id}")
+            if meta.get("optimizer", cfg.optim.name) != cfg.optim.name:
+                raise CheckpointError(f"{cdir}: checkpoint was trained with optim.name {meta['optimizer']!r}, the "
+                                      f"config says {cfg.optim.name!r}; resume with the same optimizer or use a "
+                                      f"new run name")
             load_model_state(model, cdir)
             state = load_train_state(cdir)
-            optimizer.load_state_dict(state["optimizer"])
+            try:
+                optimizer.load_state_dict(state["optimizer"])
+            except (ValueError, KeyError) as e:
+                raise CheckpointError(f"{cdir}: the optimizer state does not fit this config's optimizer: {e}") from e
             scheduler.load_state_dict(state["scheduler"])
             start_epoch = int(meta["epoch"]) + 1
     model = ray.train.torch.prepare_model(model)
@@ -199,6 +269,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     num_classes = mcfg["num_classes"]
     for epoch in range(start_epoch, cfg.train.epochs):
         _maybe_inject_failure(config.get("inject_failure"), epoch, rank)
+        _maybe_inject_nan(config.get("inject_failure"), epoch, model)
         train_stream.set_epoch(epoch)
         metrics = train_epoch(model, make_loader(train_stream, pin_memory=device.type == "cuda"), criterion,
                               optimizer, scheduler, device, grad_accum=cfg.optim.grad_accum, amp=cfg.train.amp,
@@ -214,7 +285,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             checkpoint = None
             if rank == 0:
                 meta = {"epoch": epoch, "mlflow_run_id": run_id, "model_config": mcfg, "metrics": metrics,
-                        "tasks": d.tasks, "modalities": d.modalities, "classes": config["classes"]}
+                        "tasks": d.tasks, "modalities": d.modalities, "classes": config["classes"],
+                        "optimizer": cfg.optim.name}
                 save_checkpoint(tmp, model, meta, {"optimizer": optimizer.state_dict(),
                                                    "scheduler": scheduler.state_dict()})
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
@@ -373,12 +445,16 @@ def run_training(cfg: ExperimentConfig, run_name: str | None = None, *, extra_ta
     check_store_for_cluster(cfg.tracking.uri, len(alive_nodes()))
     check_shared_storage(cfg.checkpoint.storage_path)
     tracker, resumed = _open_mlflow_run(cfg, run_name, manifest, extra_tags)
+    fatal = _fatal_path(cfg.checkpoint.storage_path, run_name)
+    if fatal is not None:
+        fatal.unlink(missing_ok=True)  # an earlier attempt's error; the config may have been fixed since
     mcfg = model_config(cfg, len(manifest["classes"]))
     trainer = _interruptible_trainer_cls()(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "model_config": mcfg, "classes": manifest["classes"],
                            "mlflow_run_id": tracker.run_id, "tracking_uri": cfg.tracking.uri,
-                           "inject_failure": inject_failure or os.environ.get(INJECT_FAILURE_ENV)},
+                           "inject_failure": inject_failure or os.environ.get(INJECT_FAILURE_ENV),
+                           "run_name": run_name, "storage_path": cfg.checkpoint.storage_path},
         scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=RunConfig(
@@ -398,6 +474,9 @@ def run_training(cfg: ExperimentConfig, run_name: str | None = None, *, extra_ta
             tracker.end("KILLED" if interrupted else "FAILED")
         if interrupted and not isinstance(e, KeyboardInterrupt):
             raise KeyboardInterrupt from e  # Ray Train aborted the run on Ctrl-C: report it as such
+        recorded = _read_fatal(fatal)
+        if recorded is not None:
+            raise recorded from e  # the worker's own error, not Ray's wrapper around it
         raise
     if trainer.interrupted:
         if close_on_error:

@@ -129,3 +129,13 @@ def test_invalid_experiment_lists_every_problem_before_ray(smoke_shards, tmp_pat
     write_dataset(NoDepth(), tmp_path / "nd", progress=False)
     with pytest.raises(ConfigError, match=r"data.tasks: dataset .* lacks \['depth'\]"):
         validate_experiment(load_config(None, [f"data.shards={tmp_path / 'nd'}", "data.tasks=[semseg, depth]"]))
+
+
+def test_a_local_tracking_store_is_refused_on_a_multi_node_cluster():
+    from pipelines.tracking import check_store_for_cluster
+
+    check_store_for_cluster("sqlite:///tmp/mlflow.db", num_nodes=1)
+    check_store_for_cluster("http://10.0.0.5:5000", num_nodes=3)
+    for uri in ("sqlite:///tmp/mlflow.db", "file:///tmp/mlruns", "/tmp/mlruns"):
+        with pytest.raises(ConfigError, match=r"local store but the Ray cluster has 3 nodes.*mlflow server"):
+            check_store_for_cluster(uri, num_nodes=3)

@@ -76,3 +76,32 @@ def test_dead_worker_is_recovered_with_max_failures(ray_cluster, tiny_config, tm
     client = MlflowClient(tracking_uri=cfg.resolved_paths().tracking.uri)
     assert client.get_run(summary["mlflow_run_id"]).info.status == "FINISHED"
     assert _steps(client, summary["mlflow_run_id"], "val/semseg/miou") == [0, 1]
+
+
+def test_nan_loss_fails_the_run_once_keeps_good_checkpoints_and_resumes(ray_cluster, tiny_config, monkeypatch):
+    from pipelines.checkpoints import CheckpointError
+    from pipelines.loop import NonFiniteLossError
+
+    # Epoch 0 trains and checkpoints; at epoch 1 the depth head turns to NaN on every rank.
+    monkeypatch.setenv(INJECT_FAILURE_ENV, "nan:1:depth")
+    cfg = tiny_config("failure.max_failures=1", "tracking.log_model=false", "train.preview_every=0")
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, batch 0: task\(s\) depth"):
+        run_training(cfg, run_name="diverged")
+    client = MlflowClient(tracking_uri=cfg.resolved_paths().tracking.uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    assert run.info.status == "FAILED"
+    assert _steps(client, run.info.run_id, "val/semseg/miou") == [0]  # only the good epoch is logged
+    run_dir = Path(cfg.resolved_paths().checkpoint.storage_path) / "diverged"
+    assert [p.name for p in run_dir.glob("checkpoint_*")], "the good epoch's checkpoint was not kept"
+
+    # Resuming with another optimizer is refused as a checkpoint error, not retried, and the recorded
+    # NaN of the first attempt does not leak into this one.
+    monkeypatch.delenv(INJECT_FAILURE_ENV)
+    with pytest.raises(CheckpointError, match=r"trained with optim.name 'adam', the config says 'sgd'"):
+        run_training(tiny_config("failure.max_failures=1", "tracking.log_model=false", "train.preview_every=0",
+                                 "optim.name=sgd"), run_name="diverged")
+    # The same config resumes from the kept checkpoint and finishes the same MLflow run.
+    summary = run_training(cfg, run_name="diverged")
+    assert summary["resumed"] and summary["mlflow_run_id"] == run.info.run_id and summary["epochs"] == 2
+    assert _steps(client, run.info.run_id, "val/semseg/miou") == [0, 1]
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
