@@ -43,7 +43,9 @@ def list_models() -> list[str]:
 def build_model(cfg: ModelConfig | Mapping[str, Any]) -> nn.Module:
     _load_all()
     if not isinstance(cfg, ModelConfig):
-        cfg = ModelConfig.from_dict(cfg)
+        cfg = ModelConfig.from_dict(cfg)  # validates
+    else:
+        cfg.validate()  # a typed config may still name an unknown task or modality
     if cfg.name not in _REGISTRY:
         raise ValueError(f"unknown model {cfg.name!r}; registered models: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[cfg.name](cfg)

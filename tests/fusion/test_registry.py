@@ -78,3 +78,15 @@ def test_model_trains_under_bf16_autocast(name):
     total.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert grads and all(gr is not None and gr.dtype == torch.float32 and torch.isfinite(gr).all() for gr in grads)
+
+
+@pytest.mark.parametrize("name", fusion.list_models())
+def test_unknown_task_or_modality_is_named_for_dict_and_typed_configs(name):
+    for field, bad, message in [("tasks", ["semseg", "shading"], "unknown task 'shading'"),
+                                ("modalities", ["rgb", "thermal"], "unknown modality 'thermal'")]:
+        with pytest.raises(ValueError, match=message):
+            fusion.build_model({**BASE, "name": name, field: bad})
+        typed = _config(name)
+        setattr(typed, field, bad)
+        with pytest.raises(ValueError, match=message):
+            fusion.build_model(typed)
