@@ -5,14 +5,15 @@ Each modality runs through the shared-conv/private-BN encoder and a shared-conv/
 task; the fused prediction is the official code's ensemble ``sum_m softmax(alpha)[m] * out_m`` with one
 ``alpha`` (initialised to ones, i.e. equal weights) per task. Each modality's prediction is returned
 under ``aux[modality][task]`` with weight 1.0, as the official training sums the loss of every
-modality's output and of the ensemble; ``regularization()`` returns ``{"cen_l1": l1_weight * cen_l1(...)}``.
+modality's output and of the ensemble; ``regularization()`` returns
+``{"cen_l1": (M + 1) * l1_weight * cen_l1(...)}``: ``l1_weight`` is the official ``lamda`` (2e-4), which the
+official loop adds once per output, M + 1 times.
 
 Deliberate differences from the official code: the decoder is the light HRNetV2-style
 ``MultiScaleHead`` instead of RefineNet-LW (too large for the CPU configs); tasks other than semseg get
 their own head; with ``detach_ensemble`` (default, as official) the ensemble's loss trains only
 ``alpha``; ``ensemble: false`` replaces the learned weights by a plain mean that trains everything;
-the L1 term is returned once (the official loop adds it once per output, M+1 times, so its
-``lamda`` equals ``l1_weight / (M + 1)`` here).
+the L1 term is returned once, already multiplied by the M + 1 outputs the official loop adds it for.
 Options: ``threshold`` (2e-2), ``l1_weight`` (2e-4), ``ensemble``, ``detach_ensemble``, ``deep_stem``,
 ``head_mid``. Backbones: resnet18/34/50/101.
 """
@@ -90,7 +91,10 @@ class CEN(nn.Module):
         return out
 
     def regularization(self) -> dict[str, Tensor]:
-        return {"cen_l1": self.opts.l1_weight * cen_l1(self.encoder.exchange_bns())}
+        # The official loop adds lamda * L1 once per output ("counted for len(outputs) times"): the M
+        # per-modality outputs and the ensemble. One term of (M + 1) * lamda is the same gradient.
+        outputs = len(self.modalities) + 1
+        return {"cen_l1": outputs * self.opts.l1_weight * cen_l1(self.encoder.exchange_bns())}
 
 
 def _options(cfg: ModelConfig) -> CENOptions:

@@ -112,7 +112,8 @@ def test_l1_partitions_are_disjoint_and_cover_and_equal_the_hand_sum():
             p.bns[1].weight.copy_(-10 * torch.arange(1.0, c + 1))
             expected += sum(range(1, c // 2 + 1)) + 10 * sum(range(c // 2 + 1, c + 1))
     assert cen_l1(model.encoder.exchange_bns()).item() == pytest.approx(expected)
-    assert model.regularization()["cen_l1"].item() == pytest.approx(0.5 * expected)
+    # As the official loop: lamda * L1 once per output, 2 modalities + the ensemble.
+    assert model.regularization()["cen_l1"].item() == pytest.approx(3 * 0.5 * expected)
 
 
 def test_ensemble_weights_softmax_and_fused_output():
