@@ -40,6 +40,8 @@ class DataSection(_Section):
     loader_workers: int = Field(1, ge=0, description="DataLoader worker processes per training worker")
     shuffle_buffer: int = Field(128, ge=0)
     errors: Literal["raise", "skip"] = "raise"
+    edge_max_dist: float = Field(0.0075, gt=0, lt=1, description="edge ODS matching tolerance as a fraction of the "
+                                 "image diagonal (SEISM's maxDist: 0.0075 for PASCAL, 0.011 for NYUD)")
 
     @field_validator("rev")
     @classmethod

@@ -69,7 +69,7 @@ def trivial_baselines(cfg: ExperimentConfig, num_classes: int, split: str) -> di
             valid = t["depth"][t["depth"] > 0]
             depth_sum, depth_n = depth_sum + float(valid.double().sum()), depth_n + valid.numel()
     majority, mean_depth = int(hist.argmax()), depth_sum / max(1, depth_n)
-    metrics = MetricSet(tasks, num_classes=num_classes)
+    metrics = MetricSet(tasks, num_classes=num_classes, edge_max_dist=cfg.data.edge_max_dist)
     for batch in make_loader(stream(split)):
         t = batch["targets"]
         out: dict[str, torch.Tensor] = {}
@@ -137,7 +137,7 @@ def run_evaluate(cfg: ExperimentConfig, checkpoint: str | None = None, run_id: s
     stream = ShardStream(cfg.data.shards, split, tasks=cfg.data.tasks, modalities=cfg.data.modalities,
                          batch_size=batch_size or cfg.train.batch_size, train=False, num_workers=0)
     metrics = evaluate(model.to(dev), make_loader(stream, pin_memory=dev.type == "cuda"), want["tasks"],
-                       len(manifest["classes"]), dev, amp=cfg.train.amp)
+                       len(manifest["classes"]), dev, amp=cfg.train.amp, edge_max_dist=cfg.data.edge_max_dist)
     flat = {k[len("val/"):]: v for k, v in metrics.items()}
     result: dict[str, Any] = {"checkpoint": str(checkpoint) if checkpoint else f"runs:/{run_id}/checkpoints/best",
                               "epoch": meta.get("epoch"), "split": split, "num_samples": len(stream),

@@ -186,12 +186,12 @@ def sync_buffers(model: nn.Module) -> None:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable[Mapping[str, Any]], tasks: list[str], num_classes: int,
-             device: torch.device, amp: bool = False) -> dict[str, float]:
+             device: torch.device, amp: bool = False, edge_max_dist: float = 0.0075) -> dict[str, float]:
     """Exact metrics over every sample of every rank (sums all-reduced, then computed)."""
     sync_buffers(model)
     net = unwrap(model)  # DDP's forward would broadcast buffers: a collective ranks may not match
     net.eval()
-    metrics = MetricSet(tasks, num_classes=num_classes)
+    metrics = MetricSet(tasks, num_classes=num_classes, edge_max_dist=edge_max_dist)
     for batch in loader:
         inputs, targets = to_device(batch, device)
         with _autocast(device, amp):

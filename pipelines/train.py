@@ -274,7 +274,8 @@ def _train_loop(config: dict[str, Any]) -> None:
         metrics = train_epoch(model, make_loader(train_stream, pin_memory=device.type == "cuda"), criterion,
                               optimizer, scheduler, device, grad_accum=cfg.optim.grad_accum, amp=cfg.train.amp,
                               clip_grad_norm=cfg.optim.clip_grad_norm, epoch=epoch)
-        metrics.update(evaluate(model, make_loader(val_stream), mcfg["tasks"], num_classes, device, amp=cfg.train.amp))
+        metrics.update(evaluate(model, make_loader(val_stream), mcfg["tasks"], num_classes, device, amp=cfg.train.amp,
+                                edge_max_dist=d.edge_max_dist))
         metrics["lr"] = optimizer.param_groups[0]["lr"]
         metrics["epoch"] = epoch
         if tracker is not None and epoch not in already_logged:

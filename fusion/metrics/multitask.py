@@ -25,7 +25,8 @@ DELTA_M_DIRECTIONS: dict[str, str] = {
 }
 
 
-def build_metric(task: str, num_classes: int = 13, num_parts: int = 7, edge_tolerance_px: int | None = None) -> Metric:
+def build_metric(task: str, num_classes: int = 13, num_parts: int = 7, edge_tolerance_px: int | None = None,
+                 edge_max_dist: float = 0.0075) -> Metric:
     if task == "semseg":
         return SegmentationMetric(num_classes)
     if task == "parts":
@@ -35,7 +36,7 @@ def build_metric(task: str, num_classes: int = 13, num_parts: int = 7, edge_tole
     if task == "normals":
         return NormalsMetric()
     if task == "edge":
-        return EdgeMetric(tolerance_px=edge_tolerance_px)
+        return EdgeMetric(tolerance_px=edge_tolerance_px, max_dist=edge_max_dist)
     if task == "sal":
         return EdgeMetric(tolerance_px=0)
     raise ValueError(f"metrics: unknown task {task!r} (known: {', '.join(TASKS)})")
@@ -46,8 +47,8 @@ class MetricSet:
     can ``all_reduce`` a single flat float64 tensor and ``load_state`` the sum on every rank."""
 
     def __init__(self, tasks: list[str], num_classes: int = 13, num_parts: int = 7,
-                 edge_tolerance_px: int | None = None) -> None:
-        self.metrics = {t: build_metric(t, num_classes, num_parts, edge_tolerance_px) for t in tasks}
+                 edge_tolerance_px: int | None = None, edge_max_dist: float = 0.0075) -> None:
+        self.metrics = {t: build_metric(t, num_classes, num_parts, edge_tolerance_px, edge_max_dist) for t in tasks}
 
     def update(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> None:
         for task, metric in self.metrics.items():

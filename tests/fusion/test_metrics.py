@@ -187,3 +187,17 @@ def test_metric_set_errors_name_missing_task():
         ms.update({}, {"depth": torch.ones(1, 1, 2, 2)})
     with pytest.raises(ValueError, match="'foo'"):
         MetricSet(["foo"])
+
+
+def test_edge_tolerance_follows_the_configured_max_dist():
+    # A prediction 3 px from a ground-truth edge on a 100×100 map (diagonal 141 px): PASCAL's 0.0075
+    # gives r = 1 (a miss), NYUD's 0.011 gives r = 2 (still a miss), 0.03 gives r = 4 (a hit).
+    pred = torch.full((1, 1, 100, 100), -20.0)
+    pred[..., 50, 53] = 20.0
+    target = torch.zeros(1, 1, 100, 100)
+    target[..., 50, 50] = 1.0
+    for max_dist, radius, f in [(0.0075, 1, 0.0), (0.011, 2, 0.0), (0.03, 4, 1.0)]:
+        ms = MetricSet(["edge"], edge_max_dist=max_dist)
+        assert ms.metrics["edge"].radius(100, 100) == radius
+        ms.update({"edge": pred}, {"edge": target})
+        assert ms.compute()["edge/odsF"] == pytest.approx(f), max_dist
