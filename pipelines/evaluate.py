@@ -32,15 +32,29 @@ def _download_checkpoint(run_id: str, uri: str, dest: str) -> Path:
 
 
 def run_metrics(run_id: str, uri: str) -> dict[str, float]:
-    """Latest ``val/*`` metrics of an MLflow run, without the ``val/`` prefix."""
+    """``val/*`` metrics of an MLflow run, without the ``val/`` prefix, at its best epoch.
+
+    The best epoch is the run's ``fusionpipe.best_epoch`` tag, the epoch of the checkpoint that
+    ``evaluate`` scores, so a reference is compared like for like. A run without the tag (not
+    finished by fusionpipe) gives its latest values.
+    """
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    client = MlflowClient(tracking_uri=uri)
     try:
-        run = MlflowClient(tracking_uri=uri).get_run(run_id)
+        run = client.get_run(run_id)
     except MlflowException as e:
         raise ConfigError(f"reference run {run_id!r} not found in {uri}: {e.message}") from e
-    return {k[len("val/"):]: v for k, v in run.data.metrics.items() if k.startswith("val/")}
+    keys = [k for k in run.data.metrics if k.startswith("val/")]
+    best = run.data.tags.get("fusionpipe.best_epoch")
+    if best is None or not best.lstrip("-").isdigit():
+        return {k[len("val/"):]: run.data.metrics[k] for k in keys}
+    out = {}
+    for k in keys:
+        at_best = [m.value for m in client.get_metric_history(run_id, k) if m.step == int(best)]
+        out[k[len("val/"):]] = at_best[-1] if at_best else run.data.metrics[k]
+    return out
 
 
 @torch.no_grad()

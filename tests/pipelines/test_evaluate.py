@@ -23,3 +23,25 @@ def test_bad_devices_are_named(monkeypatch):
         resolve_device("gpu0")
     with pytest.raises(ConfigError, match="--device: 'meta' is not supported"):
         resolve_device("meta")
+
+
+def test_reference_metrics_are_taken_at_the_best_epoch(tmp_path):
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.evaluate import run_metrics
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("refs")
+    runs = []
+    for tag in ("1", None):
+        run = client.create_run(exp, tags={"fusionpipe.best_epoch": tag} if tag else {})
+        client.log_batch(run.info.run_id, metrics=[
+            Metric("val/semseg/miou", v, 0, step) for step, v in enumerate([0.1, 0.5, 0.3])] + [
+            Metric("train/loss/total", 1.0, 0, 0)])
+        runs.append(run.info.run_id)
+    assert run_metrics(runs[0], uri) == {"semseg/miou": 0.5}  # the best epoch, as the evaluated checkpoint
+    assert run_metrics(runs[1], uri) == {"semseg/miou": 0.3}  # no tag: the latest value
+    with pytest.raises(ConfigError, match="reference run 'nope' not found"):
+        run_metrics("nope", uri)

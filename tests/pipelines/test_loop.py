@@ -99,6 +99,25 @@ def test_losses_see_float32_outputs_whatever_autocast_produced():
     assert float32_outputs({"x": fp32})["x"] is fp32  # no copy when nothing changes
 
 
+def test_gradient_accumulation_equals_one_step_on_the_whole_batch():
+    g = torch.Generator().manual_seed(0)
+    rgb = torch.rand(4, 3, 4, 4, generator=g) * 3
+    depth = torch.rand(4, 1, 4, 4, generator=g) + 0.5
+    whole = [{"inputs": {"rgb": rgb}, "targets": {"depth": depth}}]
+    halves = [{"inputs": {"rgb": rgb[i:i + 2]}, "targets": {"depth": depth[i:i + 2]}} for i in (0, 2)]
+    results = []
+    for batches, accum in ((whole, 1), (halves, 2)):
+        model = _Scale()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+        train_epoch(model, batches, MultiTaskLoss(["depth"]), opt, sched, torch.device("cpu"), grad_accum=accum)
+        results.append((model.w.detach().clone(), sched.last_epoch))
+    (w_whole, steps_whole), (w_accum, steps_accum) = results
+    assert not torch.equal(w_whole, torch.ones(1))  # the step moved the weight
+    torch.testing.assert_close(w_accum, w_whole)
+    assert steps_whole == steps_accum == 1  # one optimizer and scheduler step per accumulated batch
+
+
 def test_poly_and_cosine_schedules():
     poly = load_config(None, ["optim.schedule=poly", "optim.warmup_epochs=1"])
     assert lr_factor(poly, 0, 100, 10) == pytest.approx(0.1)

@@ -33,6 +33,12 @@ def test_two_worker_run_is_tracked_completely(ray_cluster, tiny_config, smoke_sh
     assert {"checkpoints", "previews", "config.yaml"} <= artifacts
     best = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints/best")}
     assert {"checkpoints/best/model.pt", "checkpoints/best/meta.json"} <= best
+    last = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints/last")}
+    assert {"checkpoints/last/model.pt", "checkpoints/last/meta.json"} <= last
+    # checkpoint.keep=1: the best checkpoint and the last one stay in storage, nothing else.
+    run_dir = Path(cfg.resolved_paths().checkpoint.storage_path) / "full"
+    kept = {p.name for p in run_dir.glob("checkpoint_*") if p.is_dir()}
+    assert kept == {Path(summary["best_checkpoint"]).name, Path(summary["last_checkpoint"]).name}
     assert len(client.list_artifacts(run.info.run_id, "previews")) == 2
     assert len(client.search_logged_models(experiment_ids=[run.info.experiment_id])) == 1
     assert Path(summary["best_checkpoint"]).is_dir() and str(cfg.checkpoint.storage_path) in summary["best_checkpoint"]
@@ -92,7 +98,7 @@ def test_nan_loss_fails_the_run_once_keeps_good_checkpoints_and_resumes(ray_clus
     assert run.info.status == "FAILED"
     assert _steps(client, run.info.run_id, "val/semseg/miou") == [0]  # only the good epoch is logged
     run_dir = Path(cfg.resolved_paths().checkpoint.storage_path) / "diverged"
-    assert [p.name for p in run_dir.glob("checkpoint_*")], "the good epoch's checkpoint was not kept"
+    assert [p for p in run_dir.glob("checkpoint_*") if p.is_dir()], "the good epoch's checkpoint was not kept"
 
     # Resuming with another optimizer is refused as a checkpoint error, not retried, and the recorded
     # NaN of the first attempt does not leak into this one.
