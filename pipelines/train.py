@@ -55,7 +55,7 @@ def validate_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
                             f"{cfg.train.workers * cfg.train.batch_size}")
     if cfg.model.name not in list_models():
         problems.append(f"model.name: unknown model {cfg.model.name!r}; registered: {', '.join(list_models())}")
-    elif manifest and not problems:
+    elif manifest:  # built even when the data has problems too: every problem is listed at once
         from pipelines.loop import model_config
 
         try:

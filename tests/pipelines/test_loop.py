@@ -137,6 +137,12 @@ def test_invalid_experiment_lists_every_problem_before_ray(smoke_shards, tmp_pat
         validate_experiment(cfg)
     msg = str(e.value)
     assert "unknown model 'nosuchnet'" in msg and "checkpoint.metric" in msg and "training samples" in msg
+    # A bad model option is listed beside the data's problems, not only once they are fixed.
+    cfg = load_config(None, [f"data.shards={smoke_shards}", "model.name=mtinet", "model.options={nosuch: 1}",
+                             "train.batch_size=64"])
+    with pytest.raises(ConfigError) as e:
+        validate_experiment(cfg)
+    assert "training samples" in str(e.value) and "unknown option(s) nosuch" in str(e.value)
 
     class NoDepth(ToySource):
         members = ["rgb", "semseg"]
