@@ -111,3 +111,23 @@ def test_nan_loss_fails_the_run_once_keeps_good_checkpoints_and_resumes(ray_clus
     assert summary["resumed"] and summary["mlflow_run_id"] == run.info.run_id and summary["epochs"] == 2
     assert _steps(client, run.info.run_id, "val/semseg/miou") == [0, 1]
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
+
+
+def test_a_run_that_died_resumes_where_it_stopped(ray_cluster, tiny_config, tmp_path, monkeypatch):
+    # No retries: rank 0 dies in epoch 1 and the run fails, as after a crash or a lost node.
+    monkeypatch.setenv(INJECT_FAILURE_ENV, f"1:0:{tmp_path / 'died'}")
+    cfg = tiny_config("failure.max_failures=0", "tracking.log_model=false", "train.preview_every=0")
+    from ray.train import TrainingFailedError
+
+    with pytest.raises(TrainingFailedError):
+        run_training(cfg, run_name="crashed")
+    assert (tmp_path / "died").exists(), "the injected failure did not happen"
+    client = MlflowClient(tracking_uri=cfg.resolved_paths().tracking.uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    assert run.info.status == "FAILED" and _steps(client, run.info.run_id, "val/semseg/miou") == [0]
+
+    summary = run_training(cfg, run_name="crashed")  # the same name: continue from the epoch-0 checkpoint
+    assert summary["resumed"] and summary["mlflow_run_id"] == run.info.run_id and summary["epochs"] == 2
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    for key in ("val/semseg/miou", "train/loss/total", "lr"):
+        assert _steps(client, run.info.run_id, key) == [0, 1], key  # no step logged twice
