@@ -6,10 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-TASKS = ("semseg", "depth", "normals", "edge", "parts", "sal")
+from fusion.tasks import TASK_REGISTRY, TASKS
+
 MODALITIES = ("rgb", "depth")
-# Output channels of each task's final prediction (semseg and parts depend on the dataset).
-TASK_CHANNELS = {"depth": 1, "normals": 3, "edge": 1, "sal": 1}
 MODALITY_CHANNELS = {"rgb": 3, "depth": 1}
 
 
@@ -64,8 +63,8 @@ class ModelConfig:
             raise ValueError(f"model config {self.name!r}: " + "; ".join(problems))
 
     def task_channels(self, task: str) -> int:
-        if task == "semseg":
-            return self.num_classes
-        if task == "parts":
-            return self.num_parts
-        return TASK_CHANNELS[task]
+        """Channels of ``task``'s prediction: the task dict's count, or this config's class count."""
+        if task not in TASK_REGISTRY:
+            raise ValueError(f"model config {self.name!r}: unknown task {task!r} (known: {', '.join(TASKS)})")
+        channels = TASK_REGISTRY[task].channels
+        return getattr(self, channels) if isinstance(channels, str) else channels

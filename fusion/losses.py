@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fusion.config import TASKS
+from fusion.tasks import TASK_REGISTRY, TASKS
 
 IGNORE_INDEX = 255
 EDGE_POS_WEIGHT = 0.95
@@ -112,21 +112,11 @@ def balanced_bce(pred: Tensor, target: Tensor, pos_weight: float | None = None) 
 
 def task_loss_fn(task: str, ohem: bool = False, ohem_thresh: float = 0.7, ohem_min_kept: int = 100_000,
                  edge_pos_weight: float = EDGE_POS_WEIGHT) -> Callable[[Tensor, Tensor], Tensor]:
-    """The loss the official code uses for ``task`` (edge: pos_weight 0.95; sal: batch-balanced)."""
-    if task == "semseg":
-        if ohem:
-            return lambda p, t: ohem_cross_entropy(p, t, thresh=ohem_thresh, min_kept=ohem_min_kept)
-        return cross_entropy
-    if task == "parts":
-        return cross_entropy
-    if task == "depth":
-        return depth_l1
-    if task == "normals":
-        return normals_l1
-    if task == "edge":
-        return lambda p, t: balanced_bce(p, t, pos_weight=edge_pos_weight)
-    if task == "sal":
-        return balanced_bce
+    """The loss of ``task`` from the task dict (``fusion.tasks``): the official code's, for the
+    built-in tasks (edge: pos_weight 0.95; sal: batch-balanced)."""
+    if task in TASK_REGISTRY:
+        return TASK_REGISTRY[task].loss(ohem=ohem, ohem_thresh=ohem_thresh, ohem_min_kept=ohem_min_kept,
+                                        edge_pos_weight=edge_pos_weight)
     raise ValueError(f"loss: unknown task {task!r} (known: {', '.join(TASKS)})")
 
 

@@ -6,40 +6,22 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from fusion.config import TASKS
 from fusion.metrics.base import Metric
-from fusion.metrics.depth import DepthMetric
-from fusion.metrics.edge import EdgeMetric
-from fusion.metrics.normals import NormalsMetric
-from fusion.metrics.semseg import SegmentationMetric
+from fusion.tasks import DELTA_M_DIRECTIONS as _DELTA_M
+from fusion.tasks import TASK_REGISTRY, TASKS
 
-# The metric Δm is computed on per task, as in MTI-Net (Vandenhende et al. 2020, section 4.1),
-# with whether higher or lower is better.
-DELTA_M_DIRECTIONS: dict[str, str] = {
-    "semseg/miou": "higher",
-    "depth/rmse": "lower",
-    "normals/mean": "lower",
-    "edge/odsF": "higher",
-    "parts/miou": "higher",
-    "sal/odsF": "higher",
-}
+# The metric Δm is computed on per task, as in MTI-Net (Vandenhende et al. 2020, section 4.1), with
+# whether higher or lower is better: from the task dict (``fusion.tasks``), a live mapping.
+DELTA_M_DIRECTIONS = _DELTA_M
 
 
 def build_metric(task: str, num_classes: int = 13, num_parts: int = 7, edge_tolerance_px: int | None = None,
                  edge_max_dist: float = 0.0075) -> Metric:
-    if task == "semseg":
-        return SegmentationMetric(num_classes)
-    if task == "parts":
-        return SegmentationMetric(num_parts)
-    if task == "depth":
-        return DepthMetric()
-    if task == "normals":
-        return NormalsMetric()
-    if task == "edge":
-        return EdgeMetric(tolerance_px=edge_tolerance_px, max_dist=edge_max_dist)
-    if task == "sal":
-        return EdgeMetric(tolerance_px=0)
-    raise ValueError(f"metrics: unknown task {task!r} (known: {', '.join(TASKS)})")
+    """The metric of ``task`` from the task dict (``fusion.tasks``)."""
+    if task not in TASK_REGISTRY:
+        raise ValueError(f"metrics: unknown task {task!r} (known: {', '.join(TASKS)})")
+    return TASK_REGISTRY[task].metric(num_classes=num_classes, num_parts=num_parts,
+                                      edge_tolerance_px=edge_tolerance_px, edge_max_dist=edge_max_dist)
 
 
 class MetricSet:

@@ -1,0 +1,200 @@
+"""The task dict: every dense-prediction task that models, losses and metrics know, in one place.
+
+A :class:`Task` says how many channels its prediction has, which loss trains it, which metric scores
+it, and which of that metric's numbers enters the multi-task performance Δm (and in which
+direction). The built-in tasks are those of the MTI-Net and PAD-Net papers: ``semseg``, ``depth``,
+``normals``, ``edge`` (NYUD-v2) plus ``parts`` and ``sal`` (PASCAL-Context). More are added with
+:func:`register_task`; from then on configs may name them, the model heads get their channel count,
+:class:`fusion.losses.MultiTaskLoss` trains them and :class:`fusion.metrics.MetricSet` scores them.
+
+``TASKS`` is a live, ordered view of the registered names, so ``"x" in TASKS`` and
+``", ".join(TASKS)`` always reflect the current registry. (A dataset still needs a codec entry and
+augmentation rules for a new task's targets: ``datasets/``.)
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:  # the factories import lazily: losses and metrics import this module
+    from torch import Tensor
+
+    from fusion.metrics.base import Metric
+
+LossFactory = Callable[..., "Callable[[Tensor, Tensor], Tensor]"]
+MetricFactory = Callable[..., "Metric"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """``channels``: an int, or ``"num_classes"``/``"num_parts"`` to take that field of the model config.
+
+    ``loss(**options)`` returns ``fn(pred, target) -> scalar``; ``metric(**options)`` returns a
+    :class:`fusion.metrics.base.Metric`. Both receive every option (``ohem``, ``ohem_thresh``,
+    ``ohem_min_kept``, ``edge_pos_weight``; ``num_classes``, ``num_parts``, ``edge_tolerance_px``,
+    ``edge_max_dist``) and take what they need. ``delta_m``: ``(metric name, "higher" | "lower")``.
+    """
+
+    name: str
+    channels: int | Literal["num_classes", "num_parts"]
+    loss: LossFactory
+    metric: MetricFactory
+    delta_m: tuple[str, Literal["higher", "lower"]] | None = None
+
+
+TASK_REGISTRY: dict[str, Task] = {}
+
+
+class _TaskNames(Sequence[str]):
+    """The registered task names, in registration order, always current."""
+
+    def __getitem__(self, i: Any) -> Any:
+        return list(TASK_REGISTRY)[i]
+
+    def __len__(self) -> int:
+        return len(TASK_REGISTRY)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(TASK_REGISTRY))
+
+    def __contains__(self, name: object) -> bool:
+        return name in TASK_REGISTRY
+
+    def __repr__(self) -> str:
+        return f"TASKS{tuple(TASK_REGISTRY)}"
+
+
+TASKS: Sequence[str] = _TaskNames()
+
+
+def register_task(task: Task, replace: bool = False) -> Task:
+    """Add ``task`` to the task dict; a second task of the same name is an error unless ``replace``."""
+    if not task.name or not task.name.isidentifier():
+        raise ValueError(f"register_task: task name must be an identifier, got {task.name!r}")
+    if task.name in TASK_REGISTRY and not replace:
+        raise ValueError(f"register_task: task {task.name!r} is already registered (pass replace=True to redefine it)")
+    if isinstance(task.channels, int) and task.channels < 1:
+        raise ValueError(f"register_task: task {task.name!r}: channels must be >= 1, got {task.channels}")
+    if isinstance(task.channels, str) and task.channels not in ("num_classes", "num_parts"):
+        raise ValueError(f"register_task: task {task.name!r}: channels must be an int, 'num_classes' or "
+                         f"'num_parts', got {task.channels!r}")
+    if task.delta_m is not None and task.delta_m[1] not in ("higher", "lower"):
+        raise ValueError(f"register_task: task {task.name!r}: delta_m direction must be 'higher' or 'lower', "
+                         f"got {task.delta_m[1]!r}")
+    TASK_REGISTRY[task.name] = task
+    return task
+
+
+def get_task(name: str, where: str = "task") -> Task:
+    if name not in TASK_REGISTRY:
+        raise ValueError(f"{where}: unknown task {name!r} (known: {', '.join(TASKS)})")
+    return TASK_REGISTRY[name]
+
+
+def delta_m_directions() -> dict[str, str]:
+    """``{"task/metric": "higher" | "lower"}`` of every registered task that enters Δm."""
+    return {f"{t.name}/{t.delta_m[0]}": t.delta_m[1] for t in TASK_REGISTRY.values() if t.delta_m}
+
+
+class _DeltaMDirections(Mapping[str, str]):
+    """:func:`delta_m_directions` as a live mapping (``fusion.metrics.DELTA_M_DIRECTIONS``)."""
+
+    def __getitem__(self, key: str) -> str:
+        return delta_m_directions()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(delta_m_directions())
+
+    def __len__(self) -> int:
+        return len(delta_m_directions())
+
+    def __repr__(self) -> str:
+        return f"DELTA_M_DIRECTIONS({delta_m_directions()})"
+
+
+DELTA_M_DIRECTIONS: Mapping[str, str] = _DeltaMDirections()
+
+
+# ------------------------------------------------------------------ built-in tasks (official losses)
+
+def _semseg_loss(ohem: bool = False, ohem_thresh: float = 0.7, ohem_min_kept: int = 100_000, **_: Any):
+    from fusion.losses import cross_entropy, ohem_cross_entropy
+
+    if ohem:
+        return lambda p, t: ohem_cross_entropy(p, t, thresh=ohem_thresh, min_kept=ohem_min_kept)
+    return cross_entropy
+
+
+def _cross_entropy(**_: Any):
+    from fusion.losses import cross_entropy
+
+    return cross_entropy
+
+
+def _depth_l1(**_: Any):
+    from fusion.losses import depth_l1
+
+    return depth_l1
+
+
+def _normals_l1(**_: Any):
+    from fusion.losses import normals_l1
+
+    return normals_l1
+
+
+def _edge_bce(edge_pos_weight: float = 0.95, **_: Any):
+    from fusion.losses import balanced_bce
+
+    return lambda p, t: balanced_bce(p, t, pos_weight=edge_pos_weight)
+
+
+def _batch_balanced_bce(**_: Any):
+    from fusion.losses import balanced_bce
+
+    return balanced_bce
+
+
+def _segmentation_metric(field: str):
+    def make(num_classes: int = 13, num_parts: int = 7, **_: Any):
+        from fusion.metrics.semseg import SegmentationMetric
+
+        return SegmentationMetric(num_classes if field == "num_classes" else num_parts)
+
+    return make
+
+
+def _depth_metric(**_: Any):
+    from fusion.metrics.depth import DepthMetric
+
+    return DepthMetric()
+
+
+def _normals_metric(**_: Any):
+    from fusion.metrics.normals import NormalsMetric
+
+    return NormalsMetric()
+
+
+def _edge_metric(edge_tolerance_px: int | None = None, edge_max_dist: float = 0.0075, **_: Any):
+    from fusion.metrics.edge import EdgeMetric
+
+    return EdgeMetric(tolerance_px=edge_tolerance_px, max_dist=edge_max_dist)
+
+
+def _saliency_metric(**_: Any):
+    from fusion.metrics.edge import EdgeMetric
+
+    return EdgeMetric(tolerance_px=0)
+
+
+for _task in (
+    Task("semseg", "num_classes", _semseg_loss, _segmentation_metric("num_classes"), ("miou", "higher")),
+    Task("depth", 1, _depth_l1, _depth_metric, ("rmse", "lower")),
+    Task("normals", 3, _normals_l1, _normals_metric, ("mean", "lower")),
+    Task("edge", 1, _edge_bce, _edge_metric, ("odsF", "higher")),
+    Task("parts", "num_parts", _cross_entropy, _segmentation_metric("num_parts"), ("miou", "higher")),
+    Task("sal", 1, _batch_balanced_bce, _saliency_metric, ("odsF", "higher")),
+):
+    register_task(_task)
