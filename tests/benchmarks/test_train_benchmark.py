@@ -51,3 +51,17 @@ def test_a_failing_gpu_run_is_reported_and_ray_shut_down(tmp_path, monkeypatch):
     assert results == [{"setup": "Ray Train, 1 GPU worker, MTI-Net HRNet-18 480×640, bf16 autocast",
                         "error": "RuntimeError: bench-gpu-1w failed"}]
     assert ratios == {} and shutdowns == [1]  # stops at the first failure, Ray shut down
+
+
+def test_mlflow_logging_cost_covers_metrics_and_the_preview_png(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from benchmarks.train import mlflow_log_seconds
+
+    log_s, preview_s = mlflow_log_seconds(tmp_path, num_metrics=40, repeats=4, hw=(32, 40))
+    assert 0 < log_s < 60 and 0 < preview_s < 60
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow-bench.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("bench-logging").experiment_id])
+    assert len(run.data.metrics) == 40 and len(client.get_metric_history(run.info.run_id, "val/m3")) == 4
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "previews")] == [
+        "previews/epoch_0000.png", "previews/epoch_0001.png"]
