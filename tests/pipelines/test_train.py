@@ -26,6 +26,15 @@ def test_two_worker_run_is_tracked_completely(ray_cluster, tiny_config, smoke_sh
     assert run.info.status == "FINISHED" and run.info.run_name == "full"
     assert run.data.params["model.name"] == "mtinet" and run.data.params["train.workers"] == "2"
     assert run.data.tags["data.manifest_digest"] == manifest_digest(smoke_shards)
+    import subprocess
+
+    from pipelines.config import REPO_ROOT
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+    assert run.data.tags["git.commit"] == head and run.data.tags["git.dirty"] in ("true", "false")
+    (dataset_input,) = run.inputs.dataset_inputs  # the shards, as an MLflow dataset input of the run
+    assert dataset_input.dataset.digest == manifest_digest(smoke_shards)[:32]
+    assert {(t.key, t.value) for t in dataset_input.tags} == {("mlflow.data.context", "train")}
     for key in ("train/loss/total", "train/loss/semseg", "val/semseg/miou", "val/depth/rmse", "val/normals/mean",
                 "val/edge/odsF", "lr", "train/samples_per_s"):
         assert _steps(client, run.info.run_id, key) == [0, 1], key
@@ -131,3 +140,26 @@ def test_a_run_that_died_resumes_where_it_stopped(ray_cluster, tiny_config, tmp_
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
     for key in ("val/semseg/miou", "train/loss/total", "lr"):
         assert _steps(client, run.info.run_id, key) == [0, 1], key  # no step logged twice
+
+
+def test_train_json_prints_one_object_with_the_run_summary(ray_cluster, tiny_config, tmp_path, monkeypatch):
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+
+    import pipelines.run_cli
+    from pipelines.run_cli import train
+
+    monkeypatch.setattr(pipelines.run_cli, "shutdown_ray", lambda: None)  # keep the session's cluster
+    cfg = tiny_config("train.epochs=1", "tracking.log_model=false", "train.preview_every=0")
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    result = CliRunner().invoke(train, ["--config", str(path), "--run-name", "cli-json", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)  # the whole of stdout is one JSON object
+    assert out["run_name"] == "cli-json" and out["epochs"] == 1 and not out["resumed"]
+    assert Path(out["best_checkpoint"]).is_dir() and out["best_checkpoint"] == out["last_checkpoint"]
+    assert set(out["best_metric"]) == {"val/semseg/miou"} and "val/depth/rmse" in out["final_metrics"]
+    run = MlflowClient(tracking_uri=out["tracking_uri"]).get_run(out["mlflow_run_id"])
+    assert run.info.run_name == "cli-json" and run.info.status == "FINISHED"
