@@ -164,15 +164,20 @@ def _record_fatal(path: Path | None, error: Exception) -> None:
 
 
 def _read_fatal(path: Path | None) -> Exception | None:
-    """The recorded error as its own class (NonFiniteLossError, CheckpointError), or None."""
-    from pipelines.checkpoints import CheckpointError
-    from pipelines.loop import NonFiniteLossError
-
+    """The recorded error as its own class (one of :func:`_fatal_errors`), or None."""
     if path is None or not path.is_file():
         return None
     info = json.loads(path.read_text())
-    cls = {"NonFiniteLossError": NonFiniteLossError, "CheckpointError": CheckpointError}.get(info["type"], RuntimeError)
+    cls = {c.__name__: c for c in _fatal_errors()}.get(info["type"], RuntimeError)
     return cls(info["message"])
+
+
+def _fatal_errors() -> tuple[type[Exception], ...]:
+    """The errors a retry cannot fix."""
+    from pipelines.checkpoints import CheckpointError
+    from pipelines.loop import NonFiniteLossError
+
+    return NonFiniteLossError, CheckpointError
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -182,16 +187,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     it beside the run's checkpoints before raising, a retried worker raises it again at once instead
     of training until it recurs, and the driver re-raises it as itself (:func:`run_training`).
     """
-    from pipelines.checkpoints import CheckpointError
-    from pipelines.loop import NonFiniteLossError
-
     fatal = _fatal_path(config["storage_path"], config["run_name"])
     earlier = _read_fatal(fatal)
     if earlier is not None:
         raise earlier
     try:
         _train_loop(config)
-    except (NonFiniteLossError, CheckpointError) as e:
+    except _fatal_errors() as e:
         _record_fatal(fatal, e)
         raise
 

@@ -7,12 +7,10 @@ import torch
 from torch import Tensor
 
 from fusion.metrics.base import Metric
-from fusion.tasks import DELTA_M_DIRECTIONS as _DELTA_M
-from fusion.tasks import TASK_REGISTRY, TASKS
 
-# The metric Δm is computed on per task, as in MTI-Net (Vandenhende et al. 2020, section 4.1), with
-# whether higher or lower is better: from the task dict (``fusion.tasks``), a live mapping.
-DELTA_M_DIRECTIONS = _DELTA_M
+# DELTA_M_DIRECTIONS: the metric Δm is computed on per task, as in MTI-Net (Vandenhende et al. 2020,
+# section 4.1), with whether higher or lower is better; a live mapping over the task dict.
+from fusion.tasks import DELTA_M_DIRECTIONS, TASK_REGISTRY, TASKS
 
 
 def build_metric(task: str, num_classes: int = 13, num_parts: int = 7, edge_tolerance_px: int | None = None,
