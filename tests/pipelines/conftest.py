@@ -8,6 +8,8 @@ import pytest
 
 @pytest.fixture(scope="session")
 def smoke_shards(tmp_path_factory) -> Path:
+    """The smoke dataset of configs/smoke.yaml, smaller than `make smoke-data` builds (16/8 samples at
+    64x80 in 4-sample shards: two train shards and one val shard per rank)."""
     from datasets.sources.synthetic import SyntheticSource
     from datasets.writer import write_dataset
 
@@ -32,16 +34,14 @@ def ray_cluster():
 
 @pytest.fixture
 def tiny_config(tmp_path, smoke_shards):
-    """A 2-worker, 2-epoch tiny MTI-Net on the smoke shards, tracked in a per-test sqlite store."""
-    from pipelines.config import load_config
+    """configs/smoke.yaml (2 workers, 2 epochs, tiny MTI-Net, all four tasks) on the session's smoke
+    shards, tracked in a per-test sqlite store; ``make(*overrides)`` adds ``--set`` overrides."""
+    from pipelines.config import REPO_ROOT, load_config
 
     def make(*overrides: str):
-        return load_config(None, [
-            f"data.shards={smoke_shards}", "data.tasks=[semseg, depth, normals, edge]", "data.loader_workers=0",
-            "data.shuffle_buffer=4", "model.name=mtinet", "model.width=0.125", "train.epochs=2",
-            "train.batch_size=2", "train.workers=2", "train.preview_every=1", "tracking.experiment=test",
-            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"checkpoint.storage_path={tmp_path}/ray",
-            "checkpoint.keep=1", *overrides,
+        return load_config(REPO_ROOT / "configs" / "smoke.yaml", [
+            f"data.shards={smoke_shards}", "tracking.experiment=test",
+            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"checkpoint.storage_path={tmp_path}/ray", *overrides,
         ])
 
     return make

@@ -24,11 +24,17 @@ def test_two_worker_run_is_tracked_completely(ray_cluster, tiny_config, smoke_sh
     client = MlflowClient(tracking_uri=cfg.resolved_paths().tracking.uri)
     run = client.get_run(summary["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.info.run_name == "full"
+    # The run is configs/smoke.yaml: every param but the paths the fixture points at its own store.
+    from pipelines.config import REPO_ROOT, flatten, load_config
+    from pipelines.tracking import _param_value
+
+    smoke = flatten(load_config(REPO_ROOT / "configs" / "smoke.yaml").model_dump(mode="json"))
+    moved = {"data.shards", "tracking.uri", "tracking.experiment", "checkpoint.storage_path"}
+    assert {k: _param_value(v) for k, v in smoke.items() if k not in moved} == \
+        {k: v for k, v in run.data.params.items() if k in smoke and k not in moved}
     assert run.data.params["model.name"] == "mtinet" and run.data.params["train.workers"] == "2"
     assert run.data.tags["data.manifest_digest"] == manifest_digest(smoke_shards)
     import subprocess
-
-    from pipelines.config import REPO_ROOT
 
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
     assert run.data.tags["git.commit"] == head and run.data.tags["git.dirty"] in ("true", "false")
