@@ -1,9 +1,9 @@
 """Joint augmentation of RGB-D multi-task samples and conversion to tensors.
 
-Every map of a sample (datasets/codec.py: rgb, depth, semseg, normals, edge, parts, sal) goes
-through ONE affine warp built from one sampled parameter set (flip, scale, rotate, crop/pad,
-resize), applied with OpenCV: rgb bilinear (area pre-shrink when the warp shrinks), every label
-map and depth nearest, so an output value is always an input value or the padding value.
+Every map of a sample (datasets/codec.py ``MEMBERS``: rgb, depth, semseg, normals, edge, parts, sal and
+any registered member) goes through ONE affine warp built from one sampled parameter set (flip,
+scale, rotate, crop/pad, resize), applied with OpenCV: rgb bilinear (area pre-shrink when the warp
+shrinks), every other map nearest, so an output value is always an input value or the padding value.
 Photometric transforms (colour jitter, Gaussian noise, blur) come from albumentations 2.0.8 and
 touch rgb only. Geometry is done here rather than through albumentations because albumentations
 moves pixels but never changes vector values: normals need the warp's linear part, which we own.
@@ -28,18 +28,18 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
-from datasets.codec import IGNORE_INDEX, IMAGE_MEMBERS
+from datasets.codec import MEMBERS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-TASKS = ("semseg", "depth", "normals", "edge", "parts", "sal")
 MODALITIES = ("rgb", "depth")
+# Padding marks "no data" (codec.Member.pad): missing depth, ignored classes, normals (0,0,0) = missing; sal
+# has no ignore value in the shard format, so padded saliency reads as "not salient".
 
-_DTYPES = {"rgb": np.uint8, "depth": np.float32, "normals": np.float32, "semseg": np.uint8,
-           "edge": np.uint8, "parts": np.uint8, "sal": np.uint8}
-# Padding marks "no data": missing depth, ignored classes (normals pad with (0,0,0) = missing); sal has no ignore value in the
-# shard format, so padded saliency reads as "not salient".
-_PAD = {"depth": 0.0, "semseg": IGNORE_INDEX, "parts": IGNORE_INDEX, "edge": 0, "sal": 0}
+
+def target_members() -> list[str]:
+    """The members a task may take its targets from: every registered member except ``rgb``."""
+    return [name for name in MEMBERS if name != "rgb"]
 
 
 class SampleError(ValueError):
@@ -243,12 +243,13 @@ def check_sample(sample: dict[str, Any]) -> tuple[int, int]:
             if not isinstance(value, dict):
                 raise SampleError(f"sample {sid}: 'meta' must be a dict, got {type(value).__name__}")
             continue
-        if key not in IMAGE_MEMBERS:
-            raise SampleError(f"sample {sid}: unknown member {key!r}; known: {', '.join(IMAGE_MEMBERS)}, meta")
-        if not isinstance(value, np.ndarray) or value.dtype != _DTYPES[key]:
+        if key not in MEMBERS:
+            raise SampleError(f"sample {sid}: unknown member {key!r}; known: {', '.join(MEMBERS)}, meta")
+        member = MEMBERS[key]
+        if not isinstance(value, np.ndarray) or value.dtype != member.dtype:
             got = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
-            raise SampleError(f"sample {sid}: member {key!r} must be a {np.dtype(_DTYPES[key])} array, got {got}")
-        ndim = 3 if key in ("rgb", "normals") else 2
+            raise SampleError(f"sample {sid}: member {key!r} must be a {member.dtype} array, got {got}")
+        ndim = 3 if member.channels == 3 else 2
         if value.ndim != ndim or (ndim == 3 and value.shape[2] != 3) or 0 in value.shape:
             want = "H×W×3" if ndim == 3 else "H×W"
             raise SampleError(f"sample {sid}: member {key!r} must be {want}, got shape {value.shape}")
@@ -281,11 +282,13 @@ def apply_warp(sample: dict[str, Any], warp: Warp, rgb_pad: Literal["zero", "mea
         elif key == "rgb":
             pad = tuple(255.0 * c for c in IMAGENET_MEAN) if rgb_pad == "mean" else (0.0, 0.0, 0.0)
             out[key] = _warp_rgb(value, warp, pad)
-        elif key == "normals":
+        elif MEMBERS[key].kind == "normals":
             moved = _warp_map(value, m, warp.size, cv2.INTER_NEAREST, (0.0, 0.0, 0.0))
             out[key] = correct_normals(moved, m[:2, :2])
+        elif MEMBERS[key].kind == "rgb":  # an RGB map other than the input image: nearest, like every target
+            out[key] = _warp_map(value, m, warp.size, cv2.INTER_NEAREST, (0.0, 0.0, 0.0))
         else:
-            out[key] = _warp_map(value, m, warp.size, cv2.INTER_NEAREST, _PAD[key])
+            out[key] = _warp_map(value, m, warp.size, cv2.INTER_NEAREST, MEMBERS[key].pad)
     return out
 
 
@@ -348,11 +351,12 @@ def to_tensors(sample: dict[str, Any], tasks: list[str] | tuple[str, ...], modal
                std: tuple[float, float, float] = IMAGENET_STD) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Model inputs (``rgb`` 3×H×W normalised, ``depth`` 1×H×W metres) and targets per task.
 
-    Targets: semseg/parts Long H×W (255 = ignore), depth 1×H×W metres (0 = missing), normals
-    3×H×W, edge 1×H×W float {0,1}, sal 1×H×W float in [0,1] (stored 255 = salient).
+    Targets follow the member's kind (datasets/codec.py ``Member``): semseg/parts Long H×W (255 =
+    ignore), depth 1×H×W metres (0 = missing), normals 3×H×W, edge 1×H×W float {0,1}, sal 1×H×W float
+    in [0,1] (stored 255 = salient); a registered member the same way as the built-in one of its kind.
     """
     sid = _sample_id(sample)
-    for names, known, what in ((tasks, TASKS, "task"), (modalities, MODALITIES, "modality")):
+    for names, known, what in ((tasks, target_members(), "task"), (modalities, MODALITIES, "modality")):
         for name in names:
             if name not in known:
                 raise SampleError(f"sample {sid}: unknown {what} {name!r}; known: {', '.join(known)}")
@@ -379,14 +383,17 @@ def to_tensors(sample: dict[str, Any], tasks: list[str] | tuple[str, ...], modal
     targets: dict[str, torch.Tensor] = {}
     for task in tasks:
         arr = get(task, "task")
-        if task in ("semseg", "parts"):
+        kind = MEMBERS[task].kind
+        if kind == "labels":
             targets[task] = torch.from_numpy(arr).long()
-        elif task == "depth":
+        elif kind == "scalar16":
             targets[task] = torch.from_numpy(arr.copy()).unsqueeze(0)
-        elif task == "normals":
+        elif kind == "normals":
             targets[task] = torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
-        elif task == "edge":
+        elif kind == "binary":
             targets[task] = torch.from_numpy((arr > 0).astype(np.float32)).unsqueeze(0)
-        else:
+        elif kind == "rgb":
+            targets[task] = torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0).contiguous()
+        else:  # gray
             targets[task] = torch.from_numpy(arr.astype(np.float32) / 255.0).unsqueeze(0)
     return inputs, targets

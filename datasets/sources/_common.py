@@ -106,11 +106,11 @@ def read_label_png(path: Path) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def read_depth_png16(path: Path, unit_m: float) -> np.ndarray:
+def read_depth_png16(path: Path, unit_m: float, what: str = "depth") -> np.ndarray:
     """A 16-bit depth PNG -> float32 metres (value × ``unit_m``; 0 stays missing)."""
     arr, mode = read_png(path)
     if mode not in ("I;16", "I;16B", "I;16L", "I") or arr.ndim != 2:
-        raise SourceError(f"{path}: depth PNG must be 16-bit single-channel, got mode {mode}")
+        raise SourceError(f"{path}: {what} PNG must be 16-bit single-channel, got mode {mode}")
     return (arr.astype(np.float64) * unit_m).astype(np.float32)
 
 

@@ -8,6 +8,11 @@ Layout::
     root/normals/<stem>.{png,npy}         PNG in the shard encoding (n = c/255*2-1, (0,0,0) = missing)
                                           or .npy H×W×3 float, camera frame x right, y down, z forward
     root/edge/<stem>.png                  single channel, > 0 = edge
+    root/<member>/<stem>.{png,npy}        any other member of datasets.codec.MEMBERS (parts, sal, or one
+                                          added with register_member), read by its kind: labels and
+                                          gray 8-bit single channel (values 0..255), binary > 0 = on,
+                                          scalar16 a 16-bit PNG in its stored units or .npy floats,
+                                          rgb an RGB image, normals as above
     root/splits/{train,val}.txt           optional, one stem per line
 
 Every folder present is a member, and then every image needs a file there. ``semseg`` needs
@@ -28,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from datasets.codec import DEPTH_SCALE, decode_normals
+from datasets.codec import MEMBERS, decode_normals
 from datasets.sources import _common as c
 from datasets.sources.base import Source, SourceError
 
@@ -65,6 +70,11 @@ class FolderSource(Source):
         for folder, exts in _OPTIONAL:
             if (self.root / folder).is_dir():
                 self._files[folder] = c.find_by_stem(self.root / folder, exts)
+        for name, member in MEMBERS.items():  # parts, sal and registered members, in registration order
+            if name not in self._files and (self.root / name).is_dir():
+                exts = {"rgb": _IMAGE_EXTS, "scalar16": (".png", ".npy"), "normals": (".png", ".npy")}.get(
+                    member.kind, (".png",))
+                self._files[name] = c.find_by_stem(self.root / name, exts)
         self.members = list(self._files)
         self._label_ignore = 255
         self.classes = []
@@ -135,19 +145,30 @@ class FolderSource(Source):
         return sample
 
     def _read(self, member: str, path: Path) -> np.ndarray:
+        """One map, read the way its kind is stored (datasets.codec.Member)."""
+        kind = MEMBERS[member].kind
         npy = path.suffix.lower() == ".npy"
-        if member == "depth":
-            return c.clean_depth(c.read_npy(path, 2, "depth")) if npy else c.read_depth_png16(path, DEPTH_SCALE)
         if member == "semseg":
             return c.check_class_ids(c.read_label_png(path), len(self.classes), self._label_ignore, path)
-        if member == "edge":
-            return (c.read_label_png(path) > 0).astype(np.uint8)
-        if npy:
-            arr = c.read_npy(path, 3, "normals")
-            if arr.shape[-1] != 3:
-                raise SourceError(f"{path}: normals must be H×W×3, got shape {arr.shape}")
-            return c.unit_normals(arr)
-        arr, mode = c.read_png(path)
-        if mode != "RGB":
-            raise SourceError(f"{path}: normals PNG must be 8-bit RGB in the shard encoding, got mode {mode}")
-        return decode_normals(arr)
+        if kind == "scalar16":
+            if npy:
+                return c.clean_depth(c.read_npy(path, 2, member))
+            return c.read_depth_png16(path, MEMBERS[member].scale, member)  # type: ignore[arg-type]
+        if kind == "rgb":
+            return c.read_rgb(path)
+        if kind == "normals":
+            if npy:
+                arr = c.read_npy(path, 3, member)
+                if arr.shape[-1] != 3:
+                    raise SourceError(f"{path}: {member} must be H×W×3, got shape {arr.shape}")
+                return c.unit_normals(arr)
+            arr, mode = c.read_png(path)
+            if mode != "RGB":
+                raise SourceError(f"{path}: {member} PNG must be 8-bit RGB in the shard encoding, got mode {mode}")
+            return decode_normals(arr)
+        labels = c.read_label_png(path)
+        if kind == "binary":
+            return (labels > 0).astype(np.uint8)
+        if labels.size and (labels.min() < 0 or labels.max() > 255):
+            raise SourceError(f"{path}: {member} ({kind}) values must fit 8 bits (0..255), got {labels.min()}..{labels.max()}")
+        return labels.astype(np.uint8)
