@@ -8,8 +8,9 @@ direction). The built-in tasks are those of the MTI-Net and PAD-Net papers: ``se
 :class:`fusion.losses.MultiTaskLoss` trains them and :class:`fusion.metrics.MetricSet` scores them.
 
 ``TASKS`` is a live, ordered view of the registered names, so ``"x" in TASKS`` and
-``", ".join(TASKS)`` always reflect the current registry. (A dataset still needs a codec entry and
-augmentation rules for a new task's targets: ``datasets/``.)
+``", ".join(TASKS)`` always reflect the current registry. To train a new task from shards, its
+targets also need a shard member (``datasets.codec.register_member``); a config's ``plugins`` list
+imports the module that registers both, on the driver and on every Ray worker (docs/models.md).
 """
 from __future__ import annotations
 

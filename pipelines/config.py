@@ -1,13 +1,16 @@
 """The experiment config: one YAML, validated into typed sections before anything starts.
 
 Sections (shared/ARCHITECTURE.md, "Config"): ``data``, ``model``, ``loss``, ``optim``, ``train``,
-``tracking``, ``checkpoint``, ``failure``. Unknown keys and bad values are errors that list every
-problem at once. ``--set a.b=c`` overrides any field (values parsed as YAML, like ``dvc exp run -S``).
+``tracking``, ``checkpoint``, ``failure``, and the optional top-level ``plugins``: modules that
+register tasks, shard members or models, imported before anything else is checked. Unknown keys
+and bad values are errors that list every problem at once. ``--set a.b=c`` overrides any field (values parsed as YAML, like ``dvc exp run -S``).
 """
 from __future__ import annotations
 
 import copy
+import importlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,7 +57,7 @@ class DataSection(_Section):
     @field_validator("tasks")
     @classmethod
     def _tasks(cls, v: list[str]) -> list[str]:
-        return _known_unique(v, TASKS, "task")
+        return _known_unique(v, TASKS, "task", " (a module listed in plugins can register more)")
 
     @field_validator("modalities")
     @classmethod
@@ -62,10 +65,10 @@ class DataSection(_Section):
         return _known_unique(v, MODALITIES, "modality")
 
 
-def _known_unique(values: list[str], known: tuple[str, ...], what: str) -> list[str]:
+def _known_unique(values: list[str], known: Sequence[str], what: str, hint: str = "") -> list[str]:
     bad = [x for x in values if x not in known]
     if bad:
-        raise ValueError(f"unknown {what}(s) {bad}; known: {list(known)}")
+        raise ValueError(f"unknown {what}(s) {bad}; known: {list(known)}{hint}")
     if len(set(values)) != len(values):
         raise ValueError(f"duplicate {what} in {values}")
     return values
@@ -158,7 +161,30 @@ class SyntheticBuildSection(_Section):
     shard_size: int = Field(100, ge=1)
 
 
+def import_plugins(names: Any) -> None:
+    """Import each module in ``names`` (a config's ``plugins``), so that what it registers exists here.
+
+    A plugin registers tasks (``fusion.tasks.register_task``), shard members
+    (``datasets.codec.register_member``) or models (``fusion.registry.register_model``) when it is
+    imported. The config is validated after its plugins are imported, on the driver and again on every
+    Ray worker, so a plugin must be importable there: a module in the directory the command runs from
+    (Ray puts it on every local worker's path, and `fusionpipe submit` ships it) or an installed one.
+    """
+    if names is None:
+        return
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ValueError(f"plugins must be a list of module names, got {names!r}")
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # an import error, or one raised by the plugin's own registrations
+            raise ValueError(f"plugins: cannot import {name!r}: {type(e).__name__}: {e}") from None
+
+
 class ExperimentConfig(_Section):
+    plugins: list[str] = Field(default_factory=list, description="modules imported before the rest of the config "
+                               "is validated, on the driver and on every worker; they register tasks, shard "
+                               "members or models")
     synthetic: SyntheticBuildSection | None = None
     data: DataSection = Field(default_factory=DataSection)
     model: ModelSection = Field(default_factory=ModelSection)
@@ -168,6 +194,14 @@ class ExperimentConfig(_Section):
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     failure: FailureSection = Field(default_factory=FailureSection)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plugins_first(cls, raw: Any) -> Any:
+        # Before any field is checked: data.tasks and model.name may name what a plugin registers.
+        if isinstance(raw, dict):
+            import_plugins(raw.get("plugins"))
+        return raw
 
     @model_validator(mode="after")
     def _cross(self) -> "ExperimentConfig":

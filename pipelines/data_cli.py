@@ -21,7 +21,24 @@ def build() -> None:
     """Build a shard dataset from a SOURCE (synthetic, nyud-mt, nyud-cen, nyud-mat, folder)."""
 
 
+_plugin = click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
+                       help="import MODULE first (repeatable): it registers shard members for new tasks, "
+                            "as a config's plugins list does")
+
+
+def _import_plugins(plugins: tuple[str, ...], as_json: bool) -> bool:
+    from pipelines.config import import_plugins
+
+    try:
+        import_plugins(list(plugins))
+    except ValueError as e:
+        fail(str(e), as_json)
+        return False
+    return True
+
+
 def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = _plugin(fn)
     fn = click.option("--json", "as_json", is_flag=True, help="print one JSON object (the manifest summary)")(fn)
     fn = click.option("--workers", type=int, default=min(4, os.cpu_count() or 1), show_default=True,
                       help="processes that render/encode samples")(fn)
@@ -32,11 +49,14 @@ def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def _write(source_factory: Callable[[], Any], out: Path, shard_size: int, workers: int, as_json: bool) -> None:
+def _write(source_factory: Callable[[], Any], out: Path, shard_size: int, workers: int, as_json: bool,
+           plugins: tuple[str, ...] = ()) -> None:
     from datasets.manifest import manifest_digest
     from datasets.sources.base import SourceError
     from datasets.writer import write_dataset
 
+    if not _import_plugins(plugins, as_json):
+        return
     try:
         source = source_factory()
         manifest = write_dataset(source, out, shard_size=shard_size, workers=workers)
@@ -57,13 +77,13 @@ def _write(source_factory: Callable[[], Any], out: Path, shard_size: int, worker
 @click.option("--height", type=click.IntRange(min=16), default=240, show_default=True)
 @click.option("--width", type=click.IntRange(min=16), default=320, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def build_synthetic(out: Path, shard_size: int, workers: int, as_json: bool,
+def build_synthetic(out: Path, shard_size: int, workers: int, as_json: bool, plugins: tuple[str, ...],
                     num_train: int, num_val: int, height: int, width: int, seed: int) -> None:
     """Procedural indoor RGB-D scenes with exact semseg, depth, normals and edges."""
     from datasets.sources.synthetic import SyntheticSource
 
     _write(lambda: SyntheticSource(num_train=num_train, num_val=num_val, height=height, width=width, seed=seed),
-           out, shard_size, workers, as_json)
+           out, shard_size, workers, as_json, plugins)
 
 
 @data.command()
@@ -94,12 +114,15 @@ def verify(root: Path, as_json: bool) -> None:
 @click.option("--grid-samples", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--max-samples", type=click.IntRange(min=1), default=None, help="statistics over at most N samples per split")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@_plugin
 def inspect(root: Path, split: str | None, grid: Path | None, grid_samples: int, max_samples: int | None,
-            as_json: bool) -> None:
+            as_json: bool, plugins: tuple[str, ...]) -> None:
     """Counts, class histogram, depth range; optionally a picture grid."""
     from datasets.inspect import draw_grid, inspect_dataset, read_samples
     from datasets.manifest import ManifestError
 
+    if not _import_plugins(plugins, as_json):
+        return
     try:
         report = inspect_dataset(root, split=split, max_samples=max_samples)
         if grid is not None:
@@ -137,13 +160,14 @@ _intrinsics = click.option("--intrinsics", default=None, metavar="FX,FY,CX,CY",
 @click.option("--normals-flip", default="z", show_default=True, help="axes of the stored normals to negate (subset of xyz)")
 @click.option("--check-normals/--no-check-normals", default=True, show_default=True,
               help="compare stored normals with normals from depth and stop on a flipped axis")
-def build_nyud_mt(out: Path, shard_size: int, workers: int, as_json: bool, root: str, intrinsics: str | None,
+def build_nyud_mt(out: Path, shard_size: int, workers: int, as_json: bool, plugins: tuple[str, ...],
+                  root: str, intrinsics: str | None,
                   normals_flip: str, check_normals: bool) -> None:
     """NYUD_MT layout (MTI-Net's official code): images/, segmentation/, depth/, normals/, edge/, gt_sets/."""
     from datasets.sources.nyud_mt import NyudMtSource
 
     _write(lambda: NyudMtSource(root=root, intrinsics=intrinsics, normals_flip=normals_flip, check_normals=check_normals),
-           out, shard_size, workers, as_json)
+           out, shard_size, workers, as_json, plugins)
 
 
 @build.command("nyud-cen")
@@ -154,13 +178,14 @@ def build_nyud_mt(out: Path, shard_size: int, workers: int, as_json: bool, root:
 @click.option("--val-list", default=None, help="split list (default ROOT/val.txt)")
 @click.option("--depth-unit", type=float, default=0.0002, show_default=True, help="metres per depth PNG unit (1/5000)")
 @click.option("--edges/--no-edges", default=True, show_default=True, help="derive edge.png from the masks")
-def build_nyud_cen(out: Path, shard_size: int, workers: int, as_json: bool, root: str, intrinsics: str | None,
+def build_nyud_cen(out: Path, shard_size: int, workers: int, as_json: bool, plugins: tuple[str, ...],
+                   root: str, intrinsics: str | None,
                    train_list: str | None, val_list: str | None, depth_unit: float, edges: bool) -> None:
     """CEN's layout: rgb/, depth/, masks/ PNGs listed in train.txt / val.txt."""
     from datasets.sources.nyud_cen import NyudCenSource
 
     _write(lambda: NyudCenSource(root=root, train_list=train_list, val_list=val_list, depth_unit=depth_unit,
-                                 edges=edges, intrinsics=intrinsics), out, shard_size, workers, as_json)
+                                 edges=edges, intrinsics=intrinsics), out, shard_size, workers, as_json, plugins)
 
 
 @build.command("nyud-mat")
@@ -173,13 +198,14 @@ def build_nyud_cen(out: Path, shard_size: int, workers: int, as_json: bool, root
 @click.option("--raw-depth/--no-raw-depth", default=False, show_default=True, help="use rawDepths (with holes)")
 @click.option("--normals-step", type=click.IntRange(min=1), default=1, show_default=True,
               help="pixel step of the central differences for normals from depth")
-def build_nyud_mat(out: Path, shard_size: int, workers: int, as_json: bool, intrinsics: str | None, mat: str,
+def build_nyud_mat(out: Path, shard_size: int, workers: int, as_json: bool, plugins: tuple[str, ...],
+                   intrinsics: str | None, mat: str,
                    splits_mat: str, label_map: str | None, raw_depth: bool, normals_step: int) -> None:
     """The official labeled release (MATLAB v7.3) with a label mapping; normals and edges derived."""
     from datasets.sources.nyud_mat import NyudMatSource
 
     _write(lambda: NyudMatSource(mat=mat, splits_mat=splits_mat, label_map=label_map, raw_depth=raw_depth,
-                                 normals_step=normals_step, intrinsics=intrinsics), out, shard_size, workers, as_json)
+                                 normals_step=normals_step, intrinsics=intrinsics), out, shard_size, workers, as_json, plugins)
 
 
 @build.command("folder")
@@ -190,10 +216,11 @@ def build_nyud_mat(out: Path, shard_size: int, workers: int, as_json: bool, intr
               help="YAML with class names (required when semseg/ exists)")
 @click.option("--val-fraction", type=float, default=0.1, show_default=True,
               help="hash-based validation share when ROOT/splits/ is absent")
-def build_folder(out: Path, shard_size: int, workers: int, as_json: bool, root: str, intrinsics: str | None,
+def build_folder(out: Path, shard_size: int, workers: int, as_json: bool, plugins: tuple[str, ...],
+                 root: str, intrinsics: str | None,
                  classes: str | None, val_fraction: float) -> None:
     """images/ plus optional depth/, semseg/, normals/, edge/ matched by file stem."""
     from datasets.sources.folder import FolderSource
 
     _write(lambda: FolderSource(root=root, classes=classes, val_fraction=val_fraction, intrinsics=intrinsics),
-           out, shard_size, workers, as_json)
+           out, shard_size, workers, as_json, plugins)

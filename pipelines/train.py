@@ -41,6 +41,12 @@ def validate_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         manifest = load_manifest(cfg.data.shards)
     except ManifestError as e:
         problems.append(f"data.shards: {e}")
+    from datasets.codec import MEMBERS
+
+    no_member = [t for t in cfg.data.tasks if t not in MEMBERS]
+    if no_member:
+        problems.append(f"data.tasks: no shard member is registered for task(s) {no_member}; register one with "
+                        "datasets.codec.register_member in a module listed in plugins")
     if manifest:
         for what in ("tasks", "modalities"):
             lacking = [x for x in getattr(cfg.data, what) if x not in manifest["members"]]

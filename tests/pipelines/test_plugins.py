@@ -1,0 +1,165 @@
+"""Config plugins: a module listed in ``plugins`` registers a new task, and the whole pipeline (config,
+converter, shards, Ray Train workers, MLflow, evaluate) then knows it."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.config import ConfigError, load_config
+
+PLUGIN = "tests.pipelines.elevation_plugin"
+
+
+@pytest.fixture
+def elevation():
+    """The plugin imported afresh for this test, and everything it registered removed afterwards."""
+    import importlib
+
+    sys.modules.pop(PLUGIN, None)
+    module = importlib.import_module(PLUGIN)
+    yield module
+    module.unregister()
+    sys.modules.pop(PLUGIN, None)
+
+
+@pytest.fixture
+def no_elevation():
+    sys.modules.pop(PLUGIN, None)
+    from fusion.tasks import TASKS
+
+    assert "elevation" not in TASKS
+    yield
+    if PLUGIN in sys.modules:
+        sys.modules.pop(PLUGIN).unregister()
+
+
+def test_plugins_are_imported_before_the_config_is_checked(no_elevation):
+    with pytest.raises(ConfigError, match=r"data.tasks: .*unknown task\(s\) \['elevation'\]; known: .*"
+                                          r"\(a module listed in plugins can register more\)"):
+        load_config(None, ["data.tasks=[semseg, elevation]"])
+    cfg = load_config(None, [f"plugins=[{PLUGIN}]", "data.tasks=[semseg, elevation]"])
+    assert cfg.plugins == [PLUGIN] and cfg.data.tasks == ["semseg", "elevation"]
+    # The config a Ray worker receives validates there the same way (it imports the plugin itself).
+    from pipelines.config import ExperimentConfig
+
+    assert ExperimentConfig.model_validate(cfg.model_dump(mode="json")).data.tasks == ["semseg", "elevation"]
+
+
+@pytest.mark.parametrize("plugins, match", [
+    ("[tests.pipelines.no_such_plugin]", r"plugins: cannot import 'tests.pipelines.no_such_plugin': "
+                                         r"ModuleNotFoundError"),
+    ("tests.pipelines.elevation_plugin", r"plugins must be a list of module names, got 'tests.pipelines"),
+    ("[fusion.tasks, '']", r"plugins must be a list of module names"),
+])
+def test_a_plugin_that_cannot_be_imported_is_a_config_error(plugins, match, no_elevation):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [f"plugins={plugins}"])
+
+
+def test_a_plugin_whose_registration_fails_names_itself(elevation, tmp_path, monkeypatch):
+    # A second plugin that registers the same task again: its import fails inside register_task.
+    (tmp_path / "elevation_again.py").write_text("from tests.pipelines.elevation_plugin import register\nregister()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"plugins: cannot import 'elevation_again': ValueError: "
+                                           r"register_task: task 'elevation' is already registered"):
+        load_config(None, ["plugins=[elevation_again]"])
+    sys.modules.pop("elevation_again", None)
+
+
+def test_a_task_without_a_shard_member_is_an_experiment_problem(tmp_path, smoke_shards):
+    from fusion.tasks import TASK_REGISTRY, Task, register_task
+    from pipelines.train import validate_experiment
+
+    register_task(Task("slope", 1, lambda **_: None, lambda **_: None))
+    try:
+        cfg = load_config(None, [f"data.shards={smoke_shards}", "data.tasks=[semseg, slope]"])
+        with pytest.raises(ConfigError, match=r"data.tasks: no shard member is registered for task\(s\) \['slope'\]; "
+                                              r"register one with datasets.codec.register_member"):
+            validate_experiment(cfg)
+    finally:
+        TASK_REGISTRY.pop("slope")
+
+
+def test_data_build_imports_plugins_for_their_members(tmp_path, no_elevation):
+    import json
+
+    from click.testing import CliRunner
+
+    from pipelines.cli import cli
+
+    folder = tmp_path / "raw"
+    (folder / "images").mkdir(parents=True)
+    (folder / "elevation").mkdir()
+    for stem in ("a", "b"):
+        Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(folder / "images" / f"{stem}.png")
+        np.save(folder / "elevation" / f"{stem}.npy", np.full((4, 5), 1.25, np.float32))
+    args = ["data", "build", "folder", "--root", str(folder), "--val-fraction", "0", "--out", str(tmp_path / "ds"),
+            "--workers", "1", "--json"]
+    # Without the plugin, elevation/ is not a member: only the images are written.
+    out = CliRunner().invoke(cli, args)
+    assert out.exit_code == 0, out.output
+    assert json.loads((tmp_path / "ds" / "manifest.json").read_text())["members"] == ["rgb"]
+    out = CliRunner().invoke(cli, [*args, "--plugin", PLUGIN])
+    assert out.exit_code == 0, out.output
+    assert json.loads((tmp_path / "ds" / "manifest.json").read_text())["members"] == ["rgb", "elevation"]
+    from datasets.inspect import read_samples
+
+    (sample, _) = read_samples(tmp_path / "ds", "train", 2)
+    np.testing.assert_allclose(sample["elevation"], 1.25)
+    bad = CliRunner().invoke(cli, [*args, "--plugin", "tests.pipelines.no_such_plugin"])
+    assert bad.exit_code != 0 and "cannot import 'tests.pipelines.no_such_plugin'" in bad.output
+
+
+def write_elevation_folder(root: Path) -> Path:
+    """A `folder` dataset of synthetic rooms with an extra ``elevation/<stem>.npy`` map per image."""
+    import yaml
+
+    from datasets.sources.synthetic import SyntheticSource
+
+    src = SyntheticSource(num_train=16, num_val=8, height=64, width=80, seed=5)
+    for d in ("images", "semseg", "elevation", "splits"):
+        (root / d).mkdir(parents=True)
+    for split in ("train", "val"):
+        stems = []
+        for key in src.keys(split):
+            s, stem = src.load(split, key), f"{split}{key}"
+            Image.fromarray(s["rgb"]).save(root / "images" / f"{stem}.png")
+            Image.fromarray(s["semseg"]).save(root / "semseg" / f"{stem}.png")
+            # Metres above the camera's floor-level plane, from depth and the row: a learnable map.
+            rows = np.linspace(1.0, 0.0, s["depth"].shape[0], dtype=np.float32)[:, None]
+            np.save(root / "elevation" / f"{stem}.npy", np.where(s["depth"] > 0, rows * s["depth"] * 0.5, 0.0))
+            stems.append(stem)
+        (root / "splits" / f"{split}.txt").write_text("\n".join(stems) + "\n")
+    (root / "classes.yaml").write_text(yaml.safe_dump({"classes": list(src.classes), "ignore_index": 255}))
+    return root
+
+
+@pytest.mark.integration
+def test_a_plugin_task_trains_on_ray_and_is_tracked_and_evaluated(ray_cluster, tiny_config, elevation, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from datasets.sources.folder import FolderSource
+    from datasets.writer import write_dataset
+    from pipelines.evaluate import run_evaluate
+    from pipelines.train import run_training
+
+    folder = write_elevation_folder(tmp_path / "raw")
+    shards = tmp_path / "shards"
+    write_dataset(FolderSource(root=str(folder), classes=str(folder / "classes.yaml")), shards, shard_size=4,
+                  progress=False)
+    cfg = tiny_config(f"plugins=[{PLUGIN}]", f"data.shards={shards}", "data.tasks=[semseg, elevation]",
+                      "train.epochs=1", "tracking.log_model=false")
+    summary = run_training(cfg, run_name="elevation")  # the workers import the plugin from the config
+    client = MlflowClient(tracking_uri=cfg.resolved_paths().tracking.uri)
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["plugins"] == f'["{PLUGIN}"]'
+    loss = client.get_metric_history(run.info.run_id, "train/loss/elevation")
+    rmse = client.get_metric_history(run.info.run_id, "val/elevation/rmse")
+    assert [m.step for m in loss] == [0] and loss[0].value > 0
+    assert [m.step for m in rmse] == [0] and 0 < rmse[0].value < 10
+    ev = run_evaluate(cfg, checkpoint=summary["best_checkpoint"])
+    assert ev["metrics"]["elevation/rmse"] == pytest.approx(rmse[0].value, rel=1e-5)
