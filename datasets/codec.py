@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -59,9 +60,11 @@ class Member:
     | ``binary`` | uint8 H×W in {0, 1} | 8-bit, 255 = on | 0 | float 1×H×W in {0, 1} |
     | ``gray`` | uint8 H×W | 8-bit | 0 | float 1×H×W, value / 255 |
 
-    Geometric augmentation resamples every kind but ``rgb`` nearest, so a value is always a stored
-    value or the padding; ``normals`` are also rotated with the warp (datasets/transforms.py).
-    ``unit`` names what a ``scalar16`` integer counts, for error messages ("millimetres").
+    Geometric augmentation resamples the input image ``rgb`` bilinearly and every other member
+    (``rgb``-kind targets included) nearest, so a value is always a stored value or the padding;
+    ``normals`` are also rotated with the warp (datasets/transforms.py). The padding of ``rgb``,
+    ``binary`` and ``gray`` maps (0) is also a real value: where a warp leaves the image, such a target
+    reads as black / off. ``unit`` names what a ``scalar16`` integer counts, for error messages.
     """
 
     name: str
@@ -85,6 +88,9 @@ class Member:
 
 
 MEMBERS: dict[str, Member] = {}
+# Not member names: the sample's meta.json, and the folder converter's input images and split lists.
+RESERVED_NAMES = ("meta", "images", "splits")
+PLUGIN_HINT = "a module that registers it (datasets.codec.register_member) is missing: pass --plugin MODULE or list it under plugins"
 
 
 def register_member(name: str, kind: str, scale: float | None = None, unit: str = "",
@@ -96,16 +102,18 @@ def register_member(name: str, kind: str, scale: float | None = None, unit: str 
     ``scalar16``, e.g. 0.001 for millimetres stored, metres in memory) is the value of one stored unit.
     A second member of the same name is an error unless ``replace``.
     """
-    if not isinstance(name, str) or not name.isidentifier() or name == "meta":
-        raise ValueError(f"register_member: member name must be an identifier other than 'meta', got {name!r}")
+    if not isinstance(name, str) or not name.isidentifier() or name in RESERVED_NAMES:
+        raise ValueError(f"register_member: member name must be an identifier other than "
+                         f"{', '.join(map(repr, RESERVED_NAMES))}, got {name!r}")
     if name in MEMBERS and not replace:
         raise ValueError(f"register_member: member {name!r} is already registered (pass replace=True to redefine it)")
     if kind not in MEMBER_KINDS:
         raise ValueError(f"register_member: member {name!r}: unknown kind {kind!r}; kinds: {', '.join(MEMBER_KINDS)}")
     if kind == "scalar16":
-        if scale is None or not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale > 0:
-            raise ValueError(f"register_member: member {name!r}: a scalar16 member needs scale > 0 (the value of "
-                             f"one stored unit), got {scale!r}")
+        if (scale is None or not isinstance(scale, (int, float)) or isinstance(scale, bool)
+                or not np.isfinite(scale) or not np.float32(scale) > 0):
+            raise ValueError(f"register_member: member {name!r}: a scalar16 member needs a finite scale > 0 (the "
+                             f"value of one stored unit), got {scale!r}")
         scale = float(scale)
     elif scale is not None:
         raise ValueError(f"register_member: member {name!r}: scale is only for scalar16 members, not {kind!r}")
@@ -211,7 +219,8 @@ def decode_member(name: str, data: bytes, where: str = "") -> Any:
         except json.JSONDecodeError as e:
             raise ShardFormatError(f"{loc}member 'meta.json' is not valid JSON: {e}") from e
     if ext != "png" or base not in MEMBERS:
-        raise ShardFormatError(f"{loc}unknown member {name!r}")
+        hint = f" ({PLUGIN_HINT})" if ext == "png" and base.isidentifier() else ""
+        raise ShardFormatError(f"{loc}unknown member {name!r}{hint}")
     member = MEMBERS[base]
     try:
         img = Image.open(io.BytesIO(data))
@@ -243,11 +252,18 @@ def decode_member(name: str, data: bytes, where: str = "") -> Any:
     return arr
 
 
-def decode_sample(members: dict[str, bytes], where: str = "") -> dict[str, Any]:
-    """``{member file name: bytes}`` -> sample dict, checking that all maps share the RGB size."""
+def decode_sample(members: dict[str, bytes], where: str = "", only: Collection[str] | None = None) -> dict[str, Any]:
+    """``{member file name: bytes}`` -> sample dict, checking that all maps share the RGB size.
+
+    With ``only``, maps not named there are left undecoded (``meta`` is always decoded), so a reader
+    that needs ``rgb`` and ``semseg`` neither pays for the other maps nor needs a plugin for a member
+    it does not use. A pickle-capable member is refused either way.
+    """
     sample: dict[str, Any] = {}
     for name in sorted(members):
         key = name.split(".", 1)[0]
+        if only is not None and key != "meta" and key not in only and name.rpartition(".")[2] not in PICKLE_EXTS:
+            continue
         sample[key] = decode_member(name, members[name], where)
     if "rgb" in sample:
         hw = sample["rgb"].shape[:2]

@@ -181,7 +181,7 @@ class ShardStream(IterableDataset):
     def _decode(self, where: str, members: dict[str, bytes]) -> dict[str, Any] | None:
         """The decoded, checked sample, or ``None`` when it is bad and ``errors="skip"``."""
         try:
-            sample = decode_sample(members, where)
+            sample = decode_sample(members, where, only=self.required)
             check_sample(sample, self.required, self.num_classes, self.ignore_index, where)
         except ShardFormatError as e:
             if self.errors == "raise":

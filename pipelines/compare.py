@@ -230,6 +230,12 @@ def compare(tracking_uri: str, experiment: str | None = None, run_ids: Iterable[
             final = {k[len("val/"):]: v for k, v in r.data.metrics.items() if k.startswith("val/")}
             if r.info.run_id not in ref_ids and any(k in final and k in base for k in DELTA_M_DIRECTIONS):
                 result["delta_m"][r.info.run_id] = delta_m_terms(final, base)
+        # A task this process does not know (its plugin was not imported) has no Δm direction.
+        from fusion.tasks import TASKS
+
+        unknown = sorted({k.split("/")[1] for k in metrics if k.count("/") >= 2} - set(TASKS))
+        if unknown:
+            result["delta_m_left_out"] = unknown
         if not result["delta_m"]:
             raise CompareError(f"no compared run shares a metric of {sorted(DELTA_M_DIRECTIONS)} with the "
                                f"reference runs {sorted(ref_ids)}")

@@ -24,13 +24,20 @@ from pipelines._output import emit, fail
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="write compare.csv, compare.json, curves.png and bars.png here")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
+              help="import MODULE first (repeatable): the tasks it registers enter delta_m")
 def compare(experiment: str | None, run_ids: tuple[str, ...], sweep: str | None, tracking_uri: str | None, metric: str | None,
             baseline_runs: tuple[str, ...], baseline_tag: str | None, best: bool | None, out: str | None,
-            as_json: bool) -> None:
+            as_json: bool, plugins: tuple[str, ...]) -> None:
     """Compare MLflow runs: params that differ, final and best val metrics, training time, data version."""
     from pipelines.compare import CompareError, compare as run_compare, markdown_table
-    from pipelines.config import resolve_tracking_uri
+    from pipelines.config import import_plugins, resolve_tracking_uri
 
+    try:
+        import_plugins(list(plugins))
+    except ValueError as e:
+        fail(str(e), as_json, code=2)
+        return
     if sum([bool(experiment), bool(run_ids), bool(sweep)]) != 1:
         fail("give exactly one of --experiment, --run-ids and --sweep", as_json, code=2)
     if baseline_runs and baseline_tag:
@@ -47,6 +54,9 @@ def compare(experiment: str | None, run_ids: tuple[str, ...], sweep: str | None,
         detail = "; ".join(f"{d[:12]}: {len(ids)} run(s)" for d, ids in groups.items())
         click.echo(f"warning: runs used {len(groups)} different data versions ({detail}); "
                    "their metrics are not directly comparable", err=True)
+    if result.get("delta_m_left_out") and not as_json:
+        click.echo(f"warning: task(s) {', '.join(result['delta_m_left_out'])} are not registered here, so "
+                   "delta_m leaves them out; pass --plugin MODULE for the module that registers them", err=True)
     lines = [markdown_table(result)]
     for rid, entry in result.get("delta_m", {}).items():
         terms = ", ".join(f"{k} {v:+.2f}%" for k, v in entry["terms"].items())

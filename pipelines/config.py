@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import importlib
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -167,18 +168,23 @@ def import_plugins(names: Any) -> None:
     A plugin registers tasks (``fusion.tasks.register_task``), shard members
     (``datasets.codec.register_member``) or models (``fusion.registry.register_model``) when it is
     imported. The config is validated after its plugins are imported, on the driver and again on every
-    Ray worker, so a plugin must be importable there: a module in the directory the command runs from
-    (Ray puts it on every local worker's path, and `fusionpipe submit` ships it) or an installed one.
+    Ray worker, so a plugin must be importable on every node: a module in the directory the command
+    runs from (appended to ``sys.path`` here, and Ray puts the driver's directory on every local
+    worker's path), a module inside this repository (what `fusionpipe submit` uploads), or an
+    installed one.
     """
     if names is None:
         return
     if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
         raise ValueError(f"plugins must be a list of module names, got {names!r}")
+    cwd = os.getcwd()
+    if names and cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)  # last: a stray file here never shadows an installed package
     for name in names:
         try:
             importlib.import_module(name)
         except Exception as e:  # an import error, or one raised by the plugin's own registrations
-            raise ValueError(f"plugins: cannot import {name!r}: {type(e).__name__}: {e}") from None
+            raise ValueError(f"plugins: cannot import {name!r}: {type(e).__name__}: {e}") from e
 
 
 class ExperimentConfig(_Section):

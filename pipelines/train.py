@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import platform
 import random
 import tempfile
 import time
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
 from pipelines.config import ConfigError, ExperimentConfig, flatten
 
@@ -115,9 +117,12 @@ def _maybe_inject_failure(spec: str | None, epoch: int, rank: int) -> None:
 # store and max_restarts > 0") at every start.
 LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
-# The one number per task that the epoch line shows (the full set goes to MLflow).
-HEADLINE_METRICS = {"semseg": "val/semseg/miou", "depth": "val/depth/rmse", "normals": "val/normals/mean",
-                    "edge": "val/edge/odsF"}
+def headline_metrics() -> list[str]:
+    """The one number per task that the epoch line shows (the full set goes to MLflow): the metric
+    each registered task enters Δm with, e.g. ``val/semseg/miou`` or a plugin task's."""
+    from fusion.tasks import delta_m_directions
+
+    return [f"val/{k}" for k in delta_m_directions()]
 
 
 def epoch_line(metrics: dict[str, Any], epoch: int, epochs: int, checkpoint_metric: str) -> str:
@@ -126,7 +131,7 @@ def epoch_line(metrics: dict[str, Any], epoch: int, epochs: int, checkpoint_metr
     parts = [f"epoch {epoch + 1}/{epochs}"]
     if "train/loss/total" in metrics:
         parts.append(f"loss {metrics['train/loss/total']:.4f}")
-    names = [checkpoint_metric] + [m for m in HEADLINE_METRICS.values() if m != checkpoint_metric]
+    names = [checkpoint_metric] + [m for m in headline_metrics() if m != checkpoint_metric]
     parts += [f"{m} {metrics[m]:.4f}" for m in names if m in metrics]
     if "train/samples_per_s" in metrics:
         parts.append(f"{metrics['train/samples_per_s']:.1f} samples/s")
@@ -183,13 +188,14 @@ def _fatal_errors() -> tuple[type[Exception], ...]:
     from pipelines.checkpoints import CheckpointError
     from pipelines.loop import NonFiniteLossError
 
-    return NonFiniteLossError, CheckpointError
+    return NonFiniteLossError, CheckpointError, ConfigError
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs in every Ray Train worker.
 
-    A non-finite loss or an incompatible checkpoint cannot be fixed by a retry: the worker records
+    A non-finite loss, an incompatible checkpoint or a config that does not validate on the worker
+    (a plugin this node cannot import) cannot be fixed by a retry: the worker records
     it beside the run's checkpoints before raising, a retried worker raises it again at once instead
     of training until it recurs, and the driver re-raises it as itself (:func:`run_training`).
     """
@@ -217,7 +223,10 @@ def _train_loop(config: dict[str, Any]) -> None:
     from pipelines.loop import evaluate, lr_factor, make_optimizer, predict, train_epoch, with_sync_batchnorm
 
     quiet_ray_train_reports()
-    cfg = ExperimentConfig.model_validate(config["cfg"])
+    try:
+        cfg = ExperimentConfig.model_validate(config["cfg"])
+    except ValidationError as e:  # e.g. a plugin that the driver imported but this node cannot
+        raise ConfigError(f"the config does not validate on Ray worker node {platform.node()}:\n{e}") from e
     mcfg, run_id = config["model_config"], config["mlflow_run_id"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

@@ -10,7 +10,8 @@ Layout::
     root/edge/<stem>.png                  single channel, > 0 = edge
     root/<member>/<stem>.{png,npy}        any other member of datasets.codec.MEMBERS (parts, sal, or one
                                           added with register_member), read by its kind: labels and
-                                          gray 8-bit single channel (values 0..255), binary > 0 = on,
+                                          gray single channel with values 0..255 (8- or 16-bit PNG),
+                                          binary > 0 = on,
                                           scalar16 a 16-bit PNG in its stored units or .npy floats,
                                           rgb an RGB image, normals as above
     root/splits/{train,val}.txt           optional, one stem per line

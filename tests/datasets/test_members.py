@@ -86,8 +86,21 @@ def test_a_scalar16_member_must_be_16_bit_and_says_in_what(members):
 def test_unknown_members_point_at_register_member():
     with pytest.raises(ShardFormatError, match=r"unknown sample key 'elevation'.*register_member"):
         encode_sample({"elevation": np.zeros((2, 2), np.float32)})
-    with pytest.raises(ShardFormatError, match=r"w: unknown member 'elevation.png'"):
+    with pytest.raises(ShardFormatError, match=r"w: unknown member 'elevation.png' \(a module that registers it "
+                                               r".*pass --plugin MODULE or list it under plugins\)"):
         decode_member("elevation.png", b"", "w")
+
+
+def test_a_reader_decodes_only_the_members_it_needs(toy_source):
+    members = encode_sample(toy_source.load("train", "train0001"))
+    members["elevation.png"] = b"not even a png"  # a member of a plugin this process has not imported
+    with pytest.raises(ShardFormatError, match="unknown member 'elevation.png'"):
+        decode_sample(members, "w")
+    sample = decode_sample(members, "w", only=["rgb", "semseg"])
+    assert set(sample) == {"rgb", "semseg", "meta"}
+    members["x.pyd"] = b"\x80\x04K\x01."
+    with pytest.raises(ShardFormatError, match="pickle"):  # refused even when not needed
+        decode_sample(members, "w", only=["rgb"])
 
 
 @pytest.mark.parametrize("args, match", [
@@ -95,9 +108,13 @@ def test_unknown_members_point_at_register_member():
     (("meta", "gray"), "identifier other than 'meta'"),
     (("a.b", "gray"), "identifier"),
     (("x", "float"), "unknown kind 'float'; kinds: rgb, scalar16"),
-    (("x", "scalar16"), "needs scale > 0"),
-    (("x", "scalar16", 0.0), "needs scale > 0"),
+    (("x", "scalar16"), "needs a finite scale > 0"),
+    (("x", "scalar16", 0.0), "needs a finite scale > 0"),
     (("x", "labels", 0.5), "scale is only for scalar16"),
+    (("x", "scalar16", float("inf")), "needs a finite scale > 0"),
+    (("x", "scalar16", 1e-60), "needs a finite scale > 0"),  # 0 in float32
+    (("images", "rgb"), "other than 'meta', 'images', 'splits'"),
+    (("splits", "labels"), "other than"),
 ])
 def test_bad_registrations_are_refused(args, match):
     before = dict(MEMBERS)
@@ -169,6 +186,18 @@ def test_folder_source_reads_a_registered_member_by_its_kind(tmp_path, members):
     np.testing.assert_allclose(got["b"]["elevation"], np.full((3, 4), 2.5), atol=1e-6)
     assert got["a"]["occlusion"].tolist()[0] == [0, 1, 1, 1]
     assert decode_sample(encode_sample(got["b"]), "w")["elevation"].max() == pytest.approx(2.5)
+
+    # Written to shards, the member stays readable for a config that does not use it, once unregistered.
+    from datasets.loader import ShardStream, make_loader
+    from datasets.writer import write_dataset
+
+    write_dataset(src, tmp_path / "shards", shard_size=2, progress=False)
+    MEMBERS.pop("elevation")
+    stream = ShardStream(tmp_path / "shards", "train", tasks=["occlusion"], modalities=["rgb"], batch_size=2,
+                         train=False, num_workers=0)
+    (batch,) = list(make_loader(stream))
+    assert batch["targets"]["occlusion"].shape == (2, 1, 3, 4) and "elevation" not in batch["targets"]
+    members("elevation", "scalar16", scale=0.001)
 
     Image.fromarray(np.full((3, 4), 7, np.uint8)).save(tmp_path / "elevation" / "b.png")
     with pytest.raises(SourceError, match=r"elevation/b.png: elevation PNG must be 16-bit single-channel"):

@@ -114,6 +114,53 @@ def test_data_build_imports_plugins_for_their_members(tmp_path, no_elevation):
     assert bad.exit_code != 0 and "cannot import 'tests.pipelines.no_such_plugin'" in bad.output
 
 
+def test_the_installed_command_finds_a_plugin_in_the_directory_it_runs_from(tmp_path):
+    import os
+    import subprocess
+
+    (tmp_path / "my_tasks.py").write_text("from pathlib import Path\nPath('imported.txt').write_text('yes')\n")
+    exe = Path(sys.executable).with_name("fusionpipe")
+    env = {**os.environ, "PYTHONPATH": ""}
+    out = subprocess.run([str(exe), "data", "build", "synthetic", "--plugin", "my_tasks", "--out", "ds",
+                          "--num-train", "1", "--num-val", "0", "--height", "16", "--width", "16", "--workers", "1",
+                          "--json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "imported.txt").read_text() == "yes" and (tmp_path / "ds" / "manifest.json").is_file()
+
+
+def test_compare_leaves_unknown_tasks_out_of_delta_m_until_their_plugin_is_imported(tmp_path, no_elevation):
+    from click.testing import CliRunner
+
+    from pipelines.compare import compare
+    from pipelines.compare_cli import compare as compare_cmd
+    from tests.pipelines.test_compare import _fill
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    runs = {
+        "mtl": ({}, {}, {"val/semseg/miou": [0.5], "val/elevation/rmse": [0.8]}, 1.0),
+        "st_semseg": ({}, {}, {"val/semseg/miou": [0.4]}, 1.0),
+        "st_elevation": ({}, {}, {"val/elevation/rmse": [1.0]}, 1.0),
+    }
+    ids = _fill(uri, "exp", runs)
+    refs = [ids["st_semseg"], ids["st_elevation"]]
+    without = compare(uri, experiment="exp", baseline_runs=refs)
+    assert without["delta_m_left_out"] == ["elevation"]
+    assert without["delta_m"][ids["mtl"]]["terms"] == {"semseg/miou": pytest.approx(25.0)}
+    human = CliRunner().invoke(compare_cmd, ["--experiment", "exp", "--tracking-uri", uri, *sum(
+        (["--baseline-runs", r] for r in refs), [])])
+    assert human.exit_code == 0 and "warning: task(s) elevation are not registered here" in human.stderr
+    out = CliRunner().invoke(compare_cmd, ["--experiment", "exp", "--tracking-uri", uri, "--plugin", PLUGIN, "--json",
+                                           *sum((["--baseline-runs", r] for r in refs), [])])
+    assert out.exit_code == 0, out.output
+    import json
+
+    result = json.loads(out.stdout)
+    assert "delta_m_left_out" not in result
+    assert result["delta_m"][ids["mtl"]]["terms"] == {"semseg/miou": pytest.approx(25.0),
+                                                      "elevation/rmse": pytest.approx(20.0)}
+    assert result["delta_m"][ids["mtl"]]["delta_m"] == pytest.approx(22.5)
+
+
 def write_elevation_folder(root: Path) -> Path:
     """A `folder` dataset of synthetic rooms with an extra ``elevation/<stem>.npy`` map per image."""
     import yaml
