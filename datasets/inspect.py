@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from datasets.codec import decode_sample
+from datasets.codec import MEMBERS, decode_sample
 from datasets.loader import iter_shard
 from datasets.manifest import load_manifest, manifest_digest
 
@@ -49,17 +49,21 @@ def colorize_normals(n: np.ndarray) -> np.ndarray:
 
 
 def _panel(sample: dict[str, Any], column: str, shape: tuple[int, int]) -> np.ndarray:
+    """One map as an RGB picture, drawn by its member's kind (datasets.codec.Member)."""
     if column not in sample:
         return np.full((*shape, 3), 40, np.uint8)
     v = sample[column]
-    if column == "rgb":
+    kind = MEMBERS[column].kind
+    if kind == "rgb":
         return v
-    if column == "depth":
+    if kind == "scalar16":
         return colorize_depth(v)
-    if column == "semseg":
+    if kind == "labels":
         return colorize_semseg(v)
-    if column == "normals":
+    if kind == "normals":
         return colorize_normals(v)
+    if kind == "gray":
+        return np.repeat(v[..., None], 3, axis=-1)
     return np.repeat((v > 0).astype(np.uint8)[..., None] * 255, 3, axis=-1)
 
 
@@ -75,17 +79,20 @@ def read_samples(root: Path, split: str, count: int) -> list[dict[str, Any]]:
 
 
 def draw_grid(samples: list[dict[str, Any]], path: str | os.PathLike[str]) -> None:
-    """One row per sample: RGB, depth, semseg, normals, edge side by side, with a header."""
+    """One row per sample: RGB, depth, semseg, normals, edge side by side, then any other member the
+    samples carry (parts, sal, registered ones), with a header."""
     if not samples:
         raise ValueError("no samples to draw")
+    present = {k for s in samples for k in s}
+    columns = COLUMNS + tuple(m for m in MEMBERS if m in present and m not in COLUMNS)
     h, w = samples[0]["rgb"].shape[:2] if "rgb" in samples[0] else next(iter(samples[0].values())).shape[:2]
     header = 16
-    grid = Image.new("RGB", (w * len(COLUMNS), header + h * len(samples)), (255, 255, 255))
+    grid = Image.new("RGB", (w * len(columns), header + h * len(samples)), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
-    for c, name in enumerate(COLUMNS):
+    for c, name in enumerate(columns):
         draw.text((c * w + 4, 2), name, fill=(0, 0, 0))
     for r, s in enumerate(samples):
-        for c, name in enumerate(COLUMNS):
+        for c, name in enumerate(columns):
             grid.paste(Image.fromarray(_panel(s, name, (h, w))), (c * w, header + r * h))
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
