@@ -265,9 +265,11 @@ def decode_sample(members: dict[str, bytes], where: str = "", only: Collection[s
         if only is not None and key != "meta" and key not in only and name.rpartition(".")[2] not in PICKLE_EXTS:
             continue
         sample[key] = decode_member(name, members[name], where)
-    if "rgb" in sample:
-        hw = sample["rgb"].shape[:2]
-        for key, v in sample.items():
-            if key not in ("meta", "rgb") and v.shape[:2] != hw:
-                raise ShardFormatError(f"{where}: member {key!r} is {v.shape[:2]}, rgb is {hw}")
+    maps = [k for k in sample if k != "meta"]
+    if maps:  # every decoded map has the size of rgb, or of the first map when rgb was not decoded
+        ref = "rgb" if "rgb" in sample else maps[0]
+        hw = sample[ref].shape[:2]
+        for key in maps:
+            if sample[key].shape[:2] != hw:
+                raise ShardFormatError(f"{where}: member {key!r} is {sample[key].shape[:2]}, {ref} is {hw}")
     return sample

@@ -237,8 +237,10 @@ def compare(tracking_uri: str, experiment: str | None = None, run_ids: Iterable[
         if unknown:
             result["delta_m_left_out"] = unknown
         if not result["delta_m"]:
+            hint = (f"; task(s) {', '.join(unknown)} are not registered here: pass --plugin MODULE for the "
+                    "module that registers them" if unknown else "")
             raise CompareError(f"no compared run shares a metric of {sorted(DELTA_M_DIRECTIONS)} with the "
-                               f"reference runs {sorted(ref_ids)}")
+                               f"reference runs {sorted(ref_ids)}{hint}")
     if out is not None:
         curves = histories if histories is not None else fetch_histories(client, runs, [metric])
         out = Path(out)

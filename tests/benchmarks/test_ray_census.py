@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.ray_census import census, classify, snapshot  # noqa: E402
+from benchmarks.ray_census import census, classify, snapshot, voluntary_switches  # noqa: E402
 
 
 @pytest.mark.parametrize("cmdline, group", [
@@ -30,6 +30,12 @@ def test_processes_are_grouped_by_command_line(cmdline, group):
     assert classify(cmdline) == group
 
 
+def test_only_voluntary_switches_count_as_wakeups():
+    status = "Name:\tpython\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n"
+    assert voluntary_switches(status) == 120
+    assert voluntary_switches("nonvoluntary_ctxt_switches:\t7\n") == 0
+
+
 def test_census_counts_deltas_per_group_over_the_window():
     before = {(1, 1): ("ray::IDLE", 100, 10), (1, 2): ("ray::IDLE", 50, 0), (2, 2): ("ray::RayTrainWorker", 0, 0),
               (3, 3): ("python other.py", 0, 0)}
@@ -43,9 +49,21 @@ def test_census_counts_deltas_per_group_over_the_window():
 
 
 @pytest.mark.skipif(not Path(f"/proc/{os.getpid()}/task").is_dir(), reason="needs Linux /proc")
-def test_snapshot_sees_this_process_and_its_cpu_time():
-    before = snapshot()[(os.getpid(), os.getpid())]
-    sum(i * i for i in range(3_000_000))  # some CPU time
-    after = snapshot()[(os.getpid(), os.getpid())]
-    assert "pytest" in after[0] or "python" in after[0]
-    assert after[2] >= before[2] and after[1] >= before[1]
+def test_snapshot_counts_this_process_tree_and_only_voluntary_switches():
+    import subprocess
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        time.sleep(0.5)
+        before = snapshot()
+        sum(i * i for i in range(3_000_000))  # some CPU time in this thread
+        time.sleep(0.05)  # and one voluntary switch
+        after = snapshot()
+        me = (os.getpid(), os.getpid())
+        assert after[me][2] > before[me][2] and after[me][1] > before[me][1]
+        assert (child.pid, child.pid) in after  # a descendant
+        assert all(pid != 1 for pid, _ in after)  # not the whole machine
+    finally:
+        child.kill()
+        child.wait()

@@ -98,6 +98,10 @@ def test_a_reader_decodes_only_the_members_it_needs(toy_source):
         decode_sample(members, "w")
     sample = decode_sample(members, "w", only=["rgb", "semseg"])
     assert set(sample) == {"rgb", "semseg", "meta"}
+    # Without rgb among the needed maps, the needed maps must still agree in size.
+    small = encode_sample({"depth": np.ones((3, 3), np.float32)})["depth.png"]
+    with pytest.raises(ShardFormatError, match=r"w: member 'semseg' is \(12, 16\), depth is \(3, 3\)"):
+        decode_sample({**members, "depth.png": small}, "w", only=["depth", "semseg"])
     members["x.pyd"] = b"\x80\x04K\x01."
     with pytest.raises(ShardFormatError, match="pickle"):  # refused even when not needed
         decode_sample(members, "w", only=["rgb"])
