@@ -285,9 +285,7 @@ def apply_warp(sample: dict[str, Any], warp: Warp, rgb_pad: Literal["zero", "mea
         elif MEMBERS[key].kind == "normals":
             moved = _warp_map(value, m, warp.size, cv2.INTER_NEAREST, (0.0, 0.0, 0.0))
             out[key] = correct_normals(moved, m[:2, :2])
-        elif MEMBERS[key].kind == "rgb":  # an RGB map other than the input image: nearest, like every target
-            out[key] = _warp_map(value, m, warp.size, cv2.INTER_NEAREST, (0.0, 0.0, 0.0))
-        else:
+        else:  # every other map, rgb-kind targets included: nearest, padded with the kind's "no data"
             out[key] = _warp_map(value, m, warp.size, cv2.INTER_NEAREST, MEMBERS[key].pad)
     return out
 

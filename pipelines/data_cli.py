@@ -26,15 +26,14 @@ _plugin = click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
                             "as a config's plugins list does")
 
 
-def _import_plugins(plugins: tuple[str, ...], as_json: bool) -> bool:
+def _import_plugins(plugins: tuple[str, ...], as_json: bool) -> None:
+    """Import the ``--plugin`` modules, or exit with the error that names the one that failed."""
     from pipelines.config import import_plugins
 
     try:
         import_plugins(list(plugins))
     except ValueError as e:
         fail(str(e), as_json)
-        return False
-    return True
 
 
 def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -55,8 +54,7 @@ def _write(source_factory: Callable[[], Any], out: Path, shard_size: int, worker
     from datasets.sources.base import SourceError
     from datasets.writer import write_dataset
 
-    if not _import_plugins(plugins, as_json):
-        return
+    _import_plugins(plugins, as_json)
     try:
         source = source_factory()
         manifest = write_dataset(source, out, shard_size=shard_size, workers=workers)
@@ -121,8 +119,7 @@ def inspect(root: Path, split: str | None, grid: Path | None, grid_samples: int,
     from datasets.inspect import draw_grid, inspect_dataset, read_samples
     from datasets.manifest import ManifestError
 
-    if not _import_plugins(plugins, as_json):
-        return
+    _import_plugins(plugins, as_json)
     try:
         report = inspect_dataset(root, split=split, max_samples=max_samples)
         if grid is not None:

@@ -131,10 +131,13 @@ def test_a_registered_member_is_warped_nearest_and_padded_by_kind(members):
     members("elevation", "scalar16", scale=0.001)
     members("instances", "labels")
     members("confidence", "gray")
+    members("albedo", "rgb")
     elevation = np.arange(16, dtype=np.float32).reshape(4, 4) / 4 + 0.25
+    albedo = np.arange(48, dtype=np.uint8).reshape(4, 4, 3) * 5 + 1
     instances = np.arange(16, dtype=np.uint8).reshape(4, 4)
     confidence = np.full((4, 4), 200, np.uint8)
-    sample = {"elevation": elevation, "instances": instances, "confidence": confidence, "meta": {"id": "s"}}
+    sample = {"elevation": elevation, "instances": instances, "confidence": confidence, "albedo": albedo,
+              "meta": {"id": "s"}}
     # Mirror, then shift right by one pixel into a 4×5 canvas: column 0 is padding.
     m = np.array([[-1.0, 0.0, 4.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     out = apply_warp(sample, Warp(matrix=m, size=(4, 5)))
@@ -142,6 +145,8 @@ def test_a_registered_member_is_warped_nearest_and_padded_by_kind(members):
     np.testing.assert_array_equal(out["instances"][:, 1:], instances[:, ::-1])
     assert np.all(out["elevation"][:, 0] == 0) and np.all(out["instances"][:, 0] == 255)
     assert np.all(out["confidence"][:, 0] == 0) and np.all(out["confidence"][:, 1:] == 200)
+    np.testing.assert_array_equal(out["albedo"][:, 1:], albedo[:, ::-1])  # an rgb-kind target: nearest, exact
+    assert np.all(out["albedo"][:, 0] == 0)
     # Random geometry never invents a value: every output is an input value or the padding.
     cfg = {"scale": (0.7, 1.6), "rotate": {"degrees": 30}, "crop": (5, 5)}
     for seed in range(5):
