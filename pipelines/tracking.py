@@ -3,7 +3,8 @@
 Conventions (shared/ARCHITECTURE.md, "Tracking conventions"): the default store is
 ``sqlite:///<repo>/mlflow.db`` (absolute, so every local worker writes the same file); params are
 the flattened config; tags carry the git commit and dirty flag, the data version (manifest digest,
-DVC hash and, for ``data.rev``, the data's git commit) and the Ray job id; metrics are logged per
+DVC hash and, for ``data.rev``, the data's git commit), the hash of each config plugin's code and the
+Ray job id; metrics are logged per
 epoch with ``step = epoch``.
 """
 from __future__ import annotations
@@ -96,6 +97,57 @@ def data_version(shards: str | os.PathLike[str], rev: str | None = None, repo: P
     if h:
         tags["data.dvc_md5"] = h
     return tags
+
+
+def plugin_tags(names: list[str], repo: Path = REPO_ROOT) -> dict[str, str]:
+    """Tags that name the code of a config's plugins: ``plugin.<module>.sha256`` and ``plugin.<module>.path``.
+
+    A plugin outside the repository is not covered by ``git.commit``, and an untracked one inside it not
+    by ``git.dirty``; its hash is. The hash is over the module's source file, or for a package over every
+    ``.py`` file under it (relative path and bytes, in sorted order). The modules must be imported already
+    (the config's validation imported them). A module without a source file (an extension, a namespace
+    package) gets ``sha256`` ``unknown``.
+    """
+    import hashlib
+    import sys
+
+    tags: dict[str, str] = {}
+    for name in names:
+        module = sys.modules.get(name)
+        file = getattr(module, "__file__", None)
+        if module is None or not file or not file.endswith(".py"):
+            tags[f"plugin.{name}.sha256"] = "unknown"
+            continue
+        path = Path(file).resolve()
+        h = hashlib.sha256()
+        if hasattr(module, "__path__"):  # a package: all of its Python sources
+            root = path.parent
+            for f in sorted(root.rglob("*.py")):
+                if "__pycache__" in f.parts:
+                    continue
+                h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+            shown = root
+        else:
+            h.update(path.read_bytes())
+            shown = path
+        try:
+            shown = shown.relative_to(repo.resolve())
+        except ValueError:
+            pass
+        tags[f"plugin.{name}.sha256"] = h.hexdigest()
+        tags[f"plugin.{name}.path"] = shown.as_posix()
+    return tags
+
+
+def changed_plugins(logged: dict[str, str], now: dict[str, str]) -> list[str]:
+    """Plugins whose code (``plugin.<module>.sha256``) differs between a run's tags and ``now``, sorted;
+    a plugin added or removed since counts as changed."""
+    def hashes(tags: dict[str, str]) -> dict[str, str]:
+        return {k[len("plugin."):-len(".sha256")]: v for k, v in tags.items()
+                if k.startswith("plugin.") and k.endswith(".sha256")}
+
+    a, b = hashes(logged), hashes(now)
+    return sorted(n for n in a.keys() | b.keys() if a.get(n) != b.get(n))
 
 
 def ray_job_tags() -> dict[str, str]:

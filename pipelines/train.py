@@ -14,6 +14,7 @@ import math
 import os
 import platform
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -372,18 +373,32 @@ def _run_state(storage: str, run_name: str) -> Path:
 def _open_mlflow_run(cfg: ExperimentConfig, run_name: str, manifest: dict[str, Any],
                      extra_tags: dict[str, str] | None = None) -> tuple[Any, bool]:
     """Re-open the MLflow run recorded for ``run_name``, or create one with params, tags and inputs."""
-    from pipelines.tracking import Tracker, data_version, git_info, ray_job_tags
+    from pipelines.tracking import Tracker, changed_plugins, data_version, git_info, plugin_tags, ray_job_tags
 
     state = _run_state(cfg.checkpoint.storage_path, run_name)
     uri = cfg.tracking.uri
+    plugins = plugin_tags(cfg.plugins)
     if state.is_file():
         info = json.loads(state.read_text())
         tracker = Tracker(uri, info["mlflow_run_id"])
         tracker.client.update_run(tracker.run_id, status="RUNNING")
-        tracker.set_tags({**ray_job_tags(), "fusionpipe.resumed": "true"})
+        resume_tags = {**ray_job_tags(), "fusionpipe.resumed": "true"}
+        logged = tracker.client.get_run(tracker.run_id).data.tags
+        changed = changed_plugins(logged, plugins)
+        if changed:
+            # Not refused (a fix to a plugin is a reason to resume), but on record: the run's epochs
+            # before and after this point ran different plugin code. The plugin tags now name the code
+            # that runs from here on; fusionpipe.plugins_changed keeps every plugin that ever changed.
+            print(f"warning: run {run_name!r}: the code of plugin(s) {', '.join(changed)} changed since the run "
+                  "was last started; its earlier epochs ran other code (tag fusionpipe.plugins_changed)",
+                  file=sys.stderr)
+            before = [n for n in logged.get("fusionpipe.plugins_changed", "").split(",") if n]
+            resume_tags.update(plugins)
+            resume_tags["fusionpipe.plugins_changed"] = ",".join(sorted(set(before) | set(changed)))
+        tracker.set_tags(resume_tags)
         return tracker, True
     tags = {"fusionpipe.model": cfg.model.name, "fusionpipe.run_name": run_name, **git_info(),
-            **data_version(cfg.data.shards, cfg.data.rev), **ray_job_tags(), **(extra_tags or {})}
+            **data_version(cfg.data.shards, cfg.data.rev), **plugins, **ray_job_tags(), **(extra_tags or {})}
     tracker = Tracker.create_run(uri, cfg.tracking.experiment, run_name, tags)
     tracker.log_params(flatten(cfg.model_dump(mode="json")))
     _log_dataset_input(tracker, cfg, manifest, tags["data.manifest_digest"])

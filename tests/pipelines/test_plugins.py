@@ -2,6 +2,8 @@
 converter, shards, Ray Train workers, MLflow, evaluate) then knows it."""
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -204,9 +206,81 @@ def test_a_plugin_task_trains_on_ray_and_is_tracked_and_evaluated(ray_cluster, t
     client = MlflowClient(tracking_uri=cfg.resolved_paths().tracking.uri)
     run = client.get_run(summary["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.params["plugins"] == f'["{PLUGIN}"]'
+    source = Path(__file__).with_name("elevation_plugin.py")
+    assert run.data.tags[f"plugin.{PLUGIN}.sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert run.data.tags[f"plugin.{PLUGIN}.path"] == "tests/pipelines/elevation_plugin.py"
     loss = client.get_metric_history(run.info.run_id, "train/loss/elevation")
     rmse = client.get_metric_history(run.info.run_id, "val/elevation/rmse")
     assert [m.step for m in loss] == [0] and loss[0].value > 0
     assert [m.step for m in rmse] == [0] and 0 < rmse[0].value < 10
     ev = run_evaluate(cfg, checkpoint=summary["best_checkpoint"])
     assert ev["metrics"]["elevation/rmse"] == pytest.approx(rmse[0].value, rel=1e-5)
+
+
+def test_plugin_tags_hash_a_module_a_package_and_name_what_has_no_source(tmp_path, monkeypatch):
+    from pipelines.tracking import changed_plugins, plugin_tags
+
+    (tmp_path / "plug_mod.py").write_text("X = 1\n")
+    pkg = tmp_path / "plug_pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from plug_pkg.sub import y\n")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "y.py").write_text("Y = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    for name in ("plug_mod", "plug_pkg"):
+        sys.modules.pop(name, None)
+        importlib.import_module(name)
+    try:
+        tags = plugin_tags(["plug_mod", "plug_pkg", "math", "never_imported"], repo=tmp_path / "elsewhere")
+        assert tags["plugin.plug_mod.sha256"] == hashlib.sha256(b"X = 1\n").hexdigest()
+        assert tags["plugin.plug_mod.path"] == (tmp_path / "plug_mod.py").resolve().as_posix()  # outside the repo
+        assert tags["plugin.plug_pkg.path"] == pkg.resolve().as_posix()
+        assert tags["plugin.math.sha256"] == tags["plugin.never_imported.sha256"] == "unknown"
+        # Inside the repository the path is relative to it.
+        assert plugin_tags(["plug_mod"], repo=tmp_path)["plugin.plug_mod.path"] == "plug_mod.py"
+        # A change anywhere in the package changes its hash, and only its hash.
+        (pkg / "sub" / "y.py").write_text("Y = 2\n")
+        after = plugin_tags(["plug_mod", "plug_pkg"], repo=tmp_path)
+        assert after["plugin.plug_pkg.sha256"] != tags["plugin.plug_pkg.sha256"]
+        assert after["plugin.plug_mod.sha256"] == tags["plugin.plug_mod.sha256"]
+        assert changed_plugins(tags, after) == ["math", "never_imported", "plug_pkg"]  # dropped ones count
+        assert changed_plugins(after, after) == []
+    finally:
+        for name in ("plug_mod", "plug_pkg", "plug_pkg.sub", "plug_pkg.sub.y"):
+            sys.modules.pop(name, None)
+
+
+def test_a_resume_with_changed_plugin_code_warns_and_is_tagged(tmp_path, tiny_config, smoke_shards, monkeypatch,
+                                                               capsys):
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.train import _open_mlflow_run
+
+    plugin = tmp_path / "plug_resume.py"
+    plugin.write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("plug_resume", None)
+    try:
+        cfg = tiny_config("plugins=[plug_resume]").resolved_paths()
+        manifest = json.loads((smoke_shards / "manifest.json").read_text())
+        tracker, resumed = _open_mlflow_run(cfg, "r", manifest)
+        client = MlflowClient(tracking_uri=cfg.tracking.uri)
+        tags = client.get_run(tracker.run_id).data.tags
+        assert not resumed and tags["plugin.plug_resume.sha256"] == hashlib.sha256(b"X = 1\n").hexdigest()
+
+        again, resumed = _open_mlflow_run(cfg, "r", manifest)  # the same code: nothing to say
+        assert resumed and again.run_id == tracker.run_id
+        assert "fusionpipe.plugins_changed" not in client.get_run(tracker.run_id).data.tags
+        assert "plug_resume" not in capsys.readouterr().err
+
+        plugin.write_text("X = 2\n")
+        _open_mlflow_run(cfg, "r", manifest)
+        err = capsys.readouterr().err
+        assert "warning: run 'r': the code of plugin(s) plug_resume changed" in err
+        tags = client.get_run(tracker.run_id).data.tags
+        assert tags["fusionpipe.plugins_changed"] == "plug_resume"
+        assert tags["plugin.plug_resume.sha256"] == hashlib.sha256(b"X = 2\n").hexdigest()  # the code from now on
+    finally:
+        sys.modules.pop("plug_resume", None)
