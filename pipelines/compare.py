@@ -1,5 +1,5 @@
 """Compare MLflow runs: one row per run, the params that differ, final and best ``val/*`` metrics,
-training time, data version, and Δm of multi-task runs against single-task references.
+training time, data version, the code versions that differ, and Δm of multi-task runs against single-task references.
 
 Δm follows MTI-Net (Vandenhende et al. ECCV 2020, section 4.1; Maninis et al. CVPR 2019):
 ``Δm = 100/T * sum_t (-1)^{l_t} (M_m,t - M_b,t) / M_b,t``. Besides the total (computed by
@@ -96,6 +96,18 @@ def differing_params(runs: list[Any]) -> list[str]:
     return [k for k in keys if len({r.data.params.get(k) for r in runs}) > 1]
 
 
+def is_code_tag(key: str) -> bool:
+    """Tags that name the code a run ran: the git commit and dirty flag, and each plugin's hash."""
+    return key in ("git.commit", "git.dirty") or (key.startswith("plugin.") and key.endswith(".sha256"))
+
+
+def differing_code(runs: list[Any]) -> list[str]:
+    """Code tags (:func:`is_code_tag`) whose value (a missing tag counts as a value) is not the same in
+    every run: the runs did not all run the same code."""
+    keys = sorted({k for r in runs for k in r.data.tags if is_code_tag(k)})
+    return [k for k in keys if len({r.data.tags.get(k) for r in runs}) > 1]
+
+
 def val_metrics(runs: list[Any]) -> list[str]:
     return sorted({k for r in runs for k in r.data.metrics if k.startswith("val/")})
 
@@ -124,8 +136,10 @@ def data_version_groups(runs: list[Any]) -> dict[str, list[str]]:
 
 
 def build_rows(runs: list[Any], params: list[str], metrics: list[str],
-               histories: dict[str, dict[str, list[tuple[int, float]]]] | None) -> list[dict[str, Any]]:
-    """One flat row per run; ``best.<metric>`` is ``None`` when histories were not fetched."""
+               histories: dict[str, dict[str, list[tuple[int, float]]]] | None,
+               code: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """One flat row per run; ``best.<metric>`` is ``None`` when histories were not fetched; a
+    ``code.<tag>`` column per differing code tag, hashes cut to their first 12 characters."""
     rows = []
     for r in runs:
         rid, tags = r.info.run_id, r.data.tags
@@ -142,6 +156,9 @@ def build_rows(runs: list[Any], params: list[str], metrics: list[str],
         end = r.info.end_time
         row["training_s"] = (end - r.info.start_time) / 1000.0 if end and r.info.start_time else None
         row["data_version"] = tags.get(DIGEST_TAG, "unknown")[:SHORT_DIGEST]
+        for k in code:
+            v = tags.get(k)
+            row[f"code.{k}"] = v[:SHORT_DIGEST] if v is not None and k != "git.dirty" else v
         rows.append(row)
     return rows
 
@@ -208,6 +225,7 @@ def compare(tracking_uri: str, experiment: str | None = None, run_ids: Iterable[
         best = len(runs) <= AUTO_BEST_MAX_RUNS
     histories = fetch_histories(client, runs, metrics) if best else None
     params = differing_params(runs)
+    code = differing_code(runs)
     refs: list[Any] = []
     if baseline_runs:
         refs = fetch_runs(client, run_ids=baseline_runs)
@@ -215,8 +233,9 @@ def compare(tracking_uri: str, experiment: str | None = None, run_ids: Iterable[
         refs = select_by_tag(runs, baseline_tag)
     known = {r.info.run_id for r in runs}
     result: dict[str, Any] = {
-        "runs": build_rows(runs, params, metrics, histories),
+        "runs": build_rows(runs, params, metrics, histories, code),
         "differing_params": params,
+        "differing_code": code,
         "metric": metric,
         "direction": metric_direction(metric),
         "data_versions": data_version_groups(runs + [r for r in refs if r.info.run_id not in known]),

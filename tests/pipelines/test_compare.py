@@ -11,21 +11,24 @@ from pipelines.compare import CompareError, compare, metric_direction
 from pipelines.compare_cli import compare as compare_cmd
 
 D1, D2 = "a" * 64, "b" * 64
+C1, C2, P = "1" * 40, "2" * 40, "c" * 64
+CODE1 = {"git.commit": C1, "git.dirty": "false"}
 T0 = 1_700_000_000_000
 # name: (params, tags, {metric: values per epoch}, training seconds)
 RUNS = {
     "mtl": ({"model.name": "mtinet", "train.epochs": "3", "train.lr": "0.01", "model.heads": "2"},
-            {"fusionpipe.model": "mtinet", "data.manifest_digest": D1},
+            {"fusionpipe.model": "mtinet", "data.manifest_digest": D1, **CODE1},
             {"val/semseg/miou": [0.30, 0.50, 0.45], "val/depth/rmse": [1.0, 0.8, 0.9], "train/loss/total": [3, 2, 1]},
             60.5),
     "st_semseg": ({"model.name": "single_task", "train.epochs": "3", "train.lr": "0.01"},
-                  {"fusionpipe.model": "single_task", "data.manifest_digest": D1},
+                  {"fusionpipe.model": "single_task", "data.manifest_digest": D1, **CODE1},
                   {"val/semseg/miou": [0.20, 0.40, 0.40]}, 30.0),
     "st_depth": ({"model.name": "single_task", "train.epochs": "3", "train.lr": "0.01"},
-                 {"fusionpipe.model": "single_task", "data.manifest_digest": D1},
+                 {"fusionpipe.model": "single_task", "data.manifest_digest": D1, **CODE1},
                  {"val/depth/rmse": [1.2, 1.0, 1.1]}, 31.25),
     "mtl_newdata": ({"model.name": "mtinet", "train.epochs": "3", "train.lr": "0.02"},
-                    {"fusionpipe.model": "mtinet", "data.manifest_digest": D2},
+                    {"fusionpipe.model": "mtinet", "data.manifest_digest": D2, "git.commit": C2,
+                     "git.dirty": "true", "plugin.my_tasks.sha256": P},
                     {"val/semseg/miou": [0.1, 0.2, 0.3], "val/depth/rmse": [2.0, 1.5, 1.6]}, 90.0),
 }
 
@@ -73,7 +76,11 @@ def test_table_rows(store):
         "final.val/depth/rmse": 0.9, "best.val/depth/rmse": 0.8,
         "final.val/semseg/miou": 0.45, "best.val/semseg/miou": 0.5,
         "training_s": 60.5, "data_version": "a" * 12,
+        "code.git.commit": "1" * 12, "code.git.dirty": "false", "code.plugin.my_tasks.sha256": None,
     }
+    assert result["differing_code"] == ["git.commit", "git.dirty", "plugin.my_tasks.sha256"]
+    assert result["runs"][3]["code.git.commit"] == "2" * 12 and result["runs"][3]["code.git.dirty"] == "true"
+    assert result["runs"][3]["code.plugin.my_tasks.sha256"] == "c" * 12
     assert [r["run_name"] for r in result["runs"]] == list(RUNS)
     assert [r["params.model.heads"] for r in result["runs"]] == ["2", None, None, None]
     assert [r["final.val/depth/rmse"] for r in result["runs"]] == [0.9, None, 1.1, 1.6]
@@ -99,6 +106,8 @@ def test_data_versions_flagged(store):
     assert [r["data_version"] for r in result["runs"]] == ["a" * 12] * 3 + ["b" * 12]
     same = compare(uri, run_ids=[ids["mtl"], ids["st_semseg"]])
     assert same["data_versions"] == {D1: [ids["mtl"], ids["st_semseg"]]}
+    # The same code too: no code column at all.
+    assert same["differing_code"] == [] and not any(k.startswith("code.") for k in same["runs"][0])
 
 
 @pytest.mark.parametrize("how", ["runs", "tag"])
@@ -124,9 +133,11 @@ def test_outputs_written(store, tmp_path):
     assert result["files"] == [str(out / n) for n in ("compare.csv", "compare.json", "curves.png", "bars.png")]
     assert (out / "compare.csv").read_text() == (
         "run_id,run_name,model,params.model.heads,params.train.lr,final.val/depth/rmse,best.val/depth/rmse,"
-        "final.val/semseg/miou,best.val/semseg/miou,training_s,data_version\n"
-        f"{ids['mtl']},mtl,mtinet,2,0.01,0.9,0.8,0.45,0.5,60.5,aaaaaaaaaaaa\n"
-        f"{ids['mtl_newdata']},mtl_newdata,mtinet,,0.02,1.6,1.5,0.3,0.3,90.0,bbbbbbbbbbbb\n"
+        "final.val/semseg/miou,best.val/semseg/miou,training_s,data_version,code.git.commit,code.git.dirty,"
+        "code.plugin.my_tasks.sha256\n"
+        f"{ids['mtl']},mtl,mtinet,2,0.01,0.9,0.8,0.45,0.5,60.5,aaaaaaaaaaaa,111111111111,false,\n"
+        f"{ids['mtl_newdata']},mtl_newdata,mtinet,,0.02,1.6,1.5,0.3,0.3,90.0,bbbbbbbbbbbb,222222222222,true,"
+        "cccccccccccc\n"
     )
     assert json.loads((out / "compare.json").read_text())["runs"] == result["runs"]
     for name in ("curves.png", "bars.png"):
@@ -162,7 +173,7 @@ def test_cli_human_and_json(store):
     lines = res.stdout.splitlines()
     assert lines[0].startswith("| run_id | run_name | model | params.model.heads |")
     assert lines[2] == (f"| {ids['mtl']} | mtl | mtinet | 2 | mtinet | 0.01 | 0.9 | 0.8 | 0.45 | 0.5 | 60.5 "
-                        "| aaaaaaaaaaaa | +15.34% |")
+                        "| aaaaaaaaaaaa | 111111111111 | false |  | +15.34% |")
     assert f"delta_m {ids['mtl']}: +15.34% (semseg/miou +12.50%, depth/rmse +18.18%)" in res.stdout
     res = runner.invoke(compare_cmd, ["--run-ids", ids["mtl"], "--run-ids", ids["st_semseg"],
                                       "--tracking-uri", uri, "--json"])
