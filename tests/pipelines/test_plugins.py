@@ -284,3 +284,19 @@ def test_a_resume_with_changed_plugin_code_warns_and_is_tagged(tmp_path, tiny_co
         assert tags["plugin.plug_resume.sha256"] == hashlib.sha256(b"X = 2\n").hexdigest()  # the code from now on
     finally:
         sys.modules.pop("plug_resume", None)
+
+
+def test_the_plugins_directory_is_a_dvc_dependency_of_train_and_evaluate(monkeypatch):
+    """A plugin kept in plugins/ re-runs the stages that import it when it changes (DVC's own parser)."""
+    from dvc.repo import Repo
+
+    from pipelines.config import REPO_ROOT
+
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    repo = Repo(str(REPO_ROOT))
+    for stage in ("train", "evaluate"):
+        assert "plugins" in [d.def_path for d in repo.stage.collect(stage)[0].deps], stage
+    # And it is the package a config names as plugins.<module>: importable from the repository root.
+    monkeypatch.chdir(REPO_ROOT)
+    cfg = load_config(None, ["plugins=[plugins]"])
+    assert cfg.plugins == ["plugins"] and sys.modules["plugins"].__file__ == str(REPO_ROOT / "plugins" / "__init__.py")
