@@ -104,16 +104,37 @@ def float32_outputs(outputs: Any) -> Any:
 def train_epoch(model: nn.Module, loader: Iterable[Mapping[str, Any]], criterion: MultiTaskLoss,
                 optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler | None,
                 device: torch.device, *, grad_accum: int = 1, amp: bool = False,
-                clip_grad_norm: float | None = None, epoch: int = 0) -> dict[str, float]:
-    """One pass; returns mean loss components over all ranks, samples/s and seconds."""
+                clip_grad_norm: float | None = None, epoch: int = 0,
+                num_batches: int | None = None) -> dict[str, float]:
+    """One pass; returns mean loss components over all ranks, samples/s and seconds.
+
+    With ``grad_accum`` = k the optimizer steps once per k batches, on the mean of their losses. When
+    the epoch's batch count (``num_batches``, else ``len(loader)``) is not a multiple of k, its last,
+    shorter group steps too, on the mean over its own batches: no batch's gradient is dropped, and an
+    epoch takes ``ceil(num_batches / k)`` steps. Under DDP the count must be known, since the last
+    batch of each group is the one whose gradients are all-reduced.
+    """
     model.train()
     sums: dict[str, Tensor] = {}
     batches, samples = 0, 0
+    if num_batches is None:
+        try:
+            num_batches = len(loader)  # type: ignore[arg-type]
+        except TypeError:  # an iterable without a length (a DataLoader over an IterableDataset)
+            pass
+    if grad_accum > 1 and num_batches is None and hasattr(model, "no_sync"):
+        raise ValueError("train_epoch: grad_accum > 1 under DDP needs num_batches (the epoch's batch count), "
+                         "so that the last, shorter group still all-reduces its gradients")
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
+    pending = 0  # batches whose gradients wait for a step
     for i, batch in enumerate(loader):
         inputs, targets = to_device(batch, device)
-        last_micro = (i + 1) % grad_accum == 0
+        group = i - i % grad_accum  # the index of this group's first batch
+        if num_batches is not None and i >= num_batches:
+            raise RuntimeError(f"train_epoch: the loader yielded more than num_batches = {num_batches} batches")
+        group_size = grad_accum if num_batches is None else min(grad_accum, num_batches - group)
+        last_micro = (i + 1) % grad_accum == 0 or (num_batches is not None and i + 1 == num_batches)
         sync = nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with _autocast(device, amp):
@@ -127,14 +148,11 @@ def train_epoch(model: nn.Module, loader: Iterable[Mapping[str, Any]], criterion
                     f"non-finite loss at epoch {epoch}, batch {i}: task(s) {', '.join(bad) or 'total'} = "
                     f"{', '.join(f'{parts[k].item()}' for k in bad) or total.item()}"
                 )
-            (total / grad_accum).backward()
+            (total / group_size).backward()
+        pending += 1
         if last_micro:
-            if clip_grad_norm:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if scheduler is not None:
-                scheduler.step()
+            _step(model, optimizer, scheduler, clip_grad_norm)
+            pending = 0
         # Summed on the device: a float() here would make the host wait for the backward pass and the
         # optimizer step on a GPU, so the next batch could not be loaded meanwhile. (The loss still
         # syncs once per step, after the forward pass: the valid-pixel counts and the finiteness check.)
@@ -142,6 +160,16 @@ def train_epoch(model: nn.Module, loader: Iterable[Mapping[str, Any]], criterion
             sums[k] = sums[k] + v.detach().double() if k in sums else v.detach().double()
         batches += 1
         samples += next(iter(inputs.values())).shape[0]
+    if pending:
+        # The loader ended inside a group (its length was not known, or was shorter than said): these
+        # gradients were divided by group_size; step on their mean over the batches they came from.
+        if hasattr(model, "no_sync"):
+            raise RuntimeError(f"train_epoch: the loader ended after {batches} batches, inside a gradient "
+                               f"accumulation group; under DDP those gradients were never all-reduced")
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(group_size / pending)
+        _step(model, optimizer, scheduler, clip_grad_norm)
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # the epoch's time includes its last queued kernels
     seconds = time.perf_counter() - start
@@ -152,6 +180,16 @@ def train_epoch(model: nn.Module, loader: Iterable[Mapping[str, Any]], criterion
     out["train/samples_per_s"] = n_samples / max(seconds, 1e-9)
     out["train/epoch_s"] = seconds
     return out
+
+
+def _step(model: nn.Module, optimizer: torch.optim.Optimizer,
+          scheduler: torch.optim.lr_scheduler.LRScheduler | None, clip_grad_norm: float | None) -> None:
+    if clip_grad_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if scheduler is not None:
+        scheduler.step()
 
 
 def with_sync_batchnorm(model: nn.Module, enabled: bool, world_size: int) -> nn.Module:

@@ -245,7 +245,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     train_stream = ShardStream(d.shards, d.train_split, train=True, shuffle_buffer=d.shuffle_buffer,
                                transform=build_transform(d.augment, train=True), **common)
     val_stream = ShardStream(d.shards, d.val_split, train=False, transform=None, **common)
-    steps_per_epoch = max(1, train_stream.batches_per_rank // cfg.optim.grad_accum)
+    steps_per_epoch = math.ceil(train_stream.batches_per_rank / cfg.optim.grad_accum)  # a last, shorter group steps too
     total_steps = steps_per_epoch * cfg.train.epochs
     optimizer = make_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -291,7 +291,8 @@ def _train_loop(config: dict[str, Any]) -> None:
         train_stream.set_epoch(epoch)
         metrics = train_epoch(model, make_loader(train_stream, pin_memory=device.type == "cuda"), criterion,
                               optimizer, scheduler, device, grad_accum=cfg.optim.grad_accum, amp=cfg.train.amp,
-                              clip_grad_norm=cfg.optim.clip_grad_norm, epoch=epoch)
+                              clip_grad_norm=cfg.optim.clip_grad_norm, epoch=epoch,
+                              num_batches=train_stream.batches_per_rank)
         metrics.update(evaluate(model, make_loader(val_stream), mcfg["tasks"], num_classes, device, amp=cfg.train.amp,
                                 edge_max_dist=d.edge_max_dist))
         metrics["lr"] = optimizer.param_groups[0]["lr"]

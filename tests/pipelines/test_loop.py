@@ -118,6 +118,54 @@ def test_gradient_accumulation_equals_one_step_on_the_whole_batch():
     assert steps_whole == steps_accum == 1  # one optimizer and scheduler step per accumulated batch
 
 
+@pytest.mark.parametrize("length", ["known", "iterator"])
+def test_a_last_shorter_accumulation_group_steps_on_its_own_mean(length):
+    # Three batches, grad_accum 2: a step on the mean of batches 0-1, then one on batch 2 alone (its
+    # gradient was dropped before). SGD without momentum, so each step is w -= lr * grad.
+    g = torch.Generator().manual_seed(1)
+    batches = [{"inputs": {"rgb": torch.rand(2, 3, 4, 4, generator=g) * 3},
+                "targets": {"depth": torch.rand(2, 1, 4, 4, generator=g) + 0.5}} for _ in range(3)]
+    crit = MultiTaskLoss(["depth"])
+
+    def grad(model, group):
+        model.zero_grad()
+        torch.stack([crit(model(b["inputs"]), b["targets"])[0] for b in group]).mean().backward()
+        return model.w.grad.clone()
+
+    expected = _Scale()
+    for group in (batches[:2], batches[2:]):
+        step = 0.1 * grad(expected, group)
+        with torch.no_grad():
+            expected.w -= step
+    model = _Scale()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    loader = batches if length == "known" else iter(batches)
+    train_epoch(model, loader, crit, opt, sched, torch.device("cpu"), grad_accum=2)
+    torch.testing.assert_close(model.w.detach(), expected.w.detach())
+    assert sched.last_epoch == 2  # ceil(3 / 2) steps
+    assert model.w.grad is None  # nothing left over for the next epoch
+
+
+def test_accumulation_under_ddp_needs_the_batch_count():
+    class _DDPLike(_Scale):
+        def no_sync(self):
+            from contextlib import nullcontext
+            return nullcontext()
+
+    model = _DDPLike()
+    batch = {"inputs": {"rgb": torch.ones(1, 3, 2, 2)}, "targets": {"depth": torch.ones(1, 1, 2, 2)}}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="grad_accum > 1 under DDP needs num_batches"):
+        train_epoch(model, iter([batch]), MultiTaskLoss(["depth"]), opt, None, torch.device("cpu"), grad_accum=2)
+    with pytest.raises(RuntimeError, match="ended after 1 batches, inside a gradient accumulation group"):
+        train_epoch(model, iter([batch]), MultiTaskLoss(["depth"]), opt, None, torch.device("cpu"), grad_accum=2,
+                    num_batches=2)
+    with pytest.raises(RuntimeError, match="more than num_batches = 1 batches"):
+        train_epoch(model, iter([batch, batch]), MultiTaskLoss(["depth"]), opt, None, torch.device("cpu"),
+                    num_batches=1)
+
+
 def test_poly_and_cosine_schedules():
     poly = load_config(None, ["optim.schedule=poly", "optim.warmup_epochs=1"])
     assert lr_factor(poly, 0, 100, 10) == pytest.approx(0.1)
