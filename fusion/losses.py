@@ -155,12 +155,17 @@ class MultiTaskLoss(nn.Module):
                             edge_pos_weight=edge_pos_weight)
             for t in TASKS
         }
+        # OHEM selects hard pixels of the final prediction only; aux heads keep the plain loss, as ANN's
+        # official FSAuxOhemCELoss (OHEM cross-entropy on the output, plain cross-entropy on the dsn head).
+        self._aux_fns = self._fns if not ohem else {
+            t: task_loss_fn(t, edge_pos_weight=edge_pos_weight) for t in TASKS
+        }
 
-    def _term(self, task: str, pred: Tensor, targets: Mapping[str, Tensor], where: str) -> Tensor:
+    def _term(self, task: str, pred: Tensor, targets: Mapping[str, Tensor], where: str, aux: bool = False) -> Tensor:
         if task not in targets:
             raise KeyError(f"MultiTaskLoss: targets have no {task!r} (needed by {where}); targets: {sorted(targets)}")
         target = targets[task]
-        return self._fns[task](_resize_to(pred, target), target)
+        return (self._aux_fns if aux else self._fns)[task](_resize_to(pred, target), target)
 
     def forward(self, outputs: Mapping[str, Any], targets: Mapping[str, Tensor],
                 model: nn.Module | None = None) -> tuple[Tensor, dict[str, Tensor]]:
@@ -179,7 +184,7 @@ class MultiTaskLoss(nn.Module):
             for name, preds in (outputs.get("aux") or {}).items():
                 alpha = float(aux_weights.get(name, 1.0))
                 for t, pred in preds.items():
-                    loss = self._term(t, pred, targets, f"aux {name!r}")
+                    loss = self._term(t, pred, targets, f"aux {name!r}", aux=True)
                     components[f"{name}/{t}"] = loss.detach()
                     terms.append(alpha * self.weights[t] * loss)
         if inner is not None and hasattr(inner, "regularization"):

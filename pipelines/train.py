@@ -76,6 +76,17 @@ def validate_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     lacking_aux = sorted(aux - set(cfg.data.tasks))
     if lacking_aux:
         problems.append(f"model.options.auxiliary_tasks {lacking_aux} must also be in data.tasks (their targets)")
+    if not cfg.loss.deep_supervision:
+        # These would train nothing: their only losses are the aux ones that deep supervision adds.
+        if aux:
+            problems.append(f"model.options.auxiliary_tasks {sorted(aux)} are learned only through deep supervision; "
+                            "with loss.deep_supervision false they would never train: set it true or drop them")
+        opts = cfg.model.options
+        if cfg.model.name == "cen" and opts.get("ensemble", True) and opts.get("detach_ensemble", True):
+            problems.append("model cen with detach_ensemble: the per-modality predictions are trained only through "
+                            "their aux losses, which loss.deep_supervision false turns off (only the ensemble "
+                            "weights would train): set loss.deep_supervision true, or model.options.detach_ensemble "
+                            "false")
     metric_task = cfg.checkpoint.metric.split("/")[1] if cfg.checkpoint.metric.count("/") >= 2 else None
     if not cfg.checkpoint.metric.startswith("val/") or metric_task not in final:
         problems.append(f"checkpoint.metric: {cfg.checkpoint.metric!r} must be 'val/<task>/<metric>' for a final "
@@ -272,7 +283,10 @@ def _train_loop(config: dict[str, Any]) -> None:
                 raise CheckpointError(f"{cdir}: the optimizer state does not fit this config's optimizer: {e}") from e
             scheduler.load_state_dict(state["scheduler"])
             start_epoch = int(meta["epoch"]) + 1
-    model = ray.train.torch.prepare_model(model)
+    # Without deep supervision the aux heads (MTI-Net's and PAD-Net's initial predictions, ANN's stage-4
+    # head, ...) get no gradient, and DDP must be told, or its second step fails waiting for them.
+    model = ray.train.torch.prepare_model(
+        model, parallel_strategy_kwargs={"find_unused_parameters": not cfg.loss.deep_supervision})
 
     tracker = None
     if rank == 0:

@@ -134,3 +134,20 @@ def test_multitask_loss_backward_reaches_all_predictions():
                                                                      {"semseg": target})
     total.backward()
     assert pred.grad.abs().sum() > 0 and aux.grad.abs().sum() > 0
+
+
+def test_ohem_applies_to_the_final_prediction_only():
+    # Half the pixels easy (confidently right), half hard: OHEM keeps the hard ones for the final
+    # output; the aux head's term is the plain cross-entropy over every pixel (ANN's FSAuxOhemCELoss).
+    from fusion.losses import ohem_cross_entropy
+
+    target = torch.zeros(1, 4, 4, dtype=torch.long)
+    logits = torch.zeros(1, 2, 4, 4)
+    logits[0, 0, :2] = 8.0  # top half: class 0 with p ~ 1
+    outputs = {"semseg": logits, "aux": {"stage4": {"semseg": logits.clone()}}}
+    _, parts = MultiTaskLoss(["semseg"], ohem=True, ohem_thresh=0.7, ohem_min_kept=2)(outputs, {"semseg": target})
+    plain = torch.nn.functional.cross_entropy(logits, target).item()
+    hard = ohem_cross_entropy(logits, target, thresh=0.7, min_kept=2).item()
+    assert hard == pytest.approx(math.log(2), rel=1e-5) and plain < hard  # the hard half: p = 1/2
+    assert parts["semseg"].item() == pytest.approx(hard, rel=1e-6)
+    assert parts["stage4/semseg"].item() == pytest.approx(plain, rel=1e-6)

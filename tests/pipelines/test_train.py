@@ -67,6 +67,26 @@ def test_two_worker_run_is_tracked_completely(ray_cluster, tiny_config, smoke_sh
     assert ev["metrics"]["semseg/miou"] == pytest.approx(hist[best_epoch], abs=1e-6)
 
 
+def test_ddp_without_deep_supervision_and_a_short_accumulation_group(ray_cluster, tiny_config):
+    # Without deep supervision MTI-Net's per-scale prediction heads get no gradient: DDP must be told
+    # (find_unused_parameters), or the second step fails waiting for them. Batch size 2 gives each of the
+    # two ranks 4 batches, grad_accum 3 groups them as 3 + 1: the last group all-reduces and steps too.
+    from pipelines.loop import lr_factor
+
+    cfg = tiny_config("loss.deep_supervision=false", "train.batch_size=2", "optim.grad_accum=3", "train.epochs=2",
+                      "tracking.log_model=false", "train.preview_every=0", "optim.warmup_epochs=2")
+    summary = run_training(cfg, run_name="no-deep-supervision")
+    client = MlflowClient(tracking_uri=cfg.resolved_paths().tracking.uri)
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and summary["epochs"] == 2
+    losses = [k for k in run.data.metrics if k.startswith("train/loss/")]
+    assert sorted(losses) == ["train/loss/depth", "train/loss/edge", "train/loss/normals", "train/loss/semseg",
+                              "train/loss/total"]  # no per-scale (aux) terms
+    # Two optimizer steps per epoch (ceil(4 / 3)): after epoch 0 the warm-up is at step 3 of 4, 0.75.
+    lr = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "lr")}
+    assert lr[0] == pytest.approx(cfg.optim.lr * 0.75, rel=1e-9) == cfg.optim.lr * lr_factor(cfg, 2, 4, 2)
+
+
 def test_checkpoint_of_another_model_is_refused(ray_cluster, tiny_config):
     from pipelines.checkpoints import CheckpointError
     from pipelines.evaluate import run_evaluate
