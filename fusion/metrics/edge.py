@@ -81,6 +81,8 @@ class EdgeMetric(Metric):
         k = len(self.thresholds)
         n_gt = self._state[0]
         n_pred, matched, recalled = self._state[1:].view(3, k)
+        if n_gt == 0 and n_pred.sum() == 0:  # nothing seen (or nothing to find and nothing found): undefined
+            return {"odsF": math.nan, "precision": math.nan, "recall": math.nan, "threshold": math.nan}
         precision = torch.where(n_pred > 0, matched / n_pred.clamp(min=1), torch.ones_like(n_pred))
         recall = recalled / n_gt if n_gt > 0 else torch.zeros_like(recalled)
         f = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12),

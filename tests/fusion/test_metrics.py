@@ -201,3 +201,14 @@ def test_edge_tolerance_follows_the_configured_max_dist():
         assert ms.metrics["edge"].radius(100, 100) == radius
         ms.update({"edge": pred}, {"edge": target})
         assert ms.compute()["edge/odsF"] == pytest.approx(f), max_dist
+
+
+def test_an_empty_edge_metric_is_nan_and_predictions_without_edges_score_zero():
+    from fusion.metrics.edge import EdgeMetric
+
+    m = EdgeMetric()
+    assert all(math.isnan(v) for v in m.compute().values())  # nothing seen
+    m.update(torch.full((1, 1, 4, 4), -9.0), torch.zeros(1, 1, 4, 4))  # no edge to find, none predicted
+    assert math.isnan(m.compute()["odsF"])
+    m.update(torch.full((1, 1, 4, 4), 9.0), torch.zeros(1, 1, 4, 4))  # edges predicted where there are none
+    assert m.compute()["odsF"] == 0.0 and m.compute()["precision"] == 0.0
