@@ -478,11 +478,9 @@ def run_training(cfg: ExperimentConfig, run_name: str | None = None, *, extra_ta
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from pipelines.checkpoints import read_meta
     from pipelines.cluster import alive_nodes, check_shared_storage
     from pipelines.data_versions import resolve_data_rev
     from pipelines.loop import model_config
-    from pipelines.model_export import log_final_model
     from pipelines.tracking import check_store_for_cluster
 
     cfg = resolve_data_rev(cfg)
@@ -530,12 +528,34 @@ def run_training(cfg: ExperimentConfig, run_name: str | None = None, *, extra_ta
         if close_on_error:
             tracker.end("KILLED")
         raise KeyboardInterrupt
+    try:
+        return _finish_run(cfg, tracker, result, run_name, resumed)
+    except BaseException:
+        # Training is over and its checkpoints are kept; the run failed in what follows (the artifact
+        # store, the model export): it must not stay RUNNING.
+        if close_on_error:
+            tracker.end("FAILED")
+        raise
+
+
+def _best_checkpoint(result: Any, metric: str, mode: str) -> tuple[Any, dict[str, Any]]:
+    """The best of Ray's kept checkpoints by ``metric`` (a NaN or infinite score never wins), else the
+    last one."""
+    scored = [(c, m) for c, m in (result.best_checkpoints or [])
+              if isinstance(m.get(metric), (int, float)) and math.isfinite(m[metric])]
+    if not scored:
+        return result.checkpoint, result.metrics
+    return (max if mode == "max" else min)(scored, key=lambda cm: cm[1][metric])
+
+
+def _finish_run(cfg: ExperimentConfig, tracker: Any, result: Any, run_name: str, resumed: bool) -> dict[str, Any]:
+    """Log the best and last checkpoints and the final model, close the MLflow run; the run summary."""
+    from pipelines.checkpoints import read_meta
+    from pipelines.model_export import log_final_model
+
     if result.checkpoint is None:
-        tracker.end("FAILED")
         raise RuntimeError(f"run {run_name}: training produced no checkpoint")
-    scored = [(c, m) for c, m in (result.best_checkpoints or []) if cfg.checkpoint.metric in m]
-    best_ckpt, best_metrics = (max if cfg.checkpoint.mode == "max" else min)(
-        scored, key=lambda cm: cm[1][cfg.checkpoint.metric]) if scored else (result.checkpoint, result.metrics)
+    best_ckpt, best_metrics = _best_checkpoint(result, cfg.checkpoint.metric, cfg.checkpoint.mode)
     last_meta = read_meta(result.checkpoint.path)
     tracker.log_artifacts(best_ckpt.path, "checkpoints/best")
     tracker.log_artifacts(result.checkpoint.path, "checkpoints/last")

@@ -227,3 +227,18 @@ def test_a_local_tracking_store_is_refused_on_a_multi_node_cluster():
     for uri in ("sqlite:///tmp/mlflow.db", "file:///tmp/mlruns", "/tmp/mlruns"):
         with pytest.raises(ConfigError, match=r"local store but the Ray cluster has 3 nodes.*mlflow server"):
             check_store_for_cluster(uri, num_nodes=3)
+
+
+def test_the_best_checkpoint_is_never_one_with_a_nan_score():
+    from types import SimpleNamespace
+
+    from pipelines.train import _best_checkpoint
+
+    nan, good, worse, last = "nan", "good", "worse", "last"
+    result = SimpleNamespace(checkpoint=last, metrics={"epoch": 3},
+                             best_checkpoints=[(nan, {"val/m": float("nan"), "epoch": 0}),
+                                               (good, {"val/m": 0.5, "epoch": 1}), (worse, {"val/m": 0.2, "epoch": 2})])
+    assert _best_checkpoint(result, "val/m", "max")[0] == good
+    assert _best_checkpoint(result, "val/m", "min")[0] == worse
+    result.best_checkpoints = [(nan, {"val/m": float("inf"), "epoch": 0})]
+    assert _best_checkpoint(result, "val/m", "min") == (last, {"epoch": 3})  # no finite score: the last

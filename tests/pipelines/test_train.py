@@ -87,6 +87,22 @@ def test_ddp_without_deep_supervision_and_a_short_accumulation_group(ray_cluster
     assert lr[0] == pytest.approx(cfg.optim.lr * 0.75, rel=1e-9) == cfg.optim.lr * lr_factor(cfg, 2, 4, 2)
 
 
+def test_a_failure_after_training_marks_the_run_failed(ray_cluster, tiny_config, monkeypatch):
+    import pipelines.model_export
+
+    def broken(*args, **kwargs):
+        raise OSError("artifact store unreachable")
+
+    monkeypatch.setattr(pipelines.model_export, "log_final_model", broken)
+    cfg = tiny_config("train.epochs=1", "train.preview_every=0")
+    with pytest.raises(OSError, match="artifact store unreachable"):
+        run_training(cfg, run_name="export-fails")
+    client = MlflowClient(tracking_uri=cfg.resolved_paths().tracking.uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    assert run.info.status == "FAILED"  # not left RUNNING
+    assert _steps(client, run.info.run_id, "val/semseg/miou") == [0]  # the epoch itself was logged
+
+
 def test_checkpoint_of_another_model_is_refused(ray_cluster, tiny_config):
     from pipelines.checkpoints import CheckpointError
     from pipelines.evaluate import run_evaluate
