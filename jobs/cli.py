@@ -117,6 +117,13 @@ def submit(address: str | None, timeout: float, config: Path | None, env_items: 
     except (JobSpecError, ConfigError) as e:
         fail(str(e), as_json, code=EXIT_BAD_INPUT)
         return
+    from pipelines.tracking import redact_url_password
+
+    uri = runtime_env["env_vars"].get("MLFLOW_TRACKING_URI", "")
+    if redact_url_password(uri) != uri:
+        warnings.append("MLFLOW_TRACKING_URI carries a password, and a job's environment is visible to anyone who "
+                        "can open the Ray dashboard; prefer MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD "
+                        "provided on the nodes")
     for w in warnings:
         click.echo(f"warning: {w}", err=True)
     client = _connect(address, timeout, as_json)

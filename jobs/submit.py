@@ -229,7 +229,7 @@ class JobClient:
 
     def logs(self, job_id: str) -> str:
         with self.errors():
-            return self.client.get_job_logs(job_id)
+            return redact(self.client.get_job_logs(job_id), self.token)
 
     def stop(self, job_id: str) -> bool:
         with self.errors():

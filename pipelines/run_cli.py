@@ -39,7 +39,7 @@ def train(config: Path, overrides: tuple[str, ...], run_name: str | None, summar
         with stdout_to_stderr(as_json):  # Ray's and the workers' output must not corrupt the JSON
             try:
                 summary = run_training(cfg, run_name=run_name)
-                write_outputs(summary, summary_path, history)
+                write_outputs(summary, summary_path, history, tracking_uri=cfg.resolved_paths().tracking.uri)
             finally:
                 shutdown_ray()  # while stdout is still redirected: Ray flushes worker output at shutdown
     except (ConfigError, CheckpointError) as e:
@@ -59,6 +59,8 @@ def train(config: Path, overrides: tuple[str, ...], run_name: str | None, summar
         f"  best checkpoint:  {summary['best_checkpoint']} ({metric} = {value:.4f})" if value is not None else
         f"  best checkpoint:  {summary['best_checkpoint']}",
         "  final metrics:    " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(summary["final_metrics"].items())),
+        f"  open in the UI:   {summary['tracking_uri']} (the tracking server)"
+        if summary["tracking_uri"].startswith(("http://", "https://")) else
         f"  open in the UI:   mlflow ui --backend-store-uri {summary['tracking_uri']} --host 127.0.0.1",
     ])
     emit(summary, as_json, human)

@@ -235,6 +235,15 @@ def redact_url_password(text: str) -> str:
     return re.sub(r"(://[^/\s:@]+:)[^/\s@]+@", r"\1***@", text)
 
 
+def redacted_config(cfg: Any) -> dict[str, Any]:
+    """``cfg.model_dump(mode="json")`` with the tracking URI's password replaced: what may be stored in an
+    artifact or file (the run itself keeps the real URI in memory)."""
+    data = cfg.model_dump(mode="json")
+    if isinstance(data.get("tracking"), dict) and isinstance(data["tracking"].get("uri"), str):
+        data["tracking"]["uri"] = redact_url_password(data["tracking"]["uri"])
+    return data
+
+
 def _param_value(v: Any) -> str:
     s = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
     s = redact_url_password(s)  # e.g. tracking.uri given as http://user:password@host

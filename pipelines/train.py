@@ -388,7 +388,8 @@ def _run_state(storage: str, run_name: str) -> Path:
 def _open_mlflow_run(cfg: ExperimentConfig, run_name: str, manifest: dict[str, Any],
                      extra_tags: dict[str, str] | None = None) -> tuple[Any, bool]:
     """Re-open the MLflow run recorded for ``run_name``, or create one with params, tags and inputs."""
-    from pipelines.tracking import Tracker, changed_plugins, data_version, git_info, plugin_tags, ray_job_tags
+    from pipelines.tracking import (Tracker, changed_plugins, data_version, git_info, plugin_tags, ray_job_tags,
+                                    redact_url_password, redacted_config)
 
     state = _run_state(cfg.checkpoint.storage_path, run_name)
     uri = cfg.tracking.uri
@@ -421,11 +422,11 @@ def _open_mlflow_run(cfg: ExperimentConfig, run_name: str, manifest: dict[str, A
         import yaml
 
         p = Path(tmp) / "config.yaml"
-        p.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        p.write_text(yaml.safe_dump(redacted_config(cfg), sort_keys=False))
         tracker.log_artifact(p)
     state.parent.mkdir(parents=True, exist_ok=True)
     tmp_state = state.with_suffix(".tmp")
-    tmp_state.write_text(json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": uri}))
+    tmp_state.write_text(json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": redact_url_password(uri)}))
     os.replace(tmp_state, state)
     return tracker, False
 
@@ -552,6 +553,7 @@ def _finish_run(cfg: ExperimentConfig, tracker: Any, result: Any, run_name: str,
     """Log the best and last checkpoints and the final model, close the MLflow run; the run summary."""
     from pipelines.checkpoints import read_meta
     from pipelines.model_export import log_final_model
+    from pipelines.tracking import redact_url_password
 
     if result.checkpoint is None:
         raise RuntimeError(f"run {run_name}: training produced no checkpoint")
@@ -566,15 +568,20 @@ def _finish_run(cfg: ExperimentConfig, tracker: Any, result: Any, run_name: str,
         log_final_model(tracker, best_ckpt.path, read_meta(best_ckpt.path), (h, w))
     tracker.end("FINISHED")
     final = {k: v for k, v in last_meta["metrics"].items() if k.startswith("val/")}
-    return {"run_name": run_name, "mlflow_run_id": tracker.run_id, "tracking_uri": cfg.tracking.uri,
+    # The summary is printed and written to files (outputs/train.json): no password in it.
+    return {"run_name": run_name, "mlflow_run_id": tracker.run_id, "tracking_uri": redact_url_password(cfg.tracking.uri),
             "experiment": cfg.tracking.experiment, "resumed": resumed, "epochs": last_meta["epoch"] + 1,
             "best_checkpoint": best_ckpt.path, "last_checkpoint": result.checkpoint.path,
             "best_metric": {cfg.checkpoint.metric: best_metrics.get(cfg.checkpoint.metric)},
             "final_metrics": final}
 
 
-def write_outputs(summary: dict[str, Any], summary_path: str | None, history_path: str | None) -> None:
-    """The summary JSON and a per-epoch CSV of every logged metric (for ``dvc plots``), atomically."""
+def write_outputs(summary: dict[str, Any], summary_path: str | None, history_path: str | None,
+                  tracking_uri: str | None = None) -> None:
+    """The summary JSON and a per-epoch CSV of every logged metric (for ``dvc plots``), atomically.
+
+    The history is read from ``tracking_uri``, the run's real URI (the summary's has its password
+    redacted), else from the summary's."""
     import csv
     import io
 
@@ -590,7 +597,7 @@ def write_outputs(summary: dict[str, Any], summary_path: str | None, history_pat
     if summary_path:
         put(summary_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
     if history_path:
-        tracker = Tracker(summary["tracking_uri"], summary["mlflow_run_id"])
+        tracker = Tracker(tracking_uri or summary["tracking_uri"], summary["mlflow_run_id"])
         keys = sorted(k for k in tracker.client.get_run(tracker.run_id).data.metrics if k != "epoch")
         rows: dict[int, dict[str, float]] = {}
         for k in keys:

@@ -29,7 +29,7 @@ import yaml
 
 from datasets.manifest import write_atomic
 from pipelines.config import REPO_ROOT, ConfigError, ExperimentConfig, _abs, flatten, load_config, set_fields
-from pipelines.tracking import redact_url_password
+from pipelines.tracking import redact_url_password, redacted_config
 from pipelines.sweep import (SweepSpec, candidate_values, check_name, grid_size, load_sweep, trial_raw_config, tune_domain,
                              validate_sweep)
 
@@ -170,7 +170,7 @@ def _open_parent_run(sweep_dir: Path, spec: SweepSpec, base: ExperimentConfig, d
     tracker.log_params(flatten({"sweep": spec.model_dump(mode="json")}))
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "sweep.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-        (Path(tmp) / "base_config.yaml").write_text(yaml.safe_dump(base.model_dump(mode="json"), sort_keys=False))
+        (Path(tmp) / "base_config.yaml").write_text(yaml.safe_dump(redacted_config(base), sort_keys=False))
         tracker.log_artifacts(tmp)
     state_path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(state_path, json.dumps({"parent_run_id": tracker.run_id, "digest": digest,

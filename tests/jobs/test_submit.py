@@ -388,3 +388,18 @@ def test_job_env_carries_the_git_commit_for_runs_in_the_upload(tmp_path, monkeyp
     assert git_info(tmp_path) == {"git.commit": head, "git.dirty": "false"}
     monkeypatch.delenv(GIT_COMMIT_ENV)
     assert git_info(tmp_path) == {}
+
+
+def test_logs_and_a_tracking_password_are_kept_out_of_output(no_ray_env, monkeypatch):
+    # A job's log as the cluster returns it is redacted before anyone prints it (jobs logs, a failed
+    # job's tail), like the streamed log.
+    client = object.__new__(js.JobClient)
+    client.url, client.token = "http://head:8265", js.Token(TOKEN, "$RAY_AUTH_TOKEN")
+    client.client = type("Inner", (), {"get_job_logs": lambda self, job_id: f"token {TOKEN} uri http://u:pw@m:5000\n"})()
+    assert client.logs("raysubmit_x") == "token *** uri http://u:***@m:5000\n"
+    # A tracking URI with a password still reaches the job, with a warning that the dashboard shows it.
+    monkeypatch.setattr(js, "JobClient", FakeJobClient)
+    r = CliRunner().invoke(cli, ["submit", "--address", "http://head:8265", "--mlflow-uri", "http://u:pw@m:5000",
+                                 "--", "fusionpipe", "train", "--config", "configs/smoke.yaml"])
+    assert FakeJobClient.submitted[-1]["runtime_env"]["env_vars"]["MLFLOW_TRACKING_URI"] == "http://u:pw@m:5000"
+    assert "warning: MLFLOW_TRACKING_URI carries a password" in r.stderr and "pw" not in r.stderr.replace("password", "")

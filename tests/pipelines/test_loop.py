@@ -242,3 +242,26 @@ def test_the_best_checkpoint_is_never_one_with_a_nan_score():
     assert _best_checkpoint(result, "val/m", "min")[0] == worse
     result.best_checkpoints = [(nan, {"val/m": float("inf"), "epoch": 0})]
     assert _best_checkpoint(result, "val/m", "min") == (last, {"epoch": 3})  # no finite score: the last
+
+
+def test_stored_configs_and_summaries_carry_no_tracking_password(tmp_path):
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.tracking import redacted_config
+    from pipelines.train import write_outputs
+
+    cfg = load_config(None, ["tracking.uri=http://alice:s3cret@mlflow.example:5000"])
+    dumped = redacted_config(cfg)
+    assert dumped["tracking"]["uri"] == "http://alice:***@mlflow.example:5000"
+    assert cfg.tracking.uri == "http://alice:s3cret@mlflow.example:5000"  # the config itself keeps it
+    # write_outputs reads the history from the real URI it is given, not from the redacted summary.
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(tracking_uri=uri)
+    run = client.create_run(client.create_experiment("e"))
+    client.log_metric(run.info.run_id, "val/semseg/miou", 0.25, step=0)
+    summary = {"mlflow_run_id": run.info.run_id, "tracking_uri": "http://alice:***@mlflow.example:5000"}
+    write_outputs(summary, str(tmp_path / "train.json"), str(tmp_path / "history.csv"), tracking_uri=uri)
+    assert json.loads((tmp_path / "train.json").read_text())["tracking_uri"] == "http://alice:***@mlflow.example:5000"
+    assert (tmp_path / "history.csv").read_text().splitlines() == ["epoch,val/semseg/miou", "0,0.25"]
