@@ -44,6 +44,33 @@ def make_optimizer(cfg: ExperimentConfig, model: nn.Module) -> torch.optim.Optim
     return cls(params, lr=o.lr, weight_decay=o.weight_decay)
 
 
+def optimizer_settings(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """Each param group's hyper-parameters (``initial_lr``, once a scheduler exists, is the base lr)."""
+    return [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+
+
+def keep_settings(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                  settings: list[dict[str, Any]]) -> None:
+    """After a checkpoint's optimizer and scheduler state were loaded: put back this config's
+    hyper-parameters (``settings``, from :func:`optimizer_settings` before loading) and its base lr.
+
+    ``load_state_dict`` restores the checkpoint's lr, weight decay, momentum and betas with the moments,
+    and the scheduler's ``base_lrs``; a resume with a lower ``optim.lr`` (the fix for a diverged run)
+    would otherwise go on at the old one. The moments and the step count are the checkpoint's; the
+    current lr is the config's base lr times the schedule at the restored step.
+    """
+    for group, conf in zip(optimizer.param_groups, settings):
+        for k, v in conf.items():
+            if k != "lr":
+                group[k] = v
+    scheduler.base_lrs = [conf["initial_lr"] for conf in settings]
+    step = scheduler.last_epoch
+    lrs = [base * fn(step) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = lrs  # what get_last_lr() reports until the next step
+
+
 def lr_factor(cfg: ExperimentConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
     """Linear warm-up, then poly (DeepLab/MTI-Net: (1 - t)^0.9), cosine or constant."""
     o = cfg.optim

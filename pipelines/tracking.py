@@ -235,6 +235,14 @@ def redact_url_password(text: str) -> str:
     return re.sub(r"(://[^/\s:@]+:)[^/\s@]+@", r"\1***@", text)
 
 
+def config_changes(logged: dict[str, str], flat: dict[str, Any]) -> dict[str, list[str | None]]:
+    """``{key: [logged value, new value]}`` for each flattened config key whose param value (as
+    :meth:`Tracker.log_params` writes it) differs from the run's logged param; a key on one side only
+    counts, with ``None`` on the other."""
+    now = {k: _param_value(v) for k, v in flat.items()}
+    return {k: [logged.get(k), now.get(k)] for k in sorted(logged.keys() | now.keys()) if logged.get(k) != now.get(k)}
+
+
 def redacted_config(cfg: Any) -> dict[str, Any]:
     """``cfg.model_dump(mode="json")`` with the tracking URI's password replaced: what may be stored in an
     artifact or file (the run itself keeps the real URI in memory)."""

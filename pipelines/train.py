@@ -232,7 +232,8 @@ def _train_loop(config: dict[str, Any]) -> None:
     from fusion.losses import MultiTaskLoss
     from pipelines.checkpoints import (CheckpointError, check_compatible, load_model_state, load_train_state,
                                        read_meta, save_checkpoint)
-    from pipelines.loop import evaluate, lr_factor, make_optimizer, predict, train_epoch, with_sync_batchnorm
+    from pipelines.loop import (evaluate, keep_settings, lr_factor, make_optimizer, optimizer_settings, predict,
+                                train_epoch, with_sync_batchnorm)
 
     quiet_ray_train_reports()
     try:
@@ -277,11 +278,13 @@ def _train_loop(config: dict[str, Any]) -> None:
                                       f"new run name")
             load_model_state(model, cdir)
             state = load_train_state(cdir)
+            settings = optimizer_settings(optimizer)
             try:
                 optimizer.load_state_dict(state["optimizer"])
             except (ValueError, KeyError) as e:
                 raise CheckpointError(f"{cdir}: the optimizer state does not fit this config's optimizer: {e}") from e
             scheduler.load_state_dict(state["scheduler"])
+            keep_settings(optimizer, scheduler, settings)  # the config's lr, weight decay, ... not the checkpoint's
             start_epoch = int(meta["epoch"]) + 1
     # Without deep supervision the aux heads (MTI-Net's and PAD-Net's initial predictions, ANN's stage-4
     # head, ...) get no gradient, and DDP must be told, or its second step fails waiting for them.
@@ -388,8 +391,8 @@ def _run_state(storage: str, run_name: str) -> Path:
 def _open_mlflow_run(cfg: ExperimentConfig, run_name: str, manifest: dict[str, Any],
                      extra_tags: dict[str, str] | None = None) -> tuple[Any, bool]:
     """Re-open the MLflow run recorded for ``run_name``, or create one with params, tags and inputs."""
-    from pipelines.tracking import (Tracker, changed_plugins, data_version, git_info, plugin_tags, ray_job_tags,
-                                    redact_url_password, redacted_config)
+    from pipelines.tracking import (PARAM_MAX, Tracker, changed_plugins, config_changes, data_version, git_info,
+                                    plugin_tags, ray_job_tags, redact_url_password, redacted_config)
 
     state = _run_state(cfg.checkpoint.storage_path, run_name)
     uri = cfg.tracking.uri
@@ -399,7 +402,16 @@ def _open_mlflow_run(cfg: ExperimentConfig, run_name: str, manifest: dict[str, A
         tracker = Tracker(uri, info["mlflow_run_id"])
         tracker.client.update_run(tracker.run_id, status="RUNNING")
         resume_tags = {**ray_job_tags(), "fusionpipe.resumed": "true"}
-        logged = tracker.client.get_run(tracker.run_id).data.tags
+        run = tracker.client.get_run(tracker.run_id)
+        logged = run.data.tags
+        # MLflow params cannot change, so they stay the run's first config; what this attempt changed
+        # (a lower optim.lr after a divergence, more train.epochs) is on record in a tag.
+        differ = config_changes(run.data.params, flatten(cfg.model_dump(mode="json")))
+        if differ:
+            print(f"note: run {run_name!r} resumes with changed settings: "
+                  + ", ".join(f"{k} {old} -> {new}" for k, (old, new) in differ.items())
+                  + " (tag fusionpipe.resume_changed; the params keep the first values)", file=sys.stderr)
+            resume_tags["fusionpipe.resume_changed"] = json.dumps(differ, sort_keys=True)[:PARAM_MAX]
         changed = changed_plugins(logged, plugins)
         if changed:
             # Not refused (a fix to a plugin is a reason to resume), but on record: the run's epochs

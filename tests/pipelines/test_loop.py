@@ -265,3 +265,60 @@ def test_stored_configs_and_summaries_carry_no_tracking_password(tmp_path):
     write_outputs(summary, str(tmp_path / "train.json"), str(tmp_path / "history.csv"), tracking_uri=uri)
     assert json.loads((tmp_path / "train.json").read_text())["tracking_uri"] == "http://alice:***@mlflow.example:5000"
     assert (tmp_path / "history.csv").read_text().splitlines() == ["epoch,val/semseg/miou", "0,0.25"]
+
+
+def test_a_resume_runs_at_the_configs_hyperparameters_with_the_checkpoints_moments_and_step():
+    from pipelines.loop import keep_settings, optimizer_settings
+
+    def setup(lr, momentum, wd):
+        model = _Scale()
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=wd)
+        return model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+
+    model, opt, sched = setup(1e-3, 0.9, 1e-4)
+    batch = {"inputs": {"rgb": torch.full((1, 3, 2, 2), 2.0)}, "targets": {"depth": torch.ones(1, 1, 2, 2)}}
+    train_epoch(model, [batch] * 3, MultiTaskLoss(["depth"]), opt, sched, torch.device("cpu"))
+    saved = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+    buf = opt.state[model.w]["momentum_buffer"].clone()
+
+    model2, opt2, sched2 = setup(1e-5, 0.5, 0.0)  # the resumed config: a lower lr, other settings
+    model2.load_state_dict(model.state_dict())
+    settings = optimizer_settings(opt2)
+    opt2.load_state_dict(saved["optimizer"])
+    sched2.load_state_dict(saved["scheduler"])
+    assert opt2.param_groups[0]["lr"] == pytest.approx(1e-3 / 4)  # what loading alone leaves: the old lr
+    keep_settings(opt2, sched2, settings)
+    g = opt2.param_groups[0]
+    assert sched2.last_epoch == 3 and sched2.base_lrs == [1e-5]
+    assert g["lr"] == pytest.approx(1e-5 / 4) and sched2.get_last_lr() == [g["lr"]]
+    assert g["momentum"] == 0.5 and g["weight_decay"] == 0.0 and g["initial_lr"] == 1e-5
+    torch.testing.assert_close(opt2.state[model2.w]["momentum_buffer"], buf)  # the moments are the checkpoint's
+    opt2.step()
+    sched2.step()
+    assert opt2.param_groups[0]["lr"] == pytest.approx(1e-5 / 5)  # the schedule goes on from the config's base
+
+
+def test_a_resume_with_changed_settings_is_on_record(tmp_path, smoke_shards, capsys):
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.train import _open_mlflow_run
+
+    def cfg(*more):
+        return load_config(None, [f"data.shards={smoke_shards}", f"tracking.uri=sqlite:///{tmp_path}/m.db",
+                                  f"checkpoint.storage_path={tmp_path}/ray", *more]).resolved_paths()
+
+    manifest = json.loads((smoke_shards / "manifest.json").read_text())
+    first, _ = _open_mlflow_run(cfg("optim.lr=0.01"), "r", manifest)
+    _open_mlflow_run(cfg("optim.lr=0.01"), "r", manifest)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/m.db")
+    assert "fusionpipe.resume_changed" not in client.get_run(first.run_id).data.tags
+    assert "changed settings" not in capsys.readouterr().err
+    again, resumed = _open_mlflow_run(cfg("optim.lr=0.001", "train.epochs=40"), "r", manifest)
+    assert resumed and again.run_id == first.run_id
+    run = client.get_run(first.run_id)
+    assert json.loads(run.data.tags["fusionpipe.resume_changed"]) == {"optim.lr": ["0.01", "0.001"],
+                                                                      "train.epochs": ["10", "40"]}
+    assert run.data.params["optim.lr"] == "0.01"  # params are the run's first values
+    assert "resumes with changed settings: optim.lr 0.01 -> 0.001, train.epochs 10 -> 40" in capsys.readouterr().err
