@@ -116,6 +116,9 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"--device: {name!r} is not supported; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), "
+                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
@@ -134,6 +137,7 @@ def run_evaluate(cfg: ExperimentConfig, checkpoint: str | None = None, run_id: s
         raise ConfigError("give exactly one of --checkpoint and --run-id")
     dev = resolve_device(device)
     from pipelines.data_versions import resolve_data_rev
+    from pipelines.storage import copy_to_local, is_uri
 
     cfg = resolve_data_rev(cfg)  # data.rev: the shards as they were at that git revision
     manifest = validate_experiment(cfg)
@@ -141,7 +145,12 @@ def run_evaluate(cfg: ExperimentConfig, checkpoint: str | None = None, run_id: s
     if split not in manifest["splits"]:
         raise ConfigError(f"{cfg.data.shards}: no split {split!r}; splits: {sorted(manifest['splits'])}")
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = Path(checkpoint) if checkpoint else _download_checkpoint(run_id, cfg.tracking.uri, tmp)  # type: ignore[arg-type]
+        if checkpoint is None:
+            ckpt = _download_checkpoint(run_id, cfg.tracking.uri, tmp)  # type: ignore[arg-type]
+        elif is_uri(checkpoint):  # a checkpoint on an object store (checkpoint.storage_path s3://...)
+            ckpt = copy_to_local(checkpoint, Path(tmp) / "checkpoint")
+        else:
+            ckpt = Path(checkpoint)
         meta = read_meta(ckpt)
         want = model_config(cfg, len(manifest["classes"]))
         check_compatible(meta["model_config"], want, str(ckpt))

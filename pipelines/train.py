@@ -384,8 +384,11 @@ def start_local_ray(num_cpus: int, log_to_driver: bool = True) -> None:
     ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=log_to_driver)
 
 
-def _run_state(storage: str, run_name: str) -> Path:
-    return Path(storage) / run_name / RUN_STATE
+def _run_state(storage: str, run_name: str) -> str:
+    """The run-state file's location: a path, or a URI on an object store (pipelines.storage)."""
+    from pipelines.storage import join
+
+    return join(storage, run_name, RUN_STATE)
 
 
 def _open_mlflow_run(cfg: ExperimentConfig, run_name: str, manifest: dict[str, Any],
@@ -394,11 +397,14 @@ def _open_mlflow_run(cfg: ExperimentConfig, run_name: str, manifest: dict[str, A
     from pipelines.tracking import (PARAM_MAX, Tracker, changed_plugins, config_changes, data_version, git_info,
                                     plugin_tags, ray_job_tags, redact_url_password, redacted_config)
 
+    from pipelines.storage import read_text, write_text
+
     state = _run_state(cfg.checkpoint.storage_path, run_name)
     uri = cfg.tracking.uri
     plugins = plugin_tags(cfg.plugins)
-    if state.is_file():
-        info = json.loads(state.read_text())
+    state_text = read_text(state)
+    if state_text is not None:
+        info = json.loads(state_text)
         tracker = Tracker(uri, info["mlflow_run_id"])
         tracker.client.update_run(tracker.run_id, status="RUNNING")
         resume_tags = {**ray_job_tags(), "fusionpipe.resumed": "true"}
@@ -436,10 +442,7 @@ def _open_mlflow_run(cfg: ExperimentConfig, run_name: str, manifest: dict[str, A
         p = Path(tmp) / "config.yaml"
         p.write_text(yaml.safe_dump(redacted_config(cfg), sort_keys=False))
         tracker.log_artifact(p)
-    state.parent.mkdir(parents=True, exist_ok=True)
-    tmp_state = state.with_suffix(".tmp")
-    tmp_state.write_text(json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": redact_url_password(uri)}))
-    os.replace(tmp_state, state)
+    write_text(state, json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": redact_url_password(uri)}))
     return tracker, False
 
 
@@ -565,25 +568,31 @@ def _finish_run(cfg: ExperimentConfig, tracker: Any, result: Any, run_name: str,
     """Log the best and last checkpoints and the final model, close the MLflow run; the run summary."""
     from pipelines.checkpoints import read_meta
     from pipelines.model_export import log_final_model
+    from pipelines.storage import checkpoint_uri
     from pipelines.tracking import redact_url_password
 
     if result.checkpoint is None:
         raise RuntimeError(f"run {run_name}: training produced no checkpoint")
     best_ckpt, best_metrics = _best_checkpoint(result, cfg.checkpoint.metric, cfg.checkpoint.mode)
-    last_meta = read_meta(result.checkpoint.path)
-    tracker.log_artifacts(best_ckpt.path, "checkpoints/best")
-    tracker.log_artifacts(result.checkpoint.path, "checkpoints/last")
-    tracker.set_tags({"fusionpipe.best_checkpoint": best_ckpt.path, "fusionpipe.last_checkpoint": result.checkpoint.path,
-                      "fusionpipe.best_epoch": str(best_metrics.get("epoch"))})
-    if cfg.tracking.log_model:
-        h, w = _sample_hw(cfg)
-        log_final_model(tracker, best_ckpt.path, read_meta(best_ckpt.path), (h, w))
+    best_at = checkpoint_uri(cfg.checkpoint.storage_path, best_ckpt.path)
+    last_at = checkpoint_uri(cfg.checkpoint.storage_path, result.checkpoint.path)
+    # as_directory: the directory itself on a local or mounted storage path, a downloaded copy from an
+    # object store (Ray's Checkpoint.path there is a key inside the bucket, not a local path).
+    with best_ckpt.as_directory() as best_dir, result.checkpoint.as_directory() as last_dir:
+        last_meta = read_meta(last_dir)
+        tracker.log_artifacts(best_dir, "checkpoints/best")
+        tracker.log_artifacts(last_dir, "checkpoints/last")
+        tracker.set_tags({"fusionpipe.best_checkpoint": best_at, "fusionpipe.last_checkpoint": last_at,
+                          "fusionpipe.best_epoch": str(best_metrics.get("epoch"))})
+        if cfg.tracking.log_model:
+            h, w = _sample_hw(cfg)
+            log_final_model(tracker, best_dir, read_meta(best_dir), (h, w))
     tracker.end("FINISHED")
     final = {k: v for k, v in last_meta["metrics"].items() if k.startswith("val/")}
     # The summary is printed and written to files (outputs/train.json): no password in it.
     return {"run_name": run_name, "mlflow_run_id": tracker.run_id, "tracking_uri": redact_url_password(cfg.tracking.uri),
             "experiment": cfg.tracking.experiment, "resumed": resumed, "epochs": last_meta["epoch"] + 1,
-            "best_checkpoint": best_ckpt.path, "last_checkpoint": result.checkpoint.path,
+            "best_checkpoint": best_at, "last_checkpoint": last_at,
             "best_metric": {cfg.checkpoint.metric: best_metrics.get(cfg.checkpoint.metric)},
             "final_metrics": final}
 

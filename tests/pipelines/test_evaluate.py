@@ -10,6 +10,7 @@ def test_auto_takes_the_gpu_when_there_is_one(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert resolve_device("auto") == torch.device("cuda")
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
     assert resolve_device("cpu") == torch.device("cpu")
@@ -23,6 +24,10 @@ def test_bad_devices_are_named(monkeypatch):
         resolve_device("gpu0")
     with pytest.raises(ConfigError, match="--device: 'meta' is not supported"):
         resolve_device("meta")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"--device cuda:2: this machine has 2 GPU\(s\), cuda:0 to cuda:1"):
+        resolve_device("cuda:2")
 
 
 def test_reference_metrics_are_taken_at_the_best_epoch(tmp_path):

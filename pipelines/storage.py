@@ -1,0 +1,84 @@
+"""Small files beside the checkpoints, on a local path or an object store.
+
+``checkpoint.storage_path`` is a local (or network-mounted) directory, or a URI that Ray Train writes
+through pyarrow (``s3://BUCKET/ray_results``, ``gs://...``, ``file:///...``). The driver keeps a run's
+MLflow run id there (``fusionpipe-run.json``), so a resubmitted job resumes the same MLflow run
+wherever it runs. These helpers read and write such a file on either kind of storage: through
+pyarrow's filesystem for a URI, with the local temp-then-rename for a path (an object-store PUT is
+atomic by itself).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+def is_uri(location: str) -> bool:
+    return "://" in location
+
+
+def join(base: str, *parts: str) -> str:
+    """``base/part/...`` for a path or a URI (a URI keeps its scheme and uses ``/``)."""
+    if is_uri(base):
+        return "/".join([base.rstrip("/"), *parts])
+    return str(Path(base, *parts))
+
+
+def _fs(location: str) -> tuple[Any, str]:
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(location)
+
+
+def read_text(location: str) -> str | None:
+    """The file's text, or None when there is no such file."""
+    if not is_uri(location):
+        p = Path(location)
+        return p.read_text() if p.is_file() else None
+    import pyarrow.fs
+
+    fs, path = _fs(location)
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
+
+
+def write_text(location: str, text: str) -> None:
+    """Write ``text`` whole: a reader sees the old file or the new one, never a part."""
+    if not is_uri(location):
+        p = Path(location)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, p)
+        return
+    fs, path = _fs(location)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode())
+
+
+def copy_to_local(uri: str, dest: Path) -> Path:
+    """Copy the directory at ``uri`` (e.g. a checkpoint on an object store) to the local ``dest``."""
+    import pyarrow.fs
+
+    from pipelines.checkpoints import CheckpointError
+
+    fs, path = _fs(uri)
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.Directory:
+        raise CheckpointError(f"{uri}: no such checkpoint directory")
+    dest.mkdir(parents=True, exist_ok=True)
+    pyarrow.fs.copy_files(path, str(dest), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
+    return dest
+
+
+def checkpoint_uri(storage_path: str, checkpoint_path: str) -> str:
+    """Where a Ray checkpoint is, as the user names the storage: Ray's ``Checkpoint.path`` on an object
+    store is the path inside it (``BUCKET/ray_results/...``), without the scheme."""
+    if is_uri(storage_path) and not is_uri(checkpoint_path):
+        scheme = storage_path.split("://", 1)[0]
+        if scheme != "file":
+            return f"{scheme}://{checkpoint_path.lstrip('/')}"
+    return checkpoint_path
