@@ -15,7 +15,8 @@ their own head; with ``detach_ensemble`` (default, as official) the ensemble's l
 ``alpha``; ``ensemble: false`` replaces the learned weights by a plain mean that trains everything;
 the L1 term is returned once, already multiplied by the M + 1 outputs the official loop adds it for.
 Options: ``threshold`` (2e-2), ``l1_weight`` (2e-4), ``ensemble``, ``detach_ensemble``, ``deep_stem``,
-``head_mid``. Backbones: resnet18/34/50/101.
+``head_mid``, ``freeze_bn`` (the official ``FREEZE_BN``: BatchNorm statistics fixed while training).
+Backbones: resnet18/34/50/101.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ class CENOptions:
     detach_ensemble: bool = True
     deep_stem: bool = False
     head_mid: int | None = None
+    freeze_bn: bool = False
 
     def validate(self) -> None:
         if self.threshold < 0:
@@ -68,6 +70,17 @@ class CEN(nn.Module):
         })
         self.alpha = nn.Parameter(torch.ones(len(self.tasks), m_count)) if opts.ensemble else None
         self.aux_weights = {m: 1.0 for m in self.modalities}
+
+    def train(self, mode: bool = True) -> "CEN":
+        """With option ``freeze_bn`` (the official ``FREEZE_BN = True``, for a start from pretrained
+        weights) every BatchNorm stays in eval mode while training: its running statistics stay those it
+        started with, while its scale and shift, the gammas that channel exchange reads, still learn."""
+        super().train(mode)
+        if mode and self.opts.freeze_bn:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     def ensemble_weights(self) -> dict[str, Tensor]:
         """Per task, the weight of each modality in the fused prediction (sums to 1)."""

@@ -183,3 +183,23 @@ def test_clear_errors():
         enc([torch.randn(1, 3, 32, 32), torch.randn(1, 2, 32, 32)])
     with pytest.raises(TypeError, match="cannot convert BasicBlock; use CENBlock"):
         to_parallel(BasicBlock(8, 8), 2)
+
+
+def test_freeze_bn_keeps_running_statistics_while_gammas_learn():
+    # The official CEN training (FREEZE_BN = True): every BN in eval mode inside model.train().
+    frozen = build_model({**TINY, "options": {"freeze_bn": True}}).train()
+    bns = [m for m in frozen.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bns and not any(m.training for m in bns) and frozen.training
+    before = [m.running_mean.clone() for m in bns]
+    out = frozen(_inputs())
+    (out["semseg"].mean() + sum(p.mean() for p in out["aux"].values() for p in p.values())).backward()
+    assert all(torch.equal(b, m.running_mean) for b, m in zip(before, bns))
+    bn = frozen.encoder.layer1[0].bn2
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in bn.parameters())  # the gammas still learn
+    # By default BN trains as usual: its statistics move.
+    free = build_model(TINY).train()
+    first = next(m for m in free.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+    start = first.running_mean.clone()
+    free(_inputs())
+    assert first.training and not torch.equal(start, first.running_mean)
+    assert not any(m.training for m in bns) and not frozen.eval().training  # eval() still evaluates

@@ -37,6 +37,15 @@ def test_padnet_initial_predictions_and_distillation_sources():
     assert out["aux"]["initial"]["edge"].shape == (2, 1, 8, 12)
     # semseg receives messages from depth and the auxiliary edge task, never from itself
     assert sorted(model.distillation.messages["semseg"]) == ["depth", "edge"]
+    # The concatenated scales go through the official HighResolutionFuse (1×1 conv, BN, ReLU, same width).
+    width = sum(model.encoder.channels)
+    conv, bn, relu = model.fuse
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (width, width, (1, 1))
+    assert isinstance(bn, torch.nn.BatchNorm2d) and isinstance(relu, torch.nn.ReLU)
+    plain = _build("padnet", ["semseg", "depth"], options={"channels": 32, "fuse": False})
+    assert isinstance(plain.fuse, torch.nn.Identity)
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(model.fuse) == width * width + 2 * width
 
 
 def test_single_task_rejects_extra_tasks_and_baseline_has_a_head_per_task():

@@ -1,8 +1,11 @@
 """PAD-Net (Xu et al., "PAD-Net: Multi-Tasks Guided Prediction-and-Distillation Network",
 CVPR 2018), in the form of the official MTL code (``models/padnet.py``).
 
-Backbone features of all scales are upsampled to the finest and concatenated (the official code's
-HRNet input; the paper uses the last ResNet stage); per front-end task two bottleneck blocks
+Backbone features of all scales are upsampled to the finest, concatenated and fused by a 1×1 conv,
+BatchNorm and ReLU at the same width (the official code's HRNet input: every official PAD-Net config
+sets ``fuse_hrnet``, which wraps the backbone in ``HighResolutionFuse``; its conv also has a bias,
+redundant before BatchNorm; option ``fuse: false`` drops the layer; the paper uses the last ResNet
+stage); per front-end task two bottleneck blocks
 refine them to ``channels`` and a 1×1 conv makes the initial prediction (Sec. 3.2, deep
 supervision, returned as ``aux["initial"]``); multi-modal distillation (Sec. 3.3, eq. 4, variant
 (c): attention-guided messages from every other task) refines each final task's features, and a
@@ -29,6 +32,7 @@ class PADNetOptions(FusionOptions):
     auxiliary_tasks: list[str] = field(default_factory=list)
     channels: int = 256
     deep_supervision_weight: float = 1.0
+    fuse: bool = True
 
 
 class PADNet(MultiTaskModel):
@@ -37,7 +41,10 @@ class PADNet(MultiTaskModel):
         out_channels = task_out_channels(cfg, front)
         super().__init__(cfg, opts, cfg.tasks)
         channels = 4 * max(2, scale_channels(opts.channels, cfg.width) // 4)
-        self.initial = InitialPrediction(out_channels, sum(self.encoder.channels), channels, bottleneck=True)
+        concat = sum(self.encoder.channels)
+        self.fuse = nn.Sequential(nn.Conv2d(concat, concat, 1, bias=False), nn.BatchNorm2d(concat),
+                                  nn.ReLU(inplace=True)) if opts.fuse else nn.Identity()
+        self.initial = InitialPrediction(out_channels, concat, channels, bottleneck=True)
         self.distillation = MultiModalDistillation(self.tasks, front, channels)
         self.heads = nn.ModuleDict({
             t: nn.Sequential(residual_blocks(channels, channels, bottleneck=True), nn.Conv2d(channels, out_channels[t], 1))
@@ -47,7 +54,7 @@ class PADNet(MultiTaskModel):
 
     def forward(self, inputs: dict[str, Tensor]) -> dict:
         size = self.input_size(inputs)
-        feats, initial = self.initial(concat_scales(self.encoder(inputs)))
+        feats, initial = self.initial(self.fuse(concat_scales(self.encoder(inputs))))
         distilled = self.distillation(feats)
         out: dict = {t: upsample_to(self.heads[t](distilled[t]), size) for t in self.tasks}
         out["aux"] = {"initial": initial}
