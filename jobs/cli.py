@@ -73,9 +73,12 @@ def _finish(client: Any, job_id: str, status: str, as_json: bool, result: dict[s
     info = _cluster_call(as_json, client.info, job_id)
     tail = log_tail(_cluster_call(as_json, client.logs, job_id))
     result.update(message=info.message, log_tail=tail)
-    click.echo(f"job {job_id} {status}: {info.message or ''}\n--- last lines of its log ---\n{tail}", err=True)
+    from pipelines.redact import redact_url_password
+
+    click.echo(redact_url_password(f"job {job_id} {status}: {info.message or ''}\n--- last lines of its log ---\n{tail}"),
+               err=True)
     if as_json:
-        sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
+        sys.stdout.write(redact_url_password(json.dumps(result, sort_keys=True)) + "\n")
     raise SystemExit(EXIT_JOB_FAILED)
 
 
@@ -124,6 +127,10 @@ def submit(address: str | None, timeout: float, config: Path | None, env_items: 
         warnings.append("MLFLOW_TRACKING_URI carries a password, and a job's environment is visible to anyone who "
                         "can open the Ray dashboard; prefer MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD "
                         "provided on the nodes")
+    if redact_url_password(entrypoint) != entrypoint:
+        warnings.append("the command carries a URL with a password (e.g. --set tracking.uri=...), and a job's "
+                        "command line is visible to anyone who can open the Ray dashboard; prefer "
+                        "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD provided on the nodes")
     for w in warnings:
         click.echo(f"warning: {w}", err=True)
     client = _connect(address, timeout, as_json)

@@ -10,16 +10,21 @@ from typing import Any
 
 import click
 
+from pipelines.redact import redact_url_password
+
 
 def emit(obj: dict[str, Any], as_json: bool, human: str) -> None:
+    """Print a command's result, as one JSON object or as text, with any URL password hidden."""
     if as_json:
-        sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
+        sys.stdout.write(redact_url_password(json.dumps(obj, sort_keys=True)) + "\n")
     else:
-        click.echo(human)
+        click.echo(redact_url_password(human))
 
 
 def fail(message: str, as_json: bool = False, code: int = 1) -> None:
-    """Exit with ``message`` on stderr (and an ``error`` object on stdout with --json)."""
+    """Exit with ``message`` on stderr (and an ``error`` object on stdout with --json). Any URL password
+    in it (an MLflow error names the URI it called) is hidden."""
+    message = redact_url_password(message)
     if as_json:
         sys.stdout.write(json.dumps({"ok": False, "error": message}) + "\n")
     click.echo(f"error: {message}", err=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 
 def is_uri(location: str) -> bool:
@@ -19,9 +20,11 @@ def is_uri(location: str) -> bool:
 
 
 def join(base: str, *parts: str) -> str:
-    """``base/part/...`` for a path or a URI (a URI keeps its scheme and uses ``/``)."""
+    """``base/part/...`` for a path or a URI. A URI keeps its scheme, host and query
+    (``s3://bucket/dir?endpoint_override=host:9000``, as a MinIO store is named): the parts go on its path."""
     if is_uri(base):
-        return "/".join([base.rstrip("/"), *parts])
+        u = urlsplit(base)
+        return urlunsplit((u.scheme, u.netloc, "/".join([u.path.rstrip("/"), *parts]), u.query, u.fragment))
     return str(Path(base, *parts))
 
 
@@ -77,8 +80,13 @@ def copy_to_local(uri: str, dest: Path) -> Path:
 def checkpoint_uri(storage_path: str, checkpoint_path: str) -> str:
     """Where a Ray checkpoint is, as the user names the storage: Ray's ``Checkpoint.path`` on an object
     store is the path inside it (``BUCKET/ray_results/...``), without the scheme."""
-    if is_uri(storage_path) and not is_uri(checkpoint_path):
-        scheme = storage_path.split("://", 1)[0]
-        if scheme != "file":
-            return f"{scheme}://{checkpoint_path.lstrip('/')}"
-    return checkpoint_path
+    if not is_uri(storage_path) or is_uri(checkpoint_path):
+        return checkpoint_path
+    u = urlsplit(storage_path)
+    if u.scheme == "file":
+        return checkpoint_path
+    key = checkpoint_path.lstrip("/")
+    # An object store's bucket is the URI's host and the first part of Ray's path (s3, gs); a filesystem
+    # with a host (hdfs://namenode:8020/dir) has a path of its own under that host.
+    where = key if key.startswith(f"{u.netloc}/") else f"{u.netloc}/{key}"
+    return f"{u.scheme}://{where}" + (f"?{u.query}" if u.query else "")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import yaml
 
 from pipelines.config import REPO_ROOT, ConfigError
+from pipelines.redact import redact_url_password  # noqa: F401 (re-exported)
 
 PARAM_MAX = 6000  # MLflow's limit on a param value
 BATCH_METRICS = 1000  # MLflow's limit per log_batch request
@@ -230,17 +230,26 @@ def _metric_key(k: str) -> str:
     return "".join(c if c.isalnum() or c in "/._- " else "_" for c in k)
 
 
-def redact_url_password(text: str) -> str:
-    """``scheme://user:password@host`` -> ``scheme://user:***@host``: safe to log, print or store."""
-    return re.sub(r"(://[^/\s:@]+:)[^/\s@]+@", r"\1***@", text)
-
-
 def config_changes(logged: dict[str, str], flat: dict[str, Any]) -> dict[str, list[str | None]]:
     """``{key: [logged value, new value]}`` for each flattened config key whose param value (as
     :meth:`Tracker.log_params` writes it) differs from the run's logged param; a key on one side only
     counts, with ``None`` on the other."""
     now = {k: _param_value(v) for k, v in flat.items()}
     return {k: [logged.get(k), now.get(k)] for k in sorted(logged.keys() | now.keys()) if logged.get(k) != now.get(k)}
+
+
+def changes_tag(changes: dict[str, Any], limit: int) -> str:
+    """``changes`` as a JSON object of at most ``limit`` characters: whole entries are left out from the
+    end until it fits, and ``"...": N`` says how many were."""
+    keys = sorted(changes)
+    for keep in range(len(keys), -1, -1):
+        shown: dict[str, Any] = {k: changes[k] for k in keys[:keep]}
+        if keep < len(keys):
+            shown["..."] = len(keys) - keep
+        text = json.dumps(shown, sort_keys=True)
+        if len(text) <= limit:
+            return text
+    return json.dumps({"...": len(keys)})
 
 
 def redacted_config(cfg: Any) -> dict[str, Any]:

@@ -8,6 +8,7 @@ MLflow run id inside it makes the resumed run log into the same MLflow run, from
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -288,8 +289,8 @@ def _train_loop(config: dict[str, Any]) -> None:
             start_epoch = int(meta["epoch"]) + 1
     # Without deep supervision the aux heads (MTI-Net's and PAD-Net's initial predictions, ANN's stage-4
     # head, ...) get no gradient, and DDP must be told, or its second step fails waiting for them.
-    model = ray.train.torch.prepare_model(
-        model, parallel_strategy_kwargs={"find_unused_parameters": not cfg.loss.deep_supervision})
+    unused_aux = not cfg.loss.deep_supervision and bool(getattr(model, "aux_weights", None))
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": unused_aux})
 
     tracker = None
     if rank == 0:
@@ -394,8 +395,8 @@ def _run_state(storage: str, run_name: str) -> str:
 def _open_mlflow_run(cfg: ExperimentConfig, run_name: str, manifest: dict[str, Any],
                      extra_tags: dict[str, str] | None = None) -> tuple[Any, bool]:
     """Re-open the MLflow run recorded for ``run_name``, or create one with params, tags and inputs."""
-    from pipelines.tracking import (PARAM_MAX, Tracker, changed_plugins, config_changes, data_version, git_info,
-                                    plugin_tags, ray_job_tags, redact_url_password, redacted_config)
+    from pipelines.tracking import (PARAM_MAX, Tracker, changed_plugins, changes_tag, config_changes, data_version,
+                                    git_info, plugin_tags, ray_job_tags, redact_url_password, redacted_config)
 
     from pipelines.storage import read_text, write_text
 
@@ -417,9 +418,13 @@ def _open_mlflow_run(cfg: ExperimentConfig, run_name: str, manifest: dict[str, A
             print(f"note: run {run_name!r} resumes with changed settings: "
                   + ", ".join(f"{k} {old} -> {new}" for k, (old, new) in differ.items())
                   + " (tag fusionpipe.resume_changed; the params keep the first values)", file=sys.stderr)
-            resume_tags["fusionpipe.resume_changed"] = json.dumps(differ, sort_keys=True)[:PARAM_MAX]
+            resume_tags["fusionpipe.resume_changed"] = changes_tag(differ, PARAM_MAX)
         changed = changed_plugins(logged, plugins)
-        if changed:
+        stale = [k for k in logged if k.startswith("plugin.") and k not in plugins]  # plugins dropped since
+        if changed and not any(k.startswith("plugin.") for k in logged) and "plugins" not in differ:
+            # A run started before plugin code was tagged: record it now, there is nothing to compare.
+            resume_tags.update(plugins)
+        elif changed:
             # Not refused (a fix to a plugin is a reason to resume), but on record: the run's epochs
             # before and after this point ran different plugin code. The plugin tags now name the code
             # that runs from here on; fusionpipe.plugins_changed keeps every plugin that ever changed.
@@ -430,6 +435,8 @@ def _open_mlflow_run(cfg: ExperimentConfig, run_name: str, manifest: dict[str, A
             resume_tags.update(plugins)
             resume_tags["fusionpipe.plugins_changed"] = ",".join(sorted(set(before) | set(changed)))
         tracker.set_tags(resume_tags)
+        for key in stale:
+            tracker.client.delete_tag(tracker.run_id, key)
         return tracker, True
     tags = {"fusionpipe.model": cfg.model.name, "fusionpipe.run_name": run_name, **git_info(),
             **data_version(cfg.data.shards, cfg.data.rev), **plugins, **ray_job_tags(), **(extra_tags or {})}
@@ -546,11 +553,11 @@ def run_training(cfg: ExperimentConfig, run_name: str | None = None, *, extra_ta
         raise KeyboardInterrupt
     try:
         return _finish_run(cfg, tracker, result, run_name, resumed)
-    except BaseException:
-        # Training is over and its checkpoints are kept; the run failed in what follows (the artifact
-        # store, the model export): it must not stay RUNNING.
+    except BaseException as e:
+        # Training is over and its checkpoints are kept; the run failed (or was interrupted) in what
+        # follows (the artifact store, the model export): it must not stay RUNNING.
         if close_on_error:
-            tracker.end("FAILED")
+            tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
 
 
@@ -578,7 +585,12 @@ def _finish_run(cfg: ExperimentConfig, tracker: Any, result: Any, run_name: str,
     last_at = checkpoint_uri(cfg.checkpoint.storage_path, result.checkpoint.path)
     # as_directory: the directory itself on a local or mounted storage path, a downloaded copy from an
     # object store (Ray's Checkpoint.path there is a key inside the bucket, not a local path).
-    with best_ckpt.as_directory() as best_dir, result.checkpoint.as_directory() as last_dir:
+    with contextlib.ExitStack() as stack:
+        best_dir = stack.enter_context(best_ckpt.as_directory())
+        # Ray's Result hands out one Checkpoint object for the last and, when it scored best, the best
+        # checkpoint: one download, one directory.
+        same = best_ckpt is result.checkpoint or best_ckpt.path == result.checkpoint.path
+        last_dir = best_dir if same else stack.enter_context(result.checkpoint.as_directory())
         last_meta = read_meta(last_dir)
         tracker.log_artifacts(best_dir, "checkpoints/best")
         tracker.log_artifacts(last_dir, "checkpoints/last")

@@ -403,3 +403,20 @@ def test_logs_and_a_tracking_password_are_kept_out_of_output(no_ray_env, monkeyp
                                  "--", "fusionpipe", "train", "--config", "configs/smoke.yaml"])
     assert FakeJobClient.submitted[-1]["runtime_env"]["env_vars"]["MLFLOW_TRACKING_URI"] == "http://u:pw@m:5000"
     assert "warning: MLFLOW_TRACKING_URI carries a password" in r.stderr and "pw" not in r.stderr.replace("password", "")
+    r = CliRunner().invoke(cli, ["submit", "--address", "http://head:8265", "--json", "--", "fusionpipe", "train",
+                                 "--config", "configs/smoke.yaml", "--set", "tracking.uri=http://u:pw@m:5000"])
+    assert "warning: the command carries a URL with a password" in r.stderr
+    assert json.loads(r.stdout)["entrypoint"].endswith("tracking.uri=http://u:***@m:5000")  # printed redacted
+
+
+def test_redaction_covers_every_userinfo_shape_and_every_printed_error(capsys):
+    from pipelines._output import fail
+    from pipelines.redact import redact_url_password as r
+
+    assert r("postgresql://u:p@ss@h/db") == "postgresql://u:***@h/db"  # "@" inside the password
+    assert r("http://:tok@h") == "http://***@h" and r("https://ghp_TOKEN@github.com/x") == "https://***@github.com/x"
+    assert r("see http://h/p?q=a@b and x@y.com") == "see http://h/p?q=a@b and x@y.com"  # no userinfo: unchanged
+    with pytest.raises(SystemExit):
+        fail("API request to http://alice:s3cret@m:5000/api failed", as_json=True)
+    out, err = capsys.readouterr()
+    assert "s3cret" not in out + err and json.loads(out)["error"].startswith("API request to http://alice:***@m:5000")

@@ -322,3 +322,15 @@ def test_a_resume_with_changed_settings_is_on_record(tmp_path, smoke_shards, cap
                                                                       "train.epochs": ["10", "40"]}
     assert run.data.params["optim.lr"] == "0.01"  # params are the run's first values
     assert "resumes with changed settings: optim.lr 0.01 -> 0.001, train.epochs 10 -> 40" in capsys.readouterr().err
+
+
+def test_the_resume_changes_tag_is_valid_json_within_the_limit():
+    import json
+
+    from pipelines.tracking import changes_tag
+
+    changes = {f"model.options.k{i:02d}": ["a" * 30, "b" * 30] for i in range(40)}
+    assert json.loads(changes_tag(changes, 10_000)) == changes
+    short = json.loads(changes_tag(changes, 500))
+    assert len(changes_tag(changes, 500)) <= 500 and short["..."] == 40 - (len(short) - 1)
+    assert all(short[k] == changes[k] for k in short if k != "...")

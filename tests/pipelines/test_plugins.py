@@ -300,3 +300,37 @@ def test_the_plugins_directory_is_a_dvc_dependency_of_train_and_evaluate(monkeyp
     monkeypatch.chdir(REPO_ROOT)
     cfg = load_config(None, ["plugins=[plugins]"])
     assert cfg.plugins == ["plugins"] and sys.modules["plugins"].__file__ == str(REPO_ROOT / "plugins" / "__init__.py")
+
+
+def test_resume_records_plugin_code_of_an_older_run_quietly_and_drops_removed_plugins(tmp_path, tiny_config,
+                                                                                      smoke_shards, monkeypatch,
+                                                                                      capsys):
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.train import _open_mlflow_run
+
+    for name in ("plug_a", "plug_b"):
+        (tmp_path / f"{name}.py").write_text(f"NAME = {name!r}\n")
+        sys.modules.pop(name, None)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    manifest = json.loads((smoke_shards / "manifest.json").read_text())
+    try:
+        both = tiny_config("plugins=[plug_a, plug_b]").resolved_paths()
+        tracker, _ = _open_mlflow_run(both, "r", manifest)
+        client = MlflowClient(tracking_uri=both.tracking.uri)
+        for key in [k for k in client.get_run(tracker.run_id).data.tags if k.startswith("plugin.")]:
+            client.delete_tag(tracker.run_id, key)  # as a run started before plugin code was tagged
+        capsys.readouterr()
+        _open_mlflow_run(both, "r", manifest)
+        tags = client.get_run(tracker.run_id).data.tags
+        assert "warning" not in capsys.readouterr().err and "fusionpipe.plugins_changed" not in tags
+        assert tags["plugin.plug_a.sha256"] == hashlib.sha256(b"NAME = 'plug_a'\n").hexdigest()
+        # plug_b is dropped: a change on record, and its tags go.
+        _open_mlflow_run(tiny_config("plugins=[plug_a]").resolved_paths(), "r", manifest)
+        tags = client.get_run(tracker.run_id).data.tags
+        assert "plug_b" in capsys.readouterr().err and tags["fusionpipe.plugins_changed"] == "plug_b"
+        assert "plugin.plug_b.sha256" not in tags and "plugin.plug_b.path" not in tags
+        assert "plugin.plug_a.sha256" in tags
+    finally:
+        for name in ("plug_a", "plug_b"):
+            sys.modules.pop(name, None)

@@ -27,6 +27,9 @@ def test_small_files_on_a_path_and_a_uri(tmp_path):
     assert (tmp_path / "remote" / "run" / "fusionpipe-run.json").read_text() == '{"a": 2}'
     assert not list((tmp_path / "local" / "run").glob(".*"))  # no temp file left behind
     assert join("s3://bucket/ray_results/", "run", "x.json") == "s3://bucket/ray_results/run/x.json"
+    # A MinIO store is named with a query: the parts go on the path, the query stays.
+    assert join("s3://b/r?endpoint_override=minio:9000", "run", "x.json") == \
+        "s3://b/r/run/x.json?endpoint_override=minio:9000"
 
 
 def test_a_checkpoint_on_an_object_store_is_named_with_its_scheme():
@@ -34,6 +37,8 @@ def test_a_checkpoint_on_an_object_store_is_named_with_its_scheme():
     assert checkpoint_uri("gs://bucket/r", "bucket/r/c") == "gs://bucket/r/c"
     assert checkpoint_uri("file:///x/r", "/x/r/c") == "/x/r/c"
     assert checkpoint_uri("/x/r", "/x/r/c") == "/x/r/c"
+    assert checkpoint_uri("s3://b/r?endpoint_override=minio:9000", "b/r/c") == "s3://b/r/c?endpoint_override=minio:9000"
+    assert checkpoint_uri("hdfs://namenode:8020/r", "/r/c") == "hdfs://namenode:8020/r/c"  # a host, then its path
 
 
 def test_copy_to_local_names_a_missing_checkpoint(tmp_path):
@@ -119,3 +124,25 @@ def test_evaluate_reads_a_checkpoint_given_as_a_uri(tmp_path, smoke_shards):
     by_uri = run_evaluate(cfg, checkpoint=f"file://{tmp_path}/store/ck")
     by_path = run_evaluate(cfg, checkpoint=str(tmp_path / "store" / "ck"))
     assert by_uri["epoch"] == 4 and by_uri["metrics"] == by_path["metrics"]
+
+
+def test_when_the_last_checkpoint_is_the_best_it_is_fetched_once(tmp_path, caplog):
+    from pipelines.tracking import Tracker
+    from pipelines.train import _finish_run
+
+    cfg = load_config(None, ["checkpoint.storage_path=s3://bucket/ray_results", "tracking.log_model=false",
+                             f"tracking.uri=sqlite:///{tmp_path}/m.db"])
+    last = _memory_checkpoint(tmp_path, "/bucket/ray_results/r/checkpoint_000000", 0, 0.5)
+    # Ray's Result hands out the same Checkpoint object as the last and the best one.
+    result = SimpleNamespace(checkpoint=last, metrics={"val/semseg/miou": 0.5, "epoch": 0},
+                             best_checkpoints=[(last, {"val/semseg/miou": 0.5, "epoch": 0})])
+    downloads = []
+    original = type(last).to_directory
+    type(last).to_directory = lambda self, *a, **k: downloads.append(self.path) or original(self, *a, **k)
+    try:
+        with caplog.at_level("WARNING"):
+            summary = _finish_run(cfg, Tracker.create_run(cfg.tracking.uri, "e", "r", {}), result, "r", False)
+    finally:
+        type(last).to_directory = original
+    assert summary["best_checkpoint"] == summary["last_checkpoint"] == "s3://bucket/ray_results/r/checkpoint_000000"
+    assert len(downloads) == 1 and "Could not remove" not in caplog.text
