@@ -16,6 +16,9 @@ from torch import nn
 from fusion.config import ModelConfig
 
 _REGISTRY: dict[str, Callable[[ModelConfig], nn.Module]] = {}
+# Options a model gained after checkpoints were written with it: {model: {option: (before, default)}},
+# ``before`` being the value that builds the model as it was before the option existed.
+_ADDED_OPTIONS: dict[str, dict[str, tuple[Any, Any]]] = {}
 
 T = TypeVar("T")
 
@@ -49,6 +52,34 @@ def build_model(cfg: ModelConfig | Mapping[str, Any]) -> nn.Module:
     if cfg.name not in _REGISTRY:
         raise ValueError(f"unknown model {cfg.name!r}; registered models: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[cfg.name](cfg)
+
+
+def register_added_option(model: str, option: str, before: Any, default: Any) -> None:
+    """Declare that ``model`` gained ``option`` (default ``default``) after checkpoints were written with
+    it, and that ``before`` builds the model as it was then. A checkpoint's model config then records
+    the option explicitly (:func:`pin_added_options`), and an older one that lacks it is read as
+    ``before`` (:func:`upgrade_model_config`), so it still loads into the weights it has."""
+    _ADDED_OPTIONS.setdefault(model, {})[option] = (before, default)
+
+
+def pin_added_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``cfg`` (a model config dict) with each added option of its model written out: its value, or
+    the current default. What a checkpoint's ``meta.json`` records."""
+    _load_all()
+    added = _ADDED_OPTIONS.get(cfg.get("name", ""), {})
+    options = dict(cfg.get("options") or {})
+    options.update({k: default for k, (_, default) in added.items() if k not in options})
+    return {**cfg, "options": options}
+
+
+def upgrade_model_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's model config with each added option it lacks set to its value from before the
+    option existed: the model it was trained as."""
+    _load_all()
+    added = _ADDED_OPTIONS.get(cfg.get("name", ""), {})
+    options = dict(cfg.get("options") or {})
+    options.update({k: before for k, (before, _) in added.items() if k not in options})
+    return {**cfg, "options": options}
 
 
 def parse_options(cls: type[T], options: Mapping[str, Any], model: str) -> T:

@@ -43,9 +43,15 @@ def read_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
     if not p.is_file():
         raise CheckpointError(f"{directory}: not a fusionpipe checkpoint (no {META})")
     try:
-        return json.loads(p.read_text())
+        meta = json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{p}: not valid JSON: {e}") from e
+    if isinstance(meta.get("model_config"), dict):
+        from fusion.registry import upgrade_model_config
+
+        # Options a model gained since this checkpoint was written read as they were then.
+        meta["model_config"] = upgrade_model_config(meta["model_config"])
+    return meta
 
 
 def check_compatible(meta_model: dict[str, Any], want: dict[str, Any], where: str) -> None:

@@ -334,3 +334,29 @@ def test_the_resume_changes_tag_is_valid_json_within_the_limit():
     short = json.loads(changes_tag(changes, 500))
     assert len(changes_tag(changes, 500)) <= 500 and short["..."] == 40 - (len(short) - 1)
     assert all(short[k] == changes[k] for k in short if k != "...")
+
+
+def test_a_padnet_checkpoint_from_before_the_fuse_layer_still_loads(tmp_path, smoke_shards):
+    import json
+
+    from fusion import build_model
+    from pipelines.checkpoints import CheckpointError, check_compatible, load_model_state, read_meta, save_checkpoint
+    from pipelines.loop import model_config
+
+    def cfg(*more):
+        return load_config(None, [f"data.shards={smoke_shards}", "model.name=padnet", "model.width=0.125",
+                                  "model.options={channels: 16}", *more])
+
+    new = model_config(cfg(), 13)
+    assert new["options"] == {"channels": 16, "fuse": True}  # recorded explicitly in every new checkpoint
+    # A checkpoint written before the option existed: no fuse layer, no "fuse" in its meta.
+    old_cfg = {**new, "options": {"channels": 16}}
+    old_model = build_model({**old_cfg, "options": {"channels": 16, "fuse": False}})
+    save_checkpoint(tmp_path / "old", old_model, {"epoch": 3, "model_config": old_cfg})
+    assert json.loads((tmp_path / "old" / "meta.json").read_text())["model_config"]["options"] == {"channels": 16}
+    meta = read_meta(tmp_path / "old")
+    assert meta["model_config"]["options"] == {"channels": 16, "fuse": False}  # read as it was trained
+    load_model_state(build_model(meta["model_config"]), tmp_path / "old")  # strict: every key fits
+    with pytest.raises(CheckpointError, match=r"options: checkpoint .*'fuse': False.* vs config .*'fuse': True"):
+        check_compatible(meta["model_config"], new, "old")
+    check_compatible(meta["model_config"], model_config(cfg("model.options={channels: 16, fuse: false}"), 13), "old")

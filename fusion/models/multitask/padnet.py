@@ -24,7 +24,7 @@ from fusion.config import ModelConfig
 from fusion.heads import concat_scales, upsample_to
 from fusion.models.multitask.encoder import FusionOptions, MultiTaskModel, front_end_tasks, task_out_channels
 from fusion.models.multitask.layers import InitialPrediction, MultiModalDistillation, residual_blocks
-from fusion.registry import parse_options, register_model
+from fusion.registry import parse_options, register_added_option, register_model
 
 
 @dataclass
@@ -59,6 +59,10 @@ class PADNet(MultiTaskModel):
         out: dict = {t: upsample_to(self.heads[t](distilled[t]), size) for t in self.tasks}
         out["aux"] = {"initial": initial}
         return out
+
+
+# Checkpoints written before the fuse layer came (stop 15) were built without it.
+register_added_option("padnet", "fuse", before=False, default=True)
 
 
 @register_model("padnet")
