@@ -392,13 +392,48 @@ def _run_state(storage: str, run_name: str) -> str:
     return join(storage, run_name, RUN_STATE)
 
 
+def _record_resume(tracker: Any, cfg: ExperimentConfig, run_name: str, plugins: dict[str, str]) -> None:
+    """Tag a resumed run: the Ray job, what this attempt changed (settings, plugin code), and drop the
+    tags of plugins no longer listed."""
+    from pipelines.tracking import PARAM_MAX, changed_plugins, changes_tag, config_changes, ray_job_tags
+
+    tags = {**ray_job_tags(), "fusionpipe.resumed": "true"}
+    run = tracker.client.get_run(tracker.run_id)
+    logged = run.data.tags
+    # MLflow params cannot change, so they stay the run's first config; what this attempt changed
+    # (a lower optim.lr after a divergence, more train.epochs) is on record in a tag.
+    differ = config_changes(run.data.params, flatten(cfg.model_dump(mode="json")))
+    if differ:
+        print(f"note: run {run_name!r} resumes with changed settings: "
+              + ", ".join(f"{k} {old} -> {new}" for k, (old, new) in differ.items())
+              + " (tag fusionpipe.resume_changed; the params keep the first values)", file=sys.stderr)
+        tags["fusionpipe.resume_changed"] = changes_tag(differ, PARAM_MAX)
+    changed = changed_plugins(logged, plugins)
+    stale = [k for k in logged if k.startswith("plugin.") and k not in plugins]  # plugins dropped since
+    if changed and not any(k.startswith("plugin.") for k in logged) and "plugins" not in differ:
+        # A run started before plugin code was tagged: record it now, there is nothing to compare.
+        tags.update(plugins)
+    elif changed:
+        # Not refused (a fix to a plugin is a reason to resume), but on record: the run's epochs
+        # before and after this point ran different plugin code. The plugin tags now name the code
+        # that runs from here on; fusionpipe.plugins_changed keeps every plugin that ever changed.
+        print(f"warning: run {run_name!r}: the code of plugin(s) {', '.join(changed)} changed since the run "
+              "was last started; its earlier epochs ran other code (tag fusionpipe.plugins_changed)",
+              file=sys.stderr)
+        before = [n for n in logged.get("fusionpipe.plugins_changed", "").split(",") if n]
+        tags.update(plugins)
+        tags["fusionpipe.plugins_changed"] = ",".join(sorted(set(before) | set(changed)))
+    tracker.set_tags(tags)
+    for key in stale:
+        tracker.client.delete_tag(tracker.run_id, key)
+
+
 def _open_mlflow_run(cfg: ExperimentConfig, run_name: str, manifest: dict[str, Any],
                      extra_tags: dict[str, str] | None = None) -> tuple[Any, bool]:
     """Re-open the MLflow run recorded for ``run_name``, or create one with params, tags and inputs."""
-    from pipelines.tracking import (PARAM_MAX, Tracker, changed_plugins, changes_tag, config_changes, data_version,
-                                    git_info, plugin_tags, ray_job_tags, redact_url_password, redacted_config)
-
     from pipelines.storage import read_text, write_text
+    from pipelines.tracking import (Tracker, data_version, git_info, plugin_tags, ray_job_tags, redact_url_password,
+                                    redacted_config)
 
     state = _run_state(cfg.checkpoint.storage_path, run_name)
     uri = cfg.tracking.uri
@@ -408,35 +443,7 @@ def _open_mlflow_run(cfg: ExperimentConfig, run_name: str, manifest: dict[str, A
         info = json.loads(state_text)
         tracker = Tracker(uri, info["mlflow_run_id"])
         tracker.client.update_run(tracker.run_id, status="RUNNING")
-        resume_tags = {**ray_job_tags(), "fusionpipe.resumed": "true"}
-        run = tracker.client.get_run(tracker.run_id)
-        logged = run.data.tags
-        # MLflow params cannot change, so they stay the run's first config; what this attempt changed
-        # (a lower optim.lr after a divergence, more train.epochs) is on record in a tag.
-        differ = config_changes(run.data.params, flatten(cfg.model_dump(mode="json")))
-        if differ:
-            print(f"note: run {run_name!r} resumes with changed settings: "
-                  + ", ".join(f"{k} {old} -> {new}" for k, (old, new) in differ.items())
-                  + " (tag fusionpipe.resume_changed; the params keep the first values)", file=sys.stderr)
-            resume_tags["fusionpipe.resume_changed"] = changes_tag(differ, PARAM_MAX)
-        changed = changed_plugins(logged, plugins)
-        stale = [k for k in logged if k.startswith("plugin.") and k not in plugins]  # plugins dropped since
-        if changed and not any(k.startswith("plugin.") for k in logged) and "plugins" not in differ:
-            # A run started before plugin code was tagged: record it now, there is nothing to compare.
-            resume_tags.update(plugins)
-        elif changed:
-            # Not refused (a fix to a plugin is a reason to resume), but on record: the run's epochs
-            # before and after this point ran different plugin code. The plugin tags now name the code
-            # that runs from here on; fusionpipe.plugins_changed keeps every plugin that ever changed.
-            print(f"warning: run {run_name!r}: the code of plugin(s) {', '.join(changed)} changed since the run "
-                  "was last started; its earlier epochs ran other code (tag fusionpipe.plugins_changed)",
-                  file=sys.stderr)
-            before = [n for n in logged.get("fusionpipe.plugins_changed", "").split(",") if n]
-            resume_tags.update(plugins)
-            resume_tags["fusionpipe.plugins_changed"] = ",".join(sorted(set(before) | set(changed)))
-        tracker.set_tags(resume_tags)
-        for key in stale:
-            tracker.client.delete_tag(tracker.run_id, key)
+        _record_resume(tracker, cfg, run_name, plugins)
         return tracker, True
     tags = {"fusionpipe.model": cfg.model.name, "fusionpipe.run_name": run_name, **git_info(),
             **data_version(cfg.data.shards, cfg.data.rev), **plugins, **ray_job_tags(), **(extra_tags or {})}
