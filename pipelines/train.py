@@ -69,25 +69,20 @@ def validate_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         from pipelines.loop import model_config
 
         try:
-            build_model(model_config(cfg, len(manifest["classes"])))
+            model = build_model(model_config(cfg, len(manifest["classes"])))
         except (ValueError, KeyError, TypeError) as e:
             problems.append(f"model: {e}")
+        else:
+            # A model whose aux losses are its only training signal for some part (nn.Module.needs_aux_losses).
+            reason = getattr(model, "needs_aux_losses", None)
+            if reason and not cfg.loss.deep_supervision:
+                problems.append(f"loss.deep_supervision is false, but model {cfg.model.name} {reason}, or set "
+                                "loss.deep_supervision true")
     aux = set(cfg.model.options.get("auxiliary_tasks") or [])
     final = [t for t in cfg.data.tasks if t not in aux]
     lacking_aux = sorted(aux - set(cfg.data.tasks))
     if lacking_aux:
         problems.append(f"model.options.auxiliary_tasks {lacking_aux} must also be in data.tasks (their targets)")
-    if not cfg.loss.deep_supervision:
-        # These would train nothing: their only losses are the aux ones that deep supervision adds.
-        if aux:
-            problems.append(f"model.options.auxiliary_tasks {sorted(aux)} are learned only through deep supervision; "
-                            "with loss.deep_supervision false they would never train: set it true or drop them")
-        opts = cfg.model.options
-        if cfg.model.name == "cen" and opts.get("ensemble", True) and opts.get("detach_ensemble", True):
-            problems.append("model cen with detach_ensemble: the per-modality predictions are trained only through "
-                            "their aux losses, which loss.deep_supervision false turns off (only the ensemble "
-                            "weights would train): set loss.deep_supervision true, or model.options.detach_ensemble "
-                            "false")
     metric_task = cfg.checkpoint.metric.split("/")[1] if cfg.checkpoint.metric.count("/") >= 2 else None
     if not cfg.checkpoint.metric.startswith("val/") or metric_task not in final:
         problems.append(f"checkpoint.metric: {cfg.checkpoint.metric!r} must be 'val/<task>/<metric>' for a final "

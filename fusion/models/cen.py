@@ -71,6 +71,14 @@ class CEN(nn.Module):
         self.alpha = nn.Parameter(torch.ones(len(self.tasks), m_count)) if opts.ensemble else None
         self.aux_weights = {m: 1.0 for m in self.modalities}
 
+    @property
+    def needs_aux_losses(self) -> str | None:
+        """Why the model cannot train without its aux losses (``loss.deep_supervision`` false), or None."""
+        if self.opts.ensemble and self.opts.detach_ensemble:
+            return ("trains its per-modality predictions only through their aux losses: with detach_ensemble the "
+                    "fused output's loss reaches only the ensemble weights; set model.options.detach_ensemble false")
+        return None
+
     def train(self, mode: bool = True) -> "CEN":
         """With option ``freeze_bn`` (the official ``FREEZE_BN = True``, for a start from pretrained
         weights) every BatchNorm stays in eval mode while training: its running statistics stay those it

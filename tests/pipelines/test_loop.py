@@ -206,14 +206,14 @@ def test_invalid_experiment_lists_every_problem_before_ray(smoke_shards, tmp_pat
 
 def test_settings_that_would_train_nothing_without_deep_supervision_are_refused(smoke_shards):
     base = [f"data.shards={smoke_shards}", "loss.deep_supervision=false", "train.batch_size=2"]
-    with pytest.raises(ConfigError, match=r"auxiliary_tasks \['edge', 'normals'\] are learned only through deep "
-                                          r"supervision"):
+    with pytest.raises(ConfigError, match=r"loss.deep_supervision is false, but model mtinet learns its "
+                                          r"auxiliary_tasks \['edge', 'normals'\] only through their aux losses"):
         validate_experiment(load_config(None, [*base, "model.name=mtinet",
                                                "model.options={auxiliary_tasks: [normals, edge]}"]))
     cen = [*base, "model.name=cen", "data.tasks=[semseg]", "data.modalities=[rgb, depth]",
            "checkpoint.metric=val/semseg/miou"]
-    with pytest.raises(ConfigError, match=r"model cen with detach_ensemble: the per-modality predictions are trained "
-                                          r"only through their aux losses"):
+    with pytest.raises(ConfigError, match=r"model cen trains its per-modality predictions only through their aux "
+                                          r"losses: with detach_ensemble"):
         validate_experiment(load_config(None, cen))
     validate_experiment(load_config(None, [*cen, "model.options={detach_ensemble: false}"]))  # the ensemble trains
     validate_experiment(load_config(None, [*base, "model.name=mtinet"]))  # aux heads unused: DDP is told

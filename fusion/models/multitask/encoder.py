@@ -129,6 +129,15 @@ class MultiTaskModel(nn.Module):
         self.tasks = list(tasks)
         self.encoder = MultiTaskEncoder(cfg, opts)
         self.aux_weights: dict[str, float] = {}
+        self.auxiliary_tasks = sorted(getattr(opts, "auxiliary_tasks", None) or [])
+
+    @property
+    def needs_aux_losses(self) -> str | None:
+        """Why the model cannot train without its aux losses (``loss.deep_supervision`` false), or None."""
+        if self.auxiliary_tasks:
+            return (f"learns its auxiliary_tasks {self.auxiliary_tasks} only through their aux losses (they are "
+                    "never final outputs); drop them")
+        return None
 
     def input_size(self, inputs: dict[str, Tensor]) -> torch.Size:
         return inputs[self.encoder.modalities[0]].shape[-2:]
