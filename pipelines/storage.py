@@ -9,7 +9,6 @@ atomic by itself).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -51,11 +50,11 @@ def read_text(location: str) -> str | None:
 def write_text(location: str, text: str) -> None:
     """Write ``text`` whole: a reader sees the old file or the new one, never a part."""
     if not is_uri(location):
+        from datasets.manifest import write_atomic
+
         p = Path(location)
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, p)
+        write_atomic(p, text.encode())
         return
     fs, path = _fs(location)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
