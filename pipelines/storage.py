@@ -3,7 +3,7 @@
 ``checkpoint.storage_path`` is a local (or network-mounted) directory, or a URI that Ray Train writes
 through pyarrow (``s3://BUCKET/ray_results``, ``gs://...``, ``file:///...``). The driver keeps a run's
 MLflow run id there (``fusionpipe-run.json``), so a resubmitted job resumes the same MLflow run
-wherever it runs. These helpers read and write such a file on either kind of storage: through
+wherever it runs, and a worker records there an error that a retry cannot fix (``fusionpipe-fatal.json``). These helpers read and write such a file on either kind of storage: through
 pyarrow's filesystem for a URI, with the local temp-then-rename for a path (an object-store PUT is
 atomic by itself).
 """
@@ -60,6 +60,18 @@ def write_text(location: str, text: str) -> None:
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(path) as f:
         f.write(text.encode())
+
+
+def remove(location: str) -> None:
+    """Delete the file at ``location``; no error when there is none."""
+    if not is_uri(location):
+        Path(location).unlink(missing_ok=True)
+        return
+    import pyarrow.fs
+
+    fs, path = _fs(location)
+    if fs.get_file_info(path).type == pyarrow.fs.FileType.File:
+        fs.delete_file(path)
 
 
 def copy_to_local(uri: str, dest: Path) -> Path:

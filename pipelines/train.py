@@ -26,6 +26,7 @@ import torch
 from pydantic import ValidationError
 
 from pipelines.config import ConfigError, ExperimentConfig, flatten
+from pipelines.storage import checkpoint_uri, join, read_text, remove, write_text
 
 log = logging.getLogger(__name__)
 RUN_STATE = "fusionpipe-run.json"
@@ -168,25 +169,22 @@ def quiet_ray_train_reports() -> None:
 FATAL = "fusionpipe-fatal.json"
 
 
-def _fatal_path(storage: str, run_name: str) -> Path | None:
-    """Where a worker records an error that a retry cannot fix (None for remote storage)."""
-    return None if "://" in storage else Path(storage) / run_name / FATAL
+def _fatal_path(storage: str, run_name: str) -> str:
+    """Where a worker records an error that a retry cannot fix: beside the run's checkpoints, on a
+    local path or an object store (:mod:`pipelines.storage`)."""
+    return join(storage, run_name, FATAL)
 
 
-def _record_fatal(path: Path | None, error: Exception) -> None:
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"type": type(error).__name__, "message": str(error)}))
-    os.replace(tmp, path)
+def _record_fatal(location: str, error: Exception) -> None:
+    write_text(location, json.dumps({"type": type(error).__name__, "message": str(error)}))
 
 
-def _read_fatal(path: Path | None) -> Exception | None:
+def _read_fatal(location: str) -> Exception | None:
     """The recorded error as its own class (one of :func:`_fatal_errors`), or None."""
-    if path is None or not path.is_file():
+    text = read_text(location)
+    if text is None:
         return None
-    info = json.loads(path.read_text())
+    info = json.loads(text)
     cls = {c.__name__: c for c in _fatal_errors()}.get(info["type"], RuntimeError)
     return cls(info["message"])
 
@@ -382,8 +380,6 @@ def start_local_ray(num_cpus: int, log_to_driver: bool = True) -> None:
 
 def _run_state(storage: str, run_name: str) -> str:
     """The run-state file's location: a path, or a URI on an object store (pipelines.storage)."""
-    from pipelines.storage import join
-
     return join(storage, run_name, RUN_STATE)
 
 
@@ -426,7 +422,6 @@ def _record_resume(tracker: Any, cfg: ExperimentConfig, run_name: str, plugins: 
 def _open_mlflow_run(cfg: ExperimentConfig, run_name: str, manifest: dict[str, Any],
                      extra_tags: dict[str, str] | None = None) -> tuple[Any, bool]:
     """Re-open the MLflow run recorded for ``run_name``, or create one with params, tags and inputs."""
-    from pipelines.storage import read_text, write_text
     from pipelines.tracking import (Tracker, data_version, git_info, plugin_tags, ray_job_tags, redact_url_password,
                                     redacted_config)
 
@@ -517,8 +512,7 @@ def run_training(cfg: ExperimentConfig, run_name: str | None = None, *, extra_ta
     check_shared_storage(cfg.checkpoint.storage_path)
     tracker, resumed = _open_mlflow_run(cfg, run_name, manifest, extra_tags)
     fatal = _fatal_path(cfg.checkpoint.storage_path, run_name)
-    if fatal is not None:
-        fatal.unlink(missing_ok=True)  # an earlier attempt's error; the config may have been fixed since
+    remove(fatal)  # an earlier attempt's error; the config may have been fixed since
     mcfg = model_config(cfg, len(manifest["classes"]))
     trainer = _interruptible_trainer_cls()(
         train_loop_per_worker,
@@ -577,7 +571,6 @@ def _finish_run(cfg: ExperimentConfig, tracker: Any, result: Any, run_name: str,
     """Log the best and last checkpoints and the final model, close the MLflow run; the run summary."""
     from pipelines.checkpoints import read_meta
     from pipelines.model_export import log_final_model
-    from pipelines.storage import checkpoint_uri
     from pipelines.tracking import redact_url_password
 
     if result.checkpoint is None:

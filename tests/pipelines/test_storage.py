@@ -146,3 +146,27 @@ def test_when_the_last_checkpoint_is_the_best_it_is_fetched_once(tmp_path, caplo
         type(last).to_directory = original
     assert summary["best_checkpoint"] == summary["last_checkpoint"] == "s3://bucket/ray_results/r/checkpoint_000000"
     assert len(downloads) == 1 and "Could not remove" not in caplog.text
+
+
+def test_an_error_a_retry_cannot_fix_is_recorded_beside_checkpoints_on_a_uri(tmp_path):
+    from pipelines.loop import NonFiniteLossError
+    from pipelines.storage import remove
+    from pipelines.train import _fatal_path, train_loop_per_worker
+
+    storage = f"file://{tmp_path}/store"
+    fatal = _fatal_path(storage, "r")
+    assert fatal == f"file://{tmp_path}/store/r/fusionpipe-fatal.json"
+    # The first attempt fails on a config that this worker cannot validate and records why.
+    config = {"storage_path": storage, "run_name": "r", "cfg": {"model": {"name": 42}}}
+    with pytest.raises(Exception, match="does not validate on Ray worker node") as first:
+        train_loop_per_worker(config)
+    recorded = json.loads((tmp_path / "store" / "r" / "fusionpipe-fatal.json").read_text())
+    assert recorded["type"] == "ConfigError" and "does not validate" in recorded["message"]
+    # A retried worker raises the recorded error at once, as its own class, without reading its config.
+    write_text(fatal, json.dumps({"type": "NonFiniteLossError", "message": "epoch 3: task(s) depth"}))
+    with pytest.raises(NonFiniteLossError, match=r"epoch 3: task\(s\) depth"):
+        train_loop_per_worker({"storage_path": storage, "run_name": "r"})
+    assert type(first.value).__name__ == "ConfigError"
+    remove(fatal)  # what a new attempt under the same run name does first
+    remove(fatal)  # and again: no error when there is none
+    assert read_text(fatal) is None
