@@ -6,11 +6,11 @@ Splitting (``rank``, ``world_size`` and DataLoader workers give ``world_size × 
 * **train**: shards are permuted per epoch (same permutation on every rank) and dealt to slots
   round-robin, each slot getting at least one. Every rank yields exactly
   ``num_samples // (world_size × batch_size)`` full batches per epoch — a slot whose shards run
-  out starts over on them — so DDP never waits on a rank that ran dry. Samples pass a per-slot
+  out is dealt more from a fresh permutation — so DDP never waits on a rank that ran dry. Samples pass a per-slot
   shuffle buffer and the (seeded) augmentation.
 * **eval** (``train=False``): shard ``i`` goes to slot ``i mod slots``, read once in order: every
-  sample is seen exactly once across all ranks (ranks may differ by a batch; evaluation gathers
-  metric sums after the loop, so that is safe).
+  sample is seen exactly once across all ranks (ranks may differ by whole shards; evaluation gathers
+  metric sums after the loop, so that is safe). The transform applies here too (``resize`` only).
 
 Shards are read with :mod:`datasets.tario` (a strict tar reader ~5x cheaper per member than
 ``tarfile``, which webdataset's iterator wraps) and decoded here (:mod:`datasets.codec`):
@@ -48,6 +48,7 @@ class ShardReadError(RuntimeError):
 def iter_shard(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Yield ``(key, {member file name: bytes})`` for each sample of one tar, in file order."""
     key: str | None = None
+    done: str | None = None  # the last sample yielded whole
     members: dict[str, bytes] = {}
     try:
         with open(path, "rb", buffering=1 << 20) as f:
@@ -58,6 +59,7 @@ def iter_shard(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
                 if k != key:
                     if key is not None:
                         yield key, members
+                        done = key
                     key, members = k, {}
                 if member in members:
                     raise ShardReadError(f"{path}: key {k!r} has member {member!r} twice")
@@ -65,7 +67,8 @@ def iter_shard(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
     except ShardReadError:
         raise
     except (OSError, ValueError) as e:  # TarFormatError (a ValueError) for truncated or corrupt tars
-        raise ShardReadError(f"{path}: corrupt or truncated shard after key {key!r}: {e}") from e
+        reading = f" (while reading key {key!r})" if key is not None else ""
+        raise ShardReadError(f"{path}: corrupt or truncated shard after key {done!r}{reading}: {e}") from e
     if key is not None:
         yield key, members
 
@@ -206,10 +209,10 @@ class ShardStream(IterableDataset):
             raise RuntimeError(f"ShardStream built for {self.num_workers} workers runs in {nworkers}")
         slot = self.rank * nworkers + worker
         if not self.train:
-            for where, members in self._raw(self._eval_shards(range(worker, worker + 1))):
-                sample = self._decode(where, members)
-                if sample is not None:
-                    yield self._to_tensors(sample)
+            for item in self._raw(self._eval_shards(range(worker, worker + 1))):
+                out = self._prepare(item, 0)  # an evaluation transform (resize only) draws nothing
+                if out is not None:
+                    yield out
             return
         batches = self.batches_per_rank // nworkers + (1 if worker < self.batches_per_rank % nworkers else 0)
         yield from self._train_iter(slot, batches * self.batch_size)
@@ -234,7 +237,7 @@ class ShardStream(IterableDataset):
                 if buffer:
                     i = rng.randrange(len(buffer))
                     buffer[i], item = item, buffer[i]
-                out = self._prepare(item, rng)
+                out = self._prepare(item, rng.randrange(2**31))
                 if out is not None:
                     yield out
                     produced += 1
@@ -243,20 +246,30 @@ class ShardStream(IterableDataset):
             rounds += 1
             # Drain the buffer only when the quota will be met before it runs dry (keeps order random).
             while buffer and produced < quota and len(buffer) >= quota - produced:
-                out = self._prepare(buffer.pop(rng.randrange(len(buffer))), rng)
+                out = self._prepare(buffer.pop(rng.randrange(len(buffer))), rng.randrange(2**31))
                 if out is not None:
                     yield out
                     produced += 1
             if produced == 0 and rounds >= 2:
                 raise ShardReadError(f"{self.root}/{self.split}: slot {slot} read no usable sample from its shards")
 
-    def _prepare(self, item: tuple[str, dict[str, bytes]], rng: random.Random) -> dict[str, Any] | None:
-        sample = self._decode(*item)
+    def _prepare(self, item: tuple[str, dict[str, bytes]], seed: int) -> dict[str, Any] | None:
+        """Decode, transform and tensorise one sample; ``None`` when it is bad and ``errors="skip"``."""
+        from datasets.transforms import SampleError
+
+        where, members = item
+        sample = self._decode(where, members)
         if sample is None:
             return None
-        if self.transform is not None:
-            sample = self.transform(sample, rng.randrange(2**31))
-        return self._to_tensors(sample)
+        try:
+            if self.transform is not None:
+                sample = self.transform(sample, seed)
+            return self._to_tensors(sample)
+        except SampleError as e:  # e.g. bad intrinsics in meta.json: name the shard and key too
+            if self.errors == "raise":
+                raise ShardReadError(f"{where}: {e}") from e
+            self._skip(f"{where}: {e}")
+            return None
 
 
 def make_loader(stream: ShardStream, pin_memory: bool = False) -> DataLoader:

@@ -313,7 +313,7 @@ class SampleTransform:
     def __call__(self, sample: dict[str, Any], rng_seed: int | None = None) -> dict[str, Any]:
         """Transform one sample; the same ``rng_seed`` gives the same output, ``None`` draws fresh entropy.
 
-        Workers should pass a seed derived from (run seed, epoch, sample index) for reproducible runs.
+        Pass a seed from a seeded generator for a reproducible run (the loader does, per slot).
         """
         if rng_seed is not None and (isinstance(rng_seed, bool) or not isinstance(rng_seed, (int, np.integer))
                                      or rng_seed < 0):
@@ -322,8 +322,11 @@ class SampleTransform:
         hw = check_sample(sample)
         geo_seq, photo_seq = np.random.SeedSequence(rng_seed).spawn(2)
         warp = sample_warp(self.cfg, self.train, hw, np.random.default_rng(geo_seq))
-        out = apply_warp(sample, warp, self.cfg.rgb_pad)
         photometric = _photometric(self.cfg) if self.train else None
+        if photometric is None and warp.size == hw and np.array_equal(warp.matrix, np.eye(3)):
+            # Nothing to do (evaluation without `resize`): the maps as they are, no copy or resampling.
+            return {k: dict(v) if k == "meta" else v for k, v in sample.items()}
+        out = apply_warp(sample, warp, self.cfg.rgb_pad)
         if photometric is not None and "rgb" in out:
             # One shared generator for all photometric ops keeps their draws independent
             # (Compose(seed=...) would seed every op with the same stream).

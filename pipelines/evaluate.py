@@ -62,6 +62,7 @@ def trivial_baselines(cfg: ExperimentConfig, num_classes: int, split: str) -> di
     """What a model that learned nothing scores: the training set's majority class everywhere, and
     its mean valid depth everywhere. ``learned`` ratios in the main job are measured against these."""
     from datasets.loader import ShardStream, make_loader
+    from datasets.transforms import build_transform
     from fusion.metrics import MetricSet
 
     tasks = [t for t in ("semseg", "depth") if t in cfg.data.tasks]
@@ -70,7 +71,7 @@ def trivial_baselines(cfg: ExperimentConfig, num_classes: int, split: str) -> di
 
     def stream(s: str) -> ShardStream:
         return ShardStream(cfg.data.shards, s, tasks=tasks, modalities=cfg.data.modalities, batch_size=16,
-                           train=False, num_workers=0)
+                           train=False, num_workers=0, transform=build_transform(cfg.data.augment, train=False))
 
     hist = torch.zeros(num_classes, dtype=torch.float64)
     depth_sum, depth_n = 0.0, 0
@@ -127,6 +128,7 @@ def run_evaluate(cfg: ExperimentConfig, checkpoint: str | None = None, run_id: s
                  out: str | os.PathLike[str] | None = None, baselines: bool = False,
                  device: str = "auto") -> dict[str, Any]:
     from datasets.loader import ShardStream, make_loader
+    from datasets.transforms import build_transform
     from fusion import build_model
     from fusion.metrics import delta_m
     from pipelines.checkpoints import check_compatible, load_model_state, read_meta
@@ -158,7 +160,8 @@ def run_evaluate(cfg: ExperimentConfig, checkpoint: str | None = None, run_id: s
         load_model_state(model, ckpt)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     stream = ShardStream(cfg.data.shards, split, tasks=cfg.data.tasks, modalities=cfg.data.modalities,
-                         batch_size=batch_size or cfg.train.batch_size, train=False, num_workers=0)
+                         batch_size=batch_size or cfg.train.batch_size, train=False, num_workers=0,
+                         transform=build_transform(cfg.data.augment, train=False))  # `resize`, as in validation
     metrics = evaluate(model.to(dev), make_loader(stream, pin_memory=dev.type == "cuda"), want["tasks"],
                        len(manifest["classes"]), dev, amp=cfg.train.amp, edge_max_dist=cfg.data.edge_max_dist)
     flat = {k[len("val/"):]: v for k, v in metrics.items()}

@@ -250,7 +250,8 @@ def _train_loop(config: dict[str, Any]) -> None:
                   world_size=world, num_workers=d.loader_workers, seed=cfg.train.seed, errors=d.errors)
     train_stream = ShardStream(d.shards, d.train_split, train=True, shuffle_buffer=d.shuffle_buffer,
                                transform=build_transform(d.augment, train=True), **common)
-    val_stream = ShardStream(d.shards, d.val_split, train=False, transform=None, **common)
+    val_stream = ShardStream(d.shards, d.val_split, train=False, transform=build_transform(d.augment, train=False),
+                             **common)
     steps_per_epoch = math.ceil(train_stream.batches_per_rank / cfg.optim.grad_accum)  # a last, shorter group steps too
     total_steps = steps_per_epoch * cfg.train.epochs
     optimizer = make_optimizer(cfg, model)

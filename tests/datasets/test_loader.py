@@ -111,6 +111,17 @@ def _rewrite_member(root, shard, key, member, data):
     path.write_bytes(out.getvalue())
 
 
+def _complete(reader, path):
+    """The samples ``reader`` yields from ``path`` before it raises."""
+    out = []
+    try:
+        for item in reader(path):
+            out.append(item)
+    except ShardReadError:
+        pass
+    return out
+
+
 def _png8(arr):
     from PIL import Image
 
@@ -138,11 +149,22 @@ def test_class_id_out_of_range_and_skip_policy(toy_dataset, caplog):
 def test_truncated_shard_names_the_shard(toy_dataset):
     path = toy_dataset / "val/shard-000000.tar"
     path.write_bytes(path.read_bytes()[:3000])
-    with pytest.raises(ShardReadError, match="val/shard-000000.tar: corrupt or truncated"):
+    with pytest.raises(ShardReadError, match="val/shard-000000.tar: corrupt or truncated") as e:
         list(iter_shard(path))
+    assert "after key None (while reading key 'val0000')" in str(e.value)  # no sample was read whole
     s = _stream(toy_dataset, errors="skip")
     ids, _ = _ids(make_loader(s))
     assert s.skipped == 1 and {"val/val0003", "val/val0004", "val/val0005"} <= set(ids)
+
+
+def test_a_shard_cut_after_whole_samples_names_the_last_one_read(toy_dataset):
+    path = toy_dataset / "val/shard-000000.tar"
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    done = [k for k, _ in _complete(iter_shard, path)]
+    assert done == ["val0000", "val0001"]
+    with pytest.raises(ShardReadError, match=r"after key 'val0001' \(while reading key 'val0002'\)"):
+        list(iter_shard(path))
 
 
 def test_pickle_member_is_refused(toy_dataset):
@@ -167,3 +189,32 @@ def test_skip_policy_in_train_mode_keeps_exact_batch_counts(toy_dataset):
                     shuffle_buffer=3, errors="skip")
     ids, batches = _ids(make_loader(s))
     assert batches == 5 and len(ids) == 10 and "train/train0004" not in ids and s.skipped >= 1
+
+
+def test_an_evaluation_stream_applies_its_transform(toy_dataset):
+    from datasets.transforms import build_transform
+
+    resize = build_transform({"resize": (6, 8)}, train=False)
+    batch = next(iter(make_loader(_stream(toy_dataset, transform=resize))))
+    assert batch["inputs"]["rgb"].shape == (2, 3, 6, 8) and batch["targets"]["semseg"].shape == (2, 6, 8)
+    # Without `resize`, evaluation leaves the sample as stored.
+    plain = next(iter(make_loader(_stream(toy_dataset))))
+    same = next(iter(make_loader(_stream(toy_dataset, transform=build_transform({}, train=False)))))
+    assert torch.equal(plain["inputs"]["rgb"], same["inputs"]["rgb"]) and plain["inputs"]["rgb"].shape[-2:] == (12, 16)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_a_bad_meta_json_names_the_shard_and_key_and_can_be_skipped(toy_dataset, caplog, train):
+    from datasets.transforms import build_transform
+
+    split = "train" if train else "val"
+    key = f"{split}0001"
+    _rewrite_member(toy_dataset, f"{split}/shard-000000.tar", key, "meta.json",
+                    b'{"id": "%s/%s", "intrinsics": null}' % (split.encode(), key.encode()))
+    kw = dict(tasks=["semseg"], modalities=["rgb"], batch_size=2, train=train, shuffle_buffer=3,
+              transform=build_transform({"hflip": 1.0} if train else {"resize": (6, 8)}, train=train))
+    with pytest.raises(ShardReadError, match=rf"{split}/shard-000000.tar key '{key}': sample .*intrinsics"):
+        _ids(make_loader(ShardStream(toy_dataset, split, **kw)))
+    s = ShardStream(toy_dataset, split, errors="skip", **kw)
+    ids, _ = _ids(make_loader(s))
+    assert f"{split}/{key}" not in ids and s.skipped >= 1 and key in caplog.text
