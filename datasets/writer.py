@@ -123,6 +123,10 @@ def write_dataset(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / mf.MANIFEST).is_file():
+        # A dataset is replaced whole; anything else (a parent of datasets, say) is never deleted.
+        raise FileExistsError(f"{out}: exists, is not empty and holds no {mf.MANIFEST}, so it is not a dataset "
+                              "this command would replace; remove it or choose another output directory")
     if progress is None:
         progress = sys.stderr.isatty()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -83,3 +83,18 @@ def test_missing_member_is_an_error(tmp_path):
     with pytest.raises(SourceError, match="lacks member.*normals"):
         write_dataset(_Missing(), tmp_path / "x", progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_directory_that_is_not_a_dataset_is_never_replaced(tmp_path, toy_source):
+    parent = tmp_path / "shards"
+    (parent / "other").mkdir(parents=True)
+    (parent / "other" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match=r"shards: exists, is not empty and holds no manifest.json"):
+        write_dataset(toy_source, parent, shard_size=4, progress=False)
+    assert (parent / "other" / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shards"]  # no temp directory left behind
+    # An empty directory, or an earlier dataset, is replaced.
+    (tmp_path / "empty").mkdir()
+    write_dataset(toy_source, tmp_path / "empty", shard_size=4, progress=False)
+    write_dataset(toy_source, tmp_path / "empty", shard_size=4, progress=False)
+    assert verify(tmp_path / "empty").ok
