@@ -67,8 +67,14 @@ def _panel(sample: dict[str, Any], column: str, shape: tuple[int, int]) -> np.nd
     return np.repeat((v > 0).astype(np.uint8)[..., None] * 255, 3, axis=-1)
 
 
+def check_split(root: Path, manifest: dict[str, Any], split: str | None) -> None:
+    if split is not None and split not in manifest["splits"]:
+        raise ValueError(f"{root}: no split {split!r}; splits: {', '.join(manifest['splits'])}")
+
+
 def read_samples(root: Path, split: str, count: int) -> list[dict[str, Any]]:
     m = load_manifest(root)
+    check_split(root, m, split)
     out: list[dict[str, Any]] = []
     for shard in m["splits"][split]["shards"]:
         for key, members in iter_shard(root / shard["path"]):
@@ -104,6 +110,7 @@ def inspect_dataset(root: str | os.PathLike[str], split: str | None = None, max_
     """Per split: sample count, class pixel histogram, depth range (valid pixels) and missing fraction."""
     root = Path(root)
     m = load_manifest(root)
+    check_split(root, m, split)
     report: dict[str, Any] = {
         "name": m["name"], "source": m["source"], "manifest_digest": manifest_digest(root),
         "classes": m["classes"], "members": m["members"], "splits": {},

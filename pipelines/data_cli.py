@@ -117,6 +117,7 @@ def inspect(root: Path, split: str | None, grid: Path | None, grid_samples: int,
             as_json: bool, plugins: tuple[str, ...]) -> None:
     """Counts, class histogram, depth range; optionally a picture grid."""
     from datasets.inspect import draw_grid, inspect_dataset, read_samples
+    from datasets.loader import ShardReadError
     from datasets.manifest import ManifestError
 
     _import_plugins(plugins, as_json)
@@ -126,7 +127,7 @@ def inspect(root: Path, split: str | None, grid: Path | None, grid_samples: int,
             first = split or next(iter(report["splits"]))
             draw_grid(read_samples(root, first, grid_samples), grid)
             report["grid"] = str(grid)
-    except (ManifestError, ValueError) as e:
+    except (ManifestError, ShardReadError, ValueError) as e:  # a bad sample is a ValueError
         fail(str(e), as_json)
         return
     lines = [f"{report['name']} ({report['source']}), manifest digest {report['manifest_digest'][:16]}"]

@@ -52,3 +52,14 @@ def test_grid_draws_a_registered_member_by_its_kind(toy_dataset, tmp_path):
         assert np.all(img[16:, len(COLUMNS) * 16:] == 77)
     finally:
         MEMBERS.pop("confidence")
+
+
+def test_inspect_names_an_unknown_split_and_a_truncated_shard(toy_dataset, tmp_path):
+    out = CliRunner().invoke(cli, ["data", "inspect", str(toy_dataset), "--split", "nope", "--grid",
+                                   str(tmp_path / "g.png"), "--json"])
+    assert out.exit_code == 1 and "no split 'nope'; splits: train, val" in json.loads(out.stdout)["error"]
+    assert not (tmp_path / "g.png").exists()
+    shard = toy_dataset / "val" / "shard-000001.tar"
+    shard.write_bytes(shard.read_bytes()[:2000])
+    out = CliRunner().invoke(cli, ["data", "inspect", str(toy_dataset), "--json"])
+    assert out.exit_code == 1 and "val/shard-000001.tar: corrupt or truncated" in json.loads(out.stdout)["error"]
