@@ -324,8 +324,8 @@ class SampleTransform:
         warp = sample_warp(self.cfg, self.train, hw, np.random.default_rng(geo_seq))
         photometric = _photometric(self.cfg) if self.train else None
         if photometric is None and warp.size == hw and np.array_equal(warp.matrix, np.eye(3)):
-            # Nothing to do (evaluation without `resize`): the maps as they are, no copy or resampling.
-            return {k: dict(v) if k == "meta" else v for k, v in sample.items()}
+            # Nothing to do (evaluation without `resize`): copies of the maps, without resampling.
+            return {k: dict(v) if k == "meta" else v.copy() for k, v in sample.items()}
         out = apply_warp(sample, warp, self.cfg.rgb_pad)
         if photometric is not None and "rgb" in out:
             # One shared generator for all photometric ops keeps their draws independent

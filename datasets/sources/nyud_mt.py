@@ -123,6 +123,10 @@ class NyudMtSource(Source):
     def _read(self, member: str, path: Path) -> np.ndarray:
         if member == "semseg":
             raw = c.read_label_png(path)
+            n = len(self.classes)
+            if (raw > n).any():  # checked before the shift, which would make a raw 256 the ignore value
+                vals = sorted(int(v) for v in np.unique(raw[raw > n])[:5])
+                raise SourceError(f"{path}: raw label values {vals} are above {n} (0 is void, 1..{n} the classes)")
             # Official loader: 0 (void) -> 256 then everything -1, so void -> 255 and 1..40 -> 0..39.
             shifted = np.where(raw == 0, 256, raw) - 1
             return c.check_class_ids(shifted, len(self.classes), 255, path)

@@ -131,7 +131,11 @@ def test_nyud_mt_bad_inputs(tmp_path):
         NyudMtSource(root=str(tmp_path))
     np.save(tmp_path / "edge" / "0001.npy", np.zeros((H, W)))
     png(tmp_path / "segmentation" / "0001.png", np.full((H, W), 41, np.uint8))
-    with pytest.raises(SourceError, match=r"segmentation[/\\]0001\.png.*\[40\]"):
+    with pytest.raises(SourceError, match=r"segmentation[/\\]0001\.png: raw label values \[41\] are above 40"):
+        NyudMtSource(root=str(tmp_path)).load("train", "0001")
+    # A 16-bit label PNG's 256 is not read as the ignore value (256 - 1 = 255).
+    png(tmp_path / "segmentation" / "0001.png", np.full((H, W), 256, np.uint16))
+    with pytest.raises(SourceError, match=r"raw label values \[256\] are above 40"):
         NyudMtSource(root=str(tmp_path)).load("train", "0001")
     np.save(tmp_path / "depth" / "0001.npy", np.ones((H, W + 1), np.float32))
     with pytest.raises(SourceError, match=r"depth[/\\]0001\.npy.*differs"):
@@ -325,6 +329,20 @@ def test_folder_split_files_and_bad_inputs(tmp_path):
         f.unlink()
     with pytest.raises(SourceError, match="images"):
         FolderSource(root=str(tmp_path), classes=classes)
+
+
+def test_a_sample_listed_in_two_splits_is_refused_before_anything_is_written(tmp_path):
+    from datasets.writer import write_dataset
+
+    root = tmp_path / "src"
+    write_folder(root)
+    (root / "splits").mkdir()
+    (root / "splits" / "train.txt").write_text("a\nd\n")
+    (root / "splits" / "val.txt").write_text("d\n")
+    src = FolderSource(root=str(root), classes=str(root / "classes.yaml"))
+    with pytest.raises(SourceError, match=r"folder: sample 'd' is in split 'train' and in split 'val'"):
+        write_dataset(src, tmp_path / "out", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
 
 def test_folder_class_file_errors(tmp_path):
