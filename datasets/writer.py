@@ -133,7 +133,6 @@ def write_dataset(
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
-    _check_splits_disjoint(source)
     try:
         splits = {s: _write_split(source, s, tmp, shard_size, workers, progress) for s in source.splits()}
         manifest = build_manifest(source, splits)
@@ -143,16 +142,6 @@ def write_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
-
-
-def _check_splits_disjoint(source: Source) -> None:
-    """A sample in two splits (a stem in both train.txt and val.txt) would be validated on what it trained on."""
-    first: dict[str, str] = {}
-    for split in source.splits():
-        for key in source.keys(split):
-            if first.setdefault(key, split) != split:
-                raise SourceError(f"{source.name}: sample {key!r} is in split {first[key]!r} and in split {split!r}; "
-                                  "each sample must belong to one split (check the split lists)")
 
 
 def _replace_dir(new: Path, dest: Path) -> None:

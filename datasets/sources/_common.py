@@ -70,6 +70,16 @@ def keys_for(stems: Sequence[str], where: str) -> dict[str, str]:
     return out
 
 
+def check_disjoint(splits: dict[str, Sequence[Any]], where: str, what: str = "stem") -> None:
+    """Each sample in one split: one listed in two would be validated on what it trained on."""
+    first: dict[Any, str] = {}
+    for split, items in splits.items():
+        for item in items:
+            if first.setdefault(item, split) != split:
+                raise SourceError(f"{where}: {what} {item!r} is in split {first[item]!r} and in split {split!r}; "
+                                  "each sample must belong to one split")
+
+
 def read_lines(path: Path, what: str) -> list[str]:
     """Non-empty, stripped lines of a text file (a split list)."""
     require_file(path, what)

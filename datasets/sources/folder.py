@@ -117,6 +117,7 @@ class FolderSource(Source):
                     out[split] = stems
             if not out:
                 raise SourceError(f"folder: {split_dir} exists but holds neither train.txt nor val.txt")
+            c.check_disjoint(out, f"folder: {split_dir}")
             return out
         stems = sorted(images)
         val = [s for s in stems if hash_fraction(s) < self.val_fraction]

@@ -61,6 +61,8 @@ class NyudCenSource(Source):
             self._items[split] = self._index(path)
         if not self._items:
             raise SourceError(f"nyud-cen: no split list found; expected {self.root / 'train.txt'} and/or {self.root / 'val.txt'}")
+        c.check_disjoint({split: [str(e[1].resolve()) for e in items.values()] for split, items in self._items.items()},
+                         "nyud-cen: the split lists", what="image")
 
     def _paths(self, line: str, where: str) -> tuple[Path, Path, Path]:
         fields = line.split("\t") if "\t" in line else line.split()

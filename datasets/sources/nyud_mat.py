@@ -89,6 +89,7 @@ def _split_indices(path: Path, num_frames: int) -> dict[str, list[int]]:
         if len(set(idx.tolist())) != idx.size:
             raise SourceError(f"{path}: variable {name!r} lists a frame twice")
         out[split] = idx.tolist()
+    c.check_disjoint(out, str(path), what="frame")
     return out
 
 

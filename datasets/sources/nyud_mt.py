@@ -79,6 +79,8 @@ class NyudMtSource(Source):
                 self._keys[split] = self._index(split, path)
         if not self._keys:
             raise SourceError(f"nyud-mt: no split list found; expected {self.root / 'gt_sets' / 'train.txt'} and/or val.txt")
+        c.check_disjoint({split: list(keys.values()) for split, keys in self._keys.items()},
+                         f"nyud-mt: {self.root / 'gt_sets'}")
 
     def _index(self, split: str, path: Path) -> dict[str, str]:
         stems = c.read_lines(path, f"nyud-mt split {split!r}")

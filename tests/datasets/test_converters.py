@@ -57,9 +57,9 @@ def check_roundtrip(sample):
 
 
 # ---------------------------------------------------------------- nyud-mt
-def write_mt(root, stems=("0001", "scene.0002"), flip_z=True):
+def write_mt(root, stems=("0001", "scene.0002"), flip_z=True, val=("v0001",)):
     written = {}
-    for s in stems:
+    for s in (*stems, *val):
         img = rgb()
         png(root / "images" / f"{s}.jpg", img)
         seg = RNG.integers(0, 41, (H, W)).astype(np.uint8)
@@ -76,7 +76,7 @@ def write_mt(root, stems=("0001", "scene.0002"), flip_z=True):
         written[s] = dict(img=np.asarray(Image.open(root / "images" / f"{s}.jpg").convert("RGB")), seg=seg, depth=depth, normals=n_file, edge=edge)
     (root / "gt_sets").mkdir()
     (root / "gt_sets" / "train.txt").write_text("\n".join(stems) + "\n")
-    (root / "gt_sets" / "val.txt").write_text(stems[0] + "\n")
+    (root / "gt_sets" / "val.txt").write_text("\n".join(val) + "\n")
     return written
 
 
@@ -118,7 +118,7 @@ def test_nyud_mt_only_present_tasks_and_intrinsics_override(tmp_path):
         (tmp_path / name).rmdir()
     src = NyudMtSource(root=str(tmp_path), intrinsics="100,101,7.5,5.5")
     assert src.members == ["rgb", "depth"]
-    s = src.load("val", "a")
+    s = src.load("train", "a")
     assert set(s) == {"rgb", "depth", "meta"} and s["meta"]["intrinsics"] == [100.0, 101.0, 7.5, 5.5]
 
 
@@ -139,7 +139,10 @@ def test_nyud_mt_bad_inputs(tmp_path):
         NyudMtSource(root=str(tmp_path)).load("train", "0001")
     np.save(tmp_path / "depth" / "0001.npy", np.ones((H, W + 1), np.float32))
     with pytest.raises(SourceError, match=r"depth[/\\]0001\.npy.*differs"):
-        NyudMtSource(root=str(tmp_path)).load("val", "0001")
+        NyudMtSource(root=str(tmp_path)).load("train", "0001")
+    (tmp_path / "gt_sets" / "val.txt").write_text("v0001\nscene.0002\n")
+    with pytest.raises(SourceError, match=r"gt_sets: stem 'scene.0002' is in split 'train' and in split 'val'"):
+        NyudMtSource(root=str(tmp_path))
     with pytest.raises(SourceError, match="normals_flip"):
         NyudMtSource(root=str(tmp_path), normals_flip="w")
 
@@ -147,7 +150,7 @@ def test_nyud_mt_bad_inputs(tmp_path):
 # ---------------------------------------------------------------- nyud-cen
 def write_cen(root, line_style="tabs"):
     data = {}
-    for s in ("000001", "000002"):
+    for s in ("000001", "000002", "000003"):
         img, mask = rgb(), RNG.integers(0, 40, (H, W)).astype(np.uint8)
         mask[0, :4] = 255
         mask[1, :2] = 45  # >= 40: ignored by CEN's evaluation
@@ -157,8 +160,8 @@ def write_cen(root, line_style="tabs"):
         png(root / "depth" / f"{s}.png", depth)
         data[s] = dict(img=img, mask=mask, depth=depth)
     fmt = {"tabs": "rgb/{s}.png\tmasks/{s}.png\tdepth/{s}.png", "two": "rgb/{s}.png masks/{s}.png", "stem": "{s}"}[line_style]
-    (root / "train.txt").write_text("\n".join(fmt.format(s=s) for s in data) + "\n")
-    (root / "val.txt").write_text(fmt.format(s="000002") + "\n")
+    (root / "train.txt").write_text("\n".join(fmt.format(s=s) for s in ("000001", "000002")) + "\n")
+    (root / "val.txt").write_text(fmt.format(s="000003") + "\n")
     return data
 
 
@@ -167,7 +170,7 @@ def test_nyud_cen_roundtrip(tmp_path, style):
     data = write_cen(tmp_path, style)
     src = NyudCenSource(root=str(tmp_path))
     assert src.members == ["rgb", "depth", "semseg", "edge"]
-    assert src.keys("train") == ["000001", "000002"] and src.keys("val") == ["000002"]
+    assert src.keys("train") == ["000001", "000002"] and src.keys("val") == ["000003"]
     s, ref = src.load("train", "000001"), data["000001"]
     assert np.array_equal(s["rgb"], ref["img"])
     np.testing.assert_allclose(s["depth"], ref["depth"] * 0.0002, rtol=1e-6)
@@ -183,15 +186,19 @@ def test_nyud_cen_options_and_bad_inputs(tmp_path):
     lists = tmp_path / "lists"
     lists.mkdir()
     (lists / "val.txt").write_text("rgb/000001.png\tmasks/000001.png\tdepth/000001.png\n")
+    with pytest.raises(SourceError, match=r"nyud-cen: the split lists: image '.*000001.png' is in split 'train' and "
+                                          r"in split 'val'"):
+        NyudCenSource(root=str(tmp_path), val_list=str(lists / "val.txt"))
+    (lists / "val.txt").write_text("rgb/000003.png\tmasks/000003.png\tdepth/000003.png\n")
     src = NyudCenSource(root=str(tmp_path), val_list=str(lists / "val.txt"), depth_unit=0.001, edges=False)
-    assert "edge" not in src.load("val", "000001") and src.members == ["rgb", "depth", "semseg"]
+    assert "edge" not in src.load("val", "000003") and src.members == ["rgb", "depth", "semseg"]
     assert src.params()["val_list"] == str(lists / "val.txt")
     (tmp_path / "masks" / "000002.png").unlink()
     with pytest.raises(SourceError, match=r"train\.txt:2.*masks[/\\]000002\.png"):
         NyudCenSource(root=str(tmp_path))
-    png(tmp_path / "depth" / "000001.png", np.zeros((H, W), np.uint8))
-    with pytest.raises(SourceError, match=r"depth[/\\]000001\.png.*16-bit"):
-        src.load("val", "000001")
+    png(tmp_path / "depth" / "000003.png", np.zeros((H, W), np.uint8))
+    with pytest.raises(SourceError, match=r"depth[/\\]000003\.png.*16-bit"):
+        src.load("val", "000003")
     with pytest.raises(SourceError, match="depth_unit"):
         NyudCenSource(root=str(tmp_path), depth_unit=0)
 
@@ -253,6 +260,9 @@ def test_nyud_mat_bad_files(tmp_path):
         NyudMatSource(mat=mat, splits_mat=spl, raw_depth=True)
     scipy.io.savemat(tmp_path / "splits.mat", {"trainNdxs": np.array([[1], [4]]), "testNdxs": np.array([[2]])})
     with pytest.raises(SourceError, match=r"'trainNdxs'.*\[4\]"):
+        NyudMatSource(mat=mat, splits_mat=spl)
+    scipy.io.savemat(tmp_path / "splits.mat", {"trainNdxs": np.array([[1], [2]]), "testNdxs": np.array([[2]])})
+    with pytest.raises(SourceError, match=r"splits.mat: frame 2 is in split 'train' and in split 'val'"):
         NyudMatSource(mat=mat, splits_mat=spl)
     with pytest.raises(SourceError, match="nope.mat"):
         NyudMatSource(mat=str(tmp_path / "nope.mat"), splits_mat=spl)
@@ -331,18 +341,14 @@ def test_folder_split_files_and_bad_inputs(tmp_path):
         FolderSource(root=str(tmp_path), classes=classes)
 
 
-def test_a_sample_listed_in_two_splits_is_refused_before_anything_is_written(tmp_path):
-    from datasets.writer import write_dataset
-
+def test_a_sample_listed_in_two_splits_is_refused(tmp_path):
     root = tmp_path / "src"
     write_folder(root)
     (root / "splits").mkdir()
     (root / "splits" / "train.txt").write_text("a\nd\n")
     (root / "splits" / "val.txt").write_text("d\n")
-    src = FolderSource(root=str(root), classes=str(root / "classes.yaml"))
-    with pytest.raises(SourceError, match=r"folder: sample 'd' is in split 'train' and in split 'val'"):
-        write_dataset(src, tmp_path / "out", progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+    with pytest.raises(SourceError, match=r"folder: .*splits: stem 'd' is in split 'train' and in split 'val'"):
+        FolderSource(root=str(root), classes=str(root / "classes.yaml"))
 
 
 def test_folder_class_file_errors(tmp_path):
