@@ -144,13 +144,21 @@ def load_sweep(path: str | Path) -> SweepSpec:
 
 
 def candidate_values(dist: dict[str, Any]) -> list[Any]:
-    """Every value worth validating: each listed value, or both ends of a range."""
+    """Every value worth validating: each listed value, or both ends of a range and, for a continuous
+    range, a fractional value inside it (an integer field accepts 4.0 but not the 4.29 a trial draws)."""
     kind, arg = next(iter(dist.items()))
     if kind in ("choice", "grid"):
         return list(arg)
     if kind == "randint":  # Tune's randint excludes the upper bound
         return [int(arg[0]), int(arg[1]) - 1]
-    return [float(arg[0]), float(arg[1])]
+    lo, hi = float(arg[0]), float(arg[1])
+    inside = lo * (hi / lo) ** _INSIDE if kind == "loguniform" else lo + (hi - lo) * _INSIDE
+    return [lo, hi, inside]
+
+
+#: Where inside a continuous range :func:`candidate_values` looks: an irrational fraction, so the value
+#: is never a whole number by accident.
+_INSIDE = math.pi / 10
 
 
 def tune_domain(dist: dict[str, Any]) -> Any:
@@ -192,6 +200,8 @@ def validate_sweep(base: dict[str, Any], spec: SweepSpec) -> ExperimentConfig:
             except ValidationError as e:
                 detail = "; ".join(f"{'.'.join(str(x) for x in err['loc']) or '(top level)'}: "
                                    f"{'unknown key' if err['type'] == 'extra_forbidden' else err['msg']}"
+                                   + (" (a uniform range draws fractions: use randint for a whole number)"
+                                      if err["type"] == "int_from_float" else "")
                                    for err in e.errors())
                 problems.append(f"space.{key} = {value!r}: {detail}")
             except ConfigError as e:

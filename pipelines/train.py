@@ -88,6 +88,13 @@ def validate_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     if not cfg.checkpoint.metric.startswith("val/") or metric_task not in final:
         problems.append(f"checkpoint.metric: {cfg.checkpoint.metric!r} must be 'val/<task>/<metric>' for a final "
                         f"task in {final}")
+    else:  # a misspelt metric name would otherwise surface only after the first epoch, or never
+        from fusion.metrics import MetricSet
+
+        names = sorted(f"val/{k}" for k in MetricSet([metric_task], max(1, len(manifest.get("classes", [])))).compute())
+        if cfg.checkpoint.metric not in names:
+            problems.append(f"checkpoint.metric: no metric {cfg.checkpoint.metric!r}; {metric_task} has "
+                            f"{', '.join(names)}")
     if problems:
         raise ConfigError("invalid experiment:\n" + "\n".join(f"  - {p}" for p in problems))
     return manifest

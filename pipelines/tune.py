@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -207,25 +208,26 @@ def _trial_rows(results: Any, sweep_dir: Path, spec: SweepSpec) -> list[dict[str
     return sorted(rows, key=lambda row: row["trial_id"])
 
 
-def _check_model_values(base_raw: dict[str, Any], spec: SweepSpec, num_classes: int) -> None:
-    """Build the model for every candidate value of a ``model.*`` field: a bad option fails now, not in
-    trial 7 an hour from now."""
-    from fusion import build_model
-    from pipelines.loop import model_config
+def _check_candidates(base_raw: dict[str, Any], spec: SweepSpec) -> None:
+    """Check every candidate value of every field as a whole experiment (the dataset, the model built,
+    the metric), with the other fields at their first values: a bad value fails now, not in trial 7
+    an hour from now."""
+    from pipelines.train import validate_experiment
 
     first = {k: candidate_values(d)[0] for k, d in spec.space.items()}
     problems = []
     for key, dist in spec.space.items():
-        if not key.startswith("model."):
-            continue
-        for value in candidate_values(dist)[1:]:  # the first was built by validate_experiment
+        for value in candidate_values(dist)[1:]:  # the first values were checked together
             try:
-                cfg = ExperimentConfig.model_validate(trial_raw_config(base_raw, spec, {**first, key: value}))
-                build_model(model_config(cfg, num_classes))
-            except (ValueError, KeyError, TypeError) as e:  # pydantic's ValidationError is a ValueError
+                validate_experiment(ExperimentConfig.model_validate(
+                    trial_raw_config(base_raw, spec, {**first, key: value})))
+            except ConfigError as e:
+                detail = str(e).removeprefix("invalid experiment:\n")
+                problems.append(f"space.{key} = {value!r}:\n{textwrap.indent(detail, '  ')}")
+            except ValueError as e:  # pydantic's ValidationError
                 problems.append(f"space.{key} = {value!r}: {e}")
     if problems:
-        raise ConfigError(f"sweep {spec.name!r}: model options the model refuses:\n"
+        raise ConfigError(f"sweep {spec.name!r}: values that would fail their trials:\n"
                           + "\n".join(f"  - {p}" for p in problems))
 
 
@@ -252,8 +254,8 @@ def run_tune(config: str | Path, sweep: str | Path, overrides: list[str] | None 
             raise ConfigError(f"--name: {e}") from e
     base_raw = base.model_dump(mode="json")
     first = validate_sweep(base_raw, spec)
-    manifest = validate_experiment(first)
-    _check_model_values(base_raw, spec, len(manifest["classes"]))
+    validate_experiment(first)
+    _check_candidates(base_raw, spec)
     resolved = base.resolved_paths()
     resolved_raw = resolved.model_dump(mode="json")
     storage_text = spec.storage_path or resolved.checkpoint.storage_path

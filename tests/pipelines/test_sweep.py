@@ -73,7 +73,10 @@ def test_candidates_domains_and_grid_size(tmp_path):
     from ray.tune.search.sample import Categorical, Float, Integer
 
     assert candidate_values({"randint": [2, 8]}) == [2, 7]  # Tune's upper bound is exclusive
-    assert candidate_values({"loguniform": [1e-4, 1e-2]}) == [1e-4, 1e-2]
+    lo, hi, inside = candidate_values({"loguniform": [1e-4, 1e-2]})
+    assert (lo, hi) == (1e-4, 1e-2) and 1e-4 < inside < 1e-2
+    lo, hi, inside = candidate_values({"uniform": [2, 8]})
+    assert (lo, hi) == (2.0, 8.0) and 2 < inside < 8 and not inside.is_integer()
     assert candidate_values({"grid": [[1, 3], [2]]}) == [[1, 3], [2]]
     assert isinstance(tune_domain({"choice": [1, 2]}), Categorical)
     assert isinstance(tune_domain({"loguniform": [1e-4, 1e-2]}), Float)
@@ -117,3 +120,37 @@ def test_url_passwords_are_redacted_in_logged_params():
     assert redact_url_password("http://bob:s3cr3t@10.0.0.5:5000") == "http://bob:***@10.0.0.5:5000"
     assert _param_value("https://u:p%40ss@mlflow.example/x") == "https://u:***@mlflow.example/x"
     assert _param_value("sqlite:////tmp/m.db") == "sqlite:////tmp/m.db"
+
+
+def test_a_continuous_range_on_an_integer_field_is_refused(tmp_path):
+    base = load_config(REPO_ROOT / "configs" / "smoke.yaml").model_dump(mode="json")
+    spec = load_sweep(_write(tmp_path, "space:\n  train.batch_size: {uniform: [2, 8]}\n"))
+    with pytest.raises(ConfigError, match=r"space.train.batch_size = 3.88\d*: train.batch_size: .*fractional part "
+                                          r"\(a uniform range draws fractions: use randint"):
+        validate_sweep(base, spec)
+
+
+def test_every_candidate_is_checked_as_a_whole_experiment(tmp_path, smoke_shards):
+    from pipelines.tune import _check_candidates
+
+    base = load_config(REPO_ROOT / "configs" / "smoke.yaml", [f"data.shards={smoke_shards}"]).model_dump(mode="json")
+    spec = load_sweep(_write(tmp_path, "space:\n  train.batch_size: {choice: [2, 64]}\n"
+                                       "  data.tasks: {choice: [[semseg, depth], [depth]]}\n"
+                                       "  optim.lr: {choice: [0.01, 0.001]}\n"))
+    validate_sweep(base, spec)  # every value fits the schema
+    with pytest.raises(ConfigError) as e:
+        _check_candidates(base, spec)
+    text = str(e.value)
+    assert "space.train.batch_size = 64:\n    - train: 16 training samples < workers × batch_size = 128" in text
+    assert "space.data.tasks = ['depth']:" in text and "needs at least two (tasks + auxiliary_tasks)" in text
+    assert "space.optim.lr" not in text  # valid values are not reported
+
+
+def test_a_misspelt_metric_is_refused_before_the_sweep(tmp_path, smoke_shards):
+    from pipelines.train import validate_experiment
+
+    base = load_config(REPO_ROOT / "configs" / "smoke.yaml", [f"data.shards={smoke_shards}"]).model_dump(mode="json")
+    spec = load_sweep(_write(tmp_path, "metric: val/semseg/mIoU\nspace:\n  optim.lr: {choice: [0.01]}\n"))
+    with pytest.raises(ConfigError, match=r"checkpoint.metric: no metric 'val/semseg/mIoU'; semseg has "
+                                          r"val/semseg/mean_acc, val/semseg/miou, val/semseg/pixel_acc"):
+        validate_experiment(validate_sweep(base, spec))
