@@ -137,17 +137,12 @@ def _close_stopped_trial(sweep_dir: Path, spec: SweepSpec, trial: Any, uri: str,
         log.warning("could not close the MLflow run of trial %s: %s", trial.trial_id, e)
 
 
-def _sweep_callback(sweep_dir: Path, spec: SweepSpec, uri: str) -> Any:
-    from ray.tune import Callback
+#: The driver's tracking URI, set by :func:`run_tune` (see :mod:`pipelines.tune_callback`).
+_DRIVER: dict[str, str] = {}
 
-    class SweepCallback(Callback):
-        def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-            _close_stopped_trial(sweep_dir, spec, trial, uri, failed=False)
 
-        def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-            _close_stopped_trial(sweep_dir, spec, trial, uri, failed=True)
-
-    return SweepCallback()
+def driver_tracking_uri() -> str:
+    return _DRIVER["tracking_uri"]
 
 
 def _open_parent_run(sweep_dir: Path, spec: SweepSpec, base: ExperimentConfig, digest: str,
@@ -243,6 +238,7 @@ def run_tune(config: str | Path, sweep: str | Path, overrides: list[str] | None 
     from pipelines.cluster import alive_nodes
     from pipelines.tracking import check_store_for_cluster
     from pipelines.train import INJECT_FAILURE_ENV, init_ray, validate_experiment
+    from pipelines.tune_callback import SweepCallback
 
     loaded = load_config(config, overrides)
     base = resolve_data_rev(loaded)  # once here; trials reuse the resolved path
@@ -279,7 +275,8 @@ def run_tune(config: str | Path, sweep: str | Path, overrides: list[str] | None 
         # placement group cannot be empty, so it asks for one byte of memory instead of a CPU.
         {"CPU": 0, "memory": 1})
     run_config = tune.RunConfig(name=spec.name, storage_path=str(storage), verbose=verbose,
-                                callbacks=[_sweep_callback(sweep_dir, spec, uri)])
+                                callbacks=[SweepCallback(str(sweep_dir), spec.model_dump(mode="json"))])
+    _DRIVER["tracking_uri"] = uri
     try:
         if resumed and tune.Tuner.can_restore(str(sweep_dir)):
             tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True,
@@ -316,7 +313,11 @@ def run_tune(config: str | Path, sweep: str | Path, overrides: list[str] | None 
         parent.end("KILLED")
         raise KeyboardInterrupt(f"sweep {spec.name!r} interrupted with {len(unfinished)} trial(s) unfinished")
     # The best config is written from the config as the user wrote it (relative paths, data.rev, log_model).
-    return _finish(results, spec, loaded.model_dump(mode="json"), sweep_dir, parent, resumed, best_config_out)
+    try:
+        return _finish(results, spec, loaded.model_dump(mode="json"), sweep_dir, parent, resumed, best_config_out)
+    except BaseException as e:  # the trials are done, the bookkeeping failed (artifact store, --best-config)
+        parent.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
 
 
 def _finish(results: Any, spec: SweepSpec, base_raw: dict[str, Any], sweep_dir: Path, parent: Any, resumed: bool,
@@ -333,15 +334,10 @@ def _finish(results: Any, spec: SweepSpec, base_raw: dict[str, Any], sweep_dir: 
     }
     if scored:
         best = (max if spec.mode == "max" else min)(scored, key=lambda r: r["best_metric"])
-        best_raw = trial_raw_config(base_raw, spec, best["params"])
-        best_raw = set_fields(best_raw, [("tracking.run_name", None),
-                                         ("tracking.log_model", base_raw["tracking"]["log_model"])])
-        ExperimentConfig.model_validate(best_raw)  # what `fusionpipe train --config` will load
         out = Path(best_config_out) if best_config_out else sweep_dir / "best_config.yaml"
-        header = (f"# Best trial {best['trial_id']} of sweep {spec.name!r}: {spec.metric} = {best['best_metric']:.6g}"
-                  f" (epoch {best['best_epoch']}).\n# Train it: fusionpipe train --config {out}\n")
+        best_raw, text = best_config(best, spec, base_raw, out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(out, (header + yaml.safe_dump(best_raw, sort_keys=False)).encode())
+        write_atomic(out, text.encode())
         summary["best"] = {"trial_id": best["trial_id"], "params": best["params"], "config": best_raw,
                            "metric": {spec.metric: best["best_metric"]}, "epoch": best["best_epoch"],
                            "mlflow_run_id": best["mlflow_run_id"], "checkpoint": best["checkpoint"]}
@@ -359,6 +355,26 @@ def _finish(results: Any, spec: SweepSpec, base_raw: dict[str, Any], sweep_dir: 
         parent.log_artifact(p)
     parent.end("FAILED" if errored else "FINISHED")
     return summary
+
+
+def best_config(best: dict[str, Any], spec: SweepSpec, base_raw: dict[str, Any], out: Path) -> tuple[dict[str, Any], str]:
+    """The best trial's config, and the YAML text of ``best_config.yaml``: the base config as the user
+    wrote it with the trial's values, for ``fusionpipe train --config`` (a new run name, the base's
+    ``log_model``), and no password."""
+    best_raw = trial_raw_config(base_raw, spec, best["params"])
+    best_raw = set_fields(best_raw, [("tracking.run_name", None),
+                                     ("tracking.log_model", base_raw["tracking"]["log_model"])])
+    header = (f"# Best trial {best['trial_id']} of sweep {spec.name!r}: {spec.metric} = {best['best_metric']:.6g}"
+              f" (epoch {best['best_epoch']}).\n# Train it: fusionpipe train --config {out}\n")
+    given_uri = best_raw["tracking"].get("uri")
+    if given_uri and redact_url_password(given_uri) != given_uri:
+        # The file is logged to MLflow and read by people: no password in it. A null URI reads
+        # MLFLOW_TRACKING_URI, which is where a password belongs.
+        best_raw = set_fields(best_raw, [("tracking.uri", None)])
+        header += (f"# tracking.uri ({redact_url_password(given_uri)}) holds a password and is left out: "
+                   "set MLFLOW_TRACKING_URI to it.\n")
+    ExperimentConfig.model_validate(best_raw)  # what `fusionpipe train --config` will load
+    return best_raw, header + yaml.safe_dump(best_raw, sort_keys=False)
 
 
 def expected_trials(spec: SweepSpec) -> int:

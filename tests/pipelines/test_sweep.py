@@ -154,3 +154,33 @@ def test_a_misspelt_metric_is_refused_before_the_sweep(tmp_path, smoke_shards):
     with pytest.raises(ConfigError, match=r"checkpoint.metric: no metric 'val/semseg/mIoU'; semseg has "
                                           r"val/semseg/mean_acc, val/semseg/miou, val/semseg/pixel_acc"):
         validate_experiment(validate_sweep(base, spec))
+
+
+def test_no_tracking_password_in_the_best_config_or_the_pickled_callback(tmp_path, monkeypatch):
+    import ray.cloudpickle
+    import yaml
+
+    from pipelines import tune
+    from pipelines.tune_callback import SweepCallback
+
+    uri = "http://alice:s3cr3t@mlflow.example:5000"
+    base = load_config(REPO_ROOT / "configs" / "smoke.yaml", [f"tracking.uri={uri}"]).model_dump(mode="json")
+    spec = load_sweep(REPO_ROOT / "configs" / "sweeps" / "smoke.yaml")
+    best = {"trial_id": "t1", "params": {"optim.lr": 0.003}, "best_metric": 0.5, "best_epoch": 2}
+    best_raw, text = tune.best_config(best, spec, base, tmp_path / "best_config.yaml")
+    assert "s3cr3t" not in text and "tracking.uri (http://alice:***@mlflow.example:5000) holds a password" in text
+    loaded = yaml.safe_load(text)
+    assert loaded["tracking"]["uri"] is None and loaded["optim"]["lr"] == 0.003 and best_raw == loaded
+    # Without a password the URI is kept as given.
+    plain = {**base, "tracking": {**base["tracking"], "uri": "http://mlflow.example:5000"}}
+    assert yaml.safe_load(tune.best_config(best, spec, plain, tmp_path / "b.yaml")[1])["tracking"]["uri"] == \
+        "http://mlflow.example:5000"
+
+    # Tune pickles its callbacks into tuner.pkl: the sweep's callback holds no URI and reads the driver's.
+    monkeypatch.setitem(tune._DRIVER, "tracking_uri", uri)
+    callback = SweepCallback(str(tmp_path), spec.model_dump(mode="json"))
+    assert b"s3cr3t" not in ray.cloudpickle.dumps(callback)
+    seen = []
+    monkeypatch.setattr(tune, "_close_stopped_trial", lambda d, s, trial, u, failed: seen.append((d, s.name, u, failed)))
+    ray.cloudpickle.loads(ray.cloudpickle.dumps(callback)).on_trial_error(0, [], object())
+    assert seen == [(tmp_path, spec.name, uri, True)]
