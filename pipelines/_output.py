@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -13,10 +15,26 @@ import click
 from pipelines.redact import redact_url_password
 
 
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, **kwargs: Any) -> str:
+    """Strict JSON: a NaN or infinite value (a metric with nothing to measure) becomes null, where
+    ``json.dumps`` would write a bare ``NaN`` that JSON parsers reject."""
+    return json.dumps(_finite(obj), allow_nan=False, **kwargs)
+
+
 def emit(obj: dict[str, Any], as_json: bool, human: str) -> None:
     """Print a command's result, as one JSON object or as text, with any URL password hidden."""
     if as_json:
-        sys.stdout.write(redact_url_password(json.dumps(obj, sort_keys=True)) + "\n")
+        sys.stdout.write(redact_url_password(dumps(obj, sort_keys=True)) + "\n")
     else:
         click.echo(redact_url_password(human))
 
@@ -29,6 +47,36 @@ def fail(message: str, as_json: bool = False, code: int = 1) -> None:
         sys.stdout.write(json.dumps({"ok": False, "error": message}) + "\n")
     click.echo(f"error: {message}", err=True)
     raise SystemExit(code)
+
+
+STORE_ERROR_EXIT = 3
+
+
+def _is_store_error(e: BaseException) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        from requests.exceptions import RequestException
+    except ImportError:  # pragma: no cover - requests comes with mlflow
+        RequestException = MlflowException  # noqa: N806
+    return isinstance(e, (MlflowException, RequestException))
+
+
+def tracking_store_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a click command whose MLflow calls may fail: an error from the tracking store (a
+    server that is down, refuses the credentials, an unknown run) exits with code 3 and one redacted
+    line (an ``error`` object with ``--json``), instead of a traceback that would show the URI."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - re-raised unless it comes from the store
+            if not _is_store_error(e):
+                raise
+            fail(f"MLflow tracking store: {e}", bool(kwargs.get("as_json")), code=STORE_ERROR_EXIT)
+
+    return wrapper
 
 
 @contextlib.contextmanager

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from datasets.manifest import write_atomic
+from pipelines._output import dumps
 from fusion.metrics.multitask import DELTA_M_DIRECTIONS, delta_m
 
 AUTO_BEST_MAX_RUNS = 50
@@ -122,8 +123,11 @@ def fetch_histories(client: Any, runs: list[Any], keys: list[str]) -> dict[str, 
     return out
 
 
-def best_value(history: list[tuple[int, float]], key: str) -> float:
-    values = [v for _, v in history]
+def best_value(history: list[tuple[int, float]], key: str) -> float | None:
+    """The best finite value (an epoch with nothing to measure logs NaN), or None."""
+    values = [v for _, v in history if math.isfinite(v)]
+    if not values:
+        return None
     return max(values) if metric_direction(key) == "higher" else min(values)
 
 
@@ -248,7 +252,10 @@ def compare(tracking_uri: str, experiment: str | None = None, run_ids: Iterable[
         for r in runs:
             final = {k[len("val/"):]: v for k, v in r.data.metrics.items() if k.startswith("val/")}
             if r.info.run_id not in ref_ids and any(k in final and k in base for k in DELTA_M_DIRECTIONS):
-                result["delta_m"][r.info.run_id] = delta_m_terms(final, base)
+                try:
+                    result["delta_m"][r.info.run_id] = delta_m_terms(final, base)
+                except ValueError as e:  # a reference metric of 0: no relative change
+                    raise CompareError(f"run {r.info.run_id}: {e}; reference runs {sorted(ref_ids)}") from e
         # A task this process does not know (its plugin was not imported) has no Δm direction.
         from fusion.tasks import TASKS
 
@@ -266,21 +273,10 @@ def compare(tracking_uri: str, experiment: str | None = None, run_ids: Iterable[
         out.mkdir(parents=True, exist_ok=True)
         result["files"] = [str(out / n) for n in ("compare.csv", "compare.json", "curves.png", "bars.png")]
         write_atomic(out / "compare.csv", to_csv(result["runs"]).encode())
-        write_atomic(out / "compare.json", (json.dumps(result, sort_keys=True, indent=2) + "\n").encode())
+        write_atomic(out / "compare.json", (dumps(result, sort_keys=True, indent=2) + "\n").encode())
         write_atomic(out / "curves.png", plot_curves(runs, curves, metric))
         write_atomic(out / "bars.png", plot_bars(result["runs"], metrics))
     return result
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:

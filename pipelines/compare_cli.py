@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from pipelines._output import emit, fail
+from pipelines._output import emit, fail, tracking_store_errors
 
 
 @click.command()
@@ -26,6 +26,7 @@ from pipelines._output import emit, fail
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
               help="import MODULE first (repeatable): the tasks it registers enter delta_m")
+@tracking_store_errors
 def compare(experiment: str | None, run_ids: tuple[str, ...], sweep: str | None, tracking_uri: str | None, metric: str | None,
             baseline_runs: tuple[str, ...], baseline_tag: str | None, best: bool | None, out: str | None,
             as_json: bool, plugins: tuple[str, ...]) -> None:

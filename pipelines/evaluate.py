@@ -5,7 +5,7 @@ MLflow run. The config gives the data; its model section must match the checkpoi
 """
 from __future__ import annotations
 
-import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -29,6 +29,33 @@ def _download_checkpoint(run_id: str, uri: str, dest: str) -> Path:
         return Path(client.download_artifacts(run_id, "checkpoints/best", dest))
     except (MlflowException, OSError) as e:
         raise ConfigError(f"MLflow run {run_id!r} has no checkpoints/best artifact (did it finish?): {e}") from e
+
+
+def reference_metrics(run_ids: list[str], cfg: ExperimentConfig, num_classes: int) -> dict[str, float]:
+    """The single-task reference runs' metrics for delta_m, one run per metric, checked against what
+    the evaluated model will report."""
+    from fusion.metrics import DELTA_M_DIRECTIONS, MetricSet
+
+    reference: dict[str, float] = {}
+    owner: dict[str, str] = {}
+    for rid in run_ids:
+        for name, value in run_metrics(rid, cfg.tracking.uri).items():
+            if name in reference:
+                raise ConfigError(f"reference runs {owner[name]!r} and {rid!r} both report 'val/{name}'; "
+                                  "give one reference run per task")
+            reference[name], owner[name] = value, rid
+    aux = set(cfg.model.options.get("auxiliary_tasks") or [])
+    reported = set(MetricSet([t for t in cfg.data.tasks if t not in aux], max(1, num_classes)).compute())
+    used = [k for k in DELTA_M_DIRECTIONS if k in reported and k in reference]
+    if not used:
+        raise ConfigError(f"reference runs {run_ids} share no delta_m metric ({', '.join(sorted(DELTA_M_DIRECTIONS))}) "
+                          f"with this model's tasks {sorted(t for t in cfg.data.tasks if t not in aux)}; they report "
+                          f"{sorted(reference) or 'no val metric'}")
+    for k in used:
+        if reference[k] == 0 or not math.isfinite(reference[k]):
+            raise ConfigError(f"reference run {owner[k]!r}: val/{k} is {reference[k]}, so the relative change "
+                              "delta_m needs is undefined")
+    return reference
 
 
 def run_metrics(run_id: str, uri: str) -> dict[str, float]:
@@ -146,6 +173,9 @@ def run_evaluate(cfg: ExperimentConfig, checkpoint: str | None = None, run_id: s
     cfg = cfg.resolved_paths()
     if split not in manifest["splits"]:
         raise ConfigError(f"{cfg.data.shards}: no split {split!r}; splits: {sorted(manifest['splits'])}")
+    # Before the evaluation: a reference that cannot give delta_m fails now, not after it.
+    reference = (reference_metrics(list(baseline_runs), cfg, len(manifest["classes"]))
+                 if baseline_runs else None)
     with tempfile.TemporaryDirectory() as tmp:
         if checkpoint is None:
             ckpt = _download_checkpoint(run_id, cfg.tracking.uri, tmp)  # type: ignore[arg-type]
@@ -177,16 +207,17 @@ def run_evaluate(cfg: ExperimentConfig, checkpoint: str | None = None, run_id: s
         if "mean_depth_rmse" in ref and ref["mean_depth_rmse"] > 0:
             learned["rmse_vs_mean_depth"] = flat["depth/rmse"] / ref["mean_depth_rmse"]
         result["learned"] = learned
-    if baseline_runs:
-        baseline: dict[str, float] = {}
-        for rid in baseline_runs:
-            baseline.update(run_metrics(rid, cfg.tracking.uri))
-        result["delta_m"] = delta_m(flat, baseline)
-        result["baseline_runs"] = list(baseline_runs)
+    if reference is not None:
+        try:
+            result["delta_m"] = delta_m(flat, reference)
+        except ValueError as e:
+            raise ConfigError(f"--baseline-run {', '.join(baseline_runs or [])}: {e}") from e
+        result["baseline_runs"] = list(baseline_runs or [])
     if out is not None:
+        from datasets.manifest import write_atomic
+        from pipelines._output import dumps
+
         p = Path(out)
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp_p = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-        tmp_p.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp_p, p)
+        write_atomic(p, (dumps(result, indent=2, sort_keys=True) + "\n").encode())  # NaN -> null: strict JSON
     return result

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from pipelines._output import emit, fail, shutdown_ray, stdout_to_stderr
+from pipelines._output import emit, fail, shutdown_ray, stdout_to_stderr, tracking_store_errors
 
 
 def _load(config: Path, overrides: tuple[str, ...], as_json: bool):
@@ -25,6 +25,7 @@ def _load(config: Path, overrides: tuple[str, ...], as_json: bool):
 @click.option("--history", default=None, type=click.Path(dir_okay=False),
               help="write every per-epoch metric as CSV here (for dvc plots)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object with the run summary")
+@tracking_store_errors
 def train(config: Path, overrides: tuple[str, ...], run_name: str | None, summary: str | None, history: str | None,
           as_json: bool) -> None:
     """Train with Ray Train; prints the MLflow run id and the best checkpoint."""
@@ -66,6 +67,20 @@ def train(config: Path, overrides: tuple[str, ...], run_name: str | None, summar
     emit(summary, as_json, human)
 
 
+def _best_from_summary(path: str, as_json: bool) -> str:
+    """The best checkpoint a ``train --summary`` file names."""
+    import json
+
+    try:
+        best = json.loads(Path(path).read_text()).get("best_checkpoint")
+    except (OSError, ValueError, AttributeError) as e:  # unreadable, not JSON, not an object
+        fail(f"--summary {path}: not a train summary (the JSON object `fusionpipe train --summary` writes): {e}",
+             as_json, code=2)
+    if not isinstance(best, str) or not best:
+        fail(f"--summary {path}: no 'best_checkpoint' in it (the run may have produced no checkpoint)", as_json, code=2)
+    return best
+
+
 @click.command()
 @click.option("--config", type=click.Path(path_type=Path), required=True, help="experiment YAML (data, model)")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
@@ -81,6 +96,7 @@ def train(config: Path, overrides: tuple[str, ...], run_name: str | None, summar
 @click.option("--device", default="auto", show_default=True,
               help="auto (the GPU when there is one), cpu, cuda or cuda:N; bf16 autocast on GPU with train.amp")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@tracking_store_errors
 def evaluate(config: Path, overrides: tuple[str, ...], checkpoint: str | None, run_id: str | None,
              summary_file: str | None, split: str, baseline_runs: tuple[str, ...], out: Path | None,
              trivial_baselines: bool, device: str, as_json: bool) -> None:
@@ -91,11 +107,9 @@ def evaluate(config: Path, overrides: tuple[str, ...], checkpoint: str | None, r
 
     cfg = _load(config, overrides, as_json)
     if summary_file is not None:
-        import json
-
         if checkpoint or run_id:
             fail("give one of --checkpoint, --run-id and --summary", as_json, code=2)
-        checkpoint = json.loads(Path(summary_file).read_text())["best_checkpoint"]
+        checkpoint = _best_from_summary(summary_file, as_json)
     try:
         result = run_evaluate(cfg, checkpoint=checkpoint, run_id=run_id, split=split,
                               baseline_runs=list(baseline_runs), out=out, baselines=trivial_baselines,

@@ -623,15 +623,16 @@ def write_outputs(summary: dict[str, Any], summary_path: str | None, history_pat
 
     from pipelines.tracking import Tracker
 
+    from datasets.manifest import write_atomic
+    from pipelines._output import dumps
+
     def put(path: str, text: str) -> None:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, p)
+        write_atomic(p, text.encode())
 
     if summary_path:
-        put(summary_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        put(summary_path, dumps(summary, indent=2, sort_keys=True) + "\n")  # NaN -> null: strict JSON
     if history_path:
         tracker = Tracker(tracking_uri or summary["tracking_uri"], summary["mlflow_run_id"])
         keys = sorted(k for k in tracker.client.get_run(tracker.run_id).data.metrics if k != "epoch")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from pipelines._output import emit, fail, shutdown_ray, stdout_to_stderr
+from pipelines._output import emit, fail, shutdown_ray, stdout_to_stderr, tracking_store_errors
 
 
 @click.command()
@@ -17,6 +17,7 @@ from pipelines._output import emit, fail, shutdown_ray, stdout_to_stderr
 @click.option("--best-config", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="write the best trial's config here (default: <storage>/<name>/best_config.yaml)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object with the sweep summary")
+@tracking_store_errors
 def tune(config: Path, sweep: Path, overrides: tuple[str, ...], name: str | None, best_config: Path | None,
          as_json: bool) -> None:
     """Sweep hyper-parameters with Ray Tune; every trial is a Ray Train run nested in one MLflow run."""

@@ -236,3 +236,42 @@ def test_sweep_trials_are_selected_by_parent_and_parents_are_not_rows(tmp_path):
     assert [r["run_name"] for r in compare(uri, experiment="sw")["runs"]] == ["t1", "t2", "solo"]
     with pytest.raises(CompareError, match=r"is not a sweep's parent run"):
         compare(uri, sweep=ids["solo"])
+
+
+def test_nan_epochs_never_win_best_and_json_stays_strict(tmp_path):
+    from pipelines.compare import best_value
+
+    assert best_value([(0, float("nan")), (1, 0.5), (2, 0.7)], "val/semseg/miou") == 0.7
+    assert best_value([(0, 0.5), (1, float("nan")), (2, 0.7)], "val/semseg/miou") == 0.7
+    assert best_value([(0, float("nan"))], "val/edge/odsF") is None
+    uri = f"sqlite:///{tmp_path}/m.db"
+    ids = _fill(uri, "nan", {"a": ({"model.name": "mtinet"}, {}, {"val/edge/odsF": [float("nan"), 0.4, 0.3]}, 1.0),
+                             "b": ({"model.name": "padnet"}, {}, {"val/edge/odsF": [0.2, float("nan")]}, 1.0)})
+    result = compare(uri, run_ids=[ids["a"], ids["b"]], out=tmp_path / "cmp")
+    assert [r["best.val/edge/odsF"] for r in result["runs"]] == [0.4, 0.2]
+    # A NaN final value is null in compare.json and in --json, which strict parsers accept.
+    saved = json.loads((tmp_path / "cmp" / "compare.json").read_text(), parse_constant=pytest.fail)
+    assert [r["final.val/edge/odsF"] for r in saved["runs"]] == [0.3, None]
+    out = CliRunner().invoke(compare_cmd, ["--tracking-uri", uri, "--run-ids", ids["b"], "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout, parse_constant=pytest.fail)["runs"][0]["final.val/edge/odsF"] is None
+
+
+def test_a_zero_reference_metric_is_a_clean_error(tmp_path):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    ids = _fill(uri, "zero", {"mtl": ({"model.name": "mtinet"}, {}, {"val/edge/odsF": [0.3]}, 1.0),
+                              "ref": ({"model.name": "single_task"}, {"fusionpipe.model": "single_task"},
+                                      {"val/edge/odsF": [0.0]}, 1.0)})
+    out = CliRunner().invoke(compare_cmd, ["--tracking-uri", uri, "--experiment", "zero", "--json",
+                                           "--baseline-tag", "fusionpipe.model=single_task"])
+    assert out.exit_code == 2
+    assert f"run {ids['mtl']}: delta_m: baseline 'edge/odsF' is 0" in json.loads(out.stdout)["error"]
+
+
+def test_an_unreachable_store_exits_3_without_the_password(monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    out = CliRunner().invoke(compare_cmd, ["--tracking-uri", "http://alice:s3cr3t@127.0.0.1:9", "--experiment", "x",
+                                           "--json"])
+    assert out.exit_code == 3 and "s3cr3t" not in out.output
+    assert json.loads(out.stdout)["error"].startswith("MLflow tracking store: API request to http://alice:***@127.0.0.1:9")

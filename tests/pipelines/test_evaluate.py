@@ -50,3 +50,50 @@ def test_reference_metrics_are_taken_at_the_best_epoch(tmp_path):
     assert run_metrics(runs[1], uri) == {"semseg/miou": 0.3}  # no tag: the latest value
     with pytest.raises(ConfigError, match="reference run 'nope' not found"):
         run_metrics("nope", uri)
+
+
+def test_references_are_checked_before_the_evaluation(tmp_path, smoke_shards):
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.config import REPO_ROOT, load_config
+    from pipelines.evaluate import reference_metrics
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = load_config(REPO_ROOT / "configs" / "smoke.yaml", [f"data.shards={smoke_shards}", f"tracking.uri={uri}",
+                                                             "data.tasks=[semseg, depth]"])
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("refs")
+
+    def run(**metrics):
+        r = client.create_run(exp)
+        client.log_batch(r.info.run_id, metrics=[Metric(f"val/{k}", v, 0, 0) for k, v in metrics.items()])
+        return r.info.run_id
+
+    semseg, depth = run(**{"semseg/miou": 0.4}), run(**{"depth/rmse": 1.2})
+    assert reference_metrics([semseg, depth], cfg.resolved_paths(), 13) == {"semseg/miou": 0.4, "depth/rmse": 1.2}
+    other = run(**{"semseg/miou": 0.5})
+    with pytest.raises(ConfigError, match=rf"reference runs '{semseg}' and '{other}' both report 'val/semseg/miou'"):
+        reference_metrics([semseg, other], cfg.resolved_paths(), 13)
+    edge = run(**{"edge/odsF": 0.3})
+    with pytest.raises(ConfigError, match=r"share no delta_m metric .* with this model's tasks \['depth', 'semseg'\]"):
+        reference_metrics([edge], cfg.resolved_paths(), 13)
+    zero = run(**{"semseg/miou": 0.0})
+    with pytest.raises(ConfigError, match=rf"reference run '{zero}': val/semseg/miou is 0.0"):
+        reference_metrics([zero], cfg.resolved_paths(), 13)
+
+
+def test_a_bad_summary_file_is_named(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from pipelines.config import REPO_ROOT
+    from pipelines.run_cli import evaluate
+
+    for text, why in (("not json", "not a train summary"), ('{"best_checkpoint": null}', "no 'best_checkpoint'"),
+                      ("[1, 2]", "not a train summary")):
+        (tmp_path / "s.json").write_text(text)
+        out = CliRunner().invoke(evaluate, ["--config", str(REPO_ROOT / "configs" / "smoke.yaml"),
+                                            "--summary", str(tmp_path / "s.json"), "--json"])
+        assert out.exit_code == 2 and f"--summary {tmp_path / 's.json'}: {why}" in json.loads(out.stdout)["error"]
