@@ -44,10 +44,12 @@ def _connect(address: str | None, timeout: float, as_json: bool) -> Any:
 
 
 def _cluster_call(as_json: bool, fn: Any, *args: Any) -> Any:
-    from jobs.submit import ClusterError
+    from jobs.submit import ClusterError, JobSpecError
 
     try:
         return fn(*args)
+    except JobSpecError as e:  # the cluster refused the request: an unknown job id, a submission id taken
+        fail(str(e), as_json, code=EXIT_BAD_INPUT)
     except ClusterError as e:
         fail(str(e), as_json, code=EXIT_CLUSTER)
 

@@ -209,6 +209,13 @@ class JobClient:
         except (ClusterError, JobSpecError):
             raise
         except Exception as e:  # requests, aiohttp and Ray raise a zoo of types; all mean "the cluster said no"
+            # Ray's job SDK raises RuntimeError("Request failed with status code N: BODY."). 404 (no such
+            # job) and 400 (e.g. a submission id already taken) are the caller's input, not the cluster.
+            refused = re.match(r"Request failed with status code (400|404): (.*)", str(e), re.S)
+            if refused:
+                lines = [ln.strip() for ln in refused.group(2).strip().rstrip(".").splitlines() if ln.strip()]
+                reason = lines[-1] if lines else f"HTTP {refused.group(1)}"  # a 400 carries a traceback
+                raise JobSpecError(redact(f"Ray cluster at {self.url}: {reason}", self.token)) from None
             raise ClusterError(redact(f"Ray cluster at {self.url}: {type(e).__name__}: {e}", self.token)) from None
 
     def submit(self, entrypoint: str, runtime_env: dict[str, Any], metadata: dict[str, str],

@@ -420,3 +420,21 @@ def test_redaction_covers_every_userinfo_shape_and_every_printed_error(capsys):
         fail("API request to http://alice:s3cret@m:5000/api failed", as_json=True)
     out, err = capsys.readouterr()
     assert "s3cret" not in out + err and json.loads(out)["error"].startswith("API request to http://alice:***@m:5000")
+
+
+def test_a_request_the_cluster_refuses_is_bad_input_not_an_unreachable_cluster():
+    client = object.__new__(js.JobClient)
+    client.url, client.token = "http://head:8265", js.Token(TOKEN, "$RAY_AUTH_TOKEN")
+    with pytest.raises(js.JobSpecError, match=r"^Ray cluster at http://head:8265: Job raysubmit_nope does not exist$"):
+        with client.errors():
+            raise RuntimeError("Request failed with status code 404: Job raysubmit_nope does not exist.")
+    body = ("Traceback (most recent call last):\n  File \"job_manager.py\", line 554\nValueError: Job with "
+            f"submission_id x already exists. Please use a different submission_id. {TOKEN}\n")
+    with pytest.raises(js.JobSpecError) as e:
+        with client.errors():
+            raise RuntimeError(f"Request failed with status code 400: {body}.")
+    assert str(e.value).startswith("Ray cluster at http://head:8265: ValueError: Job with submission_id x already "
+                                   "exists") and TOKEN not in str(e.value)
+    with pytest.raises(js.ClusterError, match="status code 500"):  # the cluster's own failure stays exit 3
+        with client.errors():
+            raise RuntimeError("Request failed with status code 500: No available agent to submit job.")
