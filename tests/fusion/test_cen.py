@@ -33,6 +33,15 @@ def test_exchange_replaces_small_gamma_channels_with_the_other_modality():
     assert torch.equal(out1[:, [1, 2]], x1[:, [1, 2]])
 
 
+def test_exchange_is_strict_at_the_threshold():
+    # |gamma| < threshold exchanges; a gamma at the threshold, or just above it, keeps its own channel.
+    x0, x1 = torch.randn(1, 3, 2, 2), torch.randn(1, 3, 2, 2)
+    out0, _ = channel_exchange([x0, x1], [torch.tensor([0.02, 0.021, 0.05]), torch.ones(3)], threshold=0.02)
+    assert torch.equal(out0, x0)
+    out0, _ = channel_exchange([x0, x1], [torch.tensor([0.0199, 0.02, 1.0]), torch.ones(3)], threshold=0.02)
+    assert torch.equal(out0[:, 0], x1[:, 0]) and torch.equal(out0[:, 1:], x0[:, 1:])
+
+
 def test_exchange_with_three_modalities_takes_the_mean_of_the_other_two():
     xs = [torch.full((1, 2, 2, 2), v) for v in (1.0, 2.0, 6.0)]
     gammas = [torch.tensor([0.0, 1.0]), torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])]

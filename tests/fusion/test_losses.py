@@ -83,6 +83,16 @@ def test_balanced_bce_matches_official_formula():
         balanced_bce(pred, target[..., :2])
 
 
+def test_the_edge_task_uses_the_official_positive_weight():
+    from fusion.losses import MultiTaskLoss
+
+    pred = torch.tensor([[[[0.3, -0.2], [1.5, -1.0]]]])
+    target = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])  # one edge pixel in four: 0.95 differs from HED's 0.75
+    _, parts = MultiTaskLoss(["edge"])({"edge": pred}, {"edge": target})
+    assert parts["edge"].item() == pytest.approx(balanced_bce(pred, target, pos_weight=0.95).item(), rel=1e-6)
+    assert parts["edge"].item() != pytest.approx(balanced_bce(pred, target).item(), rel=1e-3)
+
+
 class _Model(nn.Module):
     aux_weights = {"initial": 0.5}
 

@@ -122,6 +122,39 @@ def test_distillation_adds_attention_messages_from_other_tasks():
     torch.testing.assert_close(mmd(feats)["a"], feats["a"] + 0.5 * feats["b"])
 
 
+def test_fpm_defaults_to_the_papers_softmax_over_tasks():
+    model = fusion.build_model({"name": "mtinet", "tasks": ["semseg", "depth"], **TINY})
+    assert model.propagation and all(p.softmax == "task" for p in model.propagation.values())
+
+
+def test_fpm_adds_its_message_to_each_task_as_a_residual():
+    torch.manual_seed(0)
+    fpm = FeaturePropagation(["a", "b"], channels=4)
+    feats = {t: torch.randn(2, 4, 5, 5) for t in "ab"}
+    with torch.no_grad():
+        for se in fpm.se.values():  # close every SE gate: the FPM's message is ~0, the task's own features pass
+            se.gate[2].weight.zero_()
+            se.gate[2].bias.fill_(-60.0)
+    out = fpm(feats)
+    for t in "ab":
+        torch.testing.assert_close(out[t], feats[t], atol=1e-6, rtol=0)
+    with torch.no_grad():
+        fpm.se["a"].gate[2].bias.fill_(60.0)  # open a's gate: a gets the shared message on top of its own features
+    out = fpm(feats)
+    shared = fpm.reduction(fpm.attention(fpm.non_linear(torch.cat([feats["a"], feats["b"]], 1)))
+                           * torch.cat([feats["a"], feats["b"]], 1))
+    torch.testing.assert_close(out["a"], feats["a"] + shared)
+
+
+def test_squeeze_excitation_gate_is_the_papers_formula():
+    torch.manual_seed(0)
+    se = SqueezeExcitation(32, reduction=4)  # 8 hidden units, so mean and max pooling give other gates
+    x = torch.rand(2, 32, 5, 5)
+    gate = torch.sigmoid(se.gate[2](torch.relu(se.gate[0](x.mean(dim=(2, 3))))))
+    torch.testing.assert_close(se(x), x * gate[:, :, None, None])
+    assert not torch.allclose(gate, torch.sigmoid(se.gate[2](torch.relu(se.gate[0](x.amax(dim=(2, 3)))))))
+
+
 def test_squeeze_excitation_gates_channels_in_unit_interval():
     se = SqueezeExcitation(8)
     x = torch.rand(2, 8, 4, 4) + 0.1
