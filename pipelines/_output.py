@@ -52,16 +52,6 @@ def fail(message: str, as_json: bool = False, code: int = 1) -> None:
 STORE_ERROR_EXIT = 3
 
 
-def _is_store_error(e: BaseException) -> bool:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        from requests.exceptions import RequestException
-    except ImportError:  # pragma: no cover - requests comes with mlflow
-        RequestException = MlflowException  # noqa: N806
-    return isinstance(e, (MlflowException, RequestException))
-
-
 def tracking_store_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Decorate a click command whose MLflow calls may fail: an error from the tracking store (a
     server that is down, refuses the credentials, an unknown run) exits with code 3 and one redacted
@@ -72,9 +62,12 @@ def tracking_store_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - re-raised unless it comes from the store
-            if not _is_store_error(e):
+            from pipelines.tracking import store_error
+
+            cause = store_error(e)
+            if cause is None:
                 raise
-            fail(f"MLflow tracking store: {e}", bool(kwargs.get("as_json")), code=STORE_ERROR_EXIT)
+            fail(f"MLflow tracking store: {cause}", bool(kwargs.get("as_json")), code=STORE_ERROR_EXIT)
 
     return wrapper
 

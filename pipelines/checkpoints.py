@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipelines._output import dumps
+
 META = "meta.json"
 MODEL = "model.pt"
 TRAIN_STATE = "train_state.pt"
@@ -30,7 +32,7 @@ def save_checkpoint(directory: str | os.PathLike[str], model: nn.Module, meta: d
     torch.save(unwrap(model).state_dict(), d / MODEL)
     if train_state is not None:
         torch.save(train_state, d / TRAIN_STATE)
-    (d / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    (d / META).write_text(dumps(meta, indent=2, sort_keys=True))  # strict JSON: a NaN metric is null
     return d
 
 

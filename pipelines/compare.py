@@ -54,6 +54,8 @@ def fetch_runs(client: Any, experiment: str | None = None, run_ids: Iterable[str
     ``sweep``."""
     from mlflow.exceptions import MlflowException
 
+    from pipelines.tracking import run_not_found
+
     run_ids = list(run_ids)
     if sum([experiment is not None, bool(run_ids), sweep is not None]) != 1:
         raise CompareError("give exactly one of an experiment name, run ids and a sweep's parent run id")
@@ -61,6 +63,8 @@ def fetch_runs(client: Any, experiment: str | None = None, run_ids: Iterable[str
         try:
             parent = client.get_run(sweep)
         except MlflowException as e:
+            if not run_not_found(e):
+                raise
             raise CompareError(f"unknown run id {sweep!r}") from e
         if parent.data.tags.get("fusionpipe.kind") != "sweep":
             raise CompareError(f"run {sweep!r} is not a sweep's parent run (fusionpipe tune creates those)")
@@ -71,6 +75,8 @@ def fetch_runs(client: Any, experiment: str | None = None, run_ids: Iterable[str
             try:
                 runs.append(client.get_run(rid))
             except MlflowException as e:
+                if not run_not_found(e):
+                    raise
                 raise CompareError(f"unknown run id {rid!r}") from e
         return runs
     exp = client.get_experiment_by_name(experiment)
@@ -252,6 +258,10 @@ def compare(tracking_uri: str, experiment: str | None = None, run_ids: Iterable[
         for r in runs:
             final = {k[len("val/"):]: v for k, v in r.data.metrics.items() if k.startswith("val/")}
             if r.info.run_id not in ref_ids and any(k in final and k in base for k in DELTA_M_DIRECTIONS):
+                undefined = [k for k in DELTA_M_DIRECTIONS if k in final and k in base and not math.isfinite(base[k])]
+                if undefined:
+                    raise CompareError(f"reference runs {sorted(ref_ids)}: {', '.join(f'val/{k}' for k in undefined)} "
+                                       "is NaN or infinite, so delta_m is undefined")
                 try:
                     result["delta_m"][r.info.run_id] = delta_m_terms(final, base)
                 except ValueError as e:  # a reference metric of 0: no relative change

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 
 from pipelines.config import ConfigError, ExperimentConfig
+from pipelines.redact import redact_url_password
+from pipelines.tracking import run_not_found
 
 
 def _download_checkpoint(run_id: str, uri: str, dest: str) -> Path:
@@ -24,10 +26,14 @@ def _download_checkpoint(run_id: str, uri: str, dest: str) -> Path:
     try:
         client.get_run(run_id)
     except MlflowException as e:
-        raise ConfigError(f"MLflow run {run_id!r} not found in {uri}: {e.message}") from e
+        if not run_not_found(e):
+            raise  # the store failed: exit 3, not "not found"
+        raise ConfigError(f"MLflow run {run_id!r} not found in {redact_url_password(uri)}") from e
     try:
         return Path(client.download_artifacts(run_id, "checkpoints/best", dest))
     except (MlflowException, OSError) as e:
+        if isinstance(e, MlflowException) and not run_not_found(e):
+            raise
         raise ConfigError(f"MLflow run {run_id!r} has no checkpoints/best artifact (did it finish?): {e}") from e
 
 
@@ -72,7 +78,9 @@ def run_metrics(run_id: str, uri: str) -> dict[str, float]:
     try:
         run = client.get_run(run_id)
     except MlflowException as e:
-        raise ConfigError(f"reference run {run_id!r} not found in {uri}: {e.message}") from e
+        if not run_not_found(e):
+            raise
+        raise ConfigError(f"reference run {run_id!r} not found in {redact_url_password(uri)}") from e
     keys = [k for k in run.data.metrics if k.startswith("val/")]
     best = run.data.tags.get("fusionpipe.best_epoch")
     if best is None or not best.lstrip("-").isdigit():

@@ -170,6 +170,34 @@ def ray_job_tags() -> dict[str, str]:
     return tags
 
 
+class TrackingStoreError(RuntimeError):
+    """A training worker could not reach or write the MLflow tracking store; the message has its URI's
+    password hidden (the worker's own exception text names the URI, and Ray prints and forwards it)."""
+
+
+def store_error(e: BaseException) -> BaseException | None:
+    """The MLflow tracking-store error behind ``e``: ``e`` itself, or one of a Ray Train worker group's
+    failures; None when ``e`` has nothing to do with the store."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+
+    if isinstance(e, (MlflowException, RequestException, TrackingStoreError)):
+        return e
+    for failure in (getattr(e, "worker_failures", None) or {}).values():
+        found = store_error(failure) if isinstance(failure, BaseException) else None
+        if found is not None:
+            return found
+    cause = getattr(e, "cause", None)  # a RayTaskError wraps the worker's exception
+    return store_error(cause) if isinstance(cause, BaseException) and cause is not e else None
+
+
+def run_not_found(e: Exception) -> bool:
+    """Whether an MLflow error means "no such run" (the caller's input), not a store that failed:
+    only then may a caller turn it into its own "unknown run" error (exit 2); anything else is the
+    store's, for :func:`pipelines._output.tracking_store_errors` (exit 3)."""
+    return getattr(e, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
+
+
 class Tracker:
     """A thin, batching wrapper over ``MlflowClient`` bound to one run."""
 

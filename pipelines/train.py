@@ -26,6 +26,7 @@ import torch
 from pydantic import ValidationError
 
 from pipelines.config import ConfigError, ExperimentConfig, flatten
+from pipelines.redact import redact_url_password
 from pipelines.storage import checkpoint_uri, join, read_text, remove, write_text
 
 log = logging.getLogger(__name__)
@@ -221,6 +222,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     except _fatal_errors() as e:
         _record_fatal(fatal, e)
         raise
+    except Exception as e:
+        from pipelines.tracking import TrackingStoreError, store_error
+
+        cause = store_error(e)
+        if cause is None:
+            raise
+        # MLflow's message names the URI it called: no password in what Ray logs and hands the driver.
+        raise TrackingStoreError(redact_url_password(str(cause))) from None
 
 
 def _train_loop(config: dict[str, Any]) -> None:
@@ -603,7 +612,8 @@ def _finish_run(cfg: ExperimentConfig, tracker: Any, result: Any, run_name: str,
             h, w = _sample_hw(cfg)
             log_final_model(tracker, best_dir, read_meta(best_dir), (h, w))
     tracker.end("FINISHED")
-    final = {k: v for k, v in last_meta["metrics"].items() if k.startswith("val/")}
+    # meta.json stores a NaN metric (nothing to measure) as null: it is NaN again here.
+    final = {k: math.nan if v is None else v for k, v in last_meta["metrics"].items() if k.startswith("val/")}
     # The summary is printed and written to files (outputs/train.json): no password in it.
     return {"run_name": run_name, "mlflow_run_id": tracker.run_id, "tracking_uri": redact_url_password(cfg.tracking.uri),
             "experiment": cfg.tracking.experiment, "resumed": resumed, "epochs": last_meta["epoch"] + 1,

@@ -275,3 +275,11 @@ def test_an_unreachable_store_exits_3_without_the_password(monkeypatch):
                                            "--json"])
     assert out.exit_code == 3 and "s3cr3t" not in out.output
     assert json.loads(out.stdout)["error"].startswith("MLflow tracking store: API request to http://alice:***@127.0.0.1:9")
+
+
+@pytest.mark.parametrize("how", [["--run-ids", "abc"], ["--sweep", "abc"]])
+def test_a_dead_store_is_not_an_unknown_run(monkeypatch, how):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    out = CliRunner().invoke(compare_cmd, ["--tracking-uri", "http://alice:s3cr3t@127.0.0.1:9", *how, "--json"])
+    assert out.exit_code == 3 and "unknown run id" not in out.output and "s3cr3t" not in out.output

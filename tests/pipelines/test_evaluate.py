@@ -97,3 +97,52 @@ def test_a_bad_summary_file_is_named(tmp_path):
         out = CliRunner().invoke(evaluate, ["--config", str(REPO_ROOT / "configs" / "smoke.yaml"),
                                             "--summary", str(tmp_path / "s.json"), "--json"])
         assert out.exit_code == 2 and f"--summary {tmp_path / 's.json'}: {why}" in json.loads(out.stdout)["error"]
+
+
+@pytest.mark.parametrize("how", [["--run-id", "abc"], ["--checkpoint", "x", "--baseline-run", "abc"]])
+def test_a_dead_store_is_not_a_missing_run(monkeypatch, smoke_shards, how):
+    import json
+
+    from click.testing import CliRunner
+
+    from pipelines.config import REPO_ROOT
+    from pipelines.run_cli import evaluate
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    out = CliRunner().invoke(evaluate, ["--config", str(REPO_ROOT / "configs" / "smoke.yaml"), "--set",
+                                        f"data.shards={smoke_shards}", "--set",
+                                        "tracking.uri=http://alice:s3cr3t@127.0.0.1:9", *how, "--json"])
+    assert out.exit_code == 3, out.output
+    assert "not found" not in out.output and "s3cr3t" not in out.output
+
+
+def test_evaluate_and_its_baselines_read_at_the_configs_resize(tmp_path, smoke_shards, monkeypatch):
+    import json
+
+    import datasets.loader
+    from fusion import build_model
+    from pipelines.checkpoints import save_checkpoint
+    from pipelines.config import REPO_ROOT, load_config
+    from pipelines.evaluate import run_evaluate
+    from pipelines.loop import model_config
+
+    cfg = load_config(REPO_ROOT / "configs" / "smoke.yaml", [f"data.shards={smoke_shards}",
+                                                             f"tracking.uri=sqlite:///{tmp_path}/m.db",
+                                                             "data.augment.resize=[32, 40]"])
+    classes = json.loads((smoke_shards / "manifest.json").read_text())["classes"]
+    mcfg = model_config(cfg.resolved_paths(), len(classes))
+    save_checkpoint(tmp_path / "ck", build_model(mcfg), {"epoch": 0, "model_config": mcfg, "classes": classes})
+    sizes = []
+    real = datasets.loader.ShardStream
+
+    class Recording(real):
+        def _to_tensors(self, sample):
+            sizes.append(sample["rgb"].shape[:2])
+            return super()._to_tensors(sample)
+
+    monkeypatch.setattr(datasets.loader, "ShardStream", Recording)
+    result = run_evaluate(cfg, checkpoint=str(tmp_path / "ck"), baselines=True)
+    assert result["num_samples"] == 8 and "majority_class_miou" in result["trivial_baselines"]
+    # 8 val samples evaluated, then 16 train + 8 val samples for the trivial baselines: all at 32×40.
+    assert len(sizes) == 32 and set(sizes) == {(32, 40)}

@@ -360,3 +360,15 @@ def test_a_padnet_checkpoint_from_before_the_fuse_layer_still_loads(tmp_path, sm
     with pytest.raises(CheckpointError, match=r"options: checkpoint .*'fuse': False.* vs config .*'fuse': True"):
         check_compatible(meta["model_config"], new, "old")
     check_compatible(meta["model_config"], model_config(cfg("model.options={channels: 16, fuse: false}"), 13), "old")
+
+
+def test_checkpoint_meta_is_strict_json_with_a_nan_metric(tmp_path):
+    import json
+
+    from pipelines.checkpoints import read_meta, save_checkpoint
+
+    save_checkpoint(tmp_path / "ck", torch.nn.Linear(2, 2),
+                    {"epoch": 1, "metrics": {"val/edge/odsF": float("nan"), "val/semseg/miou": 0.25}})
+    text = (tmp_path / "ck" / "meta.json").read_text()
+    assert json.loads(text, parse_constant=pytest.fail)["metrics"] == {"val/edge/odsF": None, "val/semseg/miou": 0.25}
+    assert read_meta(tmp_path / "ck")["metrics"]["val/edge/odsF"] is None
