@@ -283,3 +283,11 @@ def test_a_dead_store_is_not_an_unknown_run(monkeypatch, how):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     out = CliRunner().invoke(compare_cmd, ["--tracking-uri", "http://alice:s3cr3t@127.0.0.1:9", *how, "--json"])
     assert out.exit_code == 3 and "unknown run id" not in out.output and "s3cr3t" not in out.output
+
+
+def test_a_nan_reference_metric_is_a_clean_error(tmp_path):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    ids = _fill(uri, "nanref", {"mtl": ({"model.name": "mtinet"}, {}, {"val/edge/odsF": [0.3]}, 1.0),
+                                "ref": ({"model.name": "single_task"}, {}, {"val/edge/odsF": [float("nan")]}, 1.0)})
+    with pytest.raises(CompareError, match=r"val/edge/odsF is NaN or infinite, so delta_m is undefined"):
+        compare(uri, run_ids=[ids["mtl"]], baseline_runs=[ids["ref"]])
