@@ -218,3 +218,33 @@ def test_a_bad_meta_json_names_the_shard_and_key_and_can_be_skipped(toy_dataset,
     s = ShardStream(toy_dataset, split, errors="skip", **kw)
     ids, _ = _ids(make_loader(s))
     assert f"{split}/{key}" not in ids and s.skipped >= 1 and key in caplog.text
+
+
+def _train_ids(root, epoch, buffer, rank=0, world=1, seeds=None):
+    def transform(sample, seed):
+        if seeds is not None:
+            seeds.append(seed)
+        return sample
+
+    s = ShardStream(root, "train", tasks=["semseg"], modalities=["rgb"], batch_size=1, train=True, seed=3,
+                    shuffle_buffer=buffer, rank=rank, world_size=world, transform=transform)
+    s.set_epoch(epoch)
+    return [i for b in make_loader(s) for i in b["id"]]
+
+
+def test_with_one_shard_the_shuffle_buffer_alone_changes_with_the_epoch(tmp_path):
+    write_dataset(ToySource(num_train=8, num_val=2), tmp_path / "ds", shard_size=100, progress=False)
+    assert _train_ids(tmp_path / "ds", 0, 8) != _train_ids(tmp_path / "ds", 1, 8)
+
+
+def test_without_a_buffer_the_shard_order_alone_changes_with_the_epoch(tmp_path):
+    write_dataset(ToySource(num_train=8, num_val=2), tmp_path / "ds", shard_size=1, progress=False)
+    assert _train_ids(tmp_path / "ds", 0, 1) != _train_ids(tmp_path / "ds", 1, 1)
+
+
+def test_ranks_draw_different_augmentation_seeds(tmp_path):
+    write_dataset(ToySource(num_train=8, num_val=2), tmp_path / "ds", shard_size=2, progress=False)
+    seeds0, seeds1 = [], []
+    _train_ids(tmp_path / "ds", 0, 2, rank=0, world=2, seeds=seeds0)
+    _train_ids(tmp_path / "ds", 0, 2, rank=1, world=2, seeds=seeds1)
+    assert len(seeds0) == len(seeds1) == 4 and seeds0 != seeds1

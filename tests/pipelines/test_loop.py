@@ -372,3 +372,65 @@ def test_checkpoint_meta_is_strict_json_with_a_nan_metric(tmp_path):
     text = (tmp_path / "ck" / "meta.json").read_text()
     assert json.loads(text, parse_constant=pytest.fail)["metrics"] == {"val/edge/odsF": None, "val/semseg/miou": 0.25}
     assert read_meta(tmp_path / "ck")["metrics"]["val/edge/odsF"] is None
+
+
+def _fake_two_ranks(monkeypatch, other_rank: torch.Tensor) -> None:
+    """A world of two ranks in one process: the other rank contributes ``other_rank`` to every all-reduce."""
+    import torch.distributed as dist
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda *a: 2)
+    monkeypatch.setattr(dist, "get_backend", lambda *a: "gloo")
+    monkeypatch.setattr(dist, "all_reduce", lambda t, op=None: t.add_(other_rank.to(t.dtype)))
+
+
+def test_all_reduce_sum_sums_the_ranks(monkeypatch):
+    from pipelines.loop import all_reduce_sum
+
+    _fake_two_ranks(monkeypatch, torch.tensor([1.0, 2.0]))
+    assert all_reduce_sum(torch.tensor([3.0, 4.0])).tolist() == [4.0, 6.0]
+
+
+def test_the_epoch_loss_is_the_mean_over_every_ranks_batches(monkeypatch):
+    # This rank: one batch of depth loss 1. The other rank: two batches summing to 6 (depth, total,
+    # batches, samples). The epoch's loss is 7 / 3, not this rank's 1 nor a mean of the ranks' means.
+    _fake_two_ranks(monkeypatch, torch.tensor([6.0, 6.0, 2.0, 4.0], dtype=torch.float64))
+    batch = {"inputs": {"rgb": torch.full((2, 3, 4, 4), 2.0)}, "targets": {"depth": torch.ones(2, 1, 4, 4)}}
+    model = _Scale()
+    out = train_epoch(model, [batch], MultiTaskLoss(["depth"]), torch.optim.SGD(model.parameters(), 0.0), None,
+                      torch.device("cpu"))
+    assert out["train/loss/depth"] == pytest.approx(7 / 3)
+
+
+def test_no_autocast_on_cpu():
+    from pipelines.loop import _autocast
+
+    with _autocast(torch.device("cpu"), True):  # bf16 autocast is for CUDA only
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_under_ddp_the_last_shorter_group_steps_when_the_batch_count_is_known():
+    from contextlib import nullcontext
+
+    class _DDPLike(_Scale):
+        def no_sync(self):
+            return nullcontext()
+
+    model = _DDPLike()
+    batch = {"inputs": {"rgb": torch.full((1, 3, 2, 2), 2.0)}, "targets": {"depth": torch.ones(1, 1, 2, 2)}}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    train_epoch(model, iter([batch] * 3), MultiTaskLoss(["depth"]), opt, sched, torch.device("cpu"), grad_accum=2,
+                num_batches=3)
+    assert sched.last_epoch == 2  # groups of 2 + 1: two steps
+
+
+@pytest.mark.parametrize("workers,batch,refused", [(2, 9, True), (2, 8, False)])
+def test_workers_times_batch_size_against_the_training_samples(smoke_shards, workers, batch, refused):
+    cfg = load_config(None, [f"data.shards={smoke_shards}", f"train.workers={workers}", f"train.batch_size={batch}"])
+    try:
+        validate_experiment(cfg)
+        message = ""
+    except ConfigError as e:
+        message = str(e)
+    assert ("16 training samples < workers × batch_size = 18" in message) == refused  # the smoke data: 16
