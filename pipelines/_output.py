@@ -54,8 +54,9 @@ STORE_ERROR_EXIT = 3
 
 def tracking_store_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Decorate a click command whose MLflow calls may fail: an error from the tracking store (a
-    server that is down, refuses the credentials, an unknown run) exits with code 3 and one redacted
-    line (an ``error`` object with ``--json``), instead of a traceback that would show the URI."""
+    server that is down or refuses the credentials, also when a Ray Train worker met it) exits with
+    code 3 and one redacted line (an ``error`` object with ``--json``), instead of a traceback that
+    would show the URI. A run that does not exist is the command's own bad-input error (exit 2)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
