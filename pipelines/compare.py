@@ -184,20 +184,25 @@ def delta_m_terms(metrics: dict[str, float], baseline: dict[str, float]) -> dict
     return {"delta_m": total, "terms": terms}
 
 
-def baseline_metrics(refs: list[Any]) -> dict[str, float]:
-    """Union of the references' final ``val/`` metrics with the prefix stripped."""
+def union_of_references(per_run: Iterable[tuple[str, dict[str, float]]],
+                        error: type[Exception] = CompareError) -> tuple[dict[str, float], dict[str, str]]:
+    """The single-task references' metrics (``task/metric`` keys) as one dict, and which run gave each;
+    two runs reporting the same metric raise ``error``. Shared by ``compare`` and ``evaluate``."""
     base: dict[str, float] = {}
     owner: dict[str, str] = {}
-    for r in refs:
-        for k, v in r.data.metrics.items():
-            if not k.startswith("val/"):
-                continue
-            name = k[len("val/"):]
+    for rid, metrics in per_run:
+        for name, value in metrics.items():
             if name in base:
-                raise CompareError(f"reference runs {owner[name]!r} and {r.info.run_id!r} both report {k!r}; "
-                                   "give one reference run per task")
-            base[name], owner[name] = v, r.info.run_id
-    return base
+                raise error(f"reference runs {owner[name]!r} and {rid!r} both report 'val/{name}'; "
+                            "give one reference run per task")
+            base[name], owner[name] = value, rid
+    return base, owner
+
+
+def baseline_metrics(refs: list[Any]) -> dict[str, float]:
+    """Union of the references' final ``val/`` metrics with the prefix stripped."""
+    return union_of_references((r.info.run_id, {k[len("val/"):]: v for k, v in r.data.metrics.items()
+                                                 if k.startswith("val/")}) for r in refs)[0]
 
 
 def select_by_tag(runs: list[Any], tag: str) -> list[Any]:

@@ -41,15 +41,10 @@ def reference_metrics(run_ids: list[str], cfg: ExperimentConfig, num_classes: in
     """The single-task reference runs' metrics for delta_m, one run per metric, checked against what
     the evaluated model will report."""
     from fusion.metrics import DELTA_M_DIRECTIONS, MetricSet
+    from pipelines.compare import union_of_references
 
-    reference: dict[str, float] = {}
-    owner: dict[str, str] = {}
-    for rid in run_ids:
-        for name, value in run_metrics(rid, cfg.tracking.uri).items():
-            if name in reference:
-                raise ConfigError(f"reference runs {owner[name]!r} and {rid!r} both report 'val/{name}'; "
-                                  "give one reference run per task")
-            reference[name], owner[name] = value, rid
+    reference, owner = union_of_references(((rid, run_metrics(rid, cfg.tracking.uri)) for rid in run_ids),
+                                           error=ConfigError)
     aux = set(cfg.model.options.get("auxiliary_tasks") or [])
     reported = set(MetricSet([t for t in cfg.data.tasks if t not in aux], max(1, num_classes)).compute())
     used = [k for k in DELTA_M_DIRECTIONS if k in reported and k in reference]
