@@ -58,6 +58,23 @@ def test_depth_l1_over_valid_pixels_only():
     assert depth_l1(pred, torch.zeros_like(target)).item() == 0.0
 
 
+def test_invalid_pixels_add_nothing_even_when_not_finite_and_get_no_gradient():
+    # The losses mask instead of indexing (no device-to-host sync on a GPU): a masked-out pixel must
+    # still contribute an exact 0, also where the prediction there is inf or NaN.
+    pred = torch.tensor([[[[1.0, float("nan")], [3.0, float("inf")]]]], requires_grad=True)
+    target = torch.tensor([[[[1.5, 0.0], [2.0, 0.0]]]])
+    loss = depth_l1(pred, target)
+    assert loss.item() == pytest.approx((0.5 + 1.0) / 2)
+    loss.backward()
+    assert pred.grad.tolist() == [[[[-0.5, 0.0], [0.5, 0.0]]]]
+    logits = torch.tensor([[[[0.0, float("nan")]], [[0.0, 0.0]]]], requires_grad=True)  # 1×2×1×2
+    ce = cross_entropy(logits, torch.tensor([[[0, 255]]]))
+    assert ce.item() == pytest.approx(math.log(2))
+    normals = torch.tensor([[[[0.0, float("nan")]], [[0.0, 1.0]], [[2.0, 1.0]]]])  # 1×3×1×2
+    target_n = torch.tensor([[[[0.0, 0.0]], [[0.0, 0.0]], [[1.0, 0.0]]]])
+    assert normals_l1(normals, target_n).item() == 0.0
+
+
 def test_normals_l1_normalises_prediction_and_skips_zero_targets():
     pred = torch.zeros(1, 3, 1, 2)
     pred[0, :, 0, 0] = torch.tensor([0.0, 0.0, 5.0])  # normalises to (0,0,1)
