@@ -434,3 +434,18 @@ def test_workers_times_batch_size_against_the_training_samples(smoke_shards, wor
     except ConfigError as e:
         message = str(e)
     assert ("16 training samples < workers × batch_size = 18" in message) == refused  # the smoke data: 16
+
+
+def test_adam_is_fused_only_for_gpu_parameters(monkeypatch):
+    from pipelines.loop import make_optimizer
+
+    model = nn.Conv2d(3, 4, 3)
+    for name in ("adam", "adamw"):
+        assert make_optimizer(load_config(None, [f"optim.name={name}"]), model).defaults["fused"] is None, name
+    # A GPU model (is_cuda faked: CI has none) asks for the fused kernel; tests/pipelines/test_cuda.py
+    # builds one on a real GPU.
+    seen = {}
+    monkeypatch.setattr(torch.optim, "Adam", lambda params, **kw: seen.update(kw) or kw)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    make_optimizer(load_config(None, ["optim.name=adam"]), model)
+    assert seen["fused"] is True
