@@ -9,11 +9,23 @@ import sys
 from typing import Any
 
 
-def parse_args(description: str) -> argparse.Namespace:
+def parse_args(description: str, devices: bool = False, argv: list[str] | None = None) -> argparse.Namespace:
+    """``--quick`` and ``--json``; with ``devices``, also ``--only cpu|cuda`` for scripts that measure on
+    the CPU and, when CUDA is present, on the GPU as well."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="small sizes; finishes in under a minute")
     p.add_argument("--json", action="store_true", help="print only the JSON object")
-    return p.parse_args()
+    if devices:
+        p.add_argument("--only", choices=("cpu", "cuda"), default=None,
+                       help="measure on this device alone (default: the CPU, and CUDA too when present); "
+                            "--only cuda without CUDA is an error")
+    args = p.parse_args(argv)
+    if devices and args.only == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            p.error("--only cuda: CUDA is not available on this machine")
+    return args
 
 
 def machine() -> dict[str, Any]:

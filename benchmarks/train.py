@@ -1,6 +1,6 @@
 """Training overheads: Ray Train vs a plain loop, MLflow logging cost, 1 vs 2 workers.
 
-``python benchmarks/train.py [--quick] [--json]``. Everything is measured in one run on the same
+``python benchmarks/train.py [--quick] [--json] [--only cpu|cuda]``. Everything is measured in one run on the same
 model, shards and batch size. Throughput is taken from epochs after the first (the first pays for
 worker start-up, imports and allocator warm-up), as ``train/samples_per_s`` from the very same
 ``pipelines.loop.train_epoch`` in both set-ups, so the ratio isolates what Ray Train adds. The plain
@@ -159,65 +159,74 @@ def mlflow_log_seconds(tmp: Path, num_metrics: int, repeats: int, hw: tuple[int,
     return statistics.median(log_times), statistics.median(preview_times)
 
 
-def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
+def cpu_overheads(tmp: Path, quick: bool) -> tuple[list[dict], dict[str, float]]:
+    """Ray Train vs the plain loop (1 worker), 1 vs 2 workers, and the MLflow logging fraction, on CPU."""
     import ray
 
     from datasets.sources.synthetic import SyntheticSource
     from datasets.writer import write_dataset
     from pipelines.train import start_local_ray
 
-    n, hw, epochs, size, rounds = (48, (64, 80), 3, "0.125", 1) if args.quick else (192, (120, 160), 3, "0.25", 2)
+    n, hw, epochs, size, rounds = (48, (64, 80), 3, "0.125", 1) if quick else (192, (120, 160), 3, "0.25", 2)
+    results, ratios = [], {}
+    shards = tmp / "shards"
+    write_dataset(SyntheticSource(num_train=n, num_val=16, height=hw[0], width=hw[1]), shards,
+                  shard_size=16, progress=False)
+    threads = os.cpu_count() or 1
+    cfg1 = _config(shards, tmp, 1, threads, epochs, size)
+    # The host's load drifts over minutes, so the two set-ups alternate in rounds, the order reversed
+    # in every other round (plain, Ray, Ray, plain: a linear drift cancels out of the means). The
+    # plain loop runs with no Ray on the machine; each Ray pass starts its own local Ray as
+    # `fusionpipe train` does (dashboard, local-Ray environment).
+    passes: dict[str, list[list[float]]] = {"plain": [], "ray": []}
+    for r in range(rounds):
+        for setup in (("plain", "ray") if r % 2 == 0 else ("ray", "plain")):
+            if setup == "plain":
+                passes["plain"].append(plain_loop(cfg1))
+            else:
+                start_local_ray(num_cpus=threads, log_to_driver=False)
+                passes["ray"].append(ray_loop(cfg1, f"bench-1w-{r}"))
+                ray.shutdown()
+    steady = {k: [statistics.mean(p[1:]) for p in v] for k, v in passes.items()}
+    steady_plain, steady_ray = statistics.mean(steady["plain"]), statistics.mean(steady["ray"])
+    results += [{"setup": "plain loop, 1 process", "threads": threads,
+                 "samples_per_s_by_pass_and_epoch": passes["plain"], "steady_samples_per_s": steady_plain},
+                {"setup": "Ray Train, 1 worker", "threads": threads,
+                 "samples_per_s_by_pass_and_epoch": passes["ray"], "steady_samples_per_s": steady_ray}]
+    ratios["ray_train_vs_plain_loop"] = steady_ray / steady_plain
+    if not quick:
+        cfg2 = _config(shards, tmp, 2, max(1, threads // 2), epochs, size)
+        start_local_ray(num_cpus=threads, log_to_driver=False)
+        ray2 = ray_loop(cfg2, "bench-2w")
+        ray.shutdown()
+        results.append({"setup": "Ray Train, 2 workers (DDP)", "threads_per_worker": max(1, threads // 2),
+                        "samples_per_s_by_epoch": ray2, "steady_samples_per_s": statistics.mean(ray2[1:])})
+        ratios["two_workers_vs_one"] = statistics.mean(ray2[1:]) / steady_ray
+    epoch_s = n / steady_ray
+    log_s, preview_s = mlflow_log_seconds(tmp, num_metrics=40, repeats=5 if quick else 20, hw=hw)
+    from pipelines.config import TrainSection
+
+    preview_every = TrainSection().preview_every  # the default; the timed passes ran without previews
+    results.append({"setup": "MLflow log_artifact, one prediction-preview PNG", "seconds": preview_s,
+                    "every_epochs": preview_every})
+    results.append({"setup": "MLflow log_metrics, 40 metrics, one batched request", "seconds": log_s,
+                    "epoch_seconds": epoch_s})
+    # Per epoch: the metrics every epoch, a preview every `preview_every` epochs.
+    ratios["mlflow_logging_fraction"] = (log_s + preview_s / preview_every) / epoch_s
+    return results, ratios
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0], devices=True)
     results, ratios = [], {}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        shards = tmp / "shards"
-        write_dataset(SyntheticSource(num_train=n, num_val=16, height=hw[0], width=hw[1]), shards,
-                      shard_size=16, progress=False)
-        threads = os.cpu_count() or 1
-        cfg1 = _config(shards, tmp, 1, threads, epochs, size)
-        # The host's load drifts over minutes, so the two set-ups alternate in rounds, the order reversed
-        # in every other round (plain, Ray, Ray, plain: a linear drift cancels out of the means). The
-        # plain loop runs with no Ray on the machine; each Ray pass starts its own local Ray as
-        # `fusionpipe train` does (dashboard, local-Ray environment).
-        passes: dict[str, list[list[float]]] = {"plain": [], "ray": []}
-        for r in range(rounds):
-            for setup in (("plain", "ray") if r % 2 == 0 else ("ray", "plain")):
-                if setup == "plain":
-                    passes["plain"].append(plain_loop(cfg1))
-                else:
-                    start_local_ray(num_cpus=threads, log_to_driver=False)
-                    passes["ray"].append(ray_loop(cfg1, f"bench-1w-{r}"))
-                    ray.shutdown()
-        steady = {k: [statistics.mean(p[1:]) for p in v] for k, v in passes.items()}
-        steady_plain, steady_ray = statistics.mean(steady["plain"]), statistics.mean(steady["ray"])
-        results += [{"setup": "plain loop, 1 process", "threads": threads,
-                     "samples_per_s_by_pass_and_epoch": passes["plain"], "steady_samples_per_s": steady_plain},
-                    {"setup": "Ray Train, 1 worker", "threads": threads,
-                     "samples_per_s_by_pass_and_epoch": passes["ray"], "steady_samples_per_s": steady_ray}]
-        ratios["ray_train_vs_plain_loop"] = steady_ray / steady_plain
-        if not args.quick:
-            cfg2 = _config(shards, tmp, 2, max(1, threads // 2), epochs, size)
-            start_local_ray(num_cpus=threads, log_to_driver=False)
-            ray2 = ray_loop(cfg2, "bench-2w")
-            ray.shutdown()
-            results.append({"setup": "Ray Train, 2 workers (DDP)", "threads_per_worker": max(1, threads // 2),
-                            "samples_per_s_by_epoch": ray2, "steady_samples_per_s": statistics.mean(ray2[1:])})
-            ratios["two_workers_vs_one"] = statistics.mean(ray2[1:]) / steady_ray
-        epoch_s = n / steady_ray
-        log_s, preview_s = mlflow_log_seconds(tmp, num_metrics=40, repeats=5 if args.quick else 20, hw=hw)
-        from pipelines.config import TrainSection
-
-        preview_every = TrainSection().preview_every  # the default; the timed passes ran without previews
-        results.append({"setup": "MLflow log_artifact, one prediction-preview PNG", "seconds": preview_s,
-                        "every_epochs": preview_every})
-        results.append({"setup": "MLflow log_metrics, 40 metrics, one batched request", "seconds": log_s,
-                        "epoch_seconds": epoch_s})
-        # Per epoch: the metrics every epoch, a preview every `preview_every` epochs.
-        ratios["mlflow_logging_fraction"] = (log_s + preview_s / preview_every) / epoch_s
-        gpu_results, gpu_ratios = gpu_throughput(tmp, args.quick)
-        results += gpu_results
-        ratios.update(gpu_ratios)
+        if args.only != "cuda":
+            results, ratios = cpu_overheads(tmp, args.quick)
+        if args.only != "cpu":
+            gpu_results, gpu_ratios = gpu_throughput(tmp, args.quick)
+            results += gpu_results
+            ratios.update(gpu_ratios)
     emit("train", results, ratios, args.json)
     if any("error" in r for r in results):
         sys.exit(1)

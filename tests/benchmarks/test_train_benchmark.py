@@ -65,3 +65,20 @@ def test_mlflow_logging_cost_covers_metrics_and_the_preview_png(tmp_path):
     assert len(run.data.metrics) == 40 and len(client.get_metric_history(run.info.run_id, "val/m3")) == 4
     assert [a.path for a in client.list_artifacts(run.info.run_id, "previews")] == [
         "previews/epoch_0000.png", "previews/epoch_0001.png"]
+
+
+def test_only_picks_one_device_and_refuses_cuda_without_it(monkeypatch, capsys):
+    import pytest
+
+    from benchmarks._common import parse_args
+
+    assert parse_args("x", devices=True, argv=["--json"]).only is None
+    assert parse_args("x", devices=True, argv=["--only", "cpu"]).only == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        parse_args("x", devices=True, argv=["--only", "cuda"])
+    assert e.value.code == 2 and "--only cuda: CUDA is not available" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert parse_args("x", devices=True, argv=["--only", "cuda"]).only == "cuda"
+    with pytest.raises(SystemExit):  # scripts that measure on one device only do not take it
+        parse_args("x", argv=["--only", "cpu"])
