@@ -43,8 +43,9 @@ def make_optimizer(cfg: ExperimentConfig, model: nn.Module) -> torch.optim.Optim
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
-    # On a GPU, the fused kernel: a few launches per step instead of a dozen per parameter tensor
-    # group, and no host work per parameter. The update is the same; only its rounding differs.
+    # On a GPU, the fused kernel: the whole update in a few launches per step, with no host work per
+    # parameter. The update is the same; only its rounding differs. A checkpoint's optimizer state
+    # loads either way (keep_settings puts this config's `fused` back after a resume).
     fused = bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
     return cls(params, lr=o.lr, weight_decay=o.weight_decay, fused=fused or None)
 

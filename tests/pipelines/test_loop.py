@@ -449,3 +449,25 @@ def test_adam_is_fused_only_for_gpu_parameters(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
     make_optimizer(load_config(None, ["optim.name=adam"]), model)
     assert seen["fused"] is True
+
+
+def test_a_fused_optimizer_state_resumes_unfused_and_steps():
+    # A GPU run's checkpoint (fused Adam) resumed on the CPU: the config's optimizer, not the
+    # checkpoint's `fused`, must run (PyTorch's CPU fused Adam takes the same state, so fake the GPU side
+    # with it).
+    from pipelines.loop import keep_settings, optimizer_settings
+
+    model = nn.Linear(2, 2)
+    gpu_like = torch.optim.Adam(model.parameters(), fused=True)
+    model(torch.randn(3, 2)).sum().backward()
+    gpu_like.step()
+    resumed = torch.optim.Adam(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(resumed, lambda s: 1.0)
+    settings = optimizer_settings(resumed)
+    resumed.load_state_dict(gpu_like.state_dict())
+    assert resumed.param_groups[0]["fused"] is True
+    keep_settings(resumed, scheduler, settings)
+    assert resumed.param_groups[0]["fused"] is None
+    before = model.weight.detach().clone()
+    resumed.step()
+    assert not torch.equal(before, model.weight)
