@@ -46,7 +46,7 @@ def _masked_mean(per_element: Tensor, valid: Tensor) -> Tensor:
     indexing's backward is a scatter. A masked-out element contributes an exact 0, even where its
     value is not finite.
     """
-    total = torch.where(valid, per_element, torch.zeros((), dtype=per_element.dtype, device=per_element.device)).sum()
+    total = torch.where(valid, per_element, per_element.new_zeros(())).sum()
     return total / valid.sum().clamp(min=1).to(total.dtype)
 
 
