@@ -32,7 +32,8 @@ def train(config: Path, overrides: tuple[str, ...], run_name: str | None, summar
     from pipelines.checkpoints import CheckpointError
     from pipelines.config import ConfigError
     from pipelines.loop import NonFiniteLossError
-    from pipelines.train import run_training, write_outputs
+    from pipelines.run_record import write_outputs
+    from pipelines.train import run_training
 
     cfg = _load(config, overrides, as_json)
     summary_path = summary

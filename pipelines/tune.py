@@ -79,7 +79,7 @@ def _trial(config: dict[str, Any], *, base: dict[str, Any], spec: dict[str, Any]
 
 
 def _trial_state(sweep_dir: Path, sweep: str, trial_id: str) -> dict[str, Any] | None:
-    from pipelines.train import RUN_STATE
+    from pipelines.run_record import RUN_STATE
 
     p = sweep_dir / "trials" / trial_run_name(sweep, trial_id) / RUN_STATE
     return json.loads(p.read_text()) if p.is_file() else None
@@ -229,7 +229,6 @@ def _check_candidates(base_raw: dict[str, Any], spec: SweepSpec) -> None:
 def run_tune(config: str | Path, sweep: str | Path, overrides: list[str] | None = None, name: str | None = None,
              best_config_out: str | Path | None = None, verbose: int = 1) -> dict[str, Any]:
     """Validate, run (or resume) the sweep, log it to MLflow; returns the sweep summary."""
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator

@@ -232,16 +232,16 @@ def test_a_local_tracking_store_is_refused_on_a_multi_node_cluster():
 def test_the_best_checkpoint_is_never_one_with_a_nan_score():
     from types import SimpleNamespace
 
-    from pipelines.train import _best_checkpoint
+    from pipelines.run_record import best_checkpoint
 
     nan, good, worse, last = "nan", "good", "worse", "last"
     result = SimpleNamespace(checkpoint=last, metrics={"epoch": 3},
                              best_checkpoints=[(nan, {"val/m": float("nan"), "epoch": 0}),
                                                (good, {"val/m": 0.5, "epoch": 1}), (worse, {"val/m": 0.2, "epoch": 2})])
-    assert _best_checkpoint(result, "val/m", "max")[0] == good
-    assert _best_checkpoint(result, "val/m", "min")[0] == worse
+    assert best_checkpoint(result, "val/m", "max")[0] == good
+    assert best_checkpoint(result, "val/m", "min")[0] == worse
     result.best_checkpoints = [(nan, {"val/m": float("inf"), "epoch": 0})]
-    assert _best_checkpoint(result, "val/m", "min") == (last, {"epoch": 3})  # no finite score: the last
+    assert best_checkpoint(result, "val/m", "min") == (last, {"epoch": 3})  # no finite score: the last
 
 
 def test_stored_configs_and_summaries_carry_no_tracking_password(tmp_path):
@@ -250,7 +250,7 @@ def test_stored_configs_and_summaries_carry_no_tracking_password(tmp_path):
     from mlflow.tracking import MlflowClient
 
     from pipelines.tracking import redacted_config
-    from pipelines.train import write_outputs
+    from pipelines.run_record import write_outputs
 
     cfg = load_config(None, ["tracking.uri=http://alice:s3cret@mlflow.example:5000"])
     dumped = redacted_config(cfg)
@@ -303,19 +303,19 @@ def test_a_resume_with_changed_settings_is_on_record(tmp_path, smoke_shards, cap
 
     from mlflow.tracking import MlflowClient
 
-    from pipelines.train import _open_mlflow_run
+    from pipelines.run_record import open_mlflow_run
 
     def cfg(*more):
         return load_config(None, [f"data.shards={smoke_shards}", f"tracking.uri=sqlite:///{tmp_path}/m.db",
                                   f"checkpoint.storage_path={tmp_path}/ray", *more]).resolved_paths()
 
     manifest = json.loads((smoke_shards / "manifest.json").read_text())
-    first, _ = _open_mlflow_run(cfg("optim.lr=0.01"), "r", manifest)
-    _open_mlflow_run(cfg("optim.lr=0.01"), "r", manifest)
+    first, _ = open_mlflow_run(cfg("optim.lr=0.01"), "r", manifest)
+    open_mlflow_run(cfg("optim.lr=0.01"), "r", manifest)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/m.db")
     assert "fusionpipe.resume_changed" not in client.get_run(first.run_id).data.tags
     assert "changed settings" not in capsys.readouterr().err
-    again, resumed = _open_mlflow_run(cfg("optim.lr=0.001", "train.epochs=40"), "r", manifest)
+    again, resumed = open_mlflow_run(cfg("optim.lr=0.001", "train.epochs=40"), "r", manifest)
     assert resumed and again.run_id == first.run_id
     run = client.get_run(first.run_id)
     assert json.loads(run.data.tags["fusionpipe.resume_changed"]) == {"optim.lr": ["0.01", "0.001"],

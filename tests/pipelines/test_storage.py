@@ -67,7 +67,7 @@ def _memory_checkpoint(tmp_path: Path, key: str, epoch: int, miou: float):
 
 def test_a_run_whose_checkpoints_are_on_an_object_store_finishes_and_logs_them(tmp_path):
     from pipelines.tracking import Tracker
-    from pipelines.train import _finish_run
+    from pipelines.run_record import finish_run
 
     cfg = load_config(None, ["checkpoint.storage_path=s3://bucket/ray_results", "tracking.log_model=false",
                              f"tracking.uri=sqlite:///{tmp_path}/m.db"])
@@ -77,7 +77,7 @@ def test_a_run_whose_checkpoints_are_on_an_object_store_finishes_and_logs_them(t
                              best_checkpoints=[(best, {"val/semseg/miou": 0.5, "epoch": 0}),
                                                (last, {"val/semseg/miou": 0.25, "epoch": 1})])
     tracker = Tracker.create_run(cfg.tracking.uri, "e", "r", {})
-    summary = _finish_run(cfg, tracker, result, "r", False)
+    summary = finish_run(cfg, tracker, result, "r", False)
     assert summary["best_checkpoint"] == "s3://bucket/ray_results/r/checkpoint_000000"
     assert summary["last_checkpoint"] == "s3://bucket/ray_results/r/checkpoint_000001"
     assert summary["epochs"] == 2 and summary["final_metrics"] == {"val/semseg/miou": 0.25}
@@ -92,18 +92,18 @@ def test_a_run_whose_checkpoints_are_on_an_object_store_finishes_and_logs_them(t
 
 
 def test_the_run_state_file_lives_beside_checkpoints_on_a_uri(tmp_path, smoke_shards):
-    from pipelines.train import _open_mlflow_run
+    from pipelines.run_record import open_mlflow_run
 
     storage = f"file://{tmp_path}/store"
     cfg = load_config(None, [f"data.shards={smoke_shards}", f"tracking.uri=sqlite:///{tmp_path}/m.db",
                              f"checkpoint.storage_path={storage}"]).resolved_paths()
     assert cfg.checkpoint.storage_path == storage  # a URI is not made a local path
     manifest = json.loads((smoke_shards / "manifest.json").read_text())
-    first, resumed = _open_mlflow_run(cfg, "r", manifest)
+    first, resumed = open_mlflow_run(cfg, "r", manifest)
     assert not resumed
     state = json.loads((tmp_path / "store" / "r" / "fusionpipe-run.json").read_text())
     assert state["mlflow_run_id"] == first.run_id
-    again, resumed = _open_mlflow_run(cfg, "r", manifest)  # a resubmitted job finds the same MLflow run
+    again, resumed = open_mlflow_run(cfg, "r", manifest)  # a resubmitted job finds the same MLflow run
     assert resumed and again.run_id == first.run_id
 
 
@@ -128,7 +128,7 @@ def test_evaluate_reads_a_checkpoint_given_as_a_uri(tmp_path, smoke_shards):
 
 def test_when_the_last_checkpoint_is_the_best_it_is_fetched_once(tmp_path, caplog):
     from pipelines.tracking import Tracker
-    from pipelines.train import _finish_run
+    from pipelines.run_record import finish_run
 
     cfg = load_config(None, ["checkpoint.storage_path=s3://bucket/ray_results", "tracking.log_model=false",
                              f"tracking.uri=sqlite:///{tmp_path}/m.db"])
@@ -141,7 +141,7 @@ def test_when_the_last_checkpoint_is_the_best_it_is_fetched_once(tmp_path, caplo
     type(last).to_directory = lambda self, *a, **k: downloads.append(self.path) or original(self, *a, **k)
     try:
         with caplog.at_level("WARNING"):
-            summary = _finish_run(cfg, Tracker.create_run(cfg.tracking.uri, "e", "r", {}), result, "r", False)
+            summary = finish_run(cfg, Tracker.create_run(cfg.tracking.uri, "e", "r", {}), result, "r", False)
     finally:
         type(last).to_directory = original
     assert summary["best_checkpoint"] == summary["last_checkpoint"] == "s3://bucket/ray_results/r/checkpoint_000000"
@@ -151,10 +151,10 @@ def test_when_the_last_checkpoint_is_the_best_it_is_fetched_once(tmp_path, caplo
 def test_an_error_a_retry_cannot_fix_is_recorded_beside_checkpoints_on_a_uri(tmp_path):
     from pipelines.loop import NonFiniteLossError
     from pipelines.storage import remove
-    from pipelines.train import _fatal_path, train_loop_per_worker
+    from pipelines.worker import fatal_path, train_loop_per_worker
 
     storage = f"file://{tmp_path}/store"
-    fatal = _fatal_path(storage, "r")
+    fatal = fatal_path(storage, "r")
     assert fatal == f"file://{tmp_path}/store/r/fusionpipe-fatal.json"
     # The first attempt fails on a config that this worker cannot validate and records why.
     config = {"storage_path": storage, "run_name": "r", "cfg": {"model": {"name": 42}}}

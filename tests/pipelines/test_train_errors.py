@@ -16,19 +16,19 @@ SECRET_URI = "http://alice:s3cr3t@mlflow.example:5000"
 
 
 def test_a_worker_store_error_is_raised_again_without_the_password(monkeypatch, tmp_path):
-    import pipelines.train as train
+    import pipelines.worker as worker
 
     def dies(config):
         raise MlflowException(f"API request to {SECRET_URI}/api/2.0/mlflow/runs/log-batch failed")
 
-    monkeypatch.setattr(train, "_train_loop", dies)
+    monkeypatch.setattr(worker, "_train_loop", dies)
     with pytest.raises(TrackingStoreError) as e:
-        train.train_loop_per_worker({"storage_path": str(tmp_path), "run_name": "r"})
+        worker.train_loop_per_worker({"storage_path": str(tmp_path), "run_name": "r"})
     assert "s3cr3t" not in str(e.value) and "http://alice:***@mlflow.example:5000" in str(e.value)
     assert e.value.__cause__ is None and e.value.__suppress_context__  # the original text is not chained
-    monkeypatch.setattr(train, "_train_loop", lambda config: (_ for _ in ()).throw(ValueError("not the store")))
+    monkeypatch.setattr(worker, "_train_loop", lambda config: (_ for _ in ()).throw(ValueError("not the store")))
     with pytest.raises(ValueError, match="not the store"):
-        train.train_loop_per_worker({"storage_path": str(tmp_path), "run_name": "r"})
+        worker.train_loop_per_worker({"storage_path": str(tmp_path), "run_name": "r"})
 
 
 def test_store_errors_are_found_inside_ray_train_failures():

@@ -1,0 +1,197 @@
+"""The MLflow record of a training run, kept by the driver: open it (or re-open it on a resume),
+and finish it with the best and last checkpoints, the final model and the run summary.
+
+A run's state file (:data:`RUN_STATE`, beside its checkpoints) maps the run name to its MLflow run id,
+so re-running the same run name continues the same MLflow run.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import ExperimentConfig, flatten
+from pipelines.storage import checkpoint_uri, join, read_text, write_text
+
+RUN_STATE = "fusionpipe-run.json"
+
+
+def _run_state(storage: str, run_name: str) -> str:
+    """The run-state file's location: a path, or a URI on an object store (pipelines.storage)."""
+    return join(storage, run_name, RUN_STATE)
+
+
+def _record_resume(tracker: Any, cfg: ExperimentConfig, run_name: str, plugins: dict[str, str]) -> None:
+    """Tag a resumed run: the Ray job, what this attempt changed (settings, plugin code), and drop the
+    tags of plugins no longer listed."""
+    from pipelines.tracking import PARAM_MAX, changed_plugins, changes_tag, config_changes, ray_job_tags
+
+    tags = {**ray_job_tags(), "fusionpipe.resumed": "true"}
+    run = tracker.client.get_run(tracker.run_id)
+    logged = run.data.tags
+    # MLflow params cannot change, so they stay the run's first config; what this attempt changed
+    # (a lower optim.lr after a divergence, more train.epochs) is on record in a tag.
+    differ = config_changes(run.data.params, flatten(cfg.model_dump(mode="json")))
+    if differ:
+        print(f"note: run {run_name!r} resumes with changed settings: "
+              + ", ".join(f"{k} {old} -> {new}" for k, (old, new) in differ.items())
+              + " (tag fusionpipe.resume_changed; the params keep the first values)", file=sys.stderr)
+        tags["fusionpipe.resume_changed"] = changes_tag(differ, PARAM_MAX)
+    changed = changed_plugins(logged, plugins)
+    stale = [k for k in logged if k.startswith("plugin.") and k not in plugins]  # plugins dropped since
+    if changed and not any(k.startswith("plugin.") for k in logged) and "plugins" not in differ:
+        # A run started before plugin code was tagged: record it now, there is nothing to compare.
+        tags.update(plugins)
+    elif changed:
+        # Not refused (a fix to a plugin is a reason to resume), but on record: the run's epochs
+        # before and after this point ran different plugin code. The plugin tags now name the code
+        # that runs from here on; fusionpipe.plugins_changed keeps every plugin that ever changed.
+        print(f"warning: run {run_name!r}: the code of plugin(s) {', '.join(changed)} changed since the run "
+              "was last started; its earlier epochs ran other code (tag fusionpipe.plugins_changed)",
+              file=sys.stderr)
+        before = [n for n in logged.get("fusionpipe.plugins_changed", "").split(",") if n]
+        tags.update(plugins)
+        tags["fusionpipe.plugins_changed"] = ",".join(sorted(set(before) | set(changed)))
+    tracker.set_tags(tags)
+    for key in stale:
+        tracker.client.delete_tag(tracker.run_id, key)
+
+
+def open_mlflow_run(cfg: ExperimentConfig, run_name: str, manifest: dict[str, Any],
+                     extra_tags: dict[str, str] | None = None) -> tuple[Any, bool]:
+    """Re-open the MLflow run recorded for ``run_name``, or create one with params, tags and inputs."""
+    from pipelines.tracking import (Tracker, data_version, git_info, plugin_tags, ray_job_tags, redact_url_password,
+                                    redacted_config)
+
+    state = _run_state(cfg.checkpoint.storage_path, run_name)
+    uri = cfg.tracking.uri
+    plugins = plugin_tags(cfg.plugins)
+    state_text = read_text(state)
+    if state_text is not None:
+        info = json.loads(state_text)
+        tracker = Tracker(uri, info["mlflow_run_id"])
+        tracker.client.update_run(tracker.run_id, status="RUNNING")
+        _record_resume(tracker, cfg, run_name, plugins)
+        return tracker, True
+    tags = {"fusionpipe.model": cfg.model.name, "fusionpipe.run_name": run_name, **git_info(),
+            **data_version(cfg.data.shards, cfg.data.rev), **plugins, **ray_job_tags(), **(extra_tags or {})}
+    tracker = Tracker.create_run(uri, cfg.tracking.experiment, run_name, tags)
+    tracker.log_params(flatten(cfg.model_dump(mode="json")))
+    _log_dataset_input(tracker, cfg, manifest, tags["data.manifest_digest"])
+    with tempfile.TemporaryDirectory() as tmp:
+        import yaml
+
+        p = Path(tmp) / "config.yaml"
+        p.write_text(yaml.safe_dump(redacted_config(cfg), sort_keys=False))
+        tracker.log_artifact(p)
+    write_text(state, json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": redact_url_password(uri)}))
+    return tracker, False
+
+
+def _log_dataset_input(tracker: Any, cfg: ExperimentConfig, manifest: dict[str, Any], digest: str) -> None:
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+    source = HTTPDatasetSource(url=Path(cfg.data.shards).as_uri())
+    ds = MetaDataset(source=source, name=manifest.get("name", "dataset"), digest=digest[:32])
+    tracker.client.log_inputs(tracker.run_id, datasets=[
+        DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "train")])])
+
+
+def best_checkpoint(result: Any, metric: str, mode: str) -> tuple[Any, dict[str, Any]]:
+    """The best of Ray's kept checkpoints by ``metric`` (a NaN or infinite score never wins), else the
+    last one."""
+    scored = [(c, m) for c, m in (result.best_checkpoints or [])
+              if isinstance(m.get(metric), (int, float)) and math.isfinite(m[metric])]
+    if not scored:
+        return result.checkpoint, result.metrics
+    return (max if mode == "max" else min)(scored, key=lambda cm: cm[1][metric])
+
+
+def finish_run(cfg: ExperimentConfig, tracker: Any, result: Any, run_name: str, resumed: bool) -> dict[str, Any]:
+    """Log the best and last checkpoints and the final model, close the MLflow run; the run summary."""
+    from pipelines.checkpoints import read_meta
+    from pipelines.model_export import log_final_model
+    from pipelines.tracking import redact_url_password
+
+    if result.checkpoint is None:
+        raise RuntimeError(f"run {run_name}: training produced no checkpoint")
+    best_ckpt, best_metrics = best_checkpoint(result, cfg.checkpoint.metric, cfg.checkpoint.mode)
+    best_at = checkpoint_uri(cfg.checkpoint.storage_path, best_ckpt.path)
+    last_at = checkpoint_uri(cfg.checkpoint.storage_path, result.checkpoint.path)
+    # as_directory: the directory itself on a local or mounted storage path, a downloaded copy from an
+    # object store (Ray's Checkpoint.path there is a key inside the bucket, not a local path).
+    with contextlib.ExitStack() as stack:
+        best_dir = stack.enter_context(best_ckpt.as_directory())
+        # Ray's Result hands out one Checkpoint object for the last and, when it scored best, the best
+        # checkpoint: one download, one directory.
+        same = best_ckpt is result.checkpoint or best_ckpt.path == result.checkpoint.path
+        last_dir = best_dir if same else stack.enter_context(result.checkpoint.as_directory())
+        last_meta = read_meta(last_dir)
+        tracker.log_artifacts(best_dir, "checkpoints/best")
+        tracker.log_artifacts(last_dir, "checkpoints/last")
+        tracker.set_tags({"fusionpipe.best_checkpoint": best_at, "fusionpipe.last_checkpoint": last_at,
+                          "fusionpipe.best_epoch": str(best_metrics.get("epoch"))})
+        if cfg.tracking.log_model:
+            h, w = _sample_hw(cfg)
+            log_final_model(tracker, best_dir, read_meta(best_dir), (h, w))
+    tracker.end("FINISHED")
+    # meta.json stores a NaN metric (nothing to measure) as null: it is NaN again here.
+    final = {k: math.nan if v is None else v for k, v in last_meta["metrics"].items() if k.startswith("val/")}
+    # The summary is printed and written to files (outputs/train.json): no password in it.
+    return {"run_name": run_name, "mlflow_run_id": tracker.run_id, "tracking_uri": redact_url_password(cfg.tracking.uri),
+            "experiment": cfg.tracking.experiment, "resumed": resumed, "epochs": last_meta["epoch"] + 1,
+            "best_checkpoint": best_at, "last_checkpoint": last_at,
+            "best_metric": {cfg.checkpoint.metric: best_metrics.get(cfg.checkpoint.metric)},
+            "final_metrics": final}
+
+
+def write_outputs(summary: dict[str, Any], summary_path: str | None, history_path: str | None,
+                  tracking_uri: str | None = None) -> None:
+    """The summary JSON and a per-epoch CSV of every logged metric (for ``dvc plots``), atomically.
+
+    The history is read from ``tracking_uri``, the run's real URI (the summary's has its password
+    redacted), else from the summary's."""
+    import csv
+    import io
+
+    from pipelines.tracking import Tracker
+
+    from datasets.manifest import write_atomic
+    from pipelines._output import dumps
+
+    def put(path: str, text: str) -> None:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(p, text.encode())
+
+    if summary_path:
+        put(summary_path, dumps(summary, indent=2, sort_keys=True) + "\n")  # NaN -> null: strict JSON
+    if history_path:
+        tracker = Tracker(tracking_uri or summary["tracking_uri"], summary["mlflow_run_id"])
+        keys = sorted(k for k in tracker.client.get_run(tracker.run_id).data.metrics if k != "epoch")
+        rows: dict[int, dict[str, float]] = {}
+        for k in keys:
+            for m in tracker.client.get_metric_history(tracker.run_id, k):
+                rows.setdefault(m.step, {})[k] = m.value
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=["epoch", *keys])
+        w.writeheader()
+        for step in sorted(rows):
+            w.writerow({"epoch": step, **rows[step]})
+        put(history_path, buf.getvalue())
+
+
+def _sample_hw(cfg: ExperimentConfig) -> tuple[int, int]:
+    if cfg.data.augment.resize:
+        return tuple(cfg.data.augment.resize)  # type: ignore[return-value]
+    from datasets.inspect import read_samples
+
+    s = read_samples(Path(cfg.data.shards), cfg.data.val_split, 1)[0]
+    return s["rgb"].shape[:2] if "rgb" in s else s["depth"].shape[:2]

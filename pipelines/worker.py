@@ -1,0 +1,288 @@
+"""What every Ray Train worker of a ``fusionpipe train`` run executes (:func:`train_loop_per_worker`).
+
+The driver (:mod:`pipelines.train`) hands each worker the validated config, the model config and
+the MLflow run id. A worker builds the model, its data streams and optimizer, resumes from
+``ray.train.get_checkpoint()`` when there is one, and per epoch trains, evaluates, reports metrics
+and a checkpoint to Ray, and (rank 0 only) logs to MLflow and prints one line.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+
+from pipelines.config import ConfigError, ExperimentConfig
+from pipelines.redact import redact_url_password
+from pipelines.storage import join, read_text, write_text
+
+log = logging.getLogger(__name__)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _maybe_inject_nan(spec: str | None, epoch: int, model: torch.nn.Module) -> None:
+    """Tests: ``nan:EPOCH:TASK`` fills the parameters of TASK's output layers with NaN at that epoch."""
+    if not spec or not spec.startswith("nan:"):
+        return
+    _, at_epoch, task = spec.split(":", 2)
+    if int(at_epoch) == epoch:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if f"heads.{task}." in name:
+                    param.fill_(float("nan"))
+
+
+def _maybe_inject_failure(spec: str | None, epoch: int, rank: int) -> None:
+    if not spec or spec.startswith("nan:"):
+        return
+    at_epoch, at_rank, marker = spec.split(":", 2)
+    if int(at_epoch) == epoch and int(at_rank) == rank and not Path(marker).exists():
+        Path(marker).write_text(f"failed at epoch {epoch} rank {rank}\n")
+        os._exit(1)
+
+
+
+def headline_metrics() -> list[str]:
+    """The one number per task that the epoch line shows (the full set goes to MLflow): the metric
+    each registered task enters Δm with, e.g. ``val/semseg/miou`` or a plugin task's."""
+    from fusion.tasks import delta_m_directions
+
+    return [f"val/{k}" for k in delta_m_directions()]
+
+
+def epoch_line(metrics: dict[str, Any], epoch: int, epochs: int, checkpoint_metric: str) -> str:
+    """The one line rank 0 prints per epoch: loss, the checkpoint metric, each task's headline
+    metric, throughput and time. Metrics a run does not have are left out."""
+    parts = [f"epoch {epoch + 1}/{epochs}"]
+    if "train/loss/total" in metrics:
+        parts.append(f"loss {metrics['train/loss/total']:.4f}")
+    names = [checkpoint_metric] + [m for m in headline_metrics() if m != checkpoint_metric]
+    parts += [f"{m} {metrics[m]:.4f}" for m in names if m in metrics]
+    if "train/samples_per_s" in metrics:
+        parts.append(f"{metrics['train/samples_per_s']:.1f} samples/s")
+    if "train/epoch_s" in metrics:
+        parts.append(f"{metrics['train/epoch_s']:.0f} s")
+    return "  ".join(parts)
+
+
+def quiet_ray_train_reports() -> None:
+    """Silence Ray Train V2's per-report INFO line in this worker.
+
+    Ray logs every ``ray.train.report`` with its whole metrics dict, one multi-kilobyte line per
+    epoch and rank (24 lines for the main job). That logger is named by its file path, so
+    ``LoggingConfig`` (which filters only ``ray.train.*`` loggers) does not reach it; its level is
+    set here instead. :func:`epoch_line` says what matters. Ray's session log files keep the rest.
+    """
+    try:
+        from ray.train.v2._internal.execution import context as ray_train_context
+    except ImportError:  # another Ray layout: nothing to silence
+        return
+    reporter = getattr(ray_train_context, "logger", None)
+    if isinstance(reporter, logging.Logger):
+        reporter.setLevel(logging.WARNING)
+
+
+
+FATAL = "fusionpipe-fatal.json"
+
+
+def fatal_path(storage: str, run_name: str) -> str:
+    """Where a worker records an error that a retry cannot fix: beside the run's checkpoints, on a
+    local path or an object store (:mod:`pipelines.storage`)."""
+    return join(storage, run_name, FATAL)
+
+
+def _record_fatal(location: str, error: Exception) -> None:
+    write_text(location, json.dumps({"type": type(error).__name__, "message": str(error)}))
+
+
+def read_fatal(location: str) -> Exception | None:
+    """The recorded error as its own class (one of :func:`_fatal_errors`), or None."""
+    text = read_text(location)
+    if text is None:
+        return None
+    info = json.loads(text)
+    cls = {c.__name__: c for c in _fatal_errors()}.get(info["type"], RuntimeError)
+    return cls(info["message"])
+
+
+def _fatal_errors() -> tuple[type[Exception], ...]:
+    """The errors a retry cannot fix."""
+    from pipelines.checkpoints import CheckpointError
+    from pipelines.loop import NonFiniteLossError
+
+    return NonFiniteLossError, CheckpointError, ConfigError
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Runs in every Ray Train worker.
+
+    A non-finite loss, an incompatible checkpoint or a config that does not validate on the worker
+    (a plugin this node cannot import) cannot be fixed by a retry: the worker records
+    it beside the run's checkpoints before raising, a retried worker raises it again at once instead
+    of training until it recurs, and the driver re-raises it as itself (:func:`pipelines.train.run_training`).
+    """
+    fatal = fatal_path(config["storage_path"], config["run_name"])
+    earlier = read_fatal(fatal)
+    if earlier is not None:
+        raise earlier
+    try:
+        _train_loop(config)
+    except _fatal_errors() as e:
+        _record_fatal(fatal, e)
+        raise
+    except Exception as e:
+        from pipelines.tracking import TrackingStoreError, store_error
+
+        cause = store_error(e)
+        if cause is None:
+            raise
+        # MLflow's message names the URI it called: no password in what Ray logs and hands the driver.
+        raise TrackingStoreError(redact_url_password(str(cause))) from None
+
+
+def _train_loop(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from datasets.loader import ShardStream, make_loader
+    from datasets.transforms import build_transform
+    from fusion import build_model
+    from fusion.losses import MultiTaskLoss
+    from pipelines.checkpoints import (CheckpointError, check_compatible, load_model_state, load_train_state,
+                                       read_meta, save_checkpoint)
+    from pipelines.loop import (evaluate, keep_settings, lr_factor, make_optimizer, optimizer_settings, predict,
+                                train_epoch, with_sync_batchnorm)
+
+    quiet_ray_train_reports()
+    try:
+        cfg = ExperimentConfig.model_validate(config["cfg"])
+    except ValidationError as e:  # e.g. a plugin that the driver imported but this node cannot
+        raise ConfigError(f"the config does not validate on Ray worker node {platform.node()}:\n{e}") from e
+    mcfg, run_id = config["model_config"], config["mlflow_run_id"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker)))
+    device = ray.train.torch.get_device()
+    _seed_everything(cfg.train.seed)
+    # On the device before the optimizer exists: a resumed optimizer's state (Adam's moments) is cast to
+    # the device of the parameters it is loaded into, and must not stay on the CPU behind a GPU model.
+    model = with_sync_batchnorm(build_model(mcfg), cfg.train.sync_batchnorm, world).to(device)
+    criterion = MultiTaskLoss(mcfg["tasks"], cfg.loss.weights, deep_supervision=cfg.loss.deep_supervision,
+                              ohem=cfg.loss.ohem)
+    d = cfg.data
+    common = dict(tasks=d.tasks, modalities=d.modalities, batch_size=cfg.train.batch_size, rank=rank,
+                  world_size=world, num_workers=d.loader_workers, seed=cfg.train.seed, errors=d.errors)
+    train_stream = ShardStream(d.shards, d.train_split, train=True, shuffle_buffer=d.shuffle_buffer,
+                               transform=build_transform(d.augment, train=True), **common)
+    val_stream = ShardStream(d.shards, d.val_split, train=False, transform=build_transform(d.augment, train=False),
+                             **common)
+    steps_per_epoch = math.ceil(train_stream.batches_per_rank / cfg.optim.grad_accum)  # a last, shorter group steps too
+    total_steps = steps_per_epoch * cfg.train.epochs
+    optimizer = make_optimizer(cfg, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(cfg, s, total_steps, steps_per_epoch))
+
+    start_epoch = 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as cdir:
+            meta = read_meta(cdir)
+            check_compatible(meta["model_config"], mcfg, str(cdir))
+            if meta.get("mlflow_run_id") != run_id:
+                raise CheckpointError(f"{cdir}: checkpoint belongs to MLflow run {meta.get('mlflow_run_id')}, "
+                                      f"not {run_id}")
+            if meta.get("optimizer", cfg.optim.name) != cfg.optim.name:
+                raise CheckpointError(f"{cdir}: checkpoint was trained with optim.name {meta['optimizer']!r}, the "
+                                      f"config says {cfg.optim.name!r}; resume with the same optimizer or use a "
+                                      f"new run name")
+            load_model_state(model, cdir)
+            state = load_train_state(cdir)
+            settings = optimizer_settings(optimizer)
+            try:
+                optimizer.load_state_dict(state["optimizer"])
+            except (ValueError, KeyError) as e:
+                raise CheckpointError(f"{cdir}: the optimizer state does not fit this config's optimizer: {e}") from e
+            scheduler.load_state_dict(state["scheduler"])
+            keep_settings(optimizer, scheduler, settings)  # the config's lr, weight decay, ... not the checkpoint's
+            start_epoch = int(meta["epoch"]) + 1
+    # Without deep supervision the aux heads (MTI-Net's and PAD-Net's initial predictions, ANN's stage-4
+    # head, ...) get no gradient, and DDP must be told, or its second step fails waiting for them.
+    unused_aux = not cfg.loss.deep_supervision and bool(getattr(model, "aux_weights", None))
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": unused_aux})
+
+    tracker = None
+    if rank == 0:
+        log.info(f"training {mcfg['name']} on {world} worker{'s' if world > 1 else ''} ({device.type}), "
+                 f"{steps_per_epoch} steps per epoch, from epoch {start_epoch + 1} of {cfg.train.epochs}")
+        from pipelines.tracking import Tracker
+
+        tracker = Tracker(config["tracking_uri"], run_id)
+        # A worker that dies right after ray.train.report can take the report with it, so a retry may
+        # redo an epoch whose metrics are already in MLflow: those steps are not logged again.
+        already_logged = tracker.logged_steps("train/loss/total")
+    num_classes = mcfg["num_classes"]
+    for epoch in range(start_epoch, cfg.train.epochs):
+        _maybe_inject_failure(config.get("inject_failure"), epoch, rank)
+        _maybe_inject_nan(config.get("inject_failure"), epoch, model)
+        train_stream.set_epoch(epoch)
+        metrics = train_epoch(model, make_loader(train_stream, pin_memory=device.type == "cuda"), criterion,
+                              optimizer, scheduler, device, grad_accum=cfg.optim.grad_accum, amp=cfg.train.amp,
+                              clip_grad_norm=cfg.optim.clip_grad_norm, epoch=epoch,
+                              num_batches=train_stream.batches_per_rank)
+        metrics.update(evaluate(model, make_loader(val_stream), mcfg["tasks"], num_classes, device, amp=cfg.train.amp,
+                                edge_max_dist=d.edge_max_dist))
+        metrics["lr"] = optimizer.param_groups[0]["lr"]
+        metrics["epoch"] = epoch
+        if tracker is not None and epoch not in already_logged:
+            # Logged before the report: a Tune scheduler may stop the trial as soon as it sees the report.
+            # A retry that redoes this epoch does not log it again.
+            tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                meta = {"epoch": epoch, "mlflow_run_id": run_id, "model_config": mcfg, "metrics": metrics,
+                        "tasks": d.tasks, "modalities": d.modalities, "classes": config["classes"],
+                        "optimizer": cfg.optim.name}
+                save_checkpoint(tmp, model, meta, {"optimizer": optimizer.state_dict(),
+                                                   "scheduler": scheduler.state_dict()})
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+        if rank == 0:
+            # Through logging, not print: Ray Train patches print in workers and, where Ray has
+            # wrapped sys.stdout, writes each printed line twice.
+            log.info(epoch_line(metrics, epoch, cfg.train.epochs, cfg.checkpoint.metric))
+        if tracker is not None and epoch not in already_logged:
+            every = cfg.train.preview_every
+            if every and (epoch % every == every - 1 or epoch == cfg.train.epochs - 1):
+                _log_preview(tracker, model, val_stream, mcfg["tasks"], epoch, device, predict)
+
+
+def _log_preview(tracker: Any, model: torch.nn.Module, stream: Any, tasks: list[str], epoch: int,
+                 device: torch.device, predict: Any) -> None:
+    from datasets.loader import make_loader
+    from pipelines.loop import to_device
+    from pipelines.previews import preview_grid
+
+    batch = next(iter(make_loader(stream)), None)
+    if batch is None:
+        return
+    inputs, targets = to_device(batch, device)
+    outputs = predict(model, inputs)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = preview_grid(inputs, targets, outputs, tasks, Path(tmp) / f"epoch_{epoch:04d}.png")
+        tracker.log_artifact(path, "previews")
