@@ -101,8 +101,6 @@ def test_a_bad_summary_file_is_named(tmp_path):
 
 @pytest.mark.parametrize("how", [["--run-id", "abc"], ["--checkpoint", "x", "--baseline-run", "abc"]])
 def test_a_dead_store_is_not_a_missing_run(monkeypatch, smoke_shards, how):
-    import json
-
     from click.testing import CliRunner
 
     from pipelines.config import REPO_ROOT

@@ -51,7 +51,7 @@ def test_sweep_stops_early_nests_runs_and_resumes_a_failed_trial(ray_cluster, sm
             continue
         assert run.info.status == "FINISHED"
         best = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints/best")}
-        assert f"checkpoints/best/model.pt" in best
+        assert "checkpoints/best/model.pt" in best
     for r in stopped:
         assert by_trial[r["trial_id"]].data.tags["fusionpipe.tune.early_stopped"] == "true"
 
