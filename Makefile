@@ -36,6 +36,7 @@ run: install
 	@echo "         $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1"
 
 test: install
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 smoke-data: install
