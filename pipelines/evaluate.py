@@ -154,7 +154,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def run_evaluate(cfg: ExperimentConfig, checkpoint: str | None = None, run_id: str | None = None,
-                 split: str = "val", baseline_runs: list[str] | None = None, batch_size: int | None = None,
+                 split: str | None = None, baseline_runs: list[str] | None = None, batch_size: int | None = None,
                  out: str | os.PathLike[str] | None = None, baselines: bool = False,
                  device: str = "auto") -> dict[str, Any]:
     from datasets.loader import ShardStream, make_loader
@@ -174,6 +174,7 @@ def run_evaluate(cfg: ExperimentConfig, checkpoint: str | None = None, run_id: s
     cfg = resolve_data_rev(cfg)  # data.rev: the shards as they were at that git revision
     manifest = validate_experiment(cfg)
     cfg = cfg.resolved_paths()
+    split = split or cfg.data.val_split  # the split training validated on
     if split not in manifest["splits"]:
         raise ConfigError(f"{cfg.data.shards}: no split {split!r}; splits: {sorted(manifest['splits'])}")
     # Before the evaluation: a reference that cannot give delta_m fails now, not after it.

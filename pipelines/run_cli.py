@@ -89,7 +89,7 @@ def _best_from_summary(path: str, as_json: bool) -> str:
 @click.option("--run-id", default=None, help="MLflow run id: evaluates its best checkpoint")
 @click.option("--summary", "summary_file", default=None, type=click.Path(exists=True, dir_okay=False),
               help="a `train --summary` JSON: evaluates the best checkpoint it names")
-@click.option("--split", default="val", show_default=True)
+@click.option("--split", default=None, help="the split to score  [default: the config's data.val_split]")
 @click.option("--baseline-run", "baseline_runs", multiple=True, help="single-task reference run id (repeatable): adds delta_m")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the metrics JSON here")
 @click.option("--trivial-baselines", is_flag=True,
@@ -99,7 +99,7 @@ def _best_from_summary(path: str, as_json: bool) -> str:
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @tracking_store_errors
 def evaluate(config: Path, overrides: tuple[str, ...], checkpoint: str | None, run_id: str | None,
-             summary_file: str | None, split: str, baseline_runs: tuple[str, ...], out: Path | None,
+             summary_file: str | None, split: str | None, baseline_runs: tuple[str, ...], out: Path | None,
              trivial_baselines: bool, device: str, as_json: bool) -> None:
     """Evaluate a checkpoint on a split with exact metrics."""
     from pipelines.checkpoints import CheckpointError
@@ -118,7 +118,7 @@ def evaluate(config: Path, overrides: tuple[str, ...], checkpoint: str | None, r
     except (ConfigError, CheckpointError) as e:
         fail(str(e), as_json, code=2)
         return
-    lines = [f"{result['model']} epoch {result['epoch']} on {split} ({result['num_samples']} samples, "
+    lines = [f"{result['model']} epoch {result['epoch']} on {result['split']} ({result['num_samples']} samples, "
              f"{result['device']}):"]
     lines += [f"  {k:28s} {v:.4f}" for k, v in sorted(result["metrics"].items())]
     for k, v in result.get("trivial_baselines", {}).items():

@@ -144,3 +144,28 @@ def test_evaluate_and_its_baselines_read_at_the_configs_resize(tmp_path, smoke_s
     assert result["num_samples"] == 8 and "majority_class_miou" in result["trivial_baselines"]
     # 8 val samples evaluated, then 16 train + 8 val samples for the trivial baselines: all at 32×40.
     assert len(sizes) == 32 and set(sizes) == {(32, 40)}
+
+
+def test_the_default_split_is_the_configs_val_split(tmp_path, smoke_shards):
+    import json
+
+    from fusion import build_model
+    from pipelines.checkpoints import save_checkpoint
+    from pipelines.config import REPO_ROOT, load_config
+    from pipelines.evaluate import run_evaluate
+    from pipelines.loop import model_config
+
+    def cfg(*overrides):
+        return load_config(REPO_ROOT / "configs" / "smoke.yaml", [
+            f"data.shards={smoke_shards}", f"tracking.uri=sqlite:///{tmp_path}/m.db", *overrides])
+
+    classes = json.loads((smoke_shards / "manifest.json").read_text())["classes"]
+    mcfg = model_config(cfg().resolved_paths(), len(classes))
+    save_checkpoint(tmp_path / "ck", build_model(mcfg), {"epoch": 0, "model_config": mcfg, "classes": classes})
+    ck = str(tmp_path / "ck")
+    default = run_evaluate(cfg(), checkpoint=ck)
+    assert (default["split"], default["num_samples"]) == ("val", 8)
+    # A config that validates on another split is scored there, as training validated it.
+    on_train = run_evaluate(cfg("data.val_split=train"), checkpoint=ck)
+    assert (on_train["split"], on_train["num_samples"]) == ("train", 16)
+    assert run_evaluate(cfg("data.val_split=train"), checkpoint=ck, split="val")["num_samples"] == 8
