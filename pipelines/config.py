@@ -33,17 +33,24 @@ class _Section(BaseModel):
 
 
 class DataSection(_Section):
-    shards: str = "data/shards/synthetic"
+    shards: str = Field("data/shards/synthetic", description="dataset directory (manifest.json and one folder "
+                        "of shards per split); a relative path is read from the repository root")
     rev: str | None = Field(None, description="git revision of this repo at which data.shards is read; "
                                               "resolved through DVC (pipelines/data_versions.py)")
-    tasks: list[str] = Field(default_factory=lambda: ["semseg", "depth"], min_length=1)
-    modalities: list[str] = Field(default_factory=lambda: ["rgb"], min_length=1)
-    train_split: str = "train"
-    val_split: str = "val"
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    tasks: list[str] = Field(default_factory=lambda: ["semseg", "depth"], min_length=1, description="tasks the "
+                             "model predicts and is scored on (the model's tasks, including its auxiliary ones)")
+    modalities: list[str] = Field(default_factory=lambda: ["rgb"], min_length=1,
+                                  description="input modalities, `rgb` and/or `depth` (the model's inputs)")
+    train_split: str = Field("train", description="the split trained on")
+    val_split: str = Field("val", description="the split validated on after every epoch; also what "
+                           "`fusionpipe evaluate` scores without `--split`")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="augmentation, see "
+                                   "[augmentation.md](augmentation.md); only `hflip: 0.5` is on by default")
     loader_workers: int = Field(1, ge=0, description="DataLoader worker processes per training worker")
-    shuffle_buffer: int = Field(128, ge=0)
-    errors: Literal["raise", "skip"] = "raise"
+    shuffle_buffer: int = Field(128, ge=0, description="encoded training samples held for shuffling, per "
+                                "loader worker (0: shard order only; shards are shuffled per epoch either way)")
+    errors: Literal["raise", "skip"] = Field("raise", description="a corrupt sample: `raise` stops naming the "
+                                             "shard, key and member; `skip` drops it and logs a warning")
     edge_max_dist: float = Field(0.0075, gt=0, lt=1, description="edge ODS matching tolerance as a fraction of the "
                                  "image diagonal (SEISM's maxDist: 0.0075 for PASCAL, 0.011 for NYUD)")
 
@@ -76,18 +83,23 @@ def _known_unique(values: list[str], known: Sequence[str], what: str, hint: str 
 
 
 class ModelSection(_Section):
-    name: str = "mtinet"
-    backbone: str = "resnet18"
-    width: float = Field(1.0, gt=0)
-    output_stride: Literal[8, 16, 32] = 32
-    pretrained: str | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field("mtinet", description="a registered model (`fusion.list_models()`, [models.md](models.md))")
+    backbone: str = Field("resnet18", description="`resnet18`, `resnet34`, `resnet50`, `resnet101`, `hrnet18`, "
+                          "`hrnet32` or `hrnet48`")
+    width: float = Field(1.0, gt=0, description="channel-width multiplier (tiny CPU configs use less than 1)")
+    output_stride: Literal[8, 16, 32] = Field(32, description="ResNet output stride: 8 and 16 dilate the last "
+                                              "stages; HRNets take 32 only")
+    pretrained: str | None = Field(None, description="local weights file (torchvision/timm key names are "
+                                   "mapped); nothing is ever downloaded")
+    options: dict[str, Any] = Field(default_factory=dict, description="the model's own options, checked when the "
+                                    "model is built ([models.md](models.md))")
 
 
 class LossSection(_Section):
     weights: dict[str, float] = Field(default_factory=dict, description="per-task weight, default 1")
-    deep_supervision: bool = True
-    ohem: bool = False
+    deep_supervision: bool = Field(True, description="also train on the intermediate predictions (MTI-Net's "
+                                   "scales, PAD-Net's initial ones, CEN's per-modality ones, ANN's stage-4 head)")
+    ohem: bool = Field(False, description="online hard example mining for the semseg cross-entropy")
 
     @field_validator("weights")
     @classmethod
@@ -102,27 +114,30 @@ class LossSection(_Section):
 
 
 class OptimSection(_Section):
-    name: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    schedule: Literal["poly", "cosine", "constant"] = "poly"
-    poly_power: float = Field(0.9, gt=0)
-    warmup_epochs: int = Field(0, ge=0)
-    grad_accum: int = Field(1, ge=1)
-    clip_grad_norm: float | None = Field(None, gt=0)
+    name: Literal["adam", "adamw", "sgd"] = Field("adam", description="the optimizer")
+    lr: float = Field(1e-3, gt=0, description="learning rate after warm-up, before the schedule decays it")
+    weight_decay: float = Field(1e-4, ge=0, description="weight decay (decoupled for `adamw`)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="momentum, `sgd` only")
+    schedule: Literal["poly", "cosine", "constant"] = Field("poly", description="decay per optimizer step after "
+                                                            "warm-up: `poly` is lr × (1 − t)^poly_power")
+    poly_power: float = Field(0.9, gt=0, description="exponent of the `poly` schedule")
+    warmup_epochs: int = Field(0, ge=0, description="epochs of linear warm-up, from lr / (warm-up steps) "
+                               "up to lr")
+    grad_accum: int = Field(1, ge=1, description="batches per optimizer step (the mean of their gradients)")
+    clip_grad_norm: float | None = Field(None, gt=0, description="clip the gradients' global L2 norm to this "
+                                         "(`null`: no clipping)")
 
 
 class TrainSection(_Section):
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(10, ge=1, description="epochs to train (a resumed run continues up to this)")
     batch_size: int = Field(8, ge=1, description="per training worker")
     workers: int = Field(2, ge=1, description="Ray Train workers (DDP ranks)")
-    cpus_per_worker: float = Field(1, gt=0)
-    use_gpu: bool = False
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs Ray reserves for each worker")
+    use_gpu: bool = Field(False, description="one GPU per worker (NCCL between workers)")
     amp: bool = Field(False, description="bf16 autocast on GPU")
     sync_batchnorm: bool = Field(False, description="GPU workers: BatchNorm statistics over the global batch "
                                                     "(SyncBatchNorm), not each worker's share")
-    seed: int = 0
+    seed: int = Field(0, description="seeds the model's initialisation, the shuffling and the augmentation")
     preview_every: int = Field(5, ge=0, description="epochs between prediction previews (0 = off)")
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads per worker (default: cpus_per_worker)")
 
@@ -134,32 +149,37 @@ class TrainSection(_Section):
 
 
 class TrackingSection(_Section):
-    uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<repo>/mlflow.db")
-    experiment: str = "fusionpipe"
-    run_name: str | None = None
-    log_model: bool = True
+    uri: str | None = Field(None, description="MLflow tracking URI; it wins over `MLFLOW_TRACKING_URI` "
+                            "(`null`: that variable, else `sqlite:///<repo>/mlflow.db`)")
+    experiment: str = Field("fusionpipe", description="MLflow experiment")
+    run_name: str | None = Field(None, description="the Ray Train and MLflow run name; a name that has a run "
+                                 "already resumes it (`null`: `<model>-<date>-<time>`)")
+    log_model: bool = Field(True, description="at the end, log the best checkpoint's model to MLflow "
+                            "(`mlflow.pytorch`, with its signature)")
 
 
 class CheckpointSection(_Section):
-    storage_path: str = "ray_results"
+    storage_path: str = Field("ray_results", description="where Ray Train writes checkpoints: a path (on a "
+                              "multi-node cluster, one every node mounts) or an `s3://`/`gs://` URI")
     keep: int = Field(2, ge=1, description="best K checkpoints kept (plus the last)")
-    metric: str = "val/semseg/miou"
-    mode: Literal["max", "min"] = "max"
+    metric: str = Field("val/semseg/miou", description="the metric that ranks checkpoints (`val/<task>/<name>`)")
+    mode: Literal["max", "min"] = Field("max", description="whether a higher (`max`) or lower `metric` is better")
 
 
 class FailureSection(_Section):
-    max_failures: int = Field(0, ge=-1)
+    max_failures: int = Field(0, ge=-1, description="times Ray Train restarts the worker group from the last "
+                              "checkpoint after a failure (-1: no limit)")
 
 
 class SyntheticBuildSection(_Section):
     """How dvc.yaml's data stage builds ``data.shards`` with ``fusionpipe data build synthetic``."""
 
-    num_train: int = Field(600, ge=1)
-    num_val: int = Field(150, ge=1)
-    height: int = Field(120, ge=16)
-    width: int = Field(160, ge=16)
-    seed: int = 0
-    shard_size: int = Field(100, ge=1)
+    num_train: int = Field(600, ge=1, description="samples in the train split")
+    num_val: int = Field(150, ge=1, description="samples in the val split")
+    height: int = Field(120, ge=16, description="image height in pixels")
+    width: int = Field(160, ge=16, description="image width in pixels")
+    seed: int = Field(0, description="the dataset's seed")
+    shard_size: int = Field(100, ge=1, description="samples per tar shard")
 
 
 def import_plugins(names: Any) -> None:
@@ -191,7 +211,8 @@ class ExperimentConfig(_Section):
     plugins: list[str] = Field(default_factory=list, description="modules imported before the rest of the config "
                                "is validated, on the driver and on every worker; they register tasks, shard "
                                "members or models")
-    synthetic: SyntheticBuildSection | None = None
+    synthetic: SyntheticBuildSection | None = Field(None, description="how `dvc repro` builds `data.shards` "
+                                                    "(params.yaml); ignored by `train`, `evaluate` and `tune`")
     data: DataSection = Field(default_factory=DataSection)
     model: ModelSection = Field(default_factory=ModelSection)
     loss: LossSection = Field(default_factory=LossSection)
