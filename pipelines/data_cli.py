@@ -39,7 +39,7 @@ def _import_plugins(plugins: tuple[str, ...], as_json: bool) -> None:
 def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = _plugin(fn)
     fn = click.option("--json", "as_json", is_flag=True, help="print one JSON object (the manifest summary)")(fn)
-    fn = click.option("--workers", type=int, default=min(4, os.cpu_count() or 1), show_default=True,
+    fn = click.option("--workers", type=click.IntRange(min=1), default=min(4, os.cpu_count() or 1), show_default=True,
                       help="processes that render/encode samples")(fn)
     fn = click.option("--shard-size", type=click.IntRange(min=1), default=256, show_default=True,
                       help="samples per tar shard")(fn)
@@ -70,11 +70,11 @@ def _write(source_factory: Callable[[], Any], out: Path, shard_size: int, worker
 
 @build.command("synthetic")
 @_common
-@click.option("--num-train", type=click.IntRange(min=0), default=800, show_default=True)
+@click.option("--num-train", type=click.IntRange(min=0), default=1000, show_default=True)
 @click.option("--num-val", type=click.IntRange(min=0), default=200, show_default=True)
 @click.option("--height", type=click.IntRange(min=16), default=240, show_default=True)
 @click.option("--width", type=click.IntRange(min=16), default=320, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 def build_synthetic(out: Path, shard_size: int, workers: int, as_json: bool, plugins: tuple[str, ...],
                     num_train: int, num_val: int, height: int, width: int, seed: int) -> None:
     """Procedural indoor RGB-D scenes with exact semseg, depth, normals and edges."""

@@ -285,3 +285,15 @@ def test_object_straddling_the_camera_plane_is_still_cast():
     hits = cast([box], (4.0, 4.0, 3.0), np.array([0.5, 2.0, 1.0]), R, 30, 40, ROOM_CLS)
     seen = hits.inst == 7
     assert seen.sum() > 10 and np.all(hits.depth[seen] > NEAR) and np.all(hits.depth[seen] <= 1.0 + 1e-5)
+
+
+@pytest.mark.parametrize("args, named", [(["--workers", "0"], "--workers"), (["--seed", "-1"], "--seed"),
+                                         (["--num-train", "-1"], "--num-train")])
+def test_the_cli_refuses_bad_options_before_building(tmp_path, args, named):
+    from click.testing import CliRunner
+
+    from pipelines.cli import cli
+
+    out = CliRunner().invoke(cli, ["data", "build", "synthetic", "--out", str(tmp_path / "ds"), *args])
+    assert out.exit_code == 2 and named in out.output, out.output
+    assert not (tmp_path / "ds").exists()
