@@ -37,8 +37,9 @@ class DataSection(_Section):
                         "of shards per split); a relative path is read from the repository root")
     rev: str | None = Field(None, description="git revision of this repo at which data.shards is read; "
                                               "resolved through DVC (pipelines/data_versions.py)")
-    tasks: list[str] = Field(default_factory=lambda: ["semseg", "depth"], min_length=1, description="tasks the "
-                             "model predicts and is scored on (the model's tasks, including its auxiliary ones)")
+    tasks: list[str] = Field(default_factory=lambda: ["semseg", "depth"], min_length=1, description="tasks whose "
+                             "targets are loaded: the model's final tasks (predicted and scored) and its "
+                             "`model.options.auxiliary_tasks` (trained through their aux losses only)")
     modalities: list[str] = Field(default_factory=lambda: ["rgb"], min_length=1,
                                   description="input modalities, `rgb` and/or `depth` (the model's inputs)")
     train_split: str = Field("train", description="the split trained on")
@@ -89,16 +90,16 @@ class ModelSection(_Section):
     width: float = Field(1.0, gt=0, description="channel-width multiplier (tiny CPU configs use less than 1)")
     output_stride: Literal[8, 16, 32] = Field(32, description="ResNet output stride: 8 and 16 dilate the last "
                                               "stages; HRNets take 32 only")
-    pretrained: str | None = Field(None, description="local weights file (torchvision/timm key names are "
-                                   "mapped); nothing is ever downloaded")
+    pretrained: str | None = Field(None, description="local ImageNet weights file (a torchvision, timm or "
+                                   "official HRNet state dict loads as it is); nothing is ever downloaded")
     options: dict[str, Any] = Field(default_factory=dict, description="the model's own options, checked when the "
                                     "model is built ([models.md](models.md))")
 
 
 class LossSection(_Section):
     weights: dict[str, float] = Field(default_factory=dict, description="per-task weight, default 1")
-    deep_supervision: bool = Field(True, description="also train on the intermediate predictions (MTI-Net's "
-                                   "scales, PAD-Net's initial ones, CEN's per-modality ones, ANN's stage-4 head)")
+    deep_supervision: bool = Field(True, description="also train on the model's intermediate (`aux`) "
+                                   "predictions, e.g. MTI-Net's scales, CEN's per-modality outputs, ANN's stage-4 head")
     ohem: bool = Field(False, description="online hard example mining for the semseg cross-entropy")
 
     @field_validator("weights")
@@ -152,8 +153,9 @@ class TrackingSection(_Section):
     uri: str | None = Field(None, description="MLflow tracking URI; it wins over `MLFLOW_TRACKING_URI` "
                             "(`null`: that variable, else `sqlite:///<repo>/mlflow.db`)")
     experiment: str = Field("fusionpipe", description="MLflow experiment")
-    run_name: str | None = Field(None, description="the Ray Train and MLflow run name; a name that has a run "
-                                 "already resumes it (`null`: `<model>-<date>-<time>`)")
+    run_name: str | None = Field(None, description="the Ray Train and MLflow run name; a name that already has a "
+                                 "run under the same `checkpoint.storage_path` resumes it "
+                                 "(`null`: `<model>-<date>-<time>`)")
     log_model: bool = Field(True, description="at the end, log the best checkpoint's model to MLflow "
                             "(`mlflow.pytorch`, with its signature)")
 
@@ -176,9 +178,9 @@ class SyntheticBuildSection(_Section):
 
     num_train: int = Field(600, ge=1, description="samples in the train split")
     num_val: int = Field(150, ge=1, description="samples in the val split")
-    height: int = Field(120, ge=16, description="image height in pixels")
-    width: int = Field(160, ge=16, description="image width in pixels")
-    seed: int = Field(0, description="the dataset's seed")
+    height: int = Field(120, ge=16, le=4096, description="image height in pixels")
+    width: int = Field(160, ge=16, le=4096, description="image width in pixels")
+    seed: int = Field(0, ge=0, description="the dataset's seed")
     shard_size: int = Field(100, ge=1, description="samples per tar shard")
 
 
@@ -213,14 +215,19 @@ class ExperimentConfig(_Section):
                                "members or models")
     synthetic: SyntheticBuildSection | None = Field(None, description="how `dvc repro` builds `data.shards` "
                                                     "(params.yaml); ignored by `train`, `evaluate` and `tune`")
-    data: DataSection = Field(default_factory=DataSection)
-    model: ModelSection = Field(default_factory=ModelSection)
-    loss: LossSection = Field(default_factory=LossSection)
-    optim: OptimSection = Field(default_factory=OptimSection)
-    train: TrainSection = Field(default_factory=TrainSection)
-    tracking: TrackingSection = Field(default_factory=TrackingSection)
-    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
-    failure: FailureSection = Field(default_factory=FailureSection)
+    data: DataSection = Field(default_factory=DataSection, description="the shards, the tasks and modalities read "
+                              "from them, and how they are read and augmented")
+    model: ModelSection = Field(default_factory=ModelSection, description="the model, its backbone and its options")
+    loss: LossSection = Field(default_factory=LossSection, description="how the task losses are weighted and summed")
+    optim: OptimSection = Field(default_factory=OptimSection, description="optimizer and learning-rate schedule")
+    train: TrainSection = Field(default_factory=TrainSection, description="epochs, batch, Ray Train workers and "
+                                "devices")
+    tracking: TrackingSection = Field(default_factory=TrackingSection, description="where and under which names "
+                                      "MLflow records the run")
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection, description="where checkpoints go, how "
+                                          "many are kept and which is best")
+    failure: FailureSection = Field(default_factory=FailureSection, description="what Ray Train does when a worker "
+                                    "fails")
 
     @model_validator(mode="before")
     @classmethod

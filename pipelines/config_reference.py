@@ -15,7 +15,6 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-import annotated_types as at
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
@@ -38,8 +37,28 @@ imported first, so the tasks, members and models they register are known to the 
 """
 
 
+PLAIN = {str: "string", int: "integer", float: "number", bool: "boolean"}
+BOUNDS = (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<"))
+
+
+def _bounds(metadata: list[Any]) -> list[str]:
+    """Pydantic's constraint objects (``Field(ge=...)``, ``Annotated[int, Gt(0)]``) in words."""
+    out = []
+    for m in metadata:
+        out += [f"{sign} {getattr(m, attr)}" for attr, sign in BOUNDS if getattr(m, attr, None) is not None]
+        if getattr(m, "min_length", None):
+            out.append(f"at least {m.min_length} item{'s' if m.min_length > 1 else ''}")
+        if getattr(m, "max_length", None) is not None:
+            out.append(f"at most {m.max_length} items")
+    return out
+
+
 def _type_name(annotation: Any) -> str:
+    """A type in words; a type this does not know is an error, so the page never shows a repr."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        bounds = _bounds(list(args[1:]))
+        return _type_name(args[0]) + (f" ({', '.join(bounds)})" if bounds else "")
     if origin is Literal:
         return "one of " + ", ".join(f"`{a}`" for a in args)
     if origin in (typing.Union, types.UnionType):
@@ -47,26 +66,16 @@ def _type_name(annotation: Any) -> str:
         name = " or ".join(_type_name(a) for a in kept)
         return f"{name}, or `null`" if len(kept) < len(args) else name
     if origin is list:
-        return f"list of {_type_name(args[0])}s"
+        return f"list of {PLAIN[args[0]]}s" if args[0] in PLAIN else f"list, each {_type_name(args[0])}"
     if origin is tuple:
         return "[" + ", ".join(_type_name(a) for a in args) + "]"
     if origin is dict:
         return "mapping" if args[1] is Any else f"mapping of {_type_name(args[0])} to {_type_name(args[1])}"
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return "section"
-    return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(annotation, str(annotation))
-
-
-def _bounds(field: FieldInfo) -> str:
-    signs = {at.Ge: ("≥", "ge"), at.Gt: (">", "gt"), at.Le: ("≤", "le"), at.Lt: ("<", "lt")}
-    parts = []
-    for m in field.metadata:
-        if type(m) in signs:
-            sign, attr = signs[type(m)]
-            parts.append(f"{sign} {getattr(m, attr)}")
-        if isinstance(m, at.MinLen):
-            parts.append(f"at least {m.min_length} item{'s' if m.min_length > 1 else ''}")
-    return ", ".join(parts)
+    if annotation in PLAIN:
+        return PLAIN[annotation]
+    raise TypeError(f"pipelines.config_reference: no words for the type {annotation!r}; add them to _type_name")
 
 
 def _default(field: FieldInfo) -> str:
@@ -81,11 +90,11 @@ def _default(field: FieldInfo) -> str:
 def _rows(fields: dict[str, FieldInfo], prefix: str) -> list[str]:
     rows = []
     for name, field in fields.items():
-        kind, bounds, null = _type_name(field.annotation), _bounds(field), ", or `null`"
+        kind, bounds, null = _type_name(field.annotation), ", ".join(_bounds(field.metadata)), ", or `null`"
         if bounds:
             kind = kind.removesuffix(null) + f" ({bounds})" + (null if kind.endswith(null) else "")
-        rows.append(f"| `{prefix}{name}` | {kind} | {_default(field)} "
-                    f"| {field.description} |")
+        cells = [f"`{prefix}{name}`", kind, _default(field), field.description or ""]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return rows
 
 
@@ -107,8 +116,12 @@ def render() -> str:
         section = _section(field)
         if section is None:
             continue
-        doc = (section.__doc__ or "").strip()
-        parts += [f"## `{name}`\n", *([doc, ""] if doc else []), *header, *_rows(section.model_fields, f"{name}."), ""]
+        about = (field.description or "").strip()
+        about = about[:1].upper() + about[1:] + "."
+        if field.get_default(call_default_factory=True) is None:
+            about += " Optional: without it there is no such section (`null`)."
+        parts += [f"## `{name}`\n", about, "", *header,
+                  *_rows(section.model_fields, f"{name}."), ""]
     return "\n".join(parts)
 
 
