@@ -72,8 +72,8 @@ def _write(source_factory: Callable[[], Any], out: Path, shard_size: int, worker
 @_common
 @click.option("--num-train", type=click.IntRange(min=0), default=1000, show_default=True)
 @click.option("--num-val", type=click.IntRange(min=0), default=200, show_default=True)
-@click.option("--height", type=click.IntRange(min=16), default=240, show_default=True)
-@click.option("--width", type=click.IntRange(min=16), default=320, show_default=True)
+@click.option("--height", type=click.IntRange(16, 4096), default=240, show_default=True)
+@click.option("--width", type=click.IntRange(16, 4096), default=320, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 def build_synthetic(out: Path, shard_size: int, workers: int, as_json: bool, plugins: tuple[str, ...],
                     num_train: int, num_val: int, height: int, width: int, seed: int) -> None:

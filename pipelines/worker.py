@@ -55,7 +55,6 @@ def _maybe_inject_failure(spec: str | None, epoch: int, rank: int) -> None:
         os._exit(1)
 
 
-
 def headline_metrics() -> list[str]:
     """The one number per task that the epoch line shows (the full set goes to MLflow): the metric
     each registered task enters Δm with, e.g. ``val/semseg/miou`` or a plugin task's."""
@@ -94,7 +93,6 @@ def quiet_ray_train_reports() -> None:
     reporter = getattr(ray_train_context, "logger", None)
     if isinstance(reporter, logging.Logger):
         reporter.setLevel(logging.WARNING)
-
 
 
 FATAL = "fusionpipe-fatal.json"

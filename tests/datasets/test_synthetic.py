@@ -288,7 +288,7 @@ def test_object_straddling_the_camera_plane_is_still_cast():
 
 
 @pytest.mark.parametrize("args, named", [(["--workers", "0"], "--workers"), (["--seed", "-1"], "--seed"),
-                                         (["--num-train", "-1"], "--num-train")])
+                                         (["--height", "5000"], "--height")])
 def test_the_cli_refuses_bad_options_before_building(tmp_path, args, named):
     from click.testing import CliRunner
 
