@@ -12,7 +12,6 @@ import json
 import sys
 import types
 import typing
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -137,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from datasets.manifest import write_atomic
 
-    write_atomic(Path(DOC), text.encode())
+    write_atomic(DOC, text.encode())
     print(f"wrote {DOC}")
     return 0
 
