@@ -1,4 +1,4 @@
-"""``fusionpipe compare`` on a large experiment: wall time of :func:`pipelines.compare.compare`.
+"""``fusionpipe compare`` on a large experiment: wall time of :func:`pipelines.analysis.compare.compare`.
 
 A temporary sqlite MLflow store is filled with N runs (three params, one of which differs, a data
 digest tag and three ``val/`` metrics over five epochs, one ``log_batch`` per run), then compared
@@ -43,7 +43,7 @@ def fill(uri: str, n: int) -> None:
 
 
 def main() -> None:
-    from pipelines.compare import compare
+    from pipelines.analysis.compare import compare
 
     args = parse_args(__doc__.splitlines()[0])
     repeats = 1 if args.quick else 3

@@ -124,7 +124,7 @@ def main() -> None:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipelines.train import start_local_ray
+    from pipelines.train.driver import start_local_ray
 
     settle, window = (5.0, 5.0) if args.quick else (10.0, 20.0)
     start_local_ray(num_cpus=os.cpu_count() or 1, log_to_driver=False)  # as init_ray does without a cluster

@@ -3,7 +3,7 @@
 ``python benchmarks/train.py [--quick] [--json] [--only cpu|cuda]``. Everything is measured in one run on the same
 model, shards and batch size. Throughput is taken from epochs after the first (the first pays for
 worker start-up, imports and allocator warm-up), as ``train/samples_per_s`` from the very same
-``pipelines.loop.train_epoch`` in both set-ups, so the ratio isolates what Ray Train adds. The plain
+``pipelines.train.steps.train_epoch`` in both set-ups, so the ratio isolates what Ray Train adds. The plain
 loop and Ray Train alternate in rounds, in reverse order every other round (plain, Ray, Ray, plain),
 so that a drift in the shared host's load cancels out of the ratio.
 
@@ -60,7 +60,7 @@ def gpu_throughput(tmp: Path, quick: bool) -> tuple[list[dict], dict[str, float]
 
     from datasets.sources.synthetic import SyntheticSource
     from datasets.writer import write_dataset
-    from pipelines.train import start_local_ray
+    from pipelines.train.driver import start_local_ray
 
     if not torch.cuda.is_available():
         return [], {}
@@ -97,7 +97,8 @@ def plain_loop(cfg) -> list[float]:
     from datasets.transforms import build_transform
     from fusion import build_model
     from fusion.losses import MultiTaskLoss
-    from pipelines.loop import model_config, make_optimizer, train_epoch
+    from pipelines.config import model_config
+    from pipelines.train.steps import make_optimizer, train_epoch
 
     torch.set_num_threads(cfg.train.torch_threads)
     torch.manual_seed(0)
@@ -118,7 +119,7 @@ def plain_loop(cfg) -> list[float]:
 def ray_loop(cfg, run_name: str) -> list[float]:
     from mlflow.tracking import MlflowClient
 
-    from pipelines.train import run_training
+    from pipelines.train.driver import run_training
 
     s = run_training(cfg, run_name)
     hist = MlflowClient(tracking_uri=s["tracking_uri"]).get_metric_history(s["mlflow_run_id"], "train/samples_per_s")
@@ -131,8 +132,8 @@ def mlflow_log_seconds(tmp: Path, num_metrics: int, repeats: int, hw: tuple[int,
     sqlite store with a local artifact folder."""
     import torch
 
-    from pipelines.previews import preview_grid
-    from pipelines.tracking import Tracker
+    from pipelines.train.previews import preview_grid
+    from pipelines.track.tracker import Tracker
 
     tracker = Tracker.create_run(f"sqlite:///{tmp}/mlflow-bench.db", "bench-logging", "log", {})
     metrics = {f"val/m{i}": float(i) for i in range(num_metrics)}
@@ -165,7 +166,7 @@ def cpu_overheads(tmp: Path, quick: bool) -> tuple[list[dict], dict[str, float]]
 
     from datasets.sources.synthetic import SyntheticSource
     from datasets.writer import write_dataset
-    from pipelines.train import start_local_ray
+    from pipelines.train.driver import start_local_ray
 
     n, hw, epochs, size, rounds = (48, (64, 80), 3, "0.125", 1) if quick else (192, (120, 160), 3, "0.25", 2)
     results, ratios = [], {}

@@ -3,7 +3,7 @@
 ``python benchmarks/tune.py [--quick] [--json]``. One synthetic dataset, one base config (tiny
 MTI-Net, semseg + depth) and one sweep spec (8 trials over the learning rate and the depth weight,
 drawn with the same seed, so every sweep trains the very same 8 configurations; training is seeded),
-run through ``pipelines.tune.run_tune`` with FIFO (every trial trains ``max_epochs``) and with ASHA
+run through ``pipelines.tune.driver.run_tune`` with FIFO (every trial trains ``max_epochs``) and with ASHA
 (grace period 1) at reduction factor 3 (Hyperband's eta, the ratios) and 4 (Ray Tune's default,
 reported beside). Ratios:
 
@@ -62,8 +62,8 @@ def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     from datasets.sources.synthetic import SyntheticSource
     from datasets.writer import write_dataset
-    from pipelines._output import stdout_to_stderr
-    from pipelines.tune import run_tune
+    from pipelines.cli.output import stdout_to_stderr
+    from pipelines.tune.driver import run_tune
 
     epochs, trials = (3, 4) if args.quick else (27, 8)
     n_train, n_val = (32, 16) if args.quick else (64, 32)

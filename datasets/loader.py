@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from datasets.codec import ShardFormatError, decode_sample
 from datasets.manifest import load_manifest
 from datasets.tario import iter_tar
+from datasets.transforms import SampleError, to_tensors
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +198,6 @@ class ShardStream(IterableDataset):
         log.warning("skipped (errors=skip, %d so far in this worker): %s", self.skipped, why)
 
     def _to_tensors(self, sample: dict[str, Any]) -> dict[str, Any]:
-        from datasets.transforms import to_tensors
-
         inputs, targets = to_tensors(sample, self.tasks, self.modalities, self.mean, self.std)
         return {"inputs": inputs, "targets": targets, "id": str(sample.get("meta", {}).get("id", ""))}
 
@@ -254,8 +253,6 @@ class ShardStream(IterableDataset):
 
     def _prepare(self, item: tuple[str, dict[str, bytes]], seed: int) -> dict[str, Any] | None:
         """Decode, transform and tensorise one sample; ``None`` when it is bad and ``errors="skip"``."""
-        from datasets.transforms import SampleError
-
         where, members = item
         sample = self._decode(where, members)
         if sample is None:

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import REPO_ROOT
+from pipelines.config import REPO_ROOT, load_config
+from pipelines.track.redact import redact_url_password
+from pipelines.track.tracker import GIT_COMMIT_ENV, GIT_DIRTY_ENV, git_info, is_local_store
 
 DEFAULT_TIMEOUT_S = 10.0
 LOG_TAIL_LINES = 40
@@ -88,7 +90,6 @@ def redact(text: str, token: Token | None) -> str:
     """``text`` with the token and any URL password replaced, safe to print or log."""
     if token is not None and token.value:
         text = text.replace(token.value, "***")
-    from pipelines.tracking import redact_url_password
 
     return redact_url_password(text)
 
@@ -348,8 +349,6 @@ def build_runtime_env(env: dict[str, str], mlflow_uri: str | None = None, enviro
     a local store (a sqlite file on this machine means nothing on the cluster). ``env`` wins. The git
     commit and dirty flag of ``working_dir`` travel as ``FUSIONPIPE_GIT_*`` (the upload has no .git).
     """
-    from pipelines.tracking import GIT_COMMIT_ENV, GIT_DIRTY_ENV, git_info, is_local_store
-
     env_vars = dict(BASE_ENV)
     # The upload has no .git: the job's MLflow runs get the commit (and dirty flag) from these.
     git = git_info(working_dir)
@@ -370,8 +369,6 @@ def check_config(config: Path, command: list[str], working_dir: Path = REPO_ROOT
     Returns the command with ``--config`` added when it had none (``train`` when it was empty).
     The path in the command is relative to ``working_dir``: that is where the job runs.
     """
-    from pipelines.config import load_config
-
     command = list(command) or ["fusionpipe", "train"]
     load_config(config, option_values(command, "--set"))  # raises ConfigError listing every problem
     path = config.resolve()
@@ -391,8 +388,6 @@ def check_config(config: Path, command: list[str], working_dir: Path = REPO_ROOT
 
 
 def job_metadata(command: list[str]) -> dict[str, str]:
-    from pipelines.tracking import git_info
-
     meta = {"fusionpipe.command": shlex.join(command)[:1000]}
     meta.update(git_info())
     return meta

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipelines._output import dumps
+from fusion.registry import upgrade_model_config
+from pipelines.jsonio import dumps
 
 META = "meta.json"
 MODEL = "model.pt"
@@ -49,8 +50,6 @@ def read_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{p}: not valid JSON: {e}") from e
     if isinstance(meta.get("model_config"), dict):
-        from fusion.registry import upgrade_model_config
-
         # Options a model gained since this checkpoint was written read as they were then.
         meta["model_config"] = upgrade_model_config(meta["model_config"])
     return meta

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from datasets.transforms import AugmentConfig
 from fusion.config import MODALITIES, TASKS
+from fusion.registry import pin_added_options
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +37,7 @@ class DataSection(_Section):
     shards: str = Field("data/shards/synthetic", description="dataset directory (manifest.json and one folder "
                         "of shards per split); a relative path is read from the repository root")
     rev: str | None = Field(None, description="git revision of this repo at which data.shards is read; "
-                                              "resolved through DVC (pipelines/data_versions.py)")
+                                              "resolved through DVC (pipelines/track/data_versions.py)")
     tasks: list[str] = Field(default_factory=lambda: ["semseg", "depth"], min_length=1, description="tasks whose "
                              "targets are loaded: the model's final tasks (predicted and scored) and its "
                              "`model.options.auxiliary_tasks` (trained through their aux losses only)")
@@ -341,3 +342,13 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def model_config(cfg: ExperimentConfig, num_classes: int) -> dict[str, Any]:
+    """The ``fusion.build_model`` config. Tasks named in ``model.options.auxiliary_tasks`` (MTI-Net,
+    PAD-Net) are loaded as targets and supervise the front end, but are not final outputs."""
+    m = cfg.model
+    aux = set(m.options.get("auxiliary_tasks") or [])
+    return pin_added_options({"name": m.name, "tasks": [t for t in cfg.data.tasks if t not in aux], "modalities": list(cfg.data.modalities),
+            "num_classes": num_classes, "backbone": m.backbone, "width": m.width,
+            "output_stride": m.output_stride, "pretrained": m.pretrained, "options": dict(m.options)})

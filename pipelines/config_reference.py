@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from datasets.manifest import write_atomic
 from pipelines.config import REPO_ROOT, ExperimentConfig
 
 DOC = REPO_ROOT / "docs" / "config.md"
@@ -134,7 +135,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{DOC} is stale: run `python -m pipelines.config_reference`", file=sys.stderr)
             return 1
         return 0
-    from datasets.manifest import write_atomic
 
     write_atomic(DOC, text.encode())
     print(f"wrote {DOC}")

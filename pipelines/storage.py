@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from datasets.manifest import write_atomic
+from pipelines.checkpoints import CheckpointError
+
 
 def is_uri(location: str) -> bool:
     return "://" in location
@@ -50,8 +53,6 @@ def read_text(location: str) -> str | None:
 def write_text(location: str, text: str) -> None:
     """Write ``text`` whole: a reader sees the old file or the new one, never a part."""
     if not is_uri(location):
-        from datasets.manifest import write_atomic
-
         p = Path(location)
         p.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(p, text.encode())
@@ -77,8 +78,6 @@ def remove(location: str) -> None:
 def copy_to_local(uri: str, dest: Path) -> Path:
     """Copy the directory at ``uri`` (e.g. a checkpoint on an object store) to the local ``dest``."""
     import pyarrow.fs
-
-    from pipelines.checkpoints import CheckpointError
 
     fs, path = _fs(uri)
     if fs.get_file_info(path).type != pyarrow.fs.FileType.Directory:

@@ -13,8 +13,7 @@ import numpy as np
 
 from datasets.sources.base import Source, SourceError, check_key
 from datasets.synthetic.raycast import intrinsics
-from datasets.synthetic.render import (GENERATOR_VERSION, MAX_SIZE, MIN_SIZE, SPLIT_CODES, edge_thickness,
-                                       render)
+from datasets.synthetic.render import GENERATOR_VERSION, MAX_SIZE, MIN_SIZE, SPLIT_CODES, edge_thickness, render
 from datasets.synthetic.scene import CLASSES
 
 __all__ = ["SyntheticSource", "render", "intrinsics", "CLASSES", "GENERATOR_VERSION"]

@@ -34,12 +34,12 @@ def test_a_failing_gpu_run_is_reported_and_ray_shut_down(tmp_path, monkeypatch):
 
     import benchmarks.train as bench
     import datasets.writer
-    import pipelines.train
+    import pipelines.train.driver
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(datasets.writer, "write_dataset", lambda *a, **k: None)
-    monkeypatch.setattr(pipelines.train, "start_local_ray", lambda **k: None)
+    monkeypatch.setattr(pipelines.train.driver, "start_local_ray", lambda **k: None)
     shutdowns = []
     monkeypatch.setattr(ray, "shutdown", lambda: shutdowns.append(1))
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from datasets.codec import MEMBERS, register_member
 from datasets.inspect import COLUMNS, colorize_semseg, draw_grid, inspect_dataset, read_samples
-from pipelines.cli import cli
+from pipelines.cli.main import cli
 
 
 def test_report_matches_the_samples(toy_dataset, toy_source):

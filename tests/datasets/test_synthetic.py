@@ -292,7 +292,7 @@ def test_object_straddling_the_camera_plane_is_still_cast():
 def test_the_cli_refuses_bad_options_before_building(tmp_path, args, named):
     from click.testing import CliRunner
 
-    from pipelines.cli import cli
+    from pipelines.cli.main import cli
 
     out = CliRunner().invoke(cli, ["data", "build", "synthetic", "--out", str(tmp_path / "ds"), *args])
     assert out.exit_code == 2 and named in out.output, out.output

@@ -59,7 +59,7 @@ def test_model_trains_under_bf16_autocast(name):
     # The GPU path with train.amp: the model under bf16 autocast, the losses in float32 outside it.
     # CPU autocast has the same dtype rules for mixing bf16 activations with float32 weights and buffers.
     from fusion.losses import MultiTaskLoss
-    from pipelines.loop import float32_outputs
+    from pipelines.train.steps import float32_outputs
 
     torch.manual_seed(0)
     cfg = _config(name)

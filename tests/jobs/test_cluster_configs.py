@@ -8,7 +8,7 @@ import tomllib
 import ray
 import yaml
 
-from pipelines.cli import cli
+from pipelines.cli.main import cli
 from pipelines.config import REPO_ROOT, load_config
 
 PY = "py311"  # the Python of the images; pyproject allows >= 3.10

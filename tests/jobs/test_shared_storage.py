@@ -1,4 +1,4 @@
-"""pipelines.cluster.check_shared_storage with stand-in nodes (the real two-node run is in
+"""pipelines.train.cluster.check_shared_storage with stand-in nodes (the real two-node run is in
 test_cluster_integration.py, where a node in its own mount namespace cannot see the path)."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cluster import MARKER_PREFIX, check_shared_storage, sees_marker
+from pipelines.train.cluster import MARKER_PREFIX, check_shared_storage, sees_marker
 from pipelines.config import ConfigError
 
 NODES = [{"NodeID": "a" * 56, "NodeManagerAddress": "10.0.0.1"}, {"NodeID": "b" * 56, "NodeManagerAddress": "10.0.0.2"}]

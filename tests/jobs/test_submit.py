@@ -15,7 +15,7 @@ import ray
 from click.testing import CliRunner
 
 from jobs import submit as js
-from pipelines.cli import cli
+from pipelines.cli.main import cli
 from pipelines.config import REPO_ROOT
 
 TOKEN = "s3cret-token-0123456789abcdef"
@@ -157,7 +157,7 @@ def _zip_names(root: Path, excludes: list[str], out: Path) -> set[str]:
 def test_ray_packaging_skips_everything_rayignore_names(tmp_path):
     """Ray's own zipper, on a tree with everything that must stay home, keeps only code and configs."""
     root = tmp_path / "repo"
-    files = ["pipelines/train.py", "configs/smoke.yaml", "dvc.lock", "data/shards/smoke/manifest.json",
+    files = ["pipelines/train/driver.py", "configs/smoke.yaml", "dvc.lock", "data/shards/smoke/manifest.json",
              ".venv/bin/python", "mlflow.db", ".dvc/cache/files/md5/ab/cdef", ".dvc/config", "ray_results/run/x.pt",
              "outputs/train.json", "pipelines/__pycache__/train.cpython-311.pyc", ".git/HEAD", "mlruns/0/meta.yaml",
              "datasets/data.py"]
@@ -167,7 +167,7 @@ def test_ray_packaging_skips_everything_rayignore_names(tmp_path):
     (root / ".rayignore").write_text((REPO_ROOT / ".rayignore").read_text())
     names = _zip_names(root, js.excludes(root), tmp_path / "pkg.zip")
     kept = {n for n in names if not n.endswith("/")}
-    assert kept == {"pipelines/train.py", "configs/smoke.yaml", "dvc.lock", ".dvc/config", "datasets/data.py",
+    assert kept == {"pipelines/train/driver.py", "configs/smoke.yaml", "dvc.lock", ".dvc/config", "datasets/data.py",
                     ".rayignore"}
     # .rayignore alone (no runtime_env excludes) already keeps the data and stores out.
     names = _zip_names(root, [], tmp_path / "pkg2.zip")
@@ -176,7 +176,7 @@ def test_ray_packaging_skips_everything_rayignore_names(tmp_path):
 
 def test_the_real_repository_uploads_small_and_without_data(tmp_path):
     names = _zip_names(REPO_ROOT, js.excludes(), tmp_path / "repo.zip")
-    assert {"pipelines/train.py", "pipelines/cli.py", "jobs/submit.py", "configs/smoke.yaml"} <= names
+    assert {"pipelines/train/driver.py", "pipelines/cli/main.py", "jobs/submit.py", "configs/smoke.yaml"} <= names
     assert not [n for n in names if n.startswith(("data/", ".venv/", ".git/", "ray_results/", "outputs/"))
                 or n.endswith((".db", ".pyc"))]
     assert (tmp_path / "repo.zip").stat().st_size < 5 * 2**20
@@ -377,7 +377,7 @@ def test_job_env_carries_the_git_commit_for_runs_in_the_upload(tmp_path, monkeyp
 
     from jobs.submit import build_runtime_env
     from pipelines.config import REPO_ROOT
-    from pipelines.tracking import GIT_COMMIT_ENV, GIT_DIRTY_ENV, git_info
+    from pipelines.track.tracker import GIT_COMMIT_ENV, GIT_DIRTY_ENV, git_info
 
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
     env = build_runtime_env({}, environ={})["env_vars"]
@@ -410,8 +410,8 @@ def test_logs_and_a_tracking_password_are_kept_out_of_output(no_ray_env, monkeyp
 
 
 def test_redaction_covers_every_userinfo_shape_and_every_printed_error(capsys):
-    from pipelines._output import fail
-    from pipelines.redact import redact_url_password as r
+    from pipelines.cli.output import fail
+    from pipelines.track.redact import redact_url_password as r
 
     assert r("postgresql://u:p@ss@h/db") == "postgresql://u:***@h/db"  # "@" inside the password
     assert r("http://:tok@h") == "http://***@h" and r("https://ghp_TOKEN@github.com/x") == "https://***@github.com/x"

@@ -23,7 +23,7 @@ def smoke_shards(tmp_path_factory) -> Path:
 def ray_cluster():
     import ray
 
-    from pipelines.train import start_local_ray
+    from pipelines.train.driver import start_local_ray
 
     # As the commands start it: the dashboard serves the state API that Train V2 uses to free the
     # resources of a stopped Tune trial.

@@ -1,4 +1,4 @@
-"""``pipelines.compare`` and ``fusionpipe compare`` on small sqlite MLflow stores filled by hand."""
+"""``pipelines.analysis.compare`` and ``fusionpipe compare`` on small sqlite MLflow stores filled by hand."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from pipelines.compare import CompareError, compare, metric_direction
-from pipelines.compare_cli import compare as compare_cmd
+from pipelines.analysis.compare import CompareError, compare, metric_direction
+from pipelines.cli.compare import compare as compare_cmd
 
 D1, D2 = "a" * 64, "b" * 64
 C1, C2, P = "1" * 40, "2" * 40, "c" * 64
@@ -187,7 +187,7 @@ def test_cli_human_and_json(store):
 
 
 def test_many_runs_page_and_skip_history(tmp_path, monkeypatch):
-    import pipelines.compare as cmp
+    import pipelines.analysis.compare as cmp
 
     n = 100
     runs = {f"r{i:03d}": ({"model.name": "mtinet", "train.lr": str(i % 3)}, {"data.manifest_digest": D1},
@@ -207,7 +207,7 @@ def test_many_runs_page_and_skip_history(tmp_path, monkeypatch):
 
 
 def test_metric_direction_uses_the_last_component():
-    from pipelines.compare import metric_direction
+    from pipelines.analysis.compare import metric_direction
 
     assert metric_direction("val/semseg/mean_acc") == "higher"
     assert metric_direction("val/normals/median") == "lower"
@@ -239,7 +239,7 @@ def test_sweep_trials_are_selected_by_parent_and_parents_are_not_rows(tmp_path):
 
 
 def test_nan_epochs_never_win_best_and_json_stays_strict(tmp_path):
-    from pipelines.compare import best_value
+    from pipelines.analysis.compare import best_value
 
     assert best_value([(0, float("nan")), (1, 0.5), (2, 0.7)], "val/semseg/miou") == 0.7
     assert best_value([(0, 0.5), (1, float("nan")), (2, 0.7)], "val/semseg/miou") == 0.7

@@ -7,7 +7,7 @@ import torch
 from fusion import build_model
 from fusion.losses import MultiTaskLoss
 from pipelines.config import REPO_ROOT, load_config
-from pipelines.loop import model_config
+from pipelines.config import model_config
 
 # Experiment configs (sweep specs under configs/sweeps/ are tested in test_sweep.py).
 CONFIGS = sorted(p for p in (REPO_ROOT / "configs").rglob("*.yaml") if "sweeps" not in p.parts) + [REPO_ROOT / "params.yaml"]

@@ -18,8 +18,8 @@ pytestmark = [pytest.mark.integration,
 def test_one_gpu_run_with_amp_resumes_on_the_gpu_and_evaluates_as_on_the_cpu(ray_cluster, tiny_config):
     from mlflow.tracking import MlflowClient
 
-    from pipelines.evaluate import run_evaluate
-    from pipelines.train import run_training
+    from pipelines.analysis.evaluate import run_evaluate
+    from pipelines.train.driver import run_training
 
     common = ("train.workers=1", "train.use_gpu=true", "train.amp=true", "train.preview_every=1",
               "tracking.log_model=false")
@@ -52,7 +52,7 @@ def test_one_gpu_run_with_amp_resumes_on_the_gpu_and_evaluates_as_on_the_cpu(ray
 
 
 def test_adam_on_gpu_parameters_is_the_fused_kernel(tiny_config):
-    from pipelines.loop import make_optimizer
+    from pipelines.train.steps import make_optimizer
 
     model = torch.nn.Conv2d(3, 4, 3)
     for name in ("adam", "adamw"):

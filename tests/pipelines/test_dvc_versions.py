@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 from datasets.manifest import manifest_digest
-from pipelines import data_versions
+from pipelines.track import data_versions
 from pipelines.config import REPO_ROOT, ConfigError, load_config
-from pipelines.data_versions import DataRevError, resolve_data_rev
-from pipelines.tracking import data_version
+from pipelines.track.data_versions import DataRevError, resolve_data_rev
+from pipelines.track.data_versions import data_version
 
 pytestmark = [
     pytest.mark.integration,
@@ -170,10 +170,12 @@ class _Stop(Exception):
 
 
 def test_train_and_tune_resolve_data_rev_before_validating(versioned, monkeypatch, tmp_path):
-    from pipelines import train, tune
+    from pipelines.train import driver as train
+    from pipelines.tune import driver as tune
 
     real = data_versions.resolve_data_rev
-    monkeypatch.setattr(data_versions, "resolve_data_rev", lambda cfg: real(cfg, versioned.project))
+    for module in (train, tune):
+        monkeypatch.setattr(module, "resolve_data_rev", lambda cfg: real(cfg, versioned.project))
     commit = git("rev-parse", "v1^{commit}", cwd=versioned.project)
     expected = str(versioned.project.resolve() / "data" / "revs" / commit[:12] / SHARDS)
     seen = {}

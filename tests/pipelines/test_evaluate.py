@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pipelines.config import ConfigError
-from pipelines.evaluate import resolve_device
+from pipelines.analysis.evaluate import resolve_device
 
 
 def test_auto_takes_the_gpu_when_there_is_one(monkeypatch):
@@ -34,7 +34,7 @@ def test_reference_metrics_are_taken_at_the_best_epoch(tmp_path):
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    from pipelines.evaluate import run_metrics
+    from pipelines.analysis.evaluate import run_metrics
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(tracking_uri=uri)
@@ -57,7 +57,7 @@ def test_references_are_checked_before_the_evaluation(tmp_path, smoke_shards):
     from mlflow.tracking import MlflowClient
 
     from pipelines.config import REPO_ROOT, load_config
-    from pipelines.evaluate import reference_metrics
+    from pipelines.analysis.evaluate import reference_metrics
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cfg = load_config(REPO_ROOT / "configs" / "smoke.yaml", [f"data.shards={smoke_shards}", f"tracking.uri={uri}",
@@ -89,7 +89,7 @@ def test_a_bad_summary_file_is_named(tmp_path):
     from click.testing import CliRunner
 
     from pipelines.config import REPO_ROOT
-    from pipelines.run_cli import evaluate
+    from pipelines.cli.run import evaluate
 
     for text, why in (("not json", "not a train summary"), ('{"best_checkpoint": null}', "no 'best_checkpoint'"),
                       ("[1, 2]", "not a train summary")):
@@ -104,7 +104,7 @@ def test_a_dead_store_is_not_a_missing_run(monkeypatch, smoke_shards, how):
     from click.testing import CliRunner
 
     from pipelines.config import REPO_ROOT
-    from pipelines.run_cli import evaluate
+    from pipelines.cli.run import evaluate
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
@@ -122,8 +122,9 @@ def test_evaluate_and_its_baselines_read_at_the_configs_resize(tmp_path, smoke_s
     from fusion import build_model
     from pipelines.checkpoints import save_checkpoint
     from pipelines.config import REPO_ROOT, load_config
-    from pipelines.evaluate import run_evaluate
-    from pipelines.loop import model_config
+    from pipelines.analysis import evaluate as evaluate_module
+    from pipelines.analysis.evaluate import run_evaluate
+    from pipelines.config import model_config
 
     cfg = load_config(REPO_ROOT / "configs" / "smoke.yaml", [f"data.shards={smoke_shards}",
                                                              f"tracking.uri=sqlite:///{tmp_path}/m.db",
@@ -140,6 +141,7 @@ def test_evaluate_and_its_baselines_read_at_the_configs_resize(tmp_path, smoke_s
             return super()._to_tensors(sample)
 
     monkeypatch.setattr(datasets.loader, "ShardStream", Recording)
+    monkeypatch.setattr(evaluate_module, "ShardStream", Recording)
     result = run_evaluate(cfg, checkpoint=str(tmp_path / "ck"), baselines=True)
     assert result["num_samples"] == 8 and "majority_class_miou" in result["trivial_baselines"]
     # 8 val samples evaluated, then 16 train + 8 val samples for the trivial baselines: all at 32×40.
@@ -152,8 +154,8 @@ def test_the_default_split_is_the_configs_val_split(tmp_path, smoke_shards):
     from fusion import build_model
     from pipelines.checkpoints import save_checkpoint
     from pipelines.config import REPO_ROOT, load_config
-    from pipelines.evaluate import run_evaluate
-    from pipelines.loop import model_config
+    from pipelines.analysis.evaluate import run_evaluate
+    from pipelines.config import model_config
 
     def cfg(*overrides):
         return load_config(REPO_ROOT / "configs" / "smoke.yaml", [

@@ -7,9 +7,9 @@ from torch import nn
 
 from fusion.losses import MultiTaskLoss
 from pipelines.config import ConfigError, load_config
-from pipelines.loop import (NonFiniteLossError, float32_outputs, lr_factor, reduce_device, train_epoch,
+from pipelines.train.steps import (NonFiniteLossError, float32_outputs, lr_factor, reduce_device, train_epoch,
                             with_sync_batchnorm)
-from pipelines.train import validate_experiment
+from pipelines.train.driver import validate_experiment
 
 
 class _Bad(nn.Module):
@@ -220,7 +220,7 @@ def test_settings_that_would_train_nothing_without_deep_supervision_are_refused(
 
 
 def test_a_local_tracking_store_is_refused_on_a_multi_node_cluster():
-    from pipelines.tracking import check_store_for_cluster
+    from pipelines.track.tracker import check_store_for_cluster
 
     check_store_for_cluster("sqlite:///tmp/mlflow.db", num_nodes=1)
     check_store_for_cluster("http://10.0.0.5:5000", num_nodes=3)
@@ -232,7 +232,7 @@ def test_a_local_tracking_store_is_refused_on_a_multi_node_cluster():
 def test_the_best_checkpoint_is_never_one_with_a_nan_score():
     from types import SimpleNamespace
 
-    from pipelines.run_record import best_checkpoint
+    from pipelines.track.run_record import best_checkpoint
 
     nan, good, worse, last = "nan", "good", "worse", "last"
     result = SimpleNamespace(checkpoint=last, metrics={"epoch": 3},
@@ -249,8 +249,8 @@ def test_stored_configs_and_summaries_carry_no_tracking_password(tmp_path):
 
     from mlflow.tracking import MlflowClient
 
-    from pipelines.tracking import redacted_config
-    from pipelines.run_record import write_outputs
+    from pipelines.track.tracker import redacted_config
+    from pipelines.track.run_record import write_outputs
 
     cfg = load_config(None, ["tracking.uri=http://alice:s3cret@mlflow.example:5000"])
     dumped = redacted_config(cfg)
@@ -268,7 +268,7 @@ def test_stored_configs_and_summaries_carry_no_tracking_password(tmp_path):
 
 
 def test_a_resume_runs_at_the_configs_hyperparameters_with_the_checkpoints_moments_and_step():
-    from pipelines.loop import keep_settings, optimizer_settings
+    from pipelines.train.steps import keep_settings, optimizer_settings
 
     def setup(lr, momentum, wd):
         model = _Scale()
@@ -303,7 +303,7 @@ def test_a_resume_with_changed_settings_is_on_record(tmp_path, smoke_shards, cap
 
     from mlflow.tracking import MlflowClient
 
-    from pipelines.run_record import open_mlflow_run
+    from pipelines.track.run_record import open_mlflow_run
 
     def cfg(*more):
         return load_config(None, [f"data.shards={smoke_shards}", f"tracking.uri=sqlite:///{tmp_path}/m.db",
@@ -327,7 +327,7 @@ def test_a_resume_with_changed_settings_is_on_record(tmp_path, smoke_shards, cap
 def test_the_resume_changes_tag_is_valid_json_within_the_limit():
     import json
 
-    from pipelines.tracking import changes_tag
+    from pipelines.track.tracker import changes_tag
 
     changes = {f"model.options.k{i:02d}": ["a" * 30, "b" * 30] for i in range(40)}
     assert json.loads(changes_tag(changes, 10_000)) == changes
@@ -341,7 +341,7 @@ def test_a_padnet_checkpoint_from_before_the_fuse_layer_still_loads(tmp_path, sm
 
     from fusion import build_model
     from pipelines.checkpoints import CheckpointError, check_compatible, load_model_state, read_meta, save_checkpoint
-    from pipelines.loop import model_config
+    from pipelines.config import model_config
 
     def cfg(*more):
         return load_config(None, [f"data.shards={smoke_shards}", "model.name=padnet", "model.width=0.125",
@@ -385,7 +385,7 @@ def _fake_two_ranks(monkeypatch, other_rank: torch.Tensor) -> None:
 
 
 def test_all_reduce_sum_sums_the_ranks(monkeypatch):
-    from pipelines.loop import all_reduce_sum
+    from pipelines.train.steps import all_reduce_sum
 
     _fake_two_ranks(monkeypatch, torch.tensor([1.0, 2.0]))
     assert all_reduce_sum(torch.tensor([3.0, 4.0])).tolist() == [4.0, 6.0]
@@ -403,7 +403,7 @@ def test_the_epoch_loss_is_the_mean_over_every_ranks_batches(monkeypatch):
 
 
 def test_no_autocast_on_cpu():
-    from pipelines.loop import _autocast
+    from pipelines.train.steps import _autocast
 
     with _autocast(torch.device("cpu"), True):  # bf16 autocast is for CUDA only
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
@@ -437,7 +437,7 @@ def test_workers_times_batch_size_against_the_training_samples(smoke_shards, wor
 
 
 def test_adam_is_fused_only_for_gpu_parameters(monkeypatch):
-    from pipelines.loop import make_optimizer
+    from pipelines.train.steps import make_optimizer
 
     model = nn.Conv2d(3, 4, 3)
     for name in ("adam", "adamw"):
@@ -455,7 +455,7 @@ def test_a_fused_optimizer_state_resumes_unfused_and_steps():
     # A GPU run's checkpoint (fused Adam) resumed on the CPU: the config's optimizer, not the
     # checkpoint's `fused`, must run (PyTorch's CPU fused Adam takes the same state, so fake the GPU side
     # with it).
-    from pipelines.loop import keep_settings, optimizer_settings
+    from pipelines.train.steps import keep_settings, optimizer_settings
 
     model = nn.Linear(2, 2)
     gpu_like = torch.optim.Adam(model.parameters(), fused=True)

@@ -7,8 +7,8 @@ import torch
 
 from fusion import build_model
 from pipelines.checkpoints import save_checkpoint
-from pipelines.model_export import PackedModel, log_final_model
-from pipelines.tracking import Tracker
+from pipelines.track.export import PackedModel, log_final_model
+from pipelines.track.tracker import Tracker
 
 
 @pytest.fixture

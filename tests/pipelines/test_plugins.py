@@ -74,7 +74,7 @@ def test_a_plugin_whose_registration_fails_names_itself(elevation, tmp_path, mon
 
 def test_a_task_without_a_shard_member_is_an_experiment_problem(tmp_path, smoke_shards):
     from fusion.tasks import TASK_REGISTRY, Task, register_task
-    from pipelines.train import validate_experiment
+    from pipelines.train.driver import validate_experiment
 
     register_task(Task("slope", 1, lambda **_: None, lambda **_: None))
     try:
@@ -91,7 +91,7 @@ def test_data_build_imports_plugins_for_their_members(tmp_path, no_elevation):
 
     from click.testing import CliRunner
 
-    from pipelines.cli import cli
+    from pipelines.cli.main import cli
 
     folder = tmp_path / "raw"
     (folder / "images").mkdir(parents=True)
@@ -133,8 +133,8 @@ def test_the_installed_command_finds_a_plugin_in_the_directory_it_runs_from(tmp_
 def test_compare_leaves_unknown_tasks_out_of_delta_m_until_their_plugin_is_imported(tmp_path, no_elevation):
     from click.testing import CliRunner
 
-    from pipelines.compare import compare
-    from pipelines.compare_cli import compare as compare_cmd
+    from pipelines.analysis.compare import compare
+    from pipelines.cli.compare import compare as compare_cmd
     from tests.pipelines.test_compare import _fill
 
     uri = f"sqlite:///{tmp_path}/m.db"
@@ -193,8 +193,8 @@ def test_a_plugin_task_trains_on_ray_and_is_tracked_and_evaluated(ray_cluster, t
 
     from datasets.sources.folder import FolderSource
     from datasets.writer import write_dataset
-    from pipelines.evaluate import run_evaluate
-    from pipelines.train import run_training
+    from pipelines.analysis.evaluate import run_evaluate
+    from pipelines.train.driver import run_training
 
     folder = write_elevation_folder(tmp_path / "raw")
     shards = tmp_path / "shards"
@@ -218,7 +218,7 @@ def test_a_plugin_task_trains_on_ray_and_is_tracked_and_evaluated(ray_cluster, t
 
 
 def test_plugin_tags_hash_a_module_a_package_and_name_what_has_no_source(tmp_path, monkeypatch):
-    from pipelines.tracking import changed_plugins, plugin_tags
+    from pipelines.track.tracker import changed_plugins, plugin_tags
 
     (tmp_path / "plug_mod.py").write_text("X = 1\n")
     pkg = tmp_path / "plug_pkg"
@@ -256,7 +256,7 @@ def test_a_resume_with_changed_plugin_code_warns_and_is_tagged(tmp_path, tiny_co
                                                                capsys):
     from mlflow.tracking import MlflowClient
 
-    from pipelines.run_record import open_mlflow_run
+    from pipelines.track.run_record import open_mlflow_run
 
     plugin = tmp_path / "plug_resume.py"
     plugin.write_text("X = 1\n")
@@ -307,7 +307,7 @@ def test_resume_records_plugin_code_of_an_older_run_quietly_and_drops_removed_pl
                                                                                       capsys):
     from mlflow.tracking import MlflowClient
 
-    from pipelines.run_record import open_mlflow_run
+    from pipelines.track.run_record import open_mlflow_run
 
     for name in ("plug_a", "plug_b"):
         (tmp_path / f"{name}.py").write_text(f"NAME = {name!r}\n")

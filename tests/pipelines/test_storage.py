@@ -66,8 +66,8 @@ def _memory_checkpoint(tmp_path: Path, key: str, epoch: int, miou: float):
 
 
 def test_a_run_whose_checkpoints_are_on_an_object_store_finishes_and_logs_them(tmp_path):
-    from pipelines.tracking import Tracker
-    from pipelines.run_record import finish_run
+    from pipelines.track.tracker import Tracker
+    from pipelines.track.run_record import finish_run
 
     cfg = load_config(None, ["checkpoint.storage_path=s3://bucket/ray_results", "tracking.log_model=false",
                              f"tracking.uri=sqlite:///{tmp_path}/m.db"])
@@ -92,7 +92,7 @@ def test_a_run_whose_checkpoints_are_on_an_object_store_finishes_and_logs_them(t
 
 
 def test_the_run_state_file_lives_beside_checkpoints_on_a_uri(tmp_path, smoke_shards):
-    from pipelines.run_record import open_mlflow_run
+    from pipelines.track.run_record import open_mlflow_run
 
     storage = f"file://{tmp_path}/store"
     cfg = load_config(None, [f"data.shards={smoke_shards}", f"tracking.uri=sqlite:///{tmp_path}/m.db",
@@ -111,8 +111,8 @@ def test_evaluate_reads_a_checkpoint_given_as_a_uri(tmp_path, smoke_shards):
     from fusion import build_model
     from pipelines.checkpoints import save_checkpoint
     from pipelines.config import REPO_ROOT
-    from pipelines.evaluate import run_evaluate
-    from pipelines.loop import model_config
+    from pipelines.analysis.evaluate import run_evaluate
+    from pipelines.config import model_config
 
     cfg = load_config(REPO_ROOT / "configs" / "smoke.yaml", [f"data.shards={smoke_shards}",
                                                              f"tracking.uri=sqlite:///{tmp_path}/m.db"])
@@ -127,8 +127,8 @@ def test_evaluate_reads_a_checkpoint_given_as_a_uri(tmp_path, smoke_shards):
 
 
 def test_when_the_last_checkpoint_is_the_best_it_is_fetched_once(tmp_path, caplog):
-    from pipelines.tracking import Tracker
-    from pipelines.run_record import finish_run
+    from pipelines.track.tracker import Tracker
+    from pipelines.track.run_record import finish_run
 
     cfg = load_config(None, ["checkpoint.storage_path=s3://bucket/ray_results", "tracking.log_model=false",
                              f"tracking.uri=sqlite:///{tmp_path}/m.db"])
@@ -149,9 +149,9 @@ def test_when_the_last_checkpoint_is_the_best_it_is_fetched_once(tmp_path, caplo
 
 
 def test_an_error_a_retry_cannot_fix_is_recorded_beside_checkpoints_on_a_uri(tmp_path):
-    from pipelines.loop import NonFiniteLossError
+    from pipelines.train.steps import NonFiniteLossError
     from pipelines.storage import remove
-    from pipelines.worker import fatal_path, train_loop_per_worker
+    from pipelines.train.worker import fatal_path, train_loop_per_worker
 
     storage = f"file://{tmp_path}/store"
     fatal = fatal_path(storage, "r")

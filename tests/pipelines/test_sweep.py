@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import REPO_ROOT, ConfigError, ExperimentConfig, load_config
-from pipelines.sweep import candidate_values, grid_size, load_sweep, trial_raw_config, tune_domain, validate_sweep
+from pipelines.tune.spec import candidate_values, grid_size, load_sweep, trial_raw_config, tune_domain, validate_sweep
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -98,7 +98,7 @@ def test_digest_identifies_spec_and_base(tmp_path):
 def test_stdout_to_stderr_keeps_stdout_clean(capfd):
     import os
 
-    from pipelines._output import stdout_to_stderr
+    from pipelines.cli.output import stdout_to_stderr
 
     with stdout_to_stderr(True):
         print("progress")
@@ -115,7 +115,7 @@ def test_sweep_name_must_be_one_directory_name(tmp_path):
 
 
 def test_url_passwords_are_redacted_in_logged_params():
-    from pipelines.tracking import _param_value, redact_url_password
+    from pipelines.track.tracker import _param_value, redact_url_password
 
     assert redact_url_password("http://bob:s3cr3t@10.0.0.5:5000") == "http://bob:***@10.0.0.5:5000"
     assert _param_value("https://u:p%40ss@mlflow.example/x") == "https://u:***@mlflow.example/x"
@@ -131,7 +131,7 @@ def test_a_continuous_range_on_an_integer_field_is_refused(tmp_path):
 
 
 def test_every_candidate_is_checked_as_a_whole_experiment(tmp_path, smoke_shards):
-    from pipelines.tune import _check_candidates
+    from pipelines.tune.driver import _check_candidates
 
     base = load_config(REPO_ROOT / "configs" / "smoke.yaml", [f"data.shards={smoke_shards}"]).model_dump(mode="json")
     spec = load_sweep(_write(tmp_path, "space:\n  train.batch_size: {choice: [2, 64]}\n"
@@ -147,7 +147,7 @@ def test_every_candidate_is_checked_as_a_whole_experiment(tmp_path, smoke_shards
 
 
 def test_a_misspelt_metric_is_refused_before_the_sweep(tmp_path, smoke_shards):
-    from pipelines.train import validate_experiment
+    from pipelines.train.driver import validate_experiment
 
     base = load_config(REPO_ROOT / "configs" / "smoke.yaml", [f"data.shards={smoke_shards}"]).model_dump(mode="json")
     spec = load_sweep(_write(tmp_path, "metric: val/semseg/mIoU\nspace:\n  optim.lr: {choice: [0.01]}\n"))
@@ -160,8 +160,10 @@ def test_no_tracking_password_in_the_best_config_or_the_pickled_callback(tmp_pat
     import ray.cloudpickle
     import yaml
 
-    from pipelines import tune
-    from pipelines.tune_callback import SweepCallback
+    from pipelines.tune import driver as tune
+    from pipelines.tune import trials
+    from pipelines.tune import callback as callback_module
+    from pipelines.tune.callback import SweepCallback
 
     uri = "http://alice:s3cr3t@mlflow.example:5000"
     base = load_config(REPO_ROOT / "configs" / "smoke.yaml", [f"tracking.uri={uri}"]).model_dump(mode="json")
@@ -177,10 +179,11 @@ def test_no_tracking_password_in_the_best_config_or_the_pickled_callback(tmp_pat
         "http://mlflow.example:5000"
 
     # Tune pickles its callbacks into tuner.pkl: the sweep's callback holds no URI and reads the driver's.
-    monkeypatch.setitem(tune._DRIVER, "tracking_uri", uri)
+    monkeypatch.setattr(trials, "_DRIVER", {})
+    trials.set_driver_tracking_uri(uri)
     callback = SweepCallback(str(tmp_path), spec.model_dump(mode="json"))
     assert b"s3cr3t" not in ray.cloudpickle.dumps(callback)
     seen = []
-    monkeypatch.setattr(tune, "_close_stopped_trial", lambda d, s, trial, u, failed: seen.append((d, s.name, u, failed)))
+    monkeypatch.setattr(callback_module, "close_stopped_trial", lambda d, s, trial, u, failed: seen.append((d, s.name, u, failed)))
     ray.cloudpickle.loads(ray.cloudpickle.dumps(callback)).on_trial_error(0, [], object())
     assert seen == [(tmp_path, spec.name, uri, True)]

@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from datasets.manifest import manifest_digest
-from pipelines.train import INJECT_FAILURE_ENV, run_training
+from pipelines.train.driver import INJECT_FAILURE_ENV, run_training
 
 pytestmark = pytest.mark.integration
 
@@ -17,7 +17,7 @@ def _steps(client, run_id, key):
 
 
 def test_two_worker_run_is_tracked_completely(ray_cluster, tiny_config, smoke_shards):
-    from pipelines.evaluate import run_evaluate
+    from pipelines.analysis.evaluate import run_evaluate
 
     cfg = tiny_config()
     summary = run_training(cfg, run_name="full")
@@ -26,7 +26,7 @@ def test_two_worker_run_is_tracked_completely(ray_cluster, tiny_config, smoke_sh
     assert run.info.status == "FINISHED" and run.info.run_name == "full"
     # The run is configs/smoke.yaml: every param but the paths the fixture points at its own store.
     from pipelines.config import REPO_ROOT, flatten, load_config
-    from pipelines.tracking import _param_value
+    from pipelines.track.tracker import _param_value
 
     smoke = flatten(load_config(REPO_ROOT / "configs" / "smoke.yaml").model_dump(mode="json"))
     moved = {"data.shards", "tracking.uri", "tracking.experiment", "checkpoint.storage_path"}
@@ -71,7 +71,7 @@ def test_ddp_without_deep_supervision_and_a_short_accumulation_group(ray_cluster
     # Without deep supervision MTI-Net's per-scale prediction heads get no gradient: DDP must be told
     # (find_unused_parameters), or the second step fails waiting for them. Batch size 2 gives each of the
     # two ranks 4 batches, grad_accum 3 groups them as 3 + 1: the last group all-reduces and steps too.
-    from pipelines.loop import lr_factor
+    from pipelines.train.steps import lr_factor
 
     cfg = tiny_config("loss.deep_supervision=false", "train.batch_size=2", "optim.grad_accum=3", "train.epochs=2",
                       "tracking.log_model=false", "train.preview_every=0", "optim.warmup_epochs=2")
@@ -88,12 +88,12 @@ def test_ddp_without_deep_supervision_and_a_short_accumulation_group(ray_cluster
 
 
 def test_a_failure_after_training_marks_the_run_failed(ray_cluster, tiny_config, monkeypatch):
-    import pipelines.model_export
+    import pipelines.track.export
 
     def broken(*args, **kwargs):
         raise OSError("artifact store unreachable")
 
-    monkeypatch.setattr(pipelines.model_export, "log_final_model", broken)
+    monkeypatch.setattr(pipelines.track.export, "log_final_model", broken)
     cfg = tiny_config("train.epochs=1", "train.preview_every=0")
     with pytest.raises(OSError, match="artifact store unreachable"):
         run_training(cfg, run_name="export-fails")
@@ -105,7 +105,7 @@ def test_a_failure_after_training_marks_the_run_failed(ray_cluster, tiny_config,
 
 def test_checkpoint_of_another_model_is_refused(ray_cluster, tiny_config):
     from pipelines.checkpoints import CheckpointError
-    from pipelines.evaluate import run_evaluate
+    from pipelines.analysis.evaluate import run_evaluate
 
     summary = run_training(tiny_config("train.epochs=1", "tracking.log_model=false"), run_name="other")
     with pytest.raises(CheckpointError, match=r"another model config: name: checkpoint 'mtinet' vs config 'padnet'"):
@@ -137,7 +137,7 @@ def test_dead_worker_is_recovered_with_max_failures(ray_cluster, tiny_config, tm
 
 def test_nan_loss_fails_the_run_once_keeps_good_checkpoints_and_resumes(ray_cluster, tiny_config, monkeypatch):
     from pipelines.checkpoints import CheckpointError
-    from pipelines.loop import NonFiniteLossError
+    from pipelines.train.steps import NonFiniteLossError
 
     # Epoch 0 trains and checkpoints; at epoch 1 the depth head turns to NaN on every rank.
     monkeypatch.setenv(INJECT_FAILURE_ENV, "nan:1:depth")
@@ -190,10 +190,10 @@ def test_train_json_prints_one_object_with_the_run_summary(ray_cluster, tiny_con
     import yaml
     from click.testing import CliRunner
 
-    import pipelines.run_cli
-    from pipelines.run_cli import train
+    import pipelines.cli.run
+    from pipelines.cli.run import train
 
-    monkeypatch.setattr(pipelines.run_cli, "shutdown_ray", lambda: None)  # keep the session's cluster
+    monkeypatch.setattr(pipelines.cli.run, "shutdown_ray", lambda: None)  # keep the session's cluster
     cfg = tiny_config("train.epochs=1", "tracking.log_model=false", "train.preview_every=0")
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))

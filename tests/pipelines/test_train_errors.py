@@ -9,14 +9,14 @@ import pytest
 from click.testing import CliRunner
 from mlflow.exceptions import MlflowException
 
-from pipelines._output import tracking_store_errors
-from pipelines.tracking import TrackingStoreError, store_error
+from pipelines.cli.output import tracking_store_errors
+from pipelines.track.tracker import TrackingStoreError, store_error
 
 SECRET_URI = "http://alice:s3cr3t@mlflow.example:5000"
 
 
 def test_a_worker_store_error_is_raised_again_without_the_password(monkeypatch, tmp_path):
-    import pipelines.worker as worker
+    import pipelines.train.worker as worker
 
     def dies(config):
         raise MlflowException(f"API request to {SECRET_URI}/api/2.0/mlflow/runs/log-batch failed")

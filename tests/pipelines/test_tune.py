@@ -5,8 +5,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines.config import REPO_ROOT, load_config
-from pipelines.train import INJECT_FAILURE_ENV
-from pipelines.tune import run_tune
+from pipelines.train.driver import INJECT_FAILURE_ENV
+from pipelines.tune.driver import run_tune
 
 pytestmark = pytest.mark.integration
 

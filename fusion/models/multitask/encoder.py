@@ -15,7 +15,6 @@ modalities reach the task layers:
 """
 from __future__ import annotations
 
-
 from dataclasses import dataclass
 
 import torch

@@ -6,8 +6,8 @@ creates (or, for a run name that already has state, re-opens) the MLflow run, an
 checkpoint: Ray Train V2 hands it to the workers through ``ray.train.get_checkpoint()``, and the
 MLflow run id inside it makes the resumed run log into the same MLflow run, from the next epoch on.
 
-What each worker runs is :mod:`pipelines.worker`; the MLflow side of a run (open, resume, finish,
-outputs) is :mod:`pipelines.run_record`.
+What each worker runs is :mod:`pipelines.train.worker`; the MLflow side of a run (open, resume, finish,
+outputs) is :mod:`pipelines.track.run_record`.
 """
 from __future__ import annotations
 
@@ -16,10 +16,17 @@ import os
 import time
 from typing import Any
 
-from pipelines.config import ConfigError, ExperimentConfig
-from pipelines.run_record import finish_run, open_mlflow_run
+from datasets.codec import MEMBERS
+from datasets.manifest import ManifestError, load_manifest
+from fusion import build_model, list_models
+from fusion.metrics import MetricSet
+from pipelines.config import ConfigError, ExperimentConfig, model_config
 from pipelines.storage import remove
-from pipelines.worker import fatal_path, read_fatal, train_loop_per_worker
+from pipelines.track.data_versions import resolve_data_rev
+from pipelines.track.run_record import finish_run, open_mlflow_run
+from pipelines.track.tracker import check_store_for_cluster
+from pipelines.train.cluster import alive_nodes, check_shared_storage
+from pipelines.train.worker import fatal_path, read_fatal, train_loop_per_worker
 
 # Testing hook for failure recovery: "EPOCH:RANK:MARKER_FILE" makes that rank exit hard once.
 INJECT_FAILURE_ENV = "FUSIONPIPE_INJECT_FAILURE"
@@ -27,9 +34,6 @@ INJECT_FAILURE_ENV = "FUSIONPIPE_INJECT_FAILURE"
 
 def validate_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     """Check everything that can be checked without Ray; returns the dataset manifest."""
-    from datasets.manifest import ManifestError, load_manifest
-    from fusion import build_model, list_models
-
     problems: list[str] = []
     cfg = cfg.resolved_paths()
     manifest: dict[str, Any] = {}
@@ -37,7 +41,6 @@ def validate_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         manifest = load_manifest(cfg.data.shards)
     except ManifestError as e:
         problems.append(f"data.shards: {e}")
-    from datasets.codec import MEMBERS
 
     no_member = [t for t in cfg.data.tasks if t not in MEMBERS]
     if no_member:
@@ -58,7 +61,6 @@ def validate_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     if cfg.model.name not in list_models():
         problems.append(f"model.name: unknown model {cfg.model.name!r}; registered: {', '.join(list_models())}")
     elif manifest:  # built even when the data has problems too: every problem is listed at once
-        from pipelines.loop import model_config
 
         try:
             model = build_model(model_config(cfg, len(manifest["classes"])))
@@ -80,7 +82,6 @@ def validate_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         problems.append(f"checkpoint.metric: {cfg.checkpoint.metric!r} must be 'val/<task>/<metric>' for a final "
                         f"task in {final}")
     else:  # a misspelt metric name would otherwise surface only after the first epoch, or never
-        from fusion.metrics import MetricSet
 
         names = sorted(f"val/{k}" for k in MetricSet([metric_task], max(1, len(manifest.get("classes", [])))).compute())
         if cfg.checkpoint.metric not in names:
@@ -163,10 +164,6 @@ def run_training(cfg: ExperimentConfig, run_name: str | None = None, *, extra_ta
     ``close_on_error=False`` leaves the MLflow run open when training raises, for a caller that closes it.
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from pipelines.cluster import alive_nodes, check_shared_storage
-    from pipelines.data_versions import resolve_data_rev
-    from pipelines.loop import model_config
-    from pipelines.tracking import check_store_for_cluster
 
     cfg = resolve_data_rev(cfg)
     manifest = validate_experiment(cfg)

@@ -6,6 +6,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from fusion import build_model
+from pipelines.checkpoints import load_model_state
+
 
 class PackedModel(torch.nn.Module):
     """Single-tensor wrapper for ``mlflow.pytorch`` (its pyfunc takes one array, returns one):
@@ -28,9 +31,6 @@ def log_final_model(tracker: Any, ckpt_dir: str, meta: dict[str, Any], sample_hw
     import mlflow
     import mlflow.pytorch
     from mlflow.models import infer_signature
-
-    from fusion import build_model
-    from pipelines.checkpoints import load_model_state
 
     mcfg = meta["model_config"]
     model = build_model(mcfg)

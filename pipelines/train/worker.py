@@ -1,6 +1,6 @@
 """What every Ray Train worker of a ``fusionpipe train`` run executes (:func:`train_loop_per_worker`).
 
-The driver (:mod:`pipelines.train`) hands each worker the validated config, the model config and
+The driver (:mod:`pipelines.train.driver`) hands each worker the validated config, the model config and
 the MLflow run id. A worker builds the model, its data streams and optimizer, resumes from
 ``ray.train.get_checkpoint()`` when there is one, and per epoch trains, evaluates, reports metrics
 and a checkpoint to Ray, and (rank 0 only) logs to MLflow and prints one line.
@@ -21,9 +21,36 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
+from datasets.loader import ShardStream, make_loader
+from datasets.transforms import build_transform
+from fusion import build_model
+from fusion.losses import MultiTaskLoss
+from fusion.tasks import delta_m_directions
+from pipelines.checkpoints import (
+    CheckpointError,
+    check_compatible,
+    load_model_state,
+    load_train_state,
+    read_meta,
+    save_checkpoint,
+)
 from pipelines.config import ConfigError, ExperimentConfig
-from pipelines.redact import redact_url_password
 from pipelines.storage import join, read_text, write_text
+from pipelines.track.redact import redact_url_password
+from pipelines.track.tracker import Tracker, TrackingStoreError, store_error
+from pipelines.train.previews import preview_grid
+from pipelines.train.steps import (
+    NonFiniteLossError,
+    evaluate,
+    keep_settings,
+    lr_factor,
+    make_optimizer,
+    optimizer_settings,
+    predict,
+    to_device,
+    train_epoch,
+    with_sync_batchnorm,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +85,6 @@ def _maybe_inject_failure(spec: str | None, epoch: int, rank: int) -> None:
 def headline_metrics() -> list[str]:
     """The one number per task that the epoch line shows (the full set goes to MLflow): the metric
     each registered task enters Δm with, e.g. ``val/semseg/miou`` or a plugin task's."""
-    from fusion.tasks import delta_m_directions
-
     return [f"val/{k}" for k in delta_m_directions()]
 
 
@@ -120,9 +145,6 @@ def read_fatal(location: str) -> Exception | None:
 
 def _fatal_errors() -> tuple[type[Exception], ...]:
     """The errors a retry cannot fix."""
-    from pipelines.checkpoints import CheckpointError
-    from pipelines.loop import NonFiniteLossError
-
     return NonFiniteLossError, CheckpointError, ConfigError
 
 
@@ -132,7 +154,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     A non-finite loss, an incompatible checkpoint or a config that does not validate on the worker
     (a plugin this node cannot import) cannot be fixed by a retry: the worker records
     it beside the run's checkpoints before raising, a retried worker raises it again at once instead
-    of training until it recurs, and the driver re-raises it as itself (:func:`pipelines.train.run_training`).
+    of training until it recurs, and the driver re-raises it as itself (:func:`pipelines.train.driver.run_training`).
     """
     fatal = fatal_path(config["storage_path"], config["run_name"])
     earlier = read_fatal(fatal)
@@ -144,8 +166,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _record_fatal(fatal, e)
         raise
     except Exception as e:
-        from pipelines.tracking import TrackingStoreError, store_error
-
         cause = store_error(e)
         if cause is None:
             raise
@@ -156,15 +176,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def _train_loop(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
-
-    from datasets.loader import ShardStream, make_loader
-    from datasets.transforms import build_transform
-    from fusion import build_model
-    from fusion.losses import MultiTaskLoss
-    from pipelines.checkpoints import (CheckpointError, check_compatible, load_model_state, load_train_state,
-                                       read_meta, save_checkpoint)
-    from pipelines.loop import (evaluate, keep_settings, lr_factor, make_optimizer, optimizer_settings, predict,
-                                train_epoch, with_sync_batchnorm)
 
     quiet_ray_train_reports()
     try:
@@ -227,7 +238,6 @@ def _train_loop(config: dict[str, Any]) -> None:
     if rank == 0:
         log.info(f"training {mcfg['name']} on {world} worker{'s' if world > 1 else ''} ({device.type}), "
                  f"{steps_per_epoch} steps per epoch, from epoch {start_epoch + 1} of {cfg.train.epochs}")
-        from pipelines.tracking import Tracker
 
         tracker = Tracker(config["tracking_uri"], run_id)
         # A worker that dies right after ray.train.report can take the report with it, so a retry may
@@ -272,10 +282,6 @@ def _train_loop(config: dict[str, Any]) -> None:
 
 def _log_preview(tracker: Any, model: torch.nn.Module, stream: Any, tasks: list[str], epoch: int,
                  device: torch.device, predict: Any) -> None:
-    from datasets.loader import make_loader
-    from pipelines.loop import to_device
-    from pipelines.previews import preview_grid
-
     batch = next(iter(make_loader(stream)), None)
     if batch is None:
         return

@@ -20,8 +20,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import yaml
+
+from datasets.manifest import ManifestError, manifest_digest, verify
 from pipelines.config import REPO_ROOT, ConfigError, ExperimentConfig, _abs
-from pipelines.tracking import lock_out_md5
 
 log = logging.getLogger(__name__)
 REVS_DIR = Path("data") / "revs"
@@ -86,8 +88,6 @@ def dvc_hash_at(rel: str, commit: str, repo: Path = REPO_ROOT) -> str | None:
 
 
 def _verified(path: Path) -> bool:
-    from datasets.manifest import ManifestError, verify
-
     try:
         return verify(path).ok
     except ManifestError:
@@ -117,8 +117,6 @@ def _install(src: Path, target: Path) -> None:
 def materialize(rev: str, commit: str, rel: str, repo: Path = REPO_ROOT) -> Path:
     """Copy ``rel`` as it is at ``commit`` into the revision cache, verify it, and return its path."""
     from dvc.api import DVCFileSystem
-
-    from datasets.manifest import ManifestError, verify
 
     target = rev_dir(commit, repo) / rel
     where = f"data.rev {rev!r} (commit {commit[:12]}): {rel}"
@@ -172,3 +170,41 @@ def resolve_data_rev(cfg: ExperimentConfig, repo: Path = REPO_ROOT) -> Experimen
     out = cfg.model_copy(deep=True)
     out.data.shards = str(target)
     return out
+
+
+def dvc_hash(shards: str | os.PathLike[str], repo: Path = REPO_ROOT) -> str | None:
+    """The md5 that dvc.lock records for the output directory ``shards``, if DVC tracks it."""
+    lock = repo / "dvc.lock"
+    if not lock.is_file():
+        return None
+    try:
+        rel = Path(shards).resolve().relative_to(repo.resolve()).as_posix()
+    except ValueError:
+        return None
+    return lock_out_md5(lock.read_text(), rel)
+
+
+def lock_out_md5(lock_text: str, rel: str) -> str | None:
+    """The md5 a dvc.lock (its text) records for the output at repo-relative path ``rel``."""
+    data = yaml.safe_load(lock_text) or {}
+    for stage in (data.get("stages") or {}).values():
+        for out in stage.get("outs", []) or []:
+            if out.get("path") == rel:
+                return out.get("md5")
+    return None
+
+
+def data_version(shards: str | os.PathLike[str], rev: str | None = None, repo: Path = REPO_ROOT) -> dict[str, str]:
+    """Tags that name the data a run saw. With ``rev`` (``data.rev``, shards already resolved by
+    pipelines.track.data_versions) the DVC hash is the one in dvc.lock at that commit, not the working tree's,
+    and ``data.git_rev`` records the commit."""
+    tags = {"data.path": str(shards), "data.manifest_digest": manifest_digest(shards)}
+    if rev is None:
+        h = dvc_hash(shards, repo)
+    else:
+        commit = resolve_commit(rev, repo)
+        tags["data.git_rev"] = commit
+        h = dvc_hash_at(tracked_path(shards, repo), commit, repo)
+    if h:
+        tags["data.dvc_md5"] = h
+    return tags

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from pipelines._output import emit, fail
+from pipelines.cli.output import emit, fail
 
 EXIT_JOB_FAILED, EXIT_BAD_INPUT, EXIT_CLUSTER = 1, 2, 3
 ADDRESS_HELP = "Ray dashboard URL, http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS, then $RAY_ADDRESS)"
@@ -75,7 +75,7 @@ def _finish(client: Any, job_id: str, status: str, as_json: bool, result: dict[s
     info = _cluster_call(as_json, client.info, job_id)
     tail = log_tail(_cluster_call(as_json, client.logs, job_id))
     result.update(message=info.message, log_tail=tail)
-    from pipelines.redact import redact_url_password
+    from pipelines.track.redact import redact_url_password
 
     click.echo(redact_url_password(f"job {job_id} {status}: {info.message or ''}\n--- last lines of its log ---\n{tail}"),
                err=True)
@@ -122,7 +122,7 @@ def submit(address: str | None, timeout: float, config: Path | None, env_items: 
     except (JobSpecError, ConfigError) as e:
         fail(str(e), as_json, code=EXIT_BAD_INPUT)
         return
-    from pipelines.tracking import redact_url_password
+    from pipelines.track.redact import redact_url_password
 
     uri = runtime_env["env_vars"].get("MLFLOW_TRACKING_URI", "")
     if redact_url_password(uri) != uri:

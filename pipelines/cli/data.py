@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from pipelines._output import emit, fail
+from pipelines.cli.output import emit, fail
 
 
 @click.group()

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from datasets.manifest import write_atomic
-from pipelines._output import dumps
 from fusion.metrics.multitask import DELTA_M_DIRECTIONS, delta_m
+from fusion.tasks import TASKS
+from pipelines.jsonio import dumps
+from pipelines.track.tracker import run_not_found
 
 AUTO_BEST_MAX_RUNS = 50
 PAGE_SIZE = 1000
@@ -53,8 +55,6 @@ def fetch_runs(client: Any, experiment: str | None = None, run_ids: Iterable[str
     left out), the runs ``run_ids`` in the given order, or the trials of the sweep whose parent run is
     ``sweep``."""
     from mlflow.exceptions import MlflowException
-
-    from pipelines.tracking import run_not_found
 
     run_ids = list(run_ids)
     if sum([experiment is not None, bool(run_ids), sweep is not None]) != 1:
@@ -272,7 +272,6 @@ def compare(tracking_uri: str, experiment: str | None = None, run_ids: Iterable[
                 except ValueError as e:  # a reference metric of 0: no relative change
                     raise CompareError(f"run {r.info.run_id}: {e}; reference runs {sorted(ref_ids)}") from e
         # A task this process does not know (its plugin was not imported) has no Δm direction.
-        from fusion.tasks import TASKS
 
         unknown = sorted({k.split("/")[1] for k in metrics if k.count("/") >= 2} - set(TASKS))
         if unknown:

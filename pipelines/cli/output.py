@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -12,23 +11,8 @@ from typing import Any
 
 import click
 
-from pipelines.redact import redact_url_password
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def dumps(obj: Any, **kwargs: Any) -> str:
-    """Strict JSON: a NaN or infinite value (a metric with nothing to measure) becomes null, where
-    ``json.dumps`` would write a bare ``NaN`` that JSON parsers reject."""
-    return json.dumps(_finite(obj), allow_nan=False, **kwargs)
+from pipelines.jsonio import dumps
+from pipelines.track.redact import redact_url_password
 
 
 def emit(obj: dict[str, Any], as_json: bool, human: str) -> None:
@@ -63,7 +47,7 @@ def tracking_store_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - re-raised unless it comes from the store
-            from pipelines.tracking import store_error
+            from pipelines.track.tracker import store_error
 
             cause = store_error(e)
             if cause is None:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from pipelines._output import emit, fail, shutdown_ray, stdout_to_stderr, tracking_store_errors
+from pipelines.cli.output import emit, fail, shutdown_ray, stdout_to_stderr, tracking_store_errors
 
 
 @click.command()
@@ -22,7 +22,7 @@ def tune(config: Path, sweep: Path, overrides: tuple[str, ...], name: str | None
          as_json: bool) -> None:
     """Sweep hyper-parameters with Ray Tune; every trial is a Ray Train run nested in one MLflow run."""
     from pipelines.config import ConfigError
-    from pipelines.tune import run_tune
+    from pipelines.tune.driver import run_tune
 
     try:
         # Ray Tune and the workers print progress on stdout; with --json stdout holds only the result.

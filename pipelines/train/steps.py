@@ -25,18 +25,6 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the message names the task."""
 
 
-def model_config(cfg: ExperimentConfig, num_classes: int) -> dict[str, Any]:
-    """The ``fusion.build_model`` config. Tasks named in ``model.options.auxiliary_tasks`` (MTI-Net,
-    PAD-Net) are loaded as targets and supervise the front end, but are not final outputs."""
-    from fusion.registry import pin_added_options
-
-    m = cfg.model
-    aux = set(m.options.get("auxiliary_tasks") or [])
-    return pin_added_options({"name": m.name, "tasks": [t for t in cfg.data.tasks if t not in aux], "modalities": list(cfg.data.modalities),
-            "num_classes": num_classes, "backbone": m.backbone, "width": m.width,
-            "output_stride": m.output_stride, "pretrained": m.pretrained, "options": dict(m.options)})
-
-
 def make_optimizer(cfg: ExperimentConfig, model: nn.Module) -> torch.optim.Optimizer:
     o = cfg.optim
     params = [p for p in model.parameters() if p.requires_grad]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from pipelines._output import emit, fail, tracking_store_errors
+from pipelines.cli.output import emit, fail, tracking_store_errors
 
 
 @click.command()
@@ -31,7 +31,8 @@ def compare(experiment: str | None, run_ids: tuple[str, ...], sweep: str | None,
             baseline_runs: tuple[str, ...], baseline_tag: str | None, best: bool | None, out: str | None,
             as_json: bool, plugins: tuple[str, ...]) -> None:
     """Compare MLflow runs: params that differ, final and best val metrics, training time, data version."""
-    from pipelines.compare import CompareError, compare as run_compare, markdown_table
+    from pipelines.analysis.compare import CompareError, markdown_table
+    from pipelines.analysis.compare import compare as run_compare
     from pipelines.config import import_plugins, resolve_tracking_uri
 
     try:

@@ -10,11 +10,11 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import click  # noqa: E402
 
-from jobs.cli import jobs, submit  # noqa: E402
-from pipelines.compare_cli import compare  # noqa: E402
-from pipelines.data_cli import data  # noqa: E402
-from pipelines.run_cli import evaluate, train  # noqa: E402
-from pipelines.tune_cli import tune  # noqa: E402
+from pipelines.cli.compare import compare  # noqa: E402
+from pipelines.cli.data import data  # noqa: E402
+from pipelines.cli.jobs import jobs, submit  # noqa: E402
+from pipelines.cli.run import evaluate, train  # noqa: E402
+from pipelines.cli.tune import tune  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

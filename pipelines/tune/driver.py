@@ -1,7 +1,7 @@
 """``fusionpipe tune``: a Ray Tune sweep whose trials are Ray Train runs, tracked as nested MLflow runs.
 
 Ray 2.60 (Train V2) pattern: ``Tuner(driver_fn)``. Each trial is a small driver function that applies
-its sampled values to the base config and calls ``pipelines.train.run_training`` with a
+its sampled values to the base config and calls ``pipelines.train.driver.run_training`` with a
 ``TuneReportCallback``, so every epoch's metrics reach Tune and ASHA can stop weak trials early. A
 trial is therefore exactly a ``fusionpipe train`` run: same validation, checkpoints, resume and MLflow
 logging, in a run nested under the sweep's parent run (``mlflow.parentRunId``).
@@ -29,14 +29,43 @@ from typing import Any
 import yaml
 
 from datasets.manifest import write_atomic
+from pipelines.checkpoints import CheckpointError, read_meta
 from pipelines.config import REPO_ROOT, ConfigError, ExperimentConfig, _abs, flatten, load_config, set_fields
-from pipelines.tracking import redact_url_password, redacted_config
-from pipelines.sweep import (SweepSpec, candidate_values, check_name, grid_size, load_sweep, trial_raw_config, tune_domain,
-                             validate_sweep)
+from pipelines.track.data_versions import data_version, resolve_data_rev
+from pipelines.track.run_record import RUN_STATE
+from pipelines.track.tracker import (
+    Tracker,
+    check_store_for_cluster,
+    git_info,
+    ray_job_tags,
+    redact_url_password,
+    redacted_config,
+)
+from pipelines.train.cluster import alive_nodes
+from pipelines.train.driver import INJECT_FAILURE_ENV, init_ray, run_training, validate_experiment
+from pipelines.tune.callback import SweepCallback
+from pipelines.tune.spec import (
+    SweepSpec,
+    candidate_values,
+    check_name,
+    grid_size,
+    load_sweep,
+    trial_raw_config,
+    tune_domain,
+    validate_sweep,
+)
+from pipelines.tune.trials import (
+    EPOCHS_DONE,
+    best_of,
+    close_stopped_trial,
+    scan_checkpoints,
+    set_driver_tracking_uri,
+    trial_run_name,
+    trial_state,
+)
 
 log = logging.getLogger(__name__)
 SWEEP_STATE = "fusionpipe-sweep.json"
-EPOCHS_DONE = "epochs_done"  # what ASHA counts: epochs finished by the trial (1-based, survives resumes)
 
 
 def _report_callback() -> Any:
@@ -53,16 +82,10 @@ def _report_callback() -> Any:
     return EpochReportCallback()
 
 
-def trial_run_name(sweep: str, trial_id: str) -> str:
-    return f"{sweep}-{trial_id}"
-
-
 def _trial(config: dict[str, Any], *, base: dict[str, Any], spec: dict[str, Any], parent_run_id: str,
            sweep_dir: str, inject_failure: str | None) -> None:
     """One trial (runs in a Tune trial actor): a ``fusionpipe train`` run with the sampled values."""
     import ray.tune
-
-    from pipelines.train import run_training
 
     sweep = SweepSpec.model_validate(spec)
     trial_id = ray.tune.get_context().get_trial_id()
@@ -70,7 +93,7 @@ def _trial(config: dict[str, Any], *, base: dict[str, Any], spec: dict[str, Any]
                      [("checkpoint.storage_path", str(Path(sweep_dir) / "trials"))])
     cfg = ExperimentConfig.model_validate(raw)
     # Tune may stop this actor at any report, even the last; closing the run of a stopped or failed
-    # trial is left to the sweep driver (_close_stopped_trial), so the two never race.
+    # trial is left to the sweep driver (close_stopped_trial), so the two never race.
     run_training(cfg, run_name=trial_run_name(sweep.name, trial_id), callbacks=[_report_callback()],
                  inject_failure=inject_failure, close_on_error=False,
                  extra_tags={"mlflow.parentRunId": parent_run_id, "fusionpipe.sweep": sweep.name,
@@ -78,78 +101,9 @@ def _trial(config: dict[str, Any], *, base: dict[str, Any], spec: dict[str, Any]
                              **{f"tune.{k}": json.dumps(v) for k, v in config["params"].items()}})
 
 
-def _trial_state(sweep_dir: Path, sweep: str, trial_id: str) -> dict[str, Any] | None:
-    from pipelines.run_record import RUN_STATE
-
-    p = sweep_dir / "trials" / trial_run_name(sweep, trial_id) / RUN_STATE
-    return json.loads(p.read_text()) if p.is_file() else None
-
-
-def scan_checkpoints(run_dir: Path) -> list[dict[str, Any]]:
-    """Every complete checkpoint of a Ray Train run directory, as ``{"path", "epoch", "metrics"}``."""
-    from pipelines.checkpoints import CheckpointError, read_meta
-
-    found = []
-    for d in sorted(run_dir.glob("checkpoint_*")):
-        try:
-            meta = read_meta(d)
-        except CheckpointError:
-            continue  # a checkpoint being written when the trial was stopped
-        found.append({"path": str(d), "epoch": int(meta["epoch"]), "metrics": meta.get("metrics", {})})
-    return found
-
-
-def _best(items: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
-    scored = [c for c in items if isinstance(c["metrics"].get(metric), (int, float))
-              and math.isfinite(c["metrics"][metric])]
-    if not scored:
-        return None
-    return (max if mode == "max" else min)(scored, key=lambda c: c["metrics"][metric])
-
-
-def _close_stopped_trial(sweep_dir: Path, spec: SweepSpec, trial: Any, uri: str, failed: bool) -> None:
-    """Tune ended a trial from outside (ASHA stop, or a crash): finish its MLflow run properly."""
-    from pipelines.tracking import Tracker
-
-    state = _trial_state(sweep_dir, spec.name, trial.trial_id)
-    if state is None:
-        return
-    tracker = Tracker(uri, state["mlflow_run_id"])
-    try:
-        if tracker.client.get_run(tracker.run_id).info.status != "RUNNING":
-            return  # run_training finished (or failed) it itself
-        done = int((trial.last_result or {}).get(EPOCHS_DONE, 0))
-        ckpts = scan_checkpoints(sweep_dir / "trials" / trial_run_name(spec.name, trial.trial_id))
-        tags = {"fusionpipe.tune.epochs": str(done)}
-        if not failed:
-            tags["fusionpipe.tune.early_stopped"] = str(done < spec.scheduler.max_epochs).lower()
-        best = _best(ckpts, spec.metric, spec.mode)
-        last = max(ckpts, key=lambda c: c["epoch"]) if ckpts else None
-        if best:
-            tracker.log_artifacts(best["path"], "checkpoints/best")
-            tags.update({"fusionpipe.best_checkpoint": best["path"], "fusionpipe.best_epoch": str(best["epoch"])})
-        if last:
-            tracker.log_artifacts(last["path"], "checkpoints/last")
-            tags["fusionpipe.last_checkpoint"] = last["path"]
-        tracker.set_tags(tags)
-        tracker.end("FAILED" if failed else "FINISHED")
-    except Exception as e:  # noqa: BLE001 - bookkeeping must never turn a good trial into a failed one
-        log.warning("could not close the MLflow run of trial %s: %s", trial.trial_id, e)
-
-
-#: The driver's tracking URI, set by :func:`run_tune` (see :mod:`pipelines.tune_callback`).
-_DRIVER: dict[str, str] = {}
-
-
-def driver_tracking_uri() -> str:
-    return _DRIVER["tracking_uri"]
-
-
 def _open_parent_run(sweep_dir: Path, spec: SweepSpec, base: ExperimentConfig, digest: str,
                      uri: str, experiment: str) -> tuple[Any, bool]:
     """The sweep's parent MLflow run: re-opened for a resumed sweep, else created with the spec."""
-    from pipelines.tracking import Tracker, data_version, git_info, ray_job_tags
-
     state_path = sweep_dir / SWEEP_STATE
     if state_path.is_file():
         state = json.loads(state_path.read_text())
@@ -186,8 +140,8 @@ def _trial_rows(results: Any, sweep_dir: Path, spec: SweepSpec) -> list[dict[str
             for rec in df.to_dict("records"):
                 history.append({"path": rec.get("checkpoint_path"), "epoch": int(rec.get("epoch", -1)),
                                 "metrics": {spec.metric: rec.get(spec.metric)}})
-        best = _best(history, spec.metric, spec.mode)
-        state = _trial_state(sweep_dir, spec.name, trial_id) or {}
+        best = best_of(history, spec.metric, spec.mode)
+        state = trial_state(sweep_dir, spec.name, trial_id) or {}
         rows.append({
             "trial_id": trial_id,
             "params": (r.config or {}).get("params", {}),
@@ -207,8 +161,6 @@ def _check_candidates(base_raw: dict[str, Any], spec: SweepSpec) -> None:
     """Check every candidate value of every field as a whole experiment (the dataset, the model built,
     the metric), with the other fields at their first values: a bad value fails now, not in trial 7
     an hour from now."""
-    from pipelines.train import validate_experiment
-
     first = {k: candidate_values(d)[0] for k, d in spec.space.items()}
     problems = []
     for key, dist in spec.space.items():
@@ -232,12 +184,6 @@ def run_tune(config: str | Path, sweep: str | Path, overrides: list[str] | None 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    from pipelines.data_versions import resolve_data_rev
-    from pipelines.cluster import alive_nodes
-    from pipelines.tracking import check_store_for_cluster
-    from pipelines.train import INJECT_FAILURE_ENV, init_ray, validate_experiment
-    from pipelines.tune_callback import SweepCallback
 
     loaded = load_config(config, overrides)
     base = resolve_data_rev(loaded)  # once here; trials reuse the resolved path
@@ -275,7 +221,7 @@ def run_tune(config: str | Path, sweep: str | Path, overrides: list[str] | None 
         {"CPU": 0, "memory": 1})
     run_config = tune.RunConfig(name=spec.name, storage_path=str(storage), verbose=verbose,
                                 callbacks=[SweepCallback(str(sweep_dir), spec.model_dump(mode="json"))])
-    _DRIVER["tracking_uri"] = uri
+    set_driver_tracking_uri(uri)
     try:
         if resumed and tune.Tuner.can_restore(str(sweep_dir)):
             tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True,

@@ -13,9 +13,21 @@ from typing import Any
 
 import torch
 
-from pipelines.config import ConfigError, ExperimentConfig
-from pipelines.redact import redact_url_password
-from pipelines.tracking import run_not_found
+from datasets.loader import ShardStream, make_loader
+from datasets.manifest import write_atomic
+from datasets.transforms import build_transform
+from fusion import build_model
+from fusion.metrics import DELTA_M_DIRECTIONS, MetricSet, delta_m
+from pipelines.analysis.compare import union_of_references
+from pipelines.checkpoints import check_compatible, load_model_state, read_meta
+from pipelines.config import ConfigError, ExperimentConfig, model_config
+from pipelines.jsonio import dumps
+from pipelines.storage import copy_to_local, is_uri
+from pipelines.track.data_versions import resolve_data_rev
+from pipelines.track.redact import redact_url_password
+from pipelines.track.tracker import run_not_found
+from pipelines.train.driver import validate_experiment
+from pipelines.train.steps import evaluate
 
 
 def _download_checkpoint(run_id: str, uri: str, dest: str) -> Path:
@@ -40,9 +52,6 @@ def _download_checkpoint(run_id: str, uri: str, dest: str) -> Path:
 def reference_metrics(run_ids: list[str], cfg: ExperimentConfig, num_classes: int) -> dict[str, float]:
     """The single-task reference runs' metrics for delta_m, one run per metric, checked against what
     the evaluated model will report."""
-    from fusion.metrics import DELTA_M_DIRECTIONS, MetricSet
-    from pipelines.compare import union_of_references
-
     reference, owner = union_of_references(((rid, run_metrics(rid, cfg.tracking.uri)) for rid in run_ids),
                                            error=ConfigError)
     aux = set(cfg.model.options.get("auxiliary_tasks") or [])
@@ -91,10 +100,6 @@ def run_metrics(run_id: str, uri: str) -> dict[str, float]:
 def trivial_baselines(cfg: ExperimentConfig, num_classes: int, split: str) -> dict[str, float]:
     """What a model that learned nothing scores: the training set's majority class everywhere, and
     its mean valid depth everywhere. ``learned`` ratios in the main job are measured against these."""
-    from datasets.loader import ShardStream, make_loader
-    from datasets.transforms import build_transform
-    from fusion.metrics import MetricSet
-
     tasks = [t for t in ("semseg", "depth") if t in cfg.data.tasks]
     if not tasks:
         return {}
@@ -157,19 +162,9 @@ def run_evaluate(cfg: ExperimentConfig, checkpoint: str | None = None, run_id: s
                  split: str | None = None, baseline_runs: list[str] | None = None, batch_size: int | None = None,
                  out: str | os.PathLike[str] | None = None, baselines: bool = False,
                  device: str = "auto") -> dict[str, Any]:
-    from datasets.loader import ShardStream, make_loader
-    from datasets.transforms import build_transform
-    from fusion import build_model
-    from fusion.metrics import delta_m
-    from pipelines.checkpoints import check_compatible, load_model_state, read_meta
-    from pipelines.loop import evaluate, model_config
-    from pipelines.train import validate_experiment
-
     if (checkpoint is None) == (run_id is None):
         raise ConfigError("give exactly one of --checkpoint and --run-id")
     dev = resolve_device(device)
-    from pipelines.data_versions import resolve_data_rev
-    from pipelines.storage import copy_to_local, is_uri
 
     cfg = resolve_data_rev(cfg)  # data.rev: the shards as they were at that git revision
     manifest = validate_experiment(cfg)
@@ -218,9 +213,6 @@ def run_evaluate(cfg: ExperimentConfig, checkpoint: str | None = None, run_id: s
             raise ConfigError(f"--baseline-run {', '.join(baseline_runs or [])}: {e}") from e
         result["baseline_runs"] = list(baseline_runs or [])
     if out is not None:
-        from datasets.manifest import write_atomic
-        from pipelines._output import dumps
-
         p = Path(out)
         p.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(p, (dumps(result, indent=2, sort_keys=True) + "\n").encode())  # NaN -> null: strict JSON

@@ -14,8 +14,26 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from datasets.inspect import read_samples
+from datasets.manifest import write_atomic
+from pipelines.checkpoints import read_meta
 from pipelines.config import ExperimentConfig, flatten
+from pipelines.jsonio import dumps
 from pipelines.storage import checkpoint_uri, join, read_text, write_text
+from pipelines.track.data_versions import data_version
+from pipelines.track.export import log_final_model
+from pipelines.track.redact import redact_url_password
+from pipelines.track.tracker import (
+    PARAM_MAX,
+    Tracker,
+    changed_plugins,
+    changes_tag,
+    config_changes,
+    git_info,
+    plugin_tags,
+    ray_job_tags,
+    redacted_config,
+)
 
 RUN_STATE = "fusionpipe-run.json"
 
@@ -28,8 +46,6 @@ def _run_state(storage: str, run_name: str) -> str:
 def _record_resume(tracker: Any, cfg: ExperimentConfig, run_name: str, plugins: dict[str, str]) -> None:
     """Tag a resumed run: the Ray job, what this attempt changed (settings, plugin code), and drop the
     tags of plugins no longer listed."""
-    from pipelines.tracking import PARAM_MAX, changed_plugins, changes_tag, config_changes, ray_job_tags
-
     tags = {**ray_job_tags(), "fusionpipe.resumed": "true"}
     run = tracker.client.get_run(tracker.run_id)
     logged = run.data.tags
@@ -64,9 +80,6 @@ def _record_resume(tracker: Any, cfg: ExperimentConfig, run_name: str, plugins: 
 def open_mlflow_run(cfg: ExperimentConfig, run_name: str, manifest: dict[str, Any],
                      extra_tags: dict[str, str] | None = None) -> tuple[Any, bool]:
     """Re-open the MLflow run recorded for ``run_name``, or create one with params, tags and inputs."""
-    from pipelines.tracking import (Tracker, data_version, git_info, plugin_tags, ray_job_tags, redact_url_password,
-                                    redacted_config)
-
     state = _run_state(cfg.checkpoint.storage_path, run_name)
     uri = cfg.tracking.uri
     plugins = plugin_tags(cfg.plugins)
@@ -93,10 +106,9 @@ def open_mlflow_run(cfg: ExperimentConfig, run_name: str, manifest: dict[str, An
 
 
 def _log_dataset_input(tracker: Any, cfg: ExperimentConfig, manifest: dict[str, Any], digest: str) -> None:
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import DatasetInput, InputTag
-
-    from mlflow.data.http_dataset_source import HTTPDatasetSource
 
     source = HTTPDatasetSource(url=Path(cfg.data.shards).as_uri())
     ds = MetaDataset(source=source, name=manifest.get("name", "dataset"), digest=digest[:32])
@@ -116,10 +128,6 @@ def best_checkpoint(result: Any, metric: str, mode: str) -> tuple[Any, dict[str,
 
 def finish_run(cfg: ExperimentConfig, tracker: Any, result: Any, run_name: str, resumed: bool) -> dict[str, Any]:
     """Log the best and last checkpoints and the final model, close the MLflow run; the run summary."""
-    from pipelines.checkpoints import read_meta
-    from pipelines.model_export import log_final_model
-    from pipelines.tracking import redact_url_password
-
     if result.checkpoint is None:
         raise RuntimeError(f"run {run_name}: training produced no checkpoint")
     best_ckpt, best_metrics = best_checkpoint(result, cfg.checkpoint.metric, cfg.checkpoint.mode)
@@ -161,11 +169,6 @@ def write_outputs(summary: dict[str, Any], summary_path: str | None, history_pat
     import csv
     import io
 
-    from pipelines.tracking import Tracker
-
-    from datasets.manifest import write_atomic
-    from pipelines._output import dumps
-
     def put(path: str, text: str) -> None:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -191,7 +194,6 @@ def write_outputs(summary: dict[str, Any], summary_path: str | None, history_pat
 def _sample_hw(cfg: ExperimentConfig) -> tuple[int, int]:
     if cfg.data.augment.resize:
         return tuple(cfg.data.augment.resize)  # type: ignore[return-value]
-    from datasets.inspect import read_samples
 
     s = read_samples(Path(cfg.data.shards), cfg.data.val_split, 1)[0]
     return s["rgb"].shape[:2] if "rgb" in s else s["depth"].shape[:2]

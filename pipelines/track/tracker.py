@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from pipelines.config import REPO_ROOT, ConfigError
-from pipelines.redact import redact_url_password  # noqa: F401 (re-exported)
+from pipelines.track.redact import redact_url_password  # noqa: F401 (re-exported)
 
 PARAM_MAX = 6000  # MLflow's limit on a param value
 BATCH_METRICS = 1000  # MLflow's limit per log_batch request
@@ -55,48 +55,6 @@ def git_info(repo: Path = REPO_ROOT) -> dict[str, str]:
             return {"git.commit": os.environ[GIT_COMMIT_ENV], "git.dirty": os.environ.get(GIT_DIRTY_ENV, "unknown")}
         return {}
     return {"git.commit": commit, "git.dirty": str(dirty).lower()}
-
-
-def dvc_hash(shards: str | os.PathLike[str], repo: Path = REPO_ROOT) -> str | None:
-    """The md5 that dvc.lock records for the output directory ``shards``, if DVC tracks it."""
-    lock = repo / "dvc.lock"
-    if not lock.is_file():
-        return None
-    try:
-        rel = Path(shards).resolve().relative_to(repo.resolve()).as_posix()
-    except ValueError:
-        return None
-    return lock_out_md5(lock.read_text(), rel)
-
-
-def lock_out_md5(lock_text: str, rel: str) -> str | None:
-    """The md5 a dvc.lock (its text) records for the output at repo-relative path ``rel``."""
-    data = yaml.safe_load(lock_text) or {}
-    for stage in (data.get("stages") or {}).values():
-        for out in stage.get("outs", []) or []:
-            if out.get("path") == rel:
-                return out.get("md5")
-    return None
-
-
-def data_version(shards: str | os.PathLike[str], rev: str | None = None, repo: Path = REPO_ROOT) -> dict[str, str]:
-    """Tags that name the data a run saw. With ``rev`` (``data.rev``, shards already resolved by
-    pipelines.data_versions) the DVC hash is the one in dvc.lock at that commit, not the working tree's,
-    and ``data.git_rev`` records the commit."""
-    from datasets.manifest import manifest_digest
-
-    tags = {"data.path": str(shards), "data.manifest_digest": manifest_digest(shards)}
-    if rev is None:
-        h = dvc_hash(shards, repo)
-    else:
-        from pipelines.data_versions import dvc_hash_at, resolve_commit, tracked_path
-
-        commit = resolve_commit(rev, repo)
-        tags["data.git_rev"] = commit
-        h = dvc_hash_at(tracked_path(shards, repo), commit, repo)
-    if h:
-        tags["data.dvc_md5"] = h
-    return tags
 
 
 def plugin_tags(names: list[str], repo: Path = REPO_ROOT) -> dict[str, str]:
@@ -194,7 +152,7 @@ def store_error(e: BaseException) -> BaseException | None:
 def run_not_found(e: Exception) -> bool:
     """Whether an MLflow error means "no such run" (the caller's input), not a store that failed:
     only then may a caller turn it into its own "unknown run" error (exit 2); anything else is the
-    store's, for :func:`pipelines._output.tracking_store_errors` (exit 3)."""
+    store's, for :func:`pipelines.cli.output.tracking_store_errors` (exit 3)."""
     return getattr(e, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from pipelines._output import emit, fail, shutdown_ray, stdout_to_stderr, tracking_store_errors
+from pipelines.cli.output import emit, fail, shutdown_ray, stdout_to_stderr, tracking_store_errors
 
 
 def _load(config: Path, overrides: tuple[str, ...], as_json: bool):
@@ -31,9 +31,9 @@ def train(config: Path, overrides: tuple[str, ...], run_name: str | None, summar
     """Train with Ray Train; prints the MLflow run id and the best checkpoint."""
     from pipelines.checkpoints import CheckpointError
     from pipelines.config import ConfigError
-    from pipelines.loop import NonFiniteLossError
-    from pipelines.run_record import write_outputs
-    from pipelines.train import run_training
+    from pipelines.track.run_record import write_outputs
+    from pipelines.train.driver import run_training
+    from pipelines.train.steps import NonFiniteLossError
 
     cfg = _load(config, overrides, as_json)
     summary_path = summary
@@ -102,9 +102,9 @@ def evaluate(config: Path, overrides: tuple[str, ...], checkpoint: str | None, r
              summary_file: str | None, split: str | None, baseline_runs: tuple[str, ...], out: Path | None,
              trivial_baselines: bool, device: str, as_json: bool) -> None:
     """Evaluate a checkpoint on a split with exact metrics."""
+    from pipelines.analysis.evaluate import run_evaluate
     from pipelines.checkpoints import CheckpointError
     from pipelines.config import ConfigError
-    from pipelines.evaluate import run_evaluate
 
     cfg = _load(config, overrides, as_json)
     if summary_file is not None:

@@ -1,0 +1,1 @@
+"""Reading results: evaluate a checkpoint exactly, compare tracked runs."""

@@ -1,0 +1,1 @@
+"""Training: the driver that sets up a Ray Train run, the per-rank worker loop and its steps."""

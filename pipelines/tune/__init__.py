@@ -1,0 +1,1 @@
+"""Sweeps: the sweep spec, the Ray Tune driver and its callback."""
