@@ -1,4 +1,4 @@
-"""Shared output for benchmark scripts (shared/ARCHITECTURE.md, "Benchmarks (contract)")."""
+"""Shared output for benchmark scripts (docs/benchmarks.md, the benchmark contract)."""
 from __future__ import annotations
 
 import argparse

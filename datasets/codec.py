@@ -1,4 +1,4 @@
-"""Encode and decode shard members (shared/ARCHITECTURE.md, "Shard format").
+"""Encode and decode shard members (docs/data-format.md).
 
 In memory a sample is a dict of numpy arrays:
 

@@ -1,6 +1,6 @@
 """Camera geometry for depth maps: back-projection and surface normals from depth.
 
-Conventions follow the shard format (shared/ARCHITECTURE.md): a pinhole camera with
+Conventions follow the shard format (docs/data-format.md): a pinhole camera with
 intrinsics ``[fx, fy, cx, cy]`` in pixels, camera frame x right, y down, z forward, depth is
 metric z-depth with 0 = missing, and normals are unit vectors that face the camera
 (``n · P < 0`` for the surface point ``P``).

@@ -1,4 +1,4 @@
-"""``manifest.json``: what a dataset directory holds, and how to check it (shared/ARCHITECTURE.md).
+"""``manifest.json``: what a dataset directory holds, and how to check it (docs/data-format.md).
 
 The manifest is written last, so a directory with a manifest is complete; it carries no
 timestamps, so equal inputs give byte-equal manifests and the manifest digest is a data version.

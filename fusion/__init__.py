@@ -1,6 +1,6 @@
 """fusionpipe models: plain PyTorch, no Ray, MLflow or DVC.
 
-Contract (shared/ARCHITECTURE.md, "Model outputs"): ``build_model(cfg)`` returns an ``nn.Module``
+Contract (docs/models.md): ``build_model(cfg)`` returns an ``nn.Module``
 whose forward takes ``{"rgb": B×3×H×W float, "depth": B×1×H×W metres}`` (the modalities the model
 was built for) and returns ``{task: prediction at input resolution, ..., "aux": {name: {task:
 prediction}}}``. ``aux`` holds the intermediate predictions its loss needs (deep supervision per

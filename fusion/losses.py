@@ -11,7 +11,7 @@ The per-task losses follow the official MTI-Net / PAD-Net code (Vandenhende et a
   segmentation"; the PSPNet/HRNet-seg variant) is offered for ``semseg``; the official MTL code
   has none.
 
-Targets (shared/ARCHITECTURE.md): ``semseg``/``parts`` LongTensor B×H×W (255 = ignore),
+Targets (docs/data-format.md, docs/models.md): ``semseg``/``parts`` LongTensor B×H×W (255 = ignore),
 ``depth`` B×1×H×W metres (0 = invalid), ``normals`` B×3×H×W (0 = invalid), ``edge``/``sal``
 B×1×H×W float in {0, 1}. Predictions are raw network outputs (logits for classification tasks).
 """

@@ -1,6 +1,6 @@
 """The experiment config: one YAML, validated into typed sections before anything starts.
 
-Sections (shared/ARCHITECTURE.md, "Config"): ``data``, ``model``, ``loss``, ``optim``, ``train``,
+Sections (docs/config.md): ``data``, ``model``, ``loss``, ``optim``, ``train``,
 ``tracking``, ``checkpoint``, ``failure``, and the optional top-level ``plugins``: modules that
 register tasks, shard members or models, imported before anything else is checked. Unknown keys
 and bad values are errors that list every problem at once. ``--set a.b=c`` overrides any field (values parsed as YAML, like ``dvc exp run -S``).
