@@ -42,9 +42,9 @@ def _config(shards: Path, tmp: Path, workers: int, threads: int, epochs: int, si
 
 def _gpu_config(shards: Path, tmp: Path, workers: int, cpus_per_worker: int, epochs: int):
     """The NYUD MTI-Net HRNet-18 paper config on ``shards``: batch 8 per GPU, no ImageNet weights."""
-    from pipelines.config import REPO_ROOT, load_config
+    from pipelines.config import load_config
 
-    return load_config(REPO_ROOT / "configs" / "nyud" / "mtinet_hrnet18.yaml", [
+    return load_config(Path(__file__).resolve().parents[1] / "configs" / "nyud" / "mtinet_hrnet18.yaml", [
         f"data.shards={shards}", f"data.loader_workers={max(1, min(8, cpus_per_worker - 1))}",
         "data.shuffle_buffer=64", "model.pretrained=null", f"train.epochs={epochs}", "train.batch_size=8",
         f"train.workers={workers}", f"train.cpus_per_worker={cpus_per_worker}", "train.preview_every=0",

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import REPO_ROOT, load_config
+from pipelines.config import project_root, load_config
 from pipelines.track.redact import redact_url_password
 from pipelines.track.tracker import GIT_COMMIT_ENV, GIT_DIRTY_ENV, git_info, is_local_store
 
@@ -301,7 +301,8 @@ def option_values(command: list[str], name: str) -> list[str]:
     return out
 
 
-def read_rayignore(root: Path = REPO_ROOT) -> list[str]:
+def read_rayignore(root: Path | None = None) -> list[str]:
+    root = root or project_root()
     path = root / ".rayignore"
     if not path.is_file():
         return []
@@ -309,12 +310,14 @@ def read_rayignore(root: Path = REPO_ROOT) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-def excludes(root: Path = REPO_ROOT) -> list[str]:
+def excludes(root: Path | None = None) -> list[str]:
+    root = root or project_root()
     return list(dict.fromkeys([*ALWAYS_EXCLUDE, *read_rayignore(root)]))
 
 
-def is_uploaded(path: Path, root: Path = REPO_ROOT) -> bool:
+def is_uploaded(path: Path, root: Path | None = None) -> bool:
     """Whether ``path`` (inside ``root``) survives the working_dir excludes."""
+    root = root or project_root()
     from pathspec import PathSpec
 
     rel = path.resolve().relative_to(root.resolve()).as_posix()
@@ -342,13 +345,14 @@ def parse_env(items: list[str]) -> tuple[dict[str, str], list[str]]:
 
 
 def build_runtime_env(env: dict[str, str], mlflow_uri: str | None = None, environ: Mapping[str, str] = os.environ,
-                      working_dir: Path = REPO_ROOT) -> dict[str, Any]:
+                      working_dir: Path | None = None) -> dict[str, Any]:
     """The job's runtime_env: the repository (minus excludes) and its environment variables.
 
     ``MLFLOW_TRACKING_URI`` comes from ``mlflow_uri``, else from the submitting shell unless that is
     a local store (a sqlite file on this machine means nothing on the cluster). ``env`` wins. The git
     commit and dirty flag of ``working_dir`` travel as ``FUSIONPIPE_GIT_*`` (the upload has no .git).
     """
+    working_dir = working_dir or project_root()
     env_vars = dict(BASE_ENV)
     # The upload has no .git: the job's MLflow runs get the commit (and dirty flag) from these.
     git = git_info(working_dir)
@@ -363,12 +367,13 @@ def build_runtime_env(env: dict[str, str], mlflow_uri: str | None = None, enviro
     return {"working_dir": str(working_dir), "excludes": excludes(working_dir), "env_vars": env_vars}
 
 
-def check_config(config: Path, command: list[str], working_dir: Path = REPO_ROOT) -> list[str]:
+def check_config(config: Path, command: list[str], working_dir: Path | None = None) -> list[str]:
     """Validate ``config`` (with the command's ``--set``s) here, and make the command use it.
 
     Returns the command with ``--config`` added when it had none (``train`` when it was empty).
     The path in the command is relative to ``working_dir``: that is where the job runs.
     """
+    working_dir = working_dir or project_root()
     command = list(command) or ["fusionpipe", "train"]
     load_config(config, option_values(command, "--set"))  # raises ConfigError listing every problem
     path = config.resolve()

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import types
+from pathlib import Path
 import typing
 from typing import Any, Literal
 
@@ -18,15 +19,17 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from datasets.manifest import write_atomic
-from pipelines.config import REPO_ROOT, ExperimentConfig
+from pipelines.config import ExperimentConfig
 
-DOC = REPO_ROOT / "docs" / "config.md"
+# The page in this source tree (the generator is a development tool of the repository).
+DOC = Path(__file__).resolve().parents[1] / "docs" / "config.md"
 
 INTRO = """\
 # Experiment config reference
 
-<!-- Written by `python -m pipelines.config_reference` from pipelines/config.py: edit the fields'
-descriptions there, then run it again. A test fails while this file is stale. -->
+<!-- Written by `python -m pipelines.config_reference` from pipelines/config.py (the `model` keys from
+fusion/config.py): edit the fields' descriptions there, then run it again. A test fails while this file
+is stale. -->
 
 One YAML file per experiment (`configs/*.yaml`, `params.yaml` for the main job), read by
 `fusionpipe train`, `evaluate` and `tune`. Every key is optional: a missing one takes the default

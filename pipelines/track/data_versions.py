@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from datasets.manifest import ManifestError, manifest_digest, verify
-from pipelines.config import REPO_ROOT, ConfigError, ExperimentConfig, _abs
+from pipelines.config import project_root, ConfigError, ExperimentConfig, _abs
 
 log = logging.getLogger(__name__)
 REVS_DIR = Path("data") / "revs"
@@ -41,8 +41,9 @@ def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
         raise DataRevError("data.rev needs git, which is not installed (or not on PATH)") from e
 
 
-def resolve_commit(rev: str, repo: Path = REPO_ROOT) -> str:
+def resolve_commit(rev: str, repo: Path | None = None) -> str:
     """The full commit hash that ``rev`` names in ``repo``."""
+    repo = repo or project_root()
     if rev.startswith("-"):
         raise DataRevError(f"data.rev {rev!r}: not a git revision")
     res = _git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
@@ -54,12 +55,13 @@ def resolve_commit(rev: str, repo: Path = REPO_ROOT) -> str:
                        "(`git fetch --tags` if it was made elsewhere; `git log --oneline` lists commits)")
 
 
-def tracked_path(shards: str | os.PathLike[str], repo: Path = REPO_ROOT) -> str:
+def tracked_path(shards: str | os.PathLike[str], repo: Path | None = None) -> str:
     """``data.shards`` as a repo-relative POSIX path, the name DVC tracks it under.
 
     A path already inside ``data/revs/<commit>/`` maps back to the path it is a copy of, which makes
     resolution idempotent and lets a sweep vary ``data.rev`` over an already resolved base config.
     """
+    repo = repo or project_root()
     root = repo.resolve()
     path = Path(_abs(str(shards), root)).resolve()
     try:
@@ -76,13 +78,15 @@ def tracked_path(shards: str | os.PathLike[str], repo: Path = REPO_ROOT) -> str:
     return Path(*parts).as_posix()
 
 
-def rev_dir(commit: str, repo: Path = REPO_ROOT) -> Path:
+def rev_dir(commit: str, repo: Path | None = None) -> Path:
     """Where the data of ``commit`` is materialized (ignored by git and DVC)."""
+    repo = repo or project_root()
     return repo.resolve() / REVS_DIR / commit[:12]
 
 
-def dvc_hash_at(rel: str, commit: str, repo: Path = REPO_ROOT) -> str | None:
+def dvc_hash_at(rel: str, commit: str, repo: Path | None = None) -> str | None:
     """The md5 that dvc.lock *at ``commit``* records for ``rel`` (None if that commit has no lock or out)."""
+    repo = repo or project_root()
     res = _git(repo, "show", f"{commit}:dvc.lock")
     return lock_out_md5(res.stdout, rel) if res.returncode == 0 else None
 
@@ -114,8 +118,9 @@ def _install(src: Path, target: Path) -> None:
             raise
 
 
-def materialize(rev: str, commit: str, rel: str, repo: Path = REPO_ROOT) -> Path:
+def materialize(rev: str, commit: str, rel: str, repo: Path | None = None) -> Path:
     """Copy ``rel`` as it is at ``commit`` into the revision cache, verify it, and return its path."""
+    repo = repo or project_root()
     from dvc.api import DVCFileSystem
 
     target = rev_dir(commit, repo) / rel
@@ -154,8 +159,9 @@ def materialize(rev: str, commit: str, rel: str, repo: Path = REPO_ROOT) -> Path
     return target
 
 
-def resolve_data_rev(cfg: ExperimentConfig, repo: Path = REPO_ROOT) -> ExperimentConfig:
+def resolve_data_rev(cfg: ExperimentConfig, repo: Path | None = None) -> ExperimentConfig:
     """A copy of ``cfg`` whose ``data.shards`` holds the data as of ``data.rev`` (``cfg`` itself without one)."""
+    repo = repo or project_root()
     rev = cfg.data.rev
     if rev is None:
         return cfg
@@ -172,8 +178,9 @@ def resolve_data_rev(cfg: ExperimentConfig, repo: Path = REPO_ROOT) -> Experimen
     return out
 
 
-def dvc_hash(shards: str | os.PathLike[str], repo: Path = REPO_ROOT) -> str | None:
+def dvc_hash(shards: str | os.PathLike[str], repo: Path | None = None) -> str | None:
     """The md5 that dvc.lock records for the output directory ``shards``, if DVC tracks it."""
+    repo = repo or project_root()
     lock = repo / "dvc.lock"
     if not lock.is_file():
         return None
@@ -194,10 +201,11 @@ def lock_out_md5(lock_text: str, rel: str) -> str | None:
     return None
 
 
-def data_version(shards: str | os.PathLike[str], rev: str | None = None, repo: Path = REPO_ROOT) -> dict[str, str]:
+def data_version(shards: str | os.PathLike[str], rev: str | None = None, repo: Path | None = None) -> dict[str, str]:
     """Tags that name the data a run saw. With ``rev`` (``data.rev``, shards already resolved by
     pipelines.track.data_versions) the DVC hash is the one in dvc.lock at that commit, not the working tree's,
     and ``data.git_rev`` records the commit."""
+    repo = repo or project_root()
     tags = {"data.path": str(shards), "data.manifest_digest": manifest_digest(shards)}
     if rev is None:
         h = dvc_hash(shards, repo)

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.config import REPO_ROOT, ConfigError
+from pipelines.config import project_root, ConfigError
 from pipelines.track.redact import redact_url_password  # noqa: F401 (re-exported)
 
 PARAM_MAX = 6000  # MLflow's limit on a param value
@@ -40,7 +40,8 @@ def check_store_for_cluster(uri: str, num_nodes: int) -> None:
         )
 
 
-def git_info(repo: Path = REPO_ROOT) -> dict[str, str]:
+def git_info(repo: Path | None = None) -> dict[str, str]:
+    repo = repo or project_root()
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=20).stdout.strip()
 
@@ -57,7 +58,7 @@ def git_info(repo: Path = REPO_ROOT) -> dict[str, str]:
     return {"git.commit": commit, "git.dirty": str(dirty).lower()}
 
 
-def plugin_tags(names: list[str], repo: Path = REPO_ROOT) -> dict[str, str]:
+def plugin_tags(names: list[str], repo: Path | None = None) -> dict[str, str]:
     """Tags that name the code of a config's plugins: ``plugin.<module>.sha256`` and ``plugin.<module>.path``.
 
     A plugin outside the repository is not covered by ``git.commit``, and an untracked one inside it not
@@ -66,6 +67,7 @@ def plugin_tags(names: list[str], repo: Path = REPO_ROOT) -> dict[str, str]:
     (the config's validation imported them). A module without a source file (an extension, a namespace
     package) gets ``sha256`` ``unknown``.
     """
+    repo = repo or project_root()
     import hashlib
     import sys
 

@@ -9,7 +9,8 @@ import ray
 import yaml
 
 from pipelines.cli.main import cli
-from pipelines.config import REPO_ROOT, load_config
+from pipelines.config import load_config
+from tests import REPO_ROOT
 
 PY = "py311"  # the Python of the images; pyproject allows >= 3.10
 

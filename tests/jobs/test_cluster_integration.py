@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from pipelines.config import REPO_ROOT
+from tests import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent

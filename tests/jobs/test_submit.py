@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from jobs import submit as js
 from pipelines.cli.main import cli
-from pipelines.config import REPO_ROOT
+from tests import REPO_ROOT
 
 TOKEN = "s3cret-token-0123456789abcdef"
 
@@ -376,7 +376,7 @@ def test_job_env_carries_the_git_commit_for_runs_in_the_upload(tmp_path, monkeyp
     import subprocess
 
     from jobs.submit import build_runtime_env
-    from pipelines.config import REPO_ROOT
+    from tests import REPO_ROOT
     from pipelines.track.tracker import GIT_COMMIT_ENV, GIT_DIRTY_ENV, git_info
 
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()

@@ -36,7 +36,8 @@ def ray_cluster():
 def tiny_config(tmp_path, smoke_shards):
     """configs/smoke.yaml (2 workers, 2 epochs, tiny MTI-Net, all four tasks) on the session's smoke
     shards, tracked in a per-test sqlite store; ``make(*overrides)`` adds ``--set`` overrides."""
-    from pipelines.config import REPO_ROOT, load_config
+    from pipelines.config import load_config
+    from tests import REPO_ROOT
 
     def make(*overrides: str):
         return load_config(REPO_ROOT / "configs" / "smoke.yaml", [

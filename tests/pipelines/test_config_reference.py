@@ -5,7 +5,8 @@ from pydantic import BaseModel
 
 from datasets.transforms import AugmentConfig
 from pipelines import config_reference
-from pipelines.config import REPO_ROOT, ExperimentConfig
+from pipelines.config import ExperimentConfig
+from tests import REPO_ROOT
 
 
 def _sections(model: type[BaseModel], prefix: str = ""):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.config import REPO_ROOT
+from tests import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 

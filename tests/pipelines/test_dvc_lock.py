@@ -5,7 +5,7 @@ import hashlib
 
 import yaml
 
-from pipelines.config import REPO_ROOT
+from tests import REPO_ROOT
 
 
 def test_the_data_stage_lock_matches_its_dependencies():

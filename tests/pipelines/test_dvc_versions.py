@@ -14,7 +14,8 @@ import yaml
 
 from datasets.manifest import manifest_digest
 from pipelines.track import data_versions
-from pipelines.config import REPO_ROOT, ConfigError, load_config
+from pipelines.config import ConfigError, load_config
+from tests import REPO_ROOT
 from pipelines.track.data_versions import DataRevError, resolve_data_rev
 from pipelines.track.data_versions import data_version
 

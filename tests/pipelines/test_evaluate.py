@@ -56,7 +56,8 @@ def test_references_are_checked_before_the_evaluation(tmp_path, smoke_shards):
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    from pipelines.config import REPO_ROOT, load_config
+    from pipelines.config import load_config
+    from tests import REPO_ROOT
     from pipelines.analysis.evaluate import reference_metrics
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -88,7 +89,7 @@ def test_a_bad_summary_file_is_named(tmp_path):
 
     from click.testing import CliRunner
 
-    from pipelines.config import REPO_ROOT
+    from tests import REPO_ROOT
     from pipelines.cli.run import evaluate
 
     for text, why in (("not json", "not a train summary"), ('{"best_checkpoint": null}', "no 'best_checkpoint'"),
@@ -103,7 +104,7 @@ def test_a_bad_summary_file_is_named(tmp_path):
 def test_a_dead_store_is_not_a_missing_run(monkeypatch, smoke_shards, how):
     from click.testing import CliRunner
 
-    from pipelines.config import REPO_ROOT
+    from tests import REPO_ROOT
     from pipelines.cli.run import evaluate
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -121,7 +122,8 @@ def test_evaluate_and_its_baselines_read_at_the_configs_resize(tmp_path, smoke_s
     import datasets.loader
     from fusion import build_model
     from pipelines.checkpoints import save_checkpoint
-    from pipelines.config import REPO_ROOT, load_config
+    from pipelines.config import load_config
+    from tests import REPO_ROOT
     from pipelines.analysis import evaluate as evaluate_module
     from pipelines.analysis.evaluate import run_evaluate
     from pipelines.config import model_config
@@ -153,7 +155,8 @@ def test_the_default_split_is_the_configs_val_split(tmp_path, smoke_shards):
 
     from fusion import build_model
     from pipelines.checkpoints import save_checkpoint
-    from pipelines.config import REPO_ROOT, load_config
+    from pipelines.config import load_config
+    from tests import REPO_ROOT
     from pipelines.analysis.evaluate import run_evaluate
     from pipelines.config import model_config
 

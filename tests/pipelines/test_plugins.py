@@ -290,7 +290,7 @@ def test_the_plugins_directory_is_a_dvc_dependency_of_train_and_evaluate(monkeyp
     """A plugin kept in plugins/ re-runs the stages that import it when it changes (DVC's own parser)."""
     from dvc.repo import Repo
 
-    from pipelines.config import REPO_ROOT
+    from tests import REPO_ROOT
 
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
     repo = Repo(str(REPO_ROOT))

@@ -110,7 +110,7 @@ def test_the_run_state_file_lives_beside_checkpoints_on_a_uri(tmp_path, smoke_sh
 def test_evaluate_reads_a_checkpoint_given_as_a_uri(tmp_path, smoke_shards):
     from fusion import build_model
     from pipelines.checkpoints import save_checkpoint
-    from pipelines.config import REPO_ROOT
+    from tests import REPO_ROOT
     from pipelines.analysis.evaluate import run_evaluate
     from pipelines.config import model_config
 

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import REPO_ROOT, ConfigError, ExperimentConfig, load_config
+from pipelines.config import ConfigError, ExperimentConfig, load_config
+from tests import REPO_ROOT
 from pipelines.tune.spec import candidate_values, grid_size, load_sweep, trial_raw_config, tune_domain, validate_sweep
 
 

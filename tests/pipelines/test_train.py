@@ -7,7 +7,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from datasets.manifest import manifest_digest
-from pipelines.train.driver import INJECT_FAILURE_ENV, run_training
+from pipelines.train.driver import run_training
+from tests.pipelines.faults import ExitOnce, NanHead
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +26,8 @@ def test_two_worker_run_is_tracked_completely(ray_cluster, tiny_config, smoke_sh
     run = client.get_run(summary["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.info.run_name == "full"
     # The run is configs/smoke.yaml: every param but the paths the fixture points at its own store.
-    from pipelines.config import REPO_ROOT, flatten, load_config
+    from pipelines.config import flatten, load_config
+    from tests import REPO_ROOT
     from pipelines.track.tracker import _param_value
 
     smoke = flatten(load_config(REPO_ROOT / "configs" / "smoke.yaml").model_dump(mode="json"))
@@ -123,11 +125,10 @@ def test_rerun_with_same_name_resumes_the_same_mlflow_run(ray_cluster, tiny_conf
     assert len(client.search_runs([client.get_experiment_by_name("test").experiment_id])) == 1
 
 
-def test_dead_worker_is_recovered_with_max_failures(ray_cluster, tiny_config, tmp_path, monkeypatch):
+def test_dead_worker_is_recovered_with_max_failures(ray_cluster, tiny_config, tmp_path):
     marker = tmp_path / "failed-once"
-    monkeypatch.setenv(INJECT_FAILURE_ENV, f"1:1:{marker}")
     cfg = tiny_config("failure.max_failures=1", "tracking.log_model=false")
-    summary = run_training(cfg, run_name="flaky")
+    summary = run_training(cfg, run_name="flaky", epoch_hooks=[ExitOnce(epoch=1, rank=1, marker=str(marker))])
     assert marker.exists(), "the injected failure did not happen"
     assert summary["epochs"] == 2
     client = MlflowClient(tracking_uri=cfg.resolved_paths().tracking.uri)
@@ -135,15 +136,14 @@ def test_dead_worker_is_recovered_with_max_failures(ray_cluster, tiny_config, tm
     assert _steps(client, summary["mlflow_run_id"], "val/semseg/miou") == [0, 1]
 
 
-def test_nan_loss_fails_the_run_once_keeps_good_checkpoints_and_resumes(ray_cluster, tiny_config, monkeypatch):
+def test_nan_loss_fails_the_run_once_keeps_good_checkpoints_and_resumes(ray_cluster, tiny_config):
     from pipelines.checkpoints import CheckpointError
     from pipelines.train.steps import NonFiniteLossError
 
     # Epoch 0 trains and checkpoints; at epoch 1 the depth head turns to NaN on every rank.
-    monkeypatch.setenv(INJECT_FAILURE_ENV, "nan:1:depth")
     cfg = tiny_config("failure.max_failures=1", "tracking.log_model=false", "train.preview_every=0")
     with pytest.raises(NonFiniteLossError, match=r"epoch 1, batch 0: task\(s\) depth"):
-        run_training(cfg, run_name="diverged")
+        run_training(cfg, run_name="diverged", epoch_hooks=[NanHead(epoch=1, task="depth")])
     client = MlflowClient(tracking_uri=cfg.resolved_paths().tracking.uri)
     (run,) = client.search_runs([client.get_experiment_by_name("test").experiment_id])
     assert run.info.status == "FAILED"
@@ -153,7 +153,6 @@ def test_nan_loss_fails_the_run_once_keeps_good_checkpoints_and_resumes(ray_clus
 
     # Resuming with another optimizer is refused as a checkpoint error, not retried, and the recorded
     # NaN of the first attempt does not leak into this one.
-    monkeypatch.delenv(INJECT_FAILURE_ENV)
     with pytest.raises(CheckpointError, match=r"trained with optim.name 'adam', the config says 'sgd'"):
         run_training(tiny_config("failure.max_failures=1", "tracking.log_model=false", "train.preview_every=0",
                                  "optim.name=sgd"), run_name="diverged")
@@ -164,14 +163,13 @@ def test_nan_loss_fails_the_run_once_keeps_good_checkpoints_and_resumes(ray_clus
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
 
 
-def test_a_run_that_died_resumes_where_it_stopped(ray_cluster, tiny_config, tmp_path, monkeypatch):
+def test_a_run_that_died_resumes_where_it_stopped(ray_cluster, tiny_config, tmp_path):
     # No retries: rank 0 dies in epoch 1 and the run fails, as after a crash or a lost node.
-    monkeypatch.setenv(INJECT_FAILURE_ENV, f"1:0:{tmp_path / 'died'}")
     cfg = tiny_config("failure.max_failures=0", "tracking.log_model=false", "train.preview_every=0")
     from ray.train import TrainingFailedError
 
     with pytest.raises(TrainingFailedError):
-        run_training(cfg, run_name="crashed")
+        run_training(cfg, run_name="crashed", epoch_hooks=[ExitOnce(epoch=1, rank=0, marker=str(tmp_path / "died"))])
     assert (tmp_path / "died").exists(), "the injected failure did not happen"
     client = MlflowClient(tracking_uri=cfg.resolved_paths().tracking.uri)
     (run,) = client.search_runs([client.get_experiment_by_name("test").experiment_id])

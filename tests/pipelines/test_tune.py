@@ -4,21 +4,22 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.config import REPO_ROOT, load_config
-from pipelines.train.driver import INJECT_FAILURE_ENV
+from pipelines.config import load_config
+from tests import REPO_ROOT
 from pipelines.tune.driver import run_tune
+from tests.pipelines.faults import ExitOnce
 
 pytestmark = pytest.mark.integration
 
 
-def test_sweep_stops_early_nests_runs_and_resumes_a_failed_trial(ray_cluster, smoke_shards, tmp_path, monkeypatch):
+def test_sweep_stops_early_nests_runs_and_resumes_a_failed_trial(ray_cluster, smoke_shards, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     overrides = [f"data.shards={smoke_shards}", "train.batch_size=2", "train.preview_every=0",
                  f"tracking.uri={uri}", "tracking.experiment=sweeps", f"checkpoint.storage_path={tmp_path}/ray"]
     sweep = REPO_ROOT / "configs" / "sweeps" / "smoke.yaml"
     # The first trial dies at the start of its second epoch (once): the sweep goes on without it.
-    monkeypatch.setenv(INJECT_FAILURE_ENV, f"1:0:{tmp_path}/failed-once")
-    first = run_tune(REPO_ROOT / "configs" / "smoke.yaml", sweep, overrides, name="tiny", verbose=0)
+    first = run_tune(REPO_ROOT / "configs" / "smoke.yaml", sweep, overrides, name="tiny", verbose=0,
+                     epoch_hooks=[ExitOnce(epoch=1, rank=0, marker=f"{tmp_path}/failed-once")])
 
     assert first["num_trials"] == 4 and not first["resumed"]
     assert len(first["errored"]) == 1 and (tmp_path / "failed-once").is_file()
@@ -57,7 +58,6 @@ def test_sweep_stops_early_nests_runs_and_resumes_a_failed_trial(ray_cluster, sm
 
     # Re-running the same sweep resumes: only the failed trial runs again, into the same MLflow run,
     # continuing from its checkpoint (epochs 1 and 2), while finished trials are left alone.
-    monkeypatch.delenv(INJECT_FAILURE_ENV)
     ended = {c.info.run_id: c.info.end_time for c in children if c.data.tags["fusionpipe.trial_id"] != failed_id}
     second = run_tune(REPO_ROOT / "configs" / "smoke.yaml", sweep, overrides, name="tiny", verbose=0)
     assert second["resumed"] and second["errored"] == [] and second["parent_run_id"] == first["parent_run_id"]
