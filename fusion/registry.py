@@ -4,6 +4,9 @@
 and returns a plain ``nn.Module``. Every builder receives a validated :class:`ModelConfig`; the
 model-specific ``options`` are validated by the builder against its own options dataclass with
 :func:`parse_options`, so an unknown or mistyped option is an error that names it.
+
+The model modules (:mod:`fusion.models`) import this one to register themselves, and
+``fusion/__init__.py`` imports them, so after any ``import fusion...`` every built-in model is here.
 """
 from __future__ import annotations
 
@@ -33,18 +36,11 @@ def register_model(name: str) -> Callable[[Callable[[ModelConfig], nn.Module]], 
     return deco
 
 
-def _load_all() -> None:
-    # Importing the model modules runs their @register_model decorators.
-    import fusion.models  # noqa: F401
-
-
 def list_models() -> list[str]:
-    _load_all()
     return sorted(_REGISTRY)
 
 
 def build_model(cfg: ModelConfig | Mapping[str, Any]) -> nn.Module:
-    _load_all()
     if not isinstance(cfg, ModelConfig):
         cfg = ModelConfig.from_dict(cfg)  # validates
     else:
@@ -65,7 +61,6 @@ def register_added_option(model: str, option: str, before: Any, default: Any) ->
 def pin_added_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """``cfg`` (a model config dict) with each added option of its model written out: its value, or
     the current default. What a checkpoint's ``meta.json`` records."""
-    _load_all()
     added = _ADDED_OPTIONS.get(cfg.get("name", ""), {})
     options = dict(cfg.get("options") or {})
     options.update({k: default for k, (_, default) in added.items() if k not in options})
@@ -75,7 +70,6 @@ def pin_added_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
 def upgrade_model_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """A checkpoint's model config with each added option it lacks set to its value from before the
     option existed: the model it was trained as."""
-    _load_all()
     added = _ADDED_OPTIONS.get(cfg.get("name", ""), {})
     options = dict(cfg.get("options") or {})
     options.update({k: before for k, (before, _) in added.items() if k not in options})

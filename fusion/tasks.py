@@ -3,7 +3,8 @@
 A :class:`Task` says how many channels its prediction has, which loss trains it, which metric scores
 it, and which of that metric's numbers enters the multi-task performance Δm (and in which
 direction). The built-in tasks are those of the MTI-Net and PAD-Net papers: ``semseg``, ``depth``,
-``normals``, ``edge`` (NYUD-v2) plus ``parts`` and ``sal`` (PASCAL-Context). More are added with
+``normals``, ``edge`` (NYUD-v2) plus ``parts`` and ``sal`` (PASCAL-Context); they are defined in
+:mod:`fusion.builtin_tasks`, which ``import fusion`` registers first. More are added with
 :func:`register_task`; from then on configs may name them, the model heads get their channel count,
 :class:`fusion.losses.MultiTaskLoss` trains them and :class:`fusion.metrics.MetricSet` scores them.
 
@@ -16,15 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-if TYPE_CHECKING:  # the factories import lazily: losses and metrics import this module
-    from torch import Tensor
+from torch import Tensor
 
-    from fusion.metrics.base import Metric
-
-LossFactory = Callable[..., "Callable[[Tensor, Tensor], Tensor]"]
-MetricFactory = Callable[..., "Metric"]
+LossFactory = Callable[..., Callable[[Tensor, Tensor], Tensor]]
+# Returns a fusion.metrics.base.Metric; named loosely here because fusion.metrics looks tasks up in this
+# module, which therefore imports neither metrics nor losses.
+MetricFactory = Callable[..., Any]
 
 
 @dataclass(frozen=True)
@@ -116,86 +116,3 @@ class _DeltaMDirections(Mapping[str, str]):
 
 DELTA_M_DIRECTIONS: Mapping[str, str] = _DeltaMDirections()
 
-
-# ------------------------------------------------------------------ built-in tasks (official losses)
-
-def _semseg_loss(ohem: bool = False, ohem_thresh: float = 0.7, ohem_min_kept: int = 100_000, **_: Any):
-    from fusion.losses import cross_entropy, ohem_cross_entropy
-
-    if ohem:
-        return lambda p, t: ohem_cross_entropy(p, t, thresh=ohem_thresh, min_kept=ohem_min_kept)
-    return cross_entropy
-
-
-def _cross_entropy(**_: Any):
-    from fusion.losses import cross_entropy
-
-    return cross_entropy
-
-
-def _depth_l1(**_: Any):
-    from fusion.losses import depth_l1
-
-    return depth_l1
-
-
-def _normals_l1(**_: Any):
-    from fusion.losses import normals_l1
-
-    return normals_l1
-
-
-def _edge_bce(edge_pos_weight: float = 0.95, **_: Any):
-    from fusion.losses import balanced_bce
-
-    return lambda p, t: balanced_bce(p, t, pos_weight=edge_pos_weight)
-
-
-def _batch_balanced_bce(**_: Any):
-    from fusion.losses import balanced_bce
-
-    return balanced_bce
-
-
-def _segmentation_metric(field: str):
-    def make(num_classes: int = 13, num_parts: int = 7, **_: Any):
-        from fusion.metrics.semseg import SegmentationMetric
-
-        return SegmentationMetric(num_classes if field == "num_classes" else num_parts)
-
-    return make
-
-
-def _depth_metric(**_: Any):
-    from fusion.metrics.depth import DepthMetric
-
-    return DepthMetric()
-
-
-def _normals_metric(**_: Any):
-    from fusion.metrics.normals import NormalsMetric
-
-    return NormalsMetric()
-
-
-def _edge_metric(edge_tolerance_px: int | None = None, edge_max_dist: float = 0.0075, **_: Any):
-    from fusion.metrics.edge import EdgeMetric
-
-    return EdgeMetric(tolerance_px=edge_tolerance_px, max_dist=edge_max_dist)
-
-
-def _saliency_metric(**_: Any):
-    from fusion.metrics.edge import EdgeMetric
-
-    return EdgeMetric(tolerance_px=0)
-
-
-for _task in (
-    Task("semseg", "num_classes", _semseg_loss, _segmentation_metric("num_classes"), ("miou", "higher")),
-    Task("depth", 1, _depth_l1, _depth_metric, ("rmse", "lower")),
-    Task("normals", 3, _normals_l1, _normals_metric, ("mean", "lower")),
-    Task("edge", 1, _edge_bce, _edge_metric, ("odsF", "higher")),
-    Task("parts", "num_parts", _cross_entropy, _segmentation_metric("num_parts"), ("miou", "higher")),
-    Task("sal", 1, _batch_balanced_bce, _saliency_metric, ("odsF", "higher")),
-):
-    register_task(_task)

@@ -11,11 +11,13 @@ import re
 from abc import ABC, abstractmethod
 from typing import Any
 
+from datasets.errors import SourceError
+
+# SourceError is defined in datasets.errors (the synthetic generator raises it too) and offered here,
+# next to the Source interface every source implements.
+__all__ = ["Source", "SourceError", "check_key"]
+
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
-
-
-class SourceError(ValueError):
-    """Bad source input (missing file, bad value); the message names the file/key at fault."""
 
 
 class Source(ABC):

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from datasets.codec import DEPTH_SCALE
+from datasets.errors import SourceError
 from datasets.labels import edges_from_labels
-from datasets.sources.base import SourceError
 from datasets.synthetic.appearance import NOISE_RES, albedo_and_emission, expose, lambert, surface_coords
 from datasets.synthetic.raycast import ROOM_FACES, Hits, camera_rays, cast, intrinsics, ray_lengths
 from datasets.synthetic.scene import CLS, Scene, sample_scene
