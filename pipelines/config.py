@@ -11,7 +11,6 @@ import copy
 import importlib
 import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,17 +18,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from datasets.transforms import AugmentConfig
-from fusion.config import MODALITIES, TASKS
+from fusion.config import TASKS, ModalityList, ModelFields, TaskList
 from fusion.registry import pin_added_options
 
-PROJECT_ROOT_ENV = "FUSIONPIPE_PROJECT_ROOT"
-
-
-def project_root() -> Path:
-    """The directory that relative paths in configs are read from: ``$FUSIONPIPE_PROJECT_ROOT`` when set,
-    else the current directory (the project a user runs ``fusionpipe`` in, installed or not)."""
-    env = os.environ.get(PROJECT_ROOT_ENV)
-    return Path(os.path.expanduser(env) if env else os.getcwd()).resolve()
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class ConfigError(ValueError):
@@ -42,14 +34,14 @@ class _Section(BaseModel):
 
 class DataSection(_Section):
     shards: str = Field("data/shards/synthetic", description="dataset directory (manifest.json and one folder "
-                        "of shards per split); a relative path is read from the project root (the current directory, or `$FUSIONPIPE_PROJECT_ROOT`)")
+                        "of shards per split); a relative path is read from the repository root")
     rev: str | None = Field(None, description="git revision of this repo at which data.shards is read; "
                                               "resolved through DVC (pipelines/track/data_versions.py)")
-    tasks: list[str] = Field(default_factory=lambda: ["semseg", "depth"], min_length=1, description="tasks whose "
-                             "targets are loaded: the model's final tasks (predicted and scored) and its "
-                             "`model.options.auxiliary_tasks` (trained through their aux losses only)")
-    modalities: list[str] = Field(default_factory=lambda: ["rgb"], min_length=1,
-                                  description="input modalities, `rgb` and/or `depth` (the model's inputs)")
+    tasks: TaskList = Field(default_factory=lambda: ["semseg", "depth"], description="tasks whose "
+                            "targets are loaded: the model's final tasks (predicted and scored) and its "
+                            "`model.options.auxiliary_tasks` (trained through their aux losses only)")
+    modalities: ModalityList = Field(default_factory=lambda: ["rgb"],
+                                     description="input modalities, `rgb` and/or `depth` (the model's inputs)")
     train_split: str = Field("train", description="the split trained on")
     val_split: str = Field("val", description="the split validated on after every epoch; also what "
                            "`fusionpipe evaluate` scores without `--split`")
@@ -71,37 +63,12 @@ class DataSection(_Section):
             raise ValueError(f"{v!r} is not a git revision (a tag, branch or commit, e.g. v1 or 3f2a9c1)")
         return v
 
-    @field_validator("tasks")
-    @classmethod
-    def _tasks(cls, v: list[str]) -> list[str]:
-        return _known_unique(v, TASKS, "task", " (a module listed in plugins can register more)")
 
-    @field_validator("modalities")
-    @classmethod
-    def _modalities(cls, v: list[str]) -> list[str]:
-        return _known_unique(v, MODALITIES, "modality")
+class ModelSection(ModelFields):
+    """The keys, bounds and descriptions of :class:`fusion.config.ModelFields` (what ``fusion.build_model``
+    checks), with a default model; :func:`model_config` adds the tasks, modalities and class count."""
 
-
-def _known_unique(values: list[str], known: Sequence[str], what: str, hint: str = "") -> list[str]:
-    bad = [x for x in values if x not in known]
-    if bad:
-        raise ValueError(f"unknown {what}(s) {bad}; known: {list(known)}{hint}")
-    if len(set(values)) != len(values):
-        raise ValueError(f"duplicate {what} in {values}")
-    return values
-
-
-class ModelSection(_Section):
-    name: str = Field("mtinet", description="a registered model (`fusion.list_models()`, [models.md](models.md))")
-    backbone: str = Field("resnet18", description="`resnet18`, `resnet34`, `resnet50`, `resnet101`, `hrnet18`, "
-                          "`hrnet32` or `hrnet48`")
-    width: float = Field(1.0, gt=0, description="channel-width multiplier (tiny CPU configs use less than 1)")
-    output_stride: Literal[8, 16, 32] = Field(32, description="ResNet output stride: 8 and 16 dilate the last "
-                                              "stages; HRNets take 32 only")
-    pretrained: str | None = Field(None, description="local ImageNet weights file (a torchvision, timm or "
-                                   "official HRNet state dict loads as it is); nothing is ever downloaded")
-    options: dict[str, Any] = Field(default_factory=dict, description="the model's own options, checked when the "
-                                    "model is built ([models.md](models.md))")
+    name: str = Field("mtinet", description=ModelFields.model_fields["name"].description)
 
 
 class LossSection(_Section):
@@ -159,7 +126,7 @@ class TrainSection(_Section):
 
 class TrackingSection(_Section):
     uri: str | None = Field(None, description="MLflow tracking URI; it wins over `MLFLOW_TRACKING_URI` "
-                            "(`null`: that variable, else `sqlite:///<project root>/mlflow.db`)")
+                            "(`null`: that variable, else `sqlite:///<repo>/mlflow.db`)")
     experiment: str = Field("fusionpipe", description="MLflow experiment")
     run_name: str | None = Field(None, description="the Ray Train and MLflow run name; a name that already has a "
                                  "run under the same `checkpoint.storage_path` resumes it "
@@ -170,7 +137,7 @@ class TrackingSection(_Section):
 
 class CheckpointSection(_Section):
     storage_path: str = Field("ray_results", description="where Ray Train writes checkpoints: a path (on a "
-                              "multi-node cluster, one every node mounts) or an `s3://`/`gs://` URI; a relative path is read from the project root")
+                              "multi-node cluster, one every node mounts) or an `s3://`/`gs://` URI")
     keep: int = Field(2, ge=1, description="best K checkpoints kept (plus the last)")
     metric: str = Field("val/semseg/miou", description="the metric that ranks checkpoints (`val/<task>/<name>`)")
     mode: Literal["max", "min"] = Field("max", description="whether a higher (`max`) or lower `metric` is better")
@@ -252,10 +219,8 @@ class ExperimentConfig(_Section):
             raise ValueError(f"loss.weights names task(s) {bad} not in data.tasks {self.data.tasks}")
         return self
 
-    def resolved_paths(self, base: Path | None = None) -> "ExperimentConfig":
-        """A copy with relative paths made absolute against ``base`` (default :func:`project_root`), so every
-        worker agrees."""
-        base = base or project_root()
+    def resolved_paths(self, base: Path = REPO_ROOT) -> "ExperimentConfig":
+        """A copy with relative paths made absolute against ``base`` (so every worker agrees)."""
         cfg = self.model_copy(deep=True)
         cfg.data.shards = str(_abs(cfg.data.shards, base))
         if "://" not in cfg.checkpoint.storage_path:
@@ -269,12 +234,11 @@ def _abs(p: str, base: Path) -> Path:
     return path if path.is_absolute() else (base / path).resolve()
 
 
-def resolve_tracking_uri(uri: str | None, base: Path | None = None) -> str:
-    """``None`` -> ``sqlite:///<base>/mlflow.db``; a relative sqlite path is made absolute against ``base``
-    (default :func:`project_root`)."""
+def resolve_tracking_uri(uri: str | None, base: Path = REPO_ROOT) -> str:
+    """``None`` -> ``sqlite:///<base>/mlflow.db``; a relative sqlite path is made absolute."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(_abs(uri[len("sqlite:///"):], base or project_root()))
+        return "sqlite:///" + str(_abs(uri[len("sqlite:///"):], base))
     return uri
 
 
@@ -359,6 +323,6 @@ def model_config(cfg: ExperimentConfig, num_classes: int) -> dict[str, Any]:
     PAD-Net) are loaded as targets and supervise the front end, but are not final outputs."""
     m = cfg.model
     aux = set(m.options.get("auxiliary_tasks") or [])
-    return pin_added_options({"name": m.name, "tasks": [t for t in cfg.data.tasks if t not in aux], "modalities": list(cfg.data.modalities),
-            "num_classes": num_classes, "backbone": m.backbone, "width": m.width,
-            "output_stride": m.output_stride, "pretrained": m.pretrained, "options": dict(m.options)})
+    return pin_added_options({"name": m.name, "tasks": [t for t in cfg.data.tasks if t not in aux],
+                              "modalities": list(cfg.data.modalities), "num_classes": num_classes,
+                              **m.model_dump(exclude={"name"})})

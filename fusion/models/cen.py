@@ -20,7 +20,6 @@ Backbones: resnet18/34/50/101.
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -131,5 +130,5 @@ def unimodal_equivalent(cfg: ModelConfig) -> nn.Module:
     """The single-modality network CEN is compared with: ``single_modal`` on ``cfg.modalities[0]`` with the
     same backbone, width, output stride, stem and heads, i.e. CEN minus its private BNs and ``alpha``."""
     opts = _options(cfg)
-    single = dataclasses.replace(cfg, name="single_modal", modalities=[cfg.modalities[0]], options={})
+    single = cfg.model_copy(update={"name": "single_modal", "modalities": [cfg.modalities[0]], "options": {}})
     return SingleModal(single, BaselineOptions(deep_stem=opts.deep_stem, head_mid=opts.head_mid))

@@ -30,7 +30,16 @@ import yaml
 
 from datasets.manifest import write_atomic
 from pipelines.checkpoints import CheckpointError, read_meta
-from pipelines.config import REPO_ROOT, ConfigError, ExperimentConfig, _abs, flatten, load_config, set_fields
+from pipelines.config import (
+    PROJECT_ROOT_ENV,
+    ConfigError,
+    ExperimentConfig,
+    _abs,
+    flatten,
+    load_config,
+    project_root,
+    set_fields,
+)
 from pipelines.track.data_versions import data_version, resolve_data_rev
 from pipelines.track.run_record import RUN_STATE
 from pipelines.track.tracker import (
@@ -83,8 +92,12 @@ def _report_callback() -> Any:
 
 
 def _trial(config: dict[str, Any], *, base: dict[str, Any], spec: dict[str, Any], parent_run_id: str,
-           sweep_dir: str, inject_failure: str | None) -> None:
-    """One trial (runs in a Tune trial actor): a ``fusionpipe train`` run with the sampled values."""
+           sweep_dir: str, root: str, inject_failure: str | None) -> None:
+    """One trial (runs in a Tune trial actor): a ``fusionpipe train`` run with the sampled values.
+
+    ``root`` is the sweep driver's project root: the trial actor runs in a directory of Tune's, and its
+    run resolves ``data.rev`` and tags the git commit of the project the sweep was started in."""
+    os.environ[PROJECT_ROOT_ENV] = root
     import ray.tune
 
     sweep = SweepSpec.model_validate(spec)
@@ -203,7 +216,7 @@ def run_tune(config: str | Path, sweep: str | Path, overrides: list[str] | None 
     if "://" in storage_text:
         raise ConfigError(f"storage path {storage_text!r}: a sweep needs a filesystem path (local, or NFS shared by "
                           "every node); object-store URIs are supported by `fusionpipe train` only")
-    storage = _abs(storage_text, REPO_ROOT)
+    storage = _abs(storage_text, project_root())
     sweep_dir = storage / spec.name
     uri = resolved.tracking.uri
     experiment = spec.experiment or base.tracking.experiment
@@ -214,7 +227,7 @@ def run_tune(config: str | Path, sweep: str | Path, overrides: list[str] | None 
 
     trainable = tune.with_resources(
         tune.with_parameters(_trial, base=resolved_raw, spec=spec.model_dump(mode="json"),
-                             parent_run_id=parent.run_id, sweep_dir=str(sweep_dir),
+                             parent_run_id=parent.run_id, sweep_dir=str(sweep_dir), root=str(project_root()),
                              inject_failure=os.environ.get(INJECT_FAILURE_ENV)),
         # The trial's driver only waits on its Ray Train run, whose workers hold the real resources; a
         # placement group cannot be empty, so it asks for one byte of memory instead of a CPU.

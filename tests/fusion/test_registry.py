@@ -82,11 +82,23 @@ def test_model_trains_under_bf16_autocast(name):
 
 @pytest.mark.parametrize("name", fusion.list_models())
 def test_unknown_task_or_modality_is_named_for_dict_and_typed_configs(name):
-    for field, bad, message in [("tasks", ["semseg", "shading"], "unknown task 'shading'"),
-                                ("modalities", ["rgb", "thermal"], "unknown modality 'thermal'")]:
+    for field, bad, message in [("tasks", ["semseg", "shading"], r"tasks: unknown task\(s\) \['shading'\]"),
+                                ("modalities", ["rgb", "thermal"], r"modalities: unknown modality\(s\) \['thermal'\]")]:
         with pytest.raises(ValueError, match=message):
             fusion.build_model({**BASE, "name": name, field: bad})
         typed = _config(name)
         setattr(typed, field, bad)
         with pytest.raises(ValueError, match=message):
             fusion.build_model(typed)
+
+
+def test_a_dict_config_names_every_bad_key_and_value():
+    with pytest.raises(ValueError) as e:
+        fusion.build_model({"name": "fcn", "widht": 1, "width": 0, "output_stride": 4, "num_classes": 0,
+                            "modalities": ["rgb", "rgb"]})
+    msg = str(e.value)
+    for needle in ("model config 'fcn': unknown key(s) widht; known keys: backbone, ", "width: ", "got 0",
+                   "output_stride: ", "got 4", "num_classes: ", "duplicate modality in ['rgb', 'rgb']"):
+        assert needle in msg
+    with pytest.raises(ValueError, match="model config: missing required key 'name'"):
+        fusion.build_model({"tasks": ["semseg"]})

@@ -44,3 +44,18 @@ def test_paths_resolve_to_absolute(tmp_path, monkeypatch):
 
 def test_flatten_for_mlflow_params():
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {"a.b": 1, "a.c.d": [1, 2], "e": {}}
+
+
+def test_the_model_section_has_the_model_configs_keys_and_bounds():
+    from fusion.config import ModelConfig, ModelFields
+    from pipelines.config import ModelSection, model_config
+
+    assert issubclass(ModelSection, ModelFields) and set(ModelSection.model_fields) < set(ModelConfig.model_fields)
+    with pytest.raises(ConfigError, match=r"model.width: .*greater than 0 \(got 0\)"):
+        load_config(None, ["model.width=0"])
+    with pytest.raises(ConfigError, match=r"model.output_stride: .*8, 16 or 32 \(got 4\)"):
+        load_config(None, ["model.output_stride=4"])
+    cfg = load_config(None, ["model.name=padnet", "data.tasks=[semseg, edge]", "model.options={channels: 16}"])
+    assert model_config(cfg, 5) == {"name": "padnet", "tasks": ["semseg", "edge"], "modalities": ["rgb"],
+                                    "num_classes": 5, "backbone": "resnet18", "width": 1.0, "output_stride": 32,
+                                    "pretrained": None, "options": {"channels": 16, "fuse": True}}
