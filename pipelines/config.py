@@ -21,7 +21,14 @@ from datasets.transforms import AugmentConfig
 from fusion.config import TASKS, ModalityList, ModelFields, TaskList
 from fusion.registry import pin_added_options
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT_ENV = "FUSIONPIPE_PROJECT_ROOT"
+
+
+def project_root() -> Path:
+    """The directory that relative paths in configs are read from: ``$FUSIONPIPE_PROJECT_ROOT`` when set,
+    else the current directory (the project a user runs ``fusionpipe`` in, installed or not)."""
+    env = os.environ.get(PROJECT_ROOT_ENV)
+    return Path(os.path.expanduser(env) if env else os.getcwd()).resolve()
 
 
 class ConfigError(ValueError):
@@ -34,7 +41,7 @@ class _Section(BaseModel):
 
 class DataSection(_Section):
     shards: str = Field("data/shards/synthetic", description="dataset directory (manifest.json and one folder "
-                        "of shards per split); a relative path is read from the repository root")
+                        "of shards per split); a relative path is read from the project root (the current directory, or `$FUSIONPIPE_PROJECT_ROOT`)")
     rev: str | None = Field(None, description="git revision of this repo at which data.shards is read; "
                                               "resolved through DVC (pipelines/track/data_versions.py)")
     tasks: TaskList = Field(default_factory=lambda: ["semseg", "depth"], description="tasks whose "
@@ -126,7 +133,7 @@ class TrainSection(_Section):
 
 class TrackingSection(_Section):
     uri: str | None = Field(None, description="MLflow tracking URI; it wins over `MLFLOW_TRACKING_URI` "
-                            "(`null`: that variable, else `sqlite:///<repo>/mlflow.db`)")
+                            "(`null`: that variable, else `sqlite:///<project root>/mlflow.db`)")
     experiment: str = Field("fusionpipe", description="MLflow experiment")
     run_name: str | None = Field(None, description="the Ray Train and MLflow run name; a name that already has a "
                                  "run under the same `checkpoint.storage_path` resumes it "
@@ -137,7 +144,7 @@ class TrackingSection(_Section):
 
 class CheckpointSection(_Section):
     storage_path: str = Field("ray_results", description="where Ray Train writes checkpoints: a path (on a "
-                              "multi-node cluster, one every node mounts) or an `s3://`/`gs://` URI")
+                              "multi-node cluster, one every node mounts) or an `s3://`/`gs://` URI; a relative path is read from the project root")
     keep: int = Field(2, ge=1, description="best K checkpoints kept (plus the last)")
     metric: str = Field("val/semseg/miou", description="the metric that ranks checkpoints (`val/<task>/<name>`)")
     mode: Literal["max", "min"] = Field("max", description="whether a higher (`max`) or lower `metric` is better")
@@ -219,8 +226,10 @@ class ExperimentConfig(_Section):
             raise ValueError(f"loss.weights names task(s) {bad} not in data.tasks {self.data.tasks}")
         return self
 
-    def resolved_paths(self, base: Path = REPO_ROOT) -> "ExperimentConfig":
-        """A copy with relative paths made absolute against ``base`` (so every worker agrees)."""
+    def resolved_paths(self, base: Path | None = None) -> "ExperimentConfig":
+        """A copy with relative paths made absolute against ``base`` (default :func:`project_root`), so every
+        worker agrees."""
+        base = base or project_root()
         cfg = self.model_copy(deep=True)
         cfg.data.shards = str(_abs(cfg.data.shards, base))
         if "://" not in cfg.checkpoint.storage_path:
@@ -234,11 +243,12 @@ def _abs(p: str, base: Path) -> Path:
     return path if path.is_absolute() else (base / path).resolve()
 
 
-def resolve_tracking_uri(uri: str | None, base: Path = REPO_ROOT) -> str:
-    """``None`` -> ``sqlite:///<base>/mlflow.db``; a relative sqlite path is made absolute."""
+def resolve_tracking_uri(uri: str | None, base: Path | None = None) -> str:
+    """``None`` -> ``sqlite:///<base>/mlflow.db``; a relative sqlite path is made absolute against ``base``
+    (default :func:`project_root`)."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(_abs(uri[len("sqlite:///"):], base))
+        return "sqlite:///" + str(_abs(uri[len("sqlite:///"):], base or project_root()))
     return uri
 
 
