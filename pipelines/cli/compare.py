@@ -1,4 +1,8 @@
-"""``fusionpipe compare``: a table of MLflow runs, their differing params, metrics and Δm."""
+"""``fusionpipe compare``: a table of MLflow runs, their differing params, metrics and Δm.
+
+The components are imported inside each command, not at the top: they load torch, Ray or MLflow
+(seconds), and ``fusionpipe --help`` or a bad option must answer at once.
+"""
 from __future__ import annotations
 
 import click

@@ -1,4 +1,8 @@
-"""``fusionpipe data build|verify|inspect``."""
+"""``fusionpipe data build|verify|inspect``.
+
+The components are imported inside each command, not at the top: they load torch, Ray or MLflow
+(seconds), and ``fusionpipe --help`` or a bad option must answer at once.
+"""
 from __future__ import annotations
 
 import os

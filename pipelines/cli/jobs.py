@@ -2,6 +2,9 @@
 
 Exit codes: 0 success (with ``--follow``: the job SUCCEEDED), 1 the job FAILED or was STOPPED,
 2 bad arguments or config, 3 the cluster is unreachable or refused the token.
+
+The components are imported inside each command, not at the top: they load torch, Ray or MLflow
+(seconds), and ``fusionpipe --help`` or a bad option must answer at once.
 """
 from __future__ import annotations
 

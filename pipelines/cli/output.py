@@ -47,7 +47,7 @@ def tracking_store_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - re-raised unless it comes from the store
-            from pipelines.track.tracker import store_error
+            from pipelines.track.tracker import store_error  # imports MLflow: only once a command failed
 
             cause = store_error(e)
             if cause is None:

@@ -1,4 +1,8 @@
-"""``fusionpipe train`` and ``fusionpipe evaluate``."""
+"""``fusionpipe train`` and ``fusionpipe evaluate``.
+
+The components are imported inside each command, not at the top: they load torch, Ray or MLflow
+(seconds), and ``fusionpipe --help`` or a bad option must answer at once.
+"""
 from __future__ import annotations
 
 from pathlib import Path
