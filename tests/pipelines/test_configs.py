@@ -6,7 +6,8 @@ import torch
 
 from fusion import build_model
 from fusion.losses import MultiTaskLoss
-from pipelines.config import REPO_ROOT, load_config
+from pipelines.config import load_config
+from tests import REPO_ROOT
 from pipelines.config import model_config
 
 # Experiment configs (sweep specs under configs/sweeps/ are tested in test_sweep.py).
