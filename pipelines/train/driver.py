@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from datasets.codec import MEMBERS
@@ -26,10 +27,7 @@ from pipelines.track.data_versions import resolve_data_rev
 from pipelines.track.run_record import finish_run, open_mlflow_run
 from pipelines.track.tracker import check_store_for_cluster
 from pipelines.train.cluster import alive_nodes, check_shared_storage
-from pipelines.train.worker import fatal_path, read_fatal, train_loop_per_worker
-
-# Testing hook for failure recovery: "EPOCH:RANK:MARKER_FILE" makes that rank exit hard once.
-INJECT_FAILURE_ENV = "FUSIONPIPE_INJECT_FAILURE"
+from pipelines.train.worker import EpochHook, fatal_path, read_fatal, train_loop_per_worker
 
 
 def validate_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -155,12 +153,13 @@ def _interruptible_trainer_cls() -> type:
 
 
 def run_training(cfg: ExperimentConfig, run_name: str | None = None, *, extra_tags: dict[str, str] | None = None,
-                 callbacks: list[Any] | None = None, inject_failure: str | None = None,
+                 callbacks: list[Any] | None = None, epoch_hooks: Sequence[EpochHook] = (),
                  close_on_error: bool = True) -> dict[str, Any]:
     """Validate, train with Ray Train, log to MLflow; returns the run summary.
 
     ``extra_tags`` go on a new MLflow run (a Tune trial passes ``mlflow.parentRunId`` and its trial id);
     ``callbacks`` are Ray Train ``UserCallback``s (a Tune trial passes its ``TuneReportCallback``).
+    ``epoch_hooks`` run in every worker at the start of every epoch (:class:`pipelines.train.worker.EpochHook`).
     ``close_on_error=False`` leaves the MLflow run open when training raises, for a caller that closes it.
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -180,7 +179,7 @@ def run_training(cfg: ExperimentConfig, run_name: str | None = None, *, extra_ta
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "model_config": mcfg, "classes": manifest["classes"],
                            "mlflow_run_id": tracker.run_id, "tracking_uri": cfg.tracking.uri,
-                           "inject_failure": inject_failure or os.environ.get(INJECT_FAILURE_ENV),
+                           "epoch_hooks": list(epoch_hooks),
                            "run_name": run_name, "storage_path": cfg.checkpoint.storage_path},
         scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),

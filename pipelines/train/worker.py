@@ -2,20 +2,20 @@
 
 The driver (:mod:`pipelines.train.driver`) hands each worker the validated config, the model config and
 the MLflow run id. A worker builds the model, its data streams and optimizer, resumes from
-``ray.train.get_checkpoint()`` when there is one, and per epoch trains, evaluates, reports metrics
-and a checkpoint to Ray, and (rank 0 only) logs to MLflow and prints one line.
+``ray.train.get_checkpoint()`` when there is one, and per epoch runs the caller's :class:`EpochHook`\ s,
+trains, evaluates, reports metrics and a checkpoint to Ray, and (rank 0 only) logs to MLflow and prints
+one line.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
-import os
 import platform
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from pipelines.checkpoints import (
     load_train_state,
     read_meta,
     save_checkpoint,
+    unwrap,
 )
 from pipelines.config import ConfigError, ExperimentConfig
 from pipelines.storage import join, read_text, write_text
@@ -61,25 +62,13 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _maybe_inject_nan(spec: str | None, epoch: int, model: torch.nn.Module) -> None:
-    """Tests: ``nan:EPOCH:TASK`` fills the parameters of TASK's output layers with NaN at that epoch."""
-    if not spec or not spec.startswith("nan:"):
-        return
-    _, at_epoch, task = spec.split(":", 2)
-    if int(at_epoch) == epoch:
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if f"heads.{task}." in name:
-                    param.fill_(float("nan"))
+class EpochHook(Protocol):
+    """What a caller of :func:`pipelines.train.driver.run_training` may have every worker run at the start of
+    each epoch, before the epoch trains: ``hook(epoch, rank, model)``, with ``model`` the model being
+    trained (not its DDP wrapper). Hooks travel to the workers pickled, so a hook is a picklable callable:
+    an instance of a class, or a function, defined at the top level of a module the workers can import."""
 
-
-def _maybe_inject_failure(spec: str | None, epoch: int, rank: int) -> None:
-    if not spec or spec.startswith("nan:"):
-        return
-    at_epoch, at_rank, marker = spec.split(":", 2)
-    if int(at_epoch) == epoch and int(at_rank) == rank and not Path(marker).exists():
-        Path(marker).write_text(f"failed at epoch {epoch} rank {rank}\n")
-        os._exit(1)
+    def __call__(self, epoch: int, rank: int, model: torch.nn.Module) -> None: ...
 
 
 def headline_metrics() -> list[str]:
@@ -244,9 +233,10 @@ def _train_loop(config: dict[str, Any]) -> None:
         # redo an epoch whose metrics are already in MLflow: those steps are not logged again.
         already_logged = tracker.logged_steps("train/loss/total")
     num_classes = mcfg["num_classes"]
+    hooks: list[EpochHook] = list(config.get("epoch_hooks") or [])
     for epoch in range(start_epoch, cfg.train.epochs):
-        _maybe_inject_failure(config.get("inject_failure"), epoch, rank)
-        _maybe_inject_nan(config.get("inject_failure"), epoch, model)
+        for hook in hooks:
+            hook(epoch, rank, unwrap(model))
         train_stream.set_epoch(epoch)
         metrics = train_epoch(model, make_loader(train_stream, pin_memory=device.type == "cuda"), criterion,
                               optimizer, scheduler, device, grad_accum=cfg.optim.grad_accum, amp=cfg.train.amp,

@@ -23,6 +23,7 @@ import math
 import os
 import tempfile
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,8 @@ from pipelines.track.tracker import (
     redacted_config,
 )
 from pipelines.train.cluster import alive_nodes
-from pipelines.train.driver import INJECT_FAILURE_ENV, init_ray, run_training, validate_experiment
+from pipelines.train.driver import init_ray, run_training, validate_experiment
+from pipelines.train.worker import EpochHook
 from pipelines.tune.callback import SweepCallback
 from pipelines.tune.spec import (
     SweepSpec,
@@ -92,7 +94,7 @@ def _report_callback() -> Any:
 
 
 def _trial(config: dict[str, Any], *, base: dict[str, Any], spec: dict[str, Any], parent_run_id: str,
-           sweep_dir: str, root: str, inject_failure: str | None) -> None:
+           sweep_dir: str, root: str, epoch_hooks: list[EpochHook]) -> None:
     """One trial (runs in a Tune trial actor): a ``fusionpipe train`` run with the sampled values.
 
     ``root`` is the sweep driver's project root: the trial actor runs in a directory of Tune's, and its
@@ -108,7 +110,7 @@ def _trial(config: dict[str, Any], *, base: dict[str, Any], spec: dict[str, Any]
     # Tune may stop this actor at any report, even the last; closing the run of a stopped or failed
     # trial is left to the sweep driver (close_stopped_trial), so the two never race.
     run_training(cfg, run_name=trial_run_name(sweep.name, trial_id), callbacks=[_report_callback()],
-                 inject_failure=inject_failure, close_on_error=False,
+                 epoch_hooks=epoch_hooks, close_on_error=False,
                  extra_tags={"mlflow.parentRunId": parent_run_id, "fusionpipe.sweep": sweep.name,
                              "fusionpipe.trial_id": trial_id,
                              **{f"tune.{k}": json.dumps(v) for k, v in config["params"].items()}})
@@ -192,8 +194,13 @@ def _check_candidates(base_raw: dict[str, Any], spec: SweepSpec) -> None:
 
 
 def run_tune(config: str | Path, sweep: str | Path, overrides: list[str] | None = None, name: str | None = None,
-             best_config_out: str | Path | None = None, verbose: int = 1) -> dict[str, Any]:
-    """Validate, run (or resume) the sweep, log it to MLflow; returns the sweep summary."""
+             best_config_out: str | Path | None = None, verbose: int = 1,
+             epoch_hooks: Sequence[EpochHook] = ()) -> dict[str, Any]:
+    """Validate, run (or resume) the sweep, log it to MLflow; returns the sweep summary.
+
+    ``epoch_hooks`` go to every trial's run (:func:`pipelines.train.driver.run_training`): they run in its
+    workers at the start of every epoch. A resumed sweep's trials get the hooks of the resuming call.
+    """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -228,7 +235,7 @@ def run_tune(config: str | Path, sweep: str | Path, overrides: list[str] | None 
     trainable = tune.with_resources(
         tune.with_parameters(_trial, base=resolved_raw, spec=spec.model_dump(mode="json"),
                              parent_run_id=parent.run_id, sweep_dir=str(sweep_dir), root=str(project_root()),
-                             inject_failure=os.environ.get(INJECT_FAILURE_ENV)),
+                             epoch_hooks=list(epoch_hooks)),
         # The trial's driver only waits on its Ray Train run, whose workers hold the real resources; a
         # placement group cannot be empty, so it asks for one byte of memory instead of a CPU.
         {"CPU": 0, "memory": 1})
