@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
 from typing import Any
 
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from fusion.losses import MultiTaskLoss
 from fusion.metrics import MetricSet
-from pipelines.checkpoints import unwrap
+from pipelines.checkpoints import CheckpointError, unwrap
 from pipelines.config import ExperimentConfig
 
 
@@ -39,30 +39,39 @@ def make_optimizer(cfg: ExperimentConfig, model: nn.Module) -> torch.optim.Optim
 
 
 def optimizer_settings(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
-    """Each param group's hyper-parameters (``initial_lr``, once a scheduler exists, is the base lr)."""
+    """Each param group's hyper-parameters (all but its parameters)."""
     return [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
 
 
-def keep_settings(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
-                  settings: list[dict[str, Any]]) -> None:
-    """After a checkpoint's optimizer and scheduler state were loaded: put back this config's
-    hyper-parameters (``settings``, from :func:`optimizer_settings` before loading) and its base lr.
+def keep_settings(optimizer: torch.optim.Optimizer, settings: list[dict[str, Any]]) -> None:
+    """After a checkpoint's optimizer state was loaded: put back this config's hyper-parameters
+    (``settings``, from :func:`optimizer_settings` before loading).
 
-    ``load_state_dict`` restores the checkpoint's lr, weight decay, momentum and betas with the moments,
-    and the scheduler's ``base_lrs``; a resume with a lower ``optim.lr`` (the fix for a diverged run)
-    would otherwise go on at the old one. The moments and the step count are the checkpoint's; the
-    current lr is the config's base lr times the schedule at the restored step.
+    ``load_state_dict`` restores the checkpoint's lr, weight decay, momentum and betas with the moments;
+    a resume with a lower ``optim.lr`` (the fix for a diverged run) would otherwise go on at the old one.
+    The moments are the checkpoint's; the lr of every step comes from :func:`lr_at`. Keys the config's
+    optimizer does not have are dropped (``initial_lr``, which the torch scheduler of older checkpoints
+    added).
     """
-    for group, conf in zip(optimizer.param_groups, settings):
-        for k, v in conf.items():
-            if k != "lr":
-                group[k] = v
-    scheduler.base_lrs = [conf["initial_lr"] for conf in settings]
-    step = scheduler.last_epoch
-    lrs = [base * fn(step) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
-    for group, lr in zip(optimizer.param_groups, lrs):
-        group["lr"] = lr
-    scheduler._last_lr = lrs  # what get_last_lr() reports until the next step
+    for group, conf in zip(optimizer.param_groups, settings, strict=True):
+        for k in [k for k in group if k != "params" and k not in conf]:
+            del group[k]
+        group.update(conf)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, train_state: Mapping[str, Any], where: str) -> None:
+    """Load a checkpoint's ``train_state`` into ``optimizer`` (made from this config) and keep this config's
+    hyper-parameters (:func:`keep_settings`).
+
+    Only the optimizer's state is read. Checkpoints written while the schedule was a torch ``LambdaLR``
+    also hold its state (``scheduler``); it is ignored: the step, which the epoch gives, gives the lr.
+    """
+    settings = optimizer_settings(optimizer)
+    try:
+        optimizer.load_state_dict(train_state["optimizer"])
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{where}: the optimizer state does not fit this config's optimizer: {e}") from e
+    keep_settings(optimizer, settings)
 
 
 def lr_factor(cfg: ExperimentConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
@@ -77,6 +86,18 @@ def lr_factor(cfg: ExperimentConfig, step: int, total_steps: int, steps_per_epoc
     if o.schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * t))
     return 1.0
+
+
+def lr_at(step: int, cfg: ExperimentConfig, steps_per_epoch: int) -> float:
+    """The learning rate of optimizer step ``step``, counted from 0 over the whole run (the first step of
+    epoch e is ``e × steps_per_epoch``): ``optim.lr`` times :func:`lr_factor` over the run's
+    ``steps_per_epoch × train.epochs`` steps.
+
+    A function of the step alone, set on every param group before every step (:func:`train_epoch`): a
+    resumed run needs no scheduler state, and a resume with another ``optim.lr`` or ``train.epochs``
+    runs at that config's schedule from the restored step on.
+    """
+    return cfg.optim.lr * lr_factor(cfg, step, steps_per_epoch * cfg.train.epochs, steps_per_epoch)
 
 
 def to_device(batch: Mapping[str, Any], device: torch.device) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -123,11 +144,14 @@ def float32_outputs(outputs: Any) -> Any:
 
 
 def train_epoch(model: nn.Module, loader: Iterable[Mapping[str, Any]], criterion: MultiTaskLoss,
-                optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+                optimizer: torch.optim.Optimizer, lr_schedule: Callable[[int], float] | None,
                 device: torch.device, *, grad_accum: int = 1, amp: bool = False,
                 clip_grad_norm: float | None = None, epoch: int = 0,
-                num_batches: int | None = None) -> dict[str, float]:
+                num_batches: int | None = None, first_step: int = 0) -> dict[str, float]:
     """One pass; returns mean loss components over all ranks, samples/s and seconds.
+
+    Before each optimizer step every param group's lr is set to ``lr_schedule(step)`` (e.g. :func:`lr_at`),
+    ``step`` counting the run's steps: this epoch's first is ``first_step``. ``None`` leaves the lr as it is.
 
     With ``grad_accum`` = k the optimizer steps once per k batches, on the mean of their losses. When
     the epoch's batch count (``num_batches``, else ``len(loader)``) is not a multiple of k, its last,
@@ -149,6 +173,7 @@ def train_epoch(model: nn.Module, loader: Iterable[Mapping[str, Any]], criterion
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     pending = 0  # batches whose gradients wait for a step
+    step = first_step  # the run's count of optimizer steps, this epoch's next one
     for i, batch in enumerate(loader):
         inputs, targets = to_device(batch, device)
         group = i - i % grad_accum  # the index of this group's first batch
@@ -172,7 +197,8 @@ def train_epoch(model: nn.Module, loader: Iterable[Mapping[str, Any]], criterion
             (total / group_size).backward()
         pending += 1
         if last_micro:
-            _step(model, optimizer, scheduler, clip_grad_norm)
+            _step(model, optimizer, lr_schedule, step, clip_grad_norm)
+            step += 1
             pending = 0
         # Summed on the device: a float() here would make the host wait for the backward pass and the
         # optimizer step on a GPU, so the next batch could not be loaded meanwhile. (The loss still
@@ -190,7 +216,7 @@ def train_epoch(model: nn.Module, loader: Iterable[Mapping[str, Any]], criterion
         for p in model.parameters():
             if p.grad is not None:
                 p.grad.mul_(group_size / pending)
-        _step(model, optimizer, scheduler, clip_grad_norm)
+        _step(model, optimizer, lr_schedule, step, clip_grad_norm)
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # the epoch's time includes its last queued kernels
     seconds = time.perf_counter() - start
@@ -203,14 +229,16 @@ def train_epoch(model: nn.Module, loader: Iterable[Mapping[str, Any]], criterion
     return out
 
 
-def _step(model: nn.Module, optimizer: torch.optim.Optimizer,
-          scheduler: torch.optim.lr_scheduler.LRScheduler | None, clip_grad_norm: float | None) -> None:
+def _step(model: nn.Module, optimizer: torch.optim.Optimizer, lr_schedule: Callable[[int], float] | None,
+          step: int, clip_grad_norm: float | None) -> None:
+    if lr_schedule is not None:
+        lr = lr_schedule(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
     if clip_grad_norm:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    if scheduler is not None:
-        scheduler.step()
 
 
 def with_sync_batchnorm(model: nn.Module, enabled: bool, world_size: int) -> nn.Module:

@@ -2,12 +2,13 @@
 
 The driver (:mod:`pipelines.train.driver`) hands each worker the validated config, the model config and
 the MLflow run id. A worker builds the model, its data streams and optimizer, resumes from
-``ray.train.get_checkpoint()`` when there is one, and per epoch runs the caller's :class:`EpochHook`\ s,
-trains, evaluates, reports metrics and a checkpoint to Ray, and (rank 0 only) logs to MLflow and prints
-one line.
+``ray.train.get_checkpoint()`` when there is one, and per epoch runs the caller's epoch hooks
+(:class:`EpochHook`), trains, evaluates, reports metrics and a checkpoint to Ray, and (rank 0 only) logs
+to MLflow and prints one line.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -43,10 +44,9 @@ from pipelines.train.previews import preview_grid
 from pipelines.train.steps import (
     NonFiniteLossError,
     evaluate,
-    keep_settings,
-    lr_factor,
+    load_optimizer_state,
+    lr_at,
     make_optimizer,
-    optimizer_settings,
     predict,
     to_device,
     train_epoch,
@@ -190,10 +190,8 @@ def _train_loop(config: dict[str, Any]) -> None:
     val_stream = ShardStream(d.shards, d.val_split, train=False, transform=build_transform(d.augment, train=False),
                              **common)
     steps_per_epoch = math.ceil(train_stream.batches_per_rank / cfg.optim.grad_accum)  # a last, shorter group steps too
-    total_steps = steps_per_epoch * cfg.train.epochs
     optimizer = make_optimizer(cfg, model)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(cfg, s, total_steps, steps_per_epoch))
+    lr_schedule = functools.partial(lr_at, cfg=cfg, steps_per_epoch=steps_per_epoch)
 
     start_epoch = 0
     ckpt = ray.train.get_checkpoint()
@@ -209,14 +207,8 @@ def _train_loop(config: dict[str, Any]) -> None:
                                       f"config says {cfg.optim.name!r}; resume with the same optimizer or use a "
                                       f"new run name")
             load_model_state(model, cdir)
-            state = load_train_state(cdir)
-            settings = optimizer_settings(optimizer)
-            try:
-                optimizer.load_state_dict(state["optimizer"])
-            except (ValueError, KeyError) as e:
-                raise CheckpointError(f"{cdir}: the optimizer state does not fit this config's optimizer: {e}") from e
-            scheduler.load_state_dict(state["scheduler"])
-            keep_settings(optimizer, scheduler, settings)  # the config's lr, weight decay, ... not the checkpoint's
+            # The moments are the checkpoint's; lr, weight decay, ... the config's.
+            load_optimizer_state(optimizer, load_train_state(cdir), str(cdir))
             start_epoch = int(meta["epoch"]) + 1
     # Without deep supervision the aux heads (MTI-Net's and PAD-Net's initial predictions, ANN's stage-4
     # head, ...) get no gradient, and DDP must be told, or its second step fails waiting for them.
@@ -239,12 +231,12 @@ def _train_loop(config: dict[str, Any]) -> None:
             hook(epoch, rank, unwrap(model))
         train_stream.set_epoch(epoch)
         metrics = train_epoch(model, make_loader(train_stream, pin_memory=device.type == "cuda"), criterion,
-                              optimizer, scheduler, device, grad_accum=cfg.optim.grad_accum, amp=cfg.train.amp,
+                              optimizer, lr_schedule, device, grad_accum=cfg.optim.grad_accum, amp=cfg.train.amp,
                               clip_grad_norm=cfg.optim.clip_grad_norm, epoch=epoch,
-                              num_batches=train_stream.batches_per_rank)
+                              num_batches=train_stream.batches_per_rank, first_step=epoch * steps_per_epoch)
         metrics.update(evaluate(model, make_loader(val_stream), mcfg["tasks"], num_classes, device, amp=cfg.train.amp,
                                 edge_max_dist=d.edge_max_dist))
-        metrics["lr"] = optimizer.param_groups[0]["lr"]
+        metrics["lr"] = lr_schedule((epoch + 1) * steps_per_epoch)  # the lr of the next epoch's first step
         metrics["epoch"] = epoch
         if tracker is not None and epoch not in already_logged:
             # Logged before the report: a Tune scheduler may stop the trial as soon as it sees the report.
@@ -256,8 +248,7 @@ def _train_loop(config: dict[str, Any]) -> None:
                 meta = {"epoch": epoch, "mlflow_run_id": run_id, "model_config": mcfg, "metrics": metrics,
                         "tasks": d.tasks, "modalities": d.modalities, "classes": config["classes"],
                         "optimizer": cfg.optim.name}
-                save_checkpoint(tmp, model, meta, {"optimizer": optimizer.state_dict(),
-                                                   "scheduler": scheduler.state_dict()})
+                save_checkpoint(tmp, model, meta, {"optimizer": optimizer.state_dict()})
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
         if rank == 0:

@@ -7,9 +7,15 @@ from torch import nn
 
 from fusion.losses import MultiTaskLoss
 from pipelines.config import ConfigError, load_config
-from pipelines.train.steps import (NonFiniteLossError, float32_outputs, lr_factor, reduce_device, train_epoch,
-                            with_sync_batchnorm)
 from pipelines.train.driver import validate_experiment
+from pipelines.train.steps import (
+    NonFiniteLossError,
+    float32_outputs,
+    lr_factor,
+    reduce_device,
+    train_epoch,
+    with_sync_batchnorm,
+)
 
 
 class _Bad(nn.Module):
@@ -109,13 +115,14 @@ def test_gradient_accumulation_equals_one_step_on_the_whole_batch():
     for batches, accum in ((whole, 1), (halves, 2)):
         model = _Scale()
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
-        train_epoch(model, batches, MultiTaskLoss(["depth"]), opt, sched, torch.device("cpu"), grad_accum=accum)
-        results.append((model.w.detach().clone(), sched.last_epoch))
+        steps = []
+        train_epoch(model, batches, MultiTaskLoss(["depth"]), opt, lambda s, seen=steps: seen.append(s) or 0.1,
+                    torch.device("cpu"), grad_accum=accum)
+        results.append((model.w.detach().clone(), steps))
     (w_whole, steps_whole), (w_accum, steps_accum) = results
     assert not torch.equal(w_whole, torch.ones(1))  # the step moved the weight
     torch.testing.assert_close(w_accum, w_whole)
-    assert steps_whole == steps_accum == 1  # one optimizer and scheduler step per accumulated batch
+    assert steps_whole == steps_accum == [0]  # one optimizer step (and its lr) per accumulated batch
 
 
 @pytest.mark.parametrize("length", ["known", "iterator"])
@@ -139,11 +146,11 @@ def test_a_last_shorter_accumulation_group_steps_on_its_own_mean(length):
             expected.w -= step
     model = _Scale()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    steps = []
     loader = batches if length == "known" else iter(batches)
-    train_epoch(model, loader, crit, opt, sched, torch.device("cpu"), grad_accum=2)
+    train_epoch(model, loader, crit, opt, lambda s: steps.append(s) or 0.1, torch.device("cpu"), grad_accum=2)
     torch.testing.assert_close(model.w.detach(), expected.w.detach())
-    assert sched.last_epoch == 2  # ceil(3 / 2) steps
+    assert steps == [0, 1]  # ceil(3 / 2) steps
     assert model.w.grad is None  # nothing left over for the next epoch
 
 
@@ -173,6 +180,20 @@ def test_poly_and_cosine_schedules():
     assert lr_factor(poly, 55, 100, 10) == pytest.approx(0.5 ** 0.9)
     cos = load_config(None, ["optim.schedule=cosine"])
     assert lr_factor(cos, 50, 100, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_lr_at_is_the_base_lr_times_the_schedule_over_the_runs_steps():
+    from pipelines.train.steps import lr_at
+
+    cfg = load_config(None, ["optim.lr=0.02", "optim.schedule=poly", "optim.warmup_epochs=1", "train.epochs=10"])
+    # 10 steps per epoch: 10 warm-up steps, then poly over the remaining 90 of 100.
+    assert lr_at(0, cfg, 10) == pytest.approx(0.002)
+    assert lr_at(9, cfg, 10) == pytest.approx(0.02)
+    assert lr_at(10, cfg, 10) == pytest.approx(0.02)
+    assert lr_at(55, cfg, 10) == pytest.approx(0.02 * 0.5 ** 0.9)
+    assert lr_at(100, cfg, 10) == 0.0 and lr_at(120, cfg, 10) == 0.0  # the end of the schedule, and past it
+    const = load_config(None, ["optim.lr=0.02", "optim.schedule=constant"])
+    assert {lr_at(s, const, 7) for s in range(0, 200, 13)} == {0.02}
 
 
 def test_invalid_experiment_lists_every_problem_before_ray(smoke_shards, tmp_path):
@@ -249,8 +270,8 @@ def test_stored_configs_and_summaries_carry_no_tracking_password(tmp_path):
 
     from mlflow.tracking import MlflowClient
 
-    from pipelines.track.tracker import redacted_config
     from pipelines.track.run_record import write_outputs
+    from pipelines.track.tracker import redacted_config
 
     cfg = load_config(None, ["tracking.uri=http://alice:s3cret@mlflow.example:5000"])
     dumped = redacted_config(cfg)
@@ -268,138 +289,162 @@ def test_stored_configs_and_summaries_carry_no_tracking_password(tmp_path):
 
 
 def test_a_resume_runs_at_the_configs_hyperparameters_with_the_checkpoints_moments_and_step():
-    from pipelines.train.steps import keep_settings, optimizer_settings
+    from pipelines.train.steps import load_optimizer_state
 
     def setup(lr, momentum, wd):
         model = _Scale()
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=wd)
-        return model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+        return model, torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=wd)
 
-    model, opt, sched = setup(1e-3, 0.9, 1e-4)
+    def schedule(base):
+        return lambda s: base / (1 + s)
+
+    model, opt = setup(1e-3, 0.9, 1e-4)
     batch = {"inputs": {"rgb": torch.full((1, 3, 2, 2), 2.0)}, "targets": {"depth": torch.ones(1, 1, 2, 2)}}
-    train_epoch(model, [batch] * 3, MultiTaskLoss(["depth"]), opt, sched, torch.device("cpu"))
-    saved = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+    train_epoch(model, [batch] * 3, MultiTaskLoss(["depth"]), opt, schedule(1e-3), torch.device("cpu"))
+    saved = {"optimizer": opt.state_dict()}
     buf = opt.state[model.w]["momentum_buffer"].clone()
+    assert saved["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 / 3)  # the checkpoint's: its last step's
 
-    model2, opt2, sched2 = setup(1e-5, 0.5, 0.0)  # the resumed config: a lower lr, other settings
+    model2, opt2 = setup(1e-5, 0.5, 0.0)  # the resumed config: a lower lr, other settings
     model2.load_state_dict(model.state_dict())
-    settings = optimizer_settings(opt2)
-    opt2.load_state_dict(saved["optimizer"])
-    sched2.load_state_dict(saved["scheduler"])
-    assert opt2.param_groups[0]["lr"] == pytest.approx(1e-3 / 4)  # what loading alone leaves: the old lr
-    keep_settings(opt2, sched2, settings)
+    load_optimizer_state(opt2, saved, "checkpoint")
     g = opt2.param_groups[0]
-    assert sched2.last_epoch == 3 and sched2.base_lrs == [1e-5]
-    assert g["lr"] == pytest.approx(1e-5 / 4) and sched2.get_last_lr() == [g["lr"]]
-    assert g["momentum"] == 0.5 and g["weight_decay"] == 0.0 and g["initial_lr"] == 1e-5
+    assert g["lr"] == 1e-5 and g["momentum"] == 0.5 and g["weight_decay"] == 0.0
     torch.testing.assert_close(opt2.state[model2.w]["momentum_buffer"], buf)  # the moments are the checkpoint's
-    opt2.step()
-    sched2.step()
-    assert opt2.param_groups[0]["lr"] == pytest.approx(1e-5 / 5)  # the schedule goes on from the config's base
+    used = []
+    opt2.register_step_pre_hook(lambda o, args, kwargs: used.append(o.param_groups[0]["lr"]))
+    train_epoch(model2, [batch] * 2, MultiTaskLoss(["depth"]), opt2, schedule(1e-5), torch.device("cpu"), first_step=3)
+    assert used == pytest.approx([1e-5 / 4, 1e-5 / 5])  # the schedule goes on at the restored step, from the config's base
 
 
-def test_a_resume_with_changed_settings_is_on_record(tmp_path, smoke_shards, capsys):
-    import json
-
-    from mlflow.tracking import MlflowClient
-
-    from pipelines.track.run_record import open_mlflow_run
-
-    def cfg(*more):
-        return load_config(None, [f"data.shards={smoke_shards}", f"tracking.uri=sqlite:///{tmp_path}/m.db",
-                                  f"checkpoint.storage_path={tmp_path}/ray", *more]).resolved_paths()
-
-    manifest = json.loads((smoke_shards / "manifest.json").read_text())
-    first, _ = open_mlflow_run(cfg("optim.lr=0.01"), "r", manifest)
-    open_mlflow_run(cfg("optim.lr=0.01"), "r", manifest)
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/m.db")
-    assert "fusionpipe.resume_changed" not in client.get_run(first.run_id).data.tags
-    assert "changed settings" not in capsys.readouterr().err
-    again, resumed = open_mlflow_run(cfg("optim.lr=0.001", "train.epochs=40"), "r", manifest)
-    assert resumed and again.run_id == first.run_id
-    run = client.get_run(first.run_id)
-    assert json.loads(run.data.tags["fusionpipe.resume_changed"]) == {"optim.lr": ["0.01", "0.001"],
-                                                                      "train.epochs": ["10", "40"]}
-    assert run.data.params["optim.lr"] == "0.01"  # params are the run's first values
-    assert "resumes with changed settings: optim.lr 0.01 -> 0.001, train.epochs 10 -> 40" in capsys.readouterr().err
+def _lambdalr_factor(cfg, step, total_steps, steps_per_epoch):
+    """lr_factor as the worker's torch LambdaLR used it before lr_at replaced that scheduler (a copy,
+    so that the reference below stays what it was)."""
+    o = cfg.optim
+    warm = o.warmup_epochs * steps_per_epoch
+    if step < warm:
+        return (step + 1) / warm
+    t = min(1.0, (step - warm) / max(1, total_steps - warm))
+    if o.schedule == "poly":
+        return (1.0 - t) ** o.poly_power
+    if o.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    return 1.0
 
 
-def test_the_resume_changes_tag_is_valid_json_within_the_limit():
-    import json
+def _lambdalr_learning_rates(cfg, steps_per_epoch, resume_after=None):
+    """The lr of every optimizer step and the ``lr`` metric of every epoch as the worker had them with a torch
+    LambdaLR: the scheduler stepped after every optimizer step, the metric was the optimizer's lr after the
+    epoch, and a resume loaded the optimizer's and the scheduler's state dicts, then set the lr to the
+    base lr times the schedule at the scheduler's step (``resume_after``: resume after that epoch)."""
+    total = steps_per_epoch * cfg.train.epochs
 
-    from pipelines.track.tracker import changes_tag
+    def make():
+        opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=cfg.optim.lr)
+        return opt, torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: _lambdalr_factor(cfg, s, total, steps_per_epoch))
 
-    changes = {f"model.options.k{i:02d}": ["a" * 30, "b" * 30] for i in range(40)}
-    assert json.loads(changes_tag(changes, 10_000)) == changes
-    short = json.loads(changes_tag(changes, 500))
-    assert len(changes_tag(changes, 500)) <= 500 and short["..."] == 40 - (len(short) - 1)
-    assert all(short[k] == changes[k] for k in short if k != "...")
-
-
-def test_a_padnet_checkpoint_from_before_the_fuse_layer_still_loads(tmp_path, smoke_shards):
-    import json
-
-    from fusion import build_model
-    from pipelines.checkpoints import CheckpointError, check_compatible, load_model_state, read_meta, save_checkpoint
-    from pipelines.config import model_config
-
-    def cfg(*more):
-        return load_config(None, [f"data.shards={smoke_shards}", "model.name=padnet", "model.width=0.125",
-                                  "model.options={channels: 16}", *more])
-
-    new = model_config(cfg(), 13)
-    assert new["options"] == {"channels": 16, "fuse": True}  # recorded explicitly in every new checkpoint
-    # A checkpoint written before the option existed: no fuse layer, no "fuse" in its meta.
-    old_cfg = {**new, "options": {"channels": 16}}
-    old_model = build_model({**old_cfg, "options": {"channels": 16, "fuse": False}})
-    save_checkpoint(tmp_path / "old", old_model, {"epoch": 3, "model_config": old_cfg})
-    assert json.loads((tmp_path / "old" / "meta.json").read_text())["model_config"]["options"] == {"channels": 16}
-    meta = read_meta(tmp_path / "old")
-    assert meta["model_config"]["options"] == {"channels": 16, "fuse": False}  # read as it was trained
-    load_model_state(build_model(meta["model_config"]), tmp_path / "old")  # strict: every key fits
-    with pytest.raises(CheckpointError, match=r"options: checkpoint .*'fuse': False.* vs config .*'fuse': True"):
-        check_compatible(meta["model_config"], new, "old")
-    check_compatible(meta["model_config"], model_config(cfg("model.options={channels: 16, fuse: false}"), 13), "old")
+    opt, sched = make()
+    used, logged = [], []
+    for epoch in range(cfg.train.epochs):
+        for _ in range(steps_per_epoch):
+            used.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        logged.append(opt.param_groups[0]["lr"])
+        if epoch == resume_after:
+            saved = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+            opt, sched = make()
+            opt.load_state_dict(saved["optimizer"])
+            sched.load_state_dict(saved["scheduler"])
+            opt.param_groups[0]["lr"] = cfg.optim.lr * sched.lr_lambdas[0](sched.last_epoch)
+    return used, logged
 
 
-def test_checkpoint_meta_is_strict_json_with_a_nan_metric(tmp_path):
-    import json
+@pytest.mark.parametrize("resume_after", [None, 0, 1])
+@pytest.mark.parametrize("options", [
+    ["optim.schedule=poly"], ["optim.schedule=poly", "optim.warmup_epochs=1"],
+    ["optim.schedule=poly", "optim.warmup_epochs=2", "optim.poly_power=2.5"],
+    ["optim.schedule=cosine"], ["optim.schedule=cosine", "optim.warmup_epochs=1"],
+    ["optim.schedule=constant"], ["optim.schedule=constant", "optim.warmup_epochs=3"],
+    ["optim.schedule=poly", "optim.warmup_epochs=5"],  # warm-up longer than the run
+])
+def test_lr_at_gives_the_learning_rates_of_the_lambdalr_schedule_it_replaced(options, resume_after):
+    import functools
 
-    from pipelines.checkpoints import read_meta, save_checkpoint
+    from pipelines.train.steps import load_optimizer_state, lr_at
 
-    save_checkpoint(tmp_path / "ck", torch.nn.Linear(2, 2),
-                    {"epoch": 1, "metrics": {"val/edge/odsF": float("nan"), "val/semseg/miou": 0.25}})
-    text = (tmp_path / "ck" / "meta.json").read_text()
-    assert json.loads(text, parse_constant=pytest.fail)["metrics"] == {"val/edge/odsF": None, "val/semseg/miou": 0.25}
-    assert read_meta(tmp_path / "ck")["metrics"]["val/edge/odsF"] is None
+    cfg = load_config(None, [*options, "optim.name=sgd", "optim.lr=0.03", "train.epochs=4"])
+    spe = 3
+    expected_used, expected_logged = _lambdalr_learning_rates(cfg, spe, resume_after)
+    schedule = functools.partial(lr_at, cfg=cfg, steps_per_epoch=spe)
+    # Exactly (==): both are the base lr times the same factor.
+    assert [schedule(s) for s in range(spe * cfg.train.epochs)] == expected_used
+    assert [schedule((e + 1) * spe) for e in range(cfg.train.epochs)] == expected_logged  # what the worker logs
 
+    # What train_epoch sets before each step, epoch by epoch from the epoch's first step, across a resume.
+    batch = {"inputs": {"rgb": torch.full((1, 3, 2, 2), 2.0)}, "targets": {"depth": torch.ones(1, 1, 2, 2)}}
+    used = []
 
-def _fake_two_ranks(monkeypatch, other_rank: torch.Tensor) -> None:
-    """A world of two ranks in one process: the other rank contributes ``other_rank`` to every all-reduce."""
-    import torch.distributed as dist
+    def optimizer(model):
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=0.9)
+        opt.register_step_pre_hook(lambda o, args, kwargs: used.append(o.param_groups[0]["lr"]))
+        return opt
 
-    monkeypatch.setattr(dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(dist, "get_world_size", lambda *a: 2)
-    monkeypatch.setattr(dist, "get_backend", lambda *a: "gloo")
-    monkeypatch.setattr(dist, "all_reduce", lambda t, op=None: t.add_(other_rank.to(t.dtype)))
-
-
-def test_all_reduce_sum_sums_the_ranks(monkeypatch):
-    from pipelines.train.steps import all_reduce_sum
-
-    _fake_two_ranks(monkeypatch, torch.tensor([1.0, 2.0]))
-    assert all_reduce_sum(torch.tensor([3.0, 4.0])).tolist() == [4.0, 6.0]
-
-
-def test_the_epoch_loss_is_the_mean_over_every_ranks_batches(monkeypatch):
-    # This rank: one batch of depth loss 1. The other rank: two batches summing to 6 (depth, total,
-    # batches, samples). The epoch's loss is 7 / 3, not this rank's 1 nor a mean of the ranks' means.
-    _fake_two_ranks(monkeypatch, torch.tensor([6.0, 6.0, 2.0, 4.0], dtype=torch.float64))
-    batch = {"inputs": {"rgb": torch.full((2, 3, 4, 4), 2.0)}, "targets": {"depth": torch.ones(2, 1, 4, 4)}}
     model = _Scale()
-    out = train_epoch(model, [batch], MultiTaskLoss(["depth"]), torch.optim.SGD(model.parameters(), 0.0), None,
-                      torch.device("cpu"))
-    assert out["train/loss/depth"] == pytest.approx(7 / 3)
+    opt = optimizer(model)
+    for epoch in range(cfg.train.epochs):
+        train_epoch(model, [batch] * spe, MultiTaskLoss(["depth"]), opt, schedule, torch.device("cpu"), epoch=epoch,
+                    first_step=epoch * spe)
+        if epoch == resume_after:
+            saved = {"optimizer": opt.state_dict()}
+            opt = optimizer(model)
+            load_optimizer_state(opt, saved, "checkpoint")
+    assert used == expected_used
+
+
+def test_a_checkpoint_with_the_lambdalr_state_resumes_as_it_did(tmp_path):
+    # Checkpoints written before lr_at hold the LambdaLR's state beside the optimizer's, and their param
+    # groups LambdaLR's `initial_lr`. They resume; the scheduler state is not read, the step gives the
+    # lr; the rest of the run trains exactly as the LambdaLR run would have.
+    import functools
+
+    from pipelines.checkpoints import load_train_state, save_checkpoint
+    from pipelines.train.steps import load_optimizer_state, lr_at, make_optimizer
+
+    cfg = load_config(None, ["optim.name=adam", "optim.lr=0.01", "optim.warmup_epochs=1", "train.epochs=3"])
+    spe, total = 2, 6
+    batch = {"inputs": {"rgb": torch.full((1, 3, 2, 2), 2.0)}, "targets": {"depth": torch.ones(1, 1, 2, 2)}}
+    crit = MultiTaskLoss(["depth"])
+
+    def lambdalr_epoch(model, opt, sched):  # the loop as it was: optimizer step, then scheduler step
+        for _ in range(spe):
+            crit(model(batch["inputs"]), batch["targets"])[0].backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+
+    old = _Scale()
+    old_opt = make_optimizer(cfg, old)
+    old_sched = torch.optim.lr_scheduler.LambdaLR(old_opt, lambda s: _lambdalr_factor(cfg, s, total, spe))
+    lambdalr_epoch(old, old_opt, old_sched)
+    save_checkpoint(tmp_path, old, {"epoch": 0}, {"optimizer": old_opt.state_dict(),
+                                                  "scheduler": old_sched.state_dict()})
+    state = load_train_state(tmp_path)
+    assert "scheduler" in state and "initial_lr" in state["optimizer"]["param_groups"][0]
+    for _ in (1, 2):  # the LambdaLR run goes on
+        lambdalr_epoch(old, old_opt, old_sched)
+
+    new = _Scale()
+    new.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    opt = make_optimizer(cfg, new)
+    load_optimizer_state(opt, state, str(tmp_path))
+    assert "initial_lr" not in opt.param_groups[0]
+    schedule = functools.partial(lr_at, cfg=cfg, steps_per_epoch=spe)
+    for epoch in (1, 2):
+        train_epoch(new, [batch] * spe, crit, opt, schedule, torch.device("cpu"), epoch=epoch, first_step=epoch * spe)
+    assert torch.equal(new.w, old.w)
+    assert opt.state[new.w]["step"] == old_opt.state[old.w]["step"] == total
 
 
 def test_no_autocast_on_cpu():
@@ -419,10 +464,10 @@ def test_under_ddp_the_last_shorter_group_steps_when_the_batch_count_is_known():
     model = _DDPLike()
     batch = {"inputs": {"rgb": torch.full((1, 3, 2, 2), 2.0)}, "targets": {"depth": torch.ones(1, 1, 2, 2)}}
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    train_epoch(model, iter([batch] * 3), MultiTaskLoss(["depth"]), opt, sched, torch.device("cpu"), grad_accum=2,
-                num_batches=3)
-    assert sched.last_epoch == 2  # groups of 2 + 1: two steps
+    steps = []
+    train_epoch(model, iter([batch] * 3), MultiTaskLoss(["depth"]), opt, lambda s, seen=steps: seen.append(s) or 0.1,
+                torch.device("cpu"), grad_accum=2, num_batches=3)
+    assert steps == [0, 1]  # groups of 2 + 1: two steps
 
 
 @pytest.mark.parametrize("workers,batch,refused", [(2, 9, True), (2, 8, False)])
@@ -462,11 +507,10 @@ def test_a_fused_optimizer_state_resumes_unfused_and_steps():
     model(torch.randn(3, 2)).sum().backward()
     gpu_like.step()
     resumed = torch.optim.Adam(model.parameters())
-    scheduler = torch.optim.lr_scheduler.LambdaLR(resumed, lambda s: 1.0)
     settings = optimizer_settings(resumed)
     resumed.load_state_dict(gpu_like.state_dict())
     assert resumed.param_groups[0]["fused"] is True
-    keep_settings(resumed, scheduler, settings)
+    keep_settings(resumed, settings)
     assert resumed.param_groups[0]["fused"] is None
     before = model.weight.detach().clone()
     resumed.step()

@@ -27,8 +27,8 @@ def test_two_worker_run_is_tracked_completely(ray_cluster, tiny_config, smoke_sh
     assert run.info.status == "FINISHED" and run.info.run_name == "full"
     # The run is configs/smoke.yaml: every param but the paths the fixture points at its own store.
     from pipelines.config import flatten, load_config
-    from tests import REPO_ROOT
     from pipelines.track.tracker import _param_value
+    from tests import REPO_ROOT
 
     smoke = flatten(load_config(REPO_ROOT / "configs" / "smoke.yaml").model_dump(mode="json"))
     moved = {"data.shards", "tracking.uri", "tracking.experiment", "checkpoint.storage_path"}
@@ -106,8 +106,8 @@ def test_a_failure_after_training_marks_the_run_failed(ray_cluster, tiny_config,
 
 
 def test_checkpoint_of_another_model_is_refused(ray_cluster, tiny_config):
-    from pipelines.checkpoints import CheckpointError
     from pipelines.analysis.evaluate import run_evaluate
+    from pipelines.checkpoints import CheckpointError
 
     summary = run_training(tiny_config("train.epochs=1", "tracking.log_model=false"), run_name="other")
     with pytest.raises(CheckpointError, match=r"another model config: name: checkpoint 'mtinet' vs config 'padnet'"):
@@ -180,6 +180,12 @@ def test_a_run_that_died_resumes_where_it_stopped(ray_cluster, tiny_config, tmp_
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
     for key in ("val/semseg/miou", "train/loss/total", "lr"):
         assert _steps(client, run.info.run_id, key) == [0, 1], key  # no step logged twice
+    # The lr logged per epoch, the resumed one too, is the schedule at the end of that epoch (2 steps per
+    # epoch: 8 samples per rank, batch 4).
+    from pipelines.train.steps import lr_at
+
+    lr = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "lr")}
+    assert lr == {0: pytest.approx(lr_at(2, cfg, 2), rel=1e-12), 1: pytest.approx(lr_at(4, cfg, 2), rel=1e-12)}
 
 
 def test_train_json_prints_one_object_with_the_run_summary(ray_cluster, tiny_config, tmp_path, monkeypatch):

@@ -5,8 +5,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines.config import load_config
-from tests import REPO_ROOT
 from pipelines.tune.driver import run_tune
+from tests import REPO_ROOT
 from tests.pipelines.faults import ExitOnce
 
 pytestmark = pytest.mark.integration
