@@ -17,6 +17,7 @@ from typing import Any
 from datasets.inspect import read_samples
 from datasets.manifest import write_atomic
 from pipelines.checkpoints import read_meta
+from pipelines.compat import mlflow_dataset_entity
 from pipelines.config import ExperimentConfig, flatten
 from pipelines.jsonio import dumps
 from pipelines.storage import checkpoint_uri, join, read_text, write_text
@@ -113,7 +114,7 @@ def _log_dataset_input(tracker: Any, cfg: ExperimentConfig, manifest: dict[str, 
     source = HTTPDatasetSource(url=Path(cfg.data.shards).as_uri())
     ds = MetaDataset(source=source, name=manifest.get("name", "dataset"), digest=digest[:32])
     tracker.client.log_inputs(tracker.run_id, datasets=[
-        DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "train")])])
+        DatasetInput(mlflow_dataset_entity(ds), tags=[InputTag("mlflow.data.context", "train")])])
 
 
 def best_checkpoint(result: Any, metric: str, mode: str) -> tuple[Any, dict[str, Any]]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from pipelines.compat import ray_job_submission_id
 from pipelines.config import project_root, ConfigError
 from pipelines.track.redact import redact_url_password  # noqa: F401 (re-exported)
 
@@ -112,14 +113,9 @@ def changed_plugins(logged: dict[str, str], now: dict[str, str]) -> list[str]:
 
 def ray_job_tags() -> dict[str, str]:
     tags: dict[str, str] = {}
-    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
-    if raw:
-        try:
-            sub = json.loads(raw).get("metadata", {}).get("job_submission_id")
-        except json.JSONDecodeError:
-            sub = None
-        if sub:
-            tags["ray.submission_id"] = sub
+    sub = ray_job_submission_id()
+    if sub:
+        tags["ray.submission_id"] = sub
     try:
         import ray
 

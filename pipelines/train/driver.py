@@ -21,6 +21,7 @@ from datasets.codec import MEMBERS
 from datasets.manifest import ManifestError, load_manifest
 from fusion import build_model, list_models
 from fusion.metrics import MetricSet
+from pipelines.compat import LOCAL_RAY_ENV, interruptible_trainer_cls
 from pipelines.config import ConfigError, ExperimentConfig, model_config
 from pipelines.storage import remove
 from pipelines.track.data_versions import resolve_data_rev
@@ -90,20 +91,13 @@ def validate_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     return manifest
 
 
-# Set (unless the user set them) before a local Ray starts, so its raylet and workers inherit them.
-# A local Ray has no preemptible nodes, so Train V2's preemption watcher has nothing to watch; it
-# costs an actor per run and logs a core-worker error line ("has constructor arguments in the object
-# store and max_restarts > 0") at every start.
-LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
-
-
 def init_ray(cfg: ExperimentConfig, concurrent_runs: int = 1) -> None:
     """Join ``RAY_ADDRESS``, or start a local Ray big enough for ``concurrent_runs`` runs of ``cfg``.
 
     The local Ray always has its dashboard, listening on 127.0.0.1 only: it serves Ray's state API,
     which every Train V2 run polls once a second (its placement-group cleaner frees the workers of a
     run whose controller died, e.g. a Tune trial stopped early). Without it each poll fails and logs
-    a warning, once a second for the whole run. A local Ray also gets :data:`LOCAL_RAY_ENV`.
+    a warning, once a second for the whole run. A local Ray also gets :data:`pipelines.compat.LOCAL_RAY_ENV`.
     """
     import ray
 
@@ -125,31 +119,6 @@ def start_local_ray(num_cpus: int, log_to_driver: bool = True) -> None:
     for key, value in LOCAL_RAY_ENV.items():
         os.environ.setdefault(key, value)
     ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=log_to_driver)
-
-
-def _interruptible_trainer_cls() -> type:
-    """``TorchTrainer`` that remembers a Ctrl-C. Ray Train V2 installs its own SIGINT handler during
-    ``fit`` (it aborts the run, and ``fit`` then fails with an actor error); chaining a flag in front of it
-    lets the driver mark the MLflow run KILLED, not FAILED."""
-    import signal
-
-    from ray.train.torch import TorchTrainer
-
-    class InterruptibleTrainer(TorchTrainer):
-        interrupted = False
-
-        def _register_sigint_handler(self, controller: Any) -> None:
-            super()._register_sigint_handler(controller)
-            ray_handler = signal.getsignal(signal.SIGINT)
-
-            def handler(signum: int, frame: Any) -> None:
-                self.interrupted = True
-                if callable(ray_handler):
-                    ray_handler(signum, frame)
-
-            signal.signal(signal.SIGINT, handler)
-
-    return InterruptibleTrainer
 
 
 def run_training(cfg: ExperimentConfig, run_name: str | None = None, *, extra_tags: dict[str, str] | None = None,
@@ -175,7 +144,7 @@ def run_training(cfg: ExperimentConfig, run_name: str | None = None, *, extra_ta
     fatal = fatal_path(cfg.checkpoint.storage_path, run_name)
     remove(fatal)  # an earlier attempt's error; the config may have been fixed since
     mcfg = model_config(cfg, len(manifest["classes"]))
-    trainer = _interruptible_trainer_cls()(
+    trainer = interruptible_trainer_cls()(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "model_config": mcfg, "classes": manifest["classes"],
                            "mlflow_run_id": tracker.run_id, "tracking_uri": cfg.tracking.uri,

@@ -36,6 +36,7 @@ from pipelines.checkpoints import (
     save_checkpoint,
     unwrap,
 )
+from pipelines.compat import quiet_ray_train_reports
 from pipelines.config import ConfigError, ExperimentConfig
 from pipelines.storage import join, read_text, write_text
 from pipelines.track.redact import redact_url_password
@@ -90,23 +91,6 @@ def epoch_line(metrics: dict[str, Any], epoch: int, epochs: int, checkpoint_metr
     if "train/epoch_s" in metrics:
         parts.append(f"{metrics['train/epoch_s']:.0f} s")
     return "  ".join(parts)
-
-
-def quiet_ray_train_reports() -> None:
-    """Silence Ray Train V2's per-report INFO line in this worker.
-
-    Ray logs every ``ray.train.report`` with its whole metrics dict, one multi-kilobyte line per
-    epoch and rank (24 lines for the main job). That logger is named by its file path, so
-    ``LoggingConfig`` (which filters only ``ray.train.*`` loggers) does not reach it; its level is
-    set here instead. :func:`epoch_line` says what matters. Ray's session log files keep the rest.
-    """
-    try:
-        from ray.train.v2._internal.execution import context as ray_train_context
-    except ImportError:  # another Ray layout: nothing to silence
-        return
-    reporter = getattr(ray_train_context, "logger", None)
-    if isinstance(reporter, logging.Logger):
-        reporter.setLevel(logging.WARNING)
 
 
 FATAL = "fusionpipe-fatal.json"

@@ -31,6 +31,7 @@ import yaml
 
 from datasets.manifest import write_atomic
 from pipelines.checkpoints import CheckpointError, read_meta
+from pipelines.compat import tune_trials
 from pipelines.config import (
     PROJECT_ROOT_ENV,
     ConfigError,
@@ -272,7 +273,7 @@ def run_tune(config: str | Path, sweep: str | Path, overrides: list[str] | None 
         raise
     # On Ctrl-C (or `fusionpipe jobs stop`) Tune saves its state and fit() returns normally: a sweep with
     # trials neither finished nor failed, or not all created, was interrupted, not done.
-    trials = getattr(getattr(results, "_experiment_analysis", None), "trials", None) or []
+    trials = tune_trials(results)
     unfinished = [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
     if unfinished or len(trials) < expected_trials(spec):
         parent.end("KILLED")

@@ -5,8 +5,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipelines.train.driver import LOCAL_RAY_ENV, init_ray
-from pipelines.train.worker import epoch_line, quiet_ray_train_reports
+from pipelines.compat import LOCAL_RAY_ENV, quiet_ray_train_reports
+from pipelines.train.driver import init_ray
+from pipelines.train.worker import epoch_line
 
 
 def test_epoch_line_shows_loss_checkpoint_metric_headlines_and_speed():

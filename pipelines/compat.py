@@ -1,0 +1,124 @@
+"""Every workaround that reaches into the internals of Ray or MLflow (private attributes and methods,
+internal modules, undocumented environment variables), in one place.
+
+Each entry says which library version it was written for and why it exists. ``tests/pipelines/test_compat.py``
+checks that the internals each one relies on are still there as it expects, and that the installed
+versions are those in :data:`WRITTEN_FOR`: an upgrade fails those tests until every workaround has been
+re-checked against the new version (then update :data:`WRITTEN_FOR`, or delete what is no longer needed).
+PyTorch needs none at present.
+
+Importing this module imports neither Ray nor MLflow: the driver, worker and tracking modules import it
+at their top, some of them where no Ray is needed (``import ray`` alone takes seconds), so each function
+imports what it needs when it is called.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from typing import Any
+
+#: The versions the workarounds below were written for and checked against.
+WRITTEN_FOR = {"ray": "2.60.0", "mlflow": "3.17.2"}
+
+#: Ray 2.60.0: set (unless the user set them) before a local Ray starts, so its raylet and workers
+#: inherit them. ``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER`` is read by Train V2's controller
+#: (``ray.train.v2._internal.constants``; on by default). A local Ray has no preemptible nodes, so the
+#: watcher has nothing to watch; it costs an actor per run and logs a core-worker error line ("has
+#: constructor arguments in the object store and max_restarts > 0") at every start.
+LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+def interruptible_trainer_cls() -> type:
+    """``TorchTrainer`` that remembers a Ctrl-C (its ``interrupted`` attribute).
+
+    Ray 2.60.0: Train V2 installs its own SIGINT handler during ``fit`` (it aborts the run, and ``fit``
+    then fails with an actor error that does not say why). Ray has no public hook for it, so this
+    overrides the private ``DataParallelTrainer._register_sigint_handler(controller)`` (called by ``fit``
+    in the main thread only) and chains a flag in front of Ray's handler: the driver can then mark the
+    MLflow run KILLED, not FAILED.
+    """
+    from ray.train.torch import TorchTrainer  # lazy: see the module docstring
+
+    class InterruptibleTrainer(TorchTrainer):
+        interrupted = False
+
+        def _register_sigint_handler(self, controller: Any) -> None:
+            super()._register_sigint_handler(controller)
+            ray_handler = signal.getsignal(signal.SIGINT)
+
+            def handler(signum: int, frame: Any) -> None:
+                self.interrupted = True
+                if callable(ray_handler):
+                    ray_handler(signum, frame)
+
+            signal.signal(signal.SIGINT, handler)
+
+    return InterruptibleTrainer
+
+
+#: Ray 2.60.0: the internal module whose module-level logger writes Train V2's per-report INFO line.
+RAY_TRAIN_REPORT_LOGGER_MODULE = "ray.train.v2._internal.execution.context"
+
+
+def quiet_ray_train_reports() -> None:
+    """Silence Ray Train V2's per-report INFO line in this worker.
+
+    Ray 2.60.0 logs every ``ray.train.report`` with its whole metrics dict, one multi-kilobyte line per
+    epoch and rank (24 lines for the main job), from the module-level ``logger`` of
+    :data:`RAY_TRAIN_REPORT_LOGGER_MODULE`. That logger is named by its file path, so ``LoggingConfig``
+    (which filters only ``ray.train.*`` loggers) does not reach it; its level is set here instead. Ray's
+    session log files keep the rest.
+    """
+    import importlib
+
+    try:
+        module = importlib.import_module(RAY_TRAIN_REPORT_LOGGER_MODULE)
+    except ImportError:  # another Ray layout: nothing to silence
+        return
+    reporter = getattr(module, "logger", None)
+    if isinstance(reporter, logging.Logger):
+        reporter.setLevel(logging.WARNING)
+
+
+#: Ray 2.60.0: the environment variable through which the job supervisor hands a submitted job's
+#: driver its job config (``ray._private.runtime_env.constants.RAY_JOB_CONFIG_JSON_ENV_VAR``), whose
+#: ``metadata`` holds the submission id under ``job_submission_id``.
+RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def ray_job_submission_id() -> str | None:
+    """The submission id of the Ray job this driver runs as (``fusionpipe submit``), else None.
+
+    Ray 2.60.0 has no public API for it (the runtime context has the job id only): it is read from the
+    job config that the job supervisor puts in :data:`RAY_JOB_CONFIG_ENV`.
+    """
+    raw = os.environ.get(RAY_JOB_CONFIG_ENV)
+    if not raw:
+        return None
+    try:
+        return json.loads(raw).get("metadata", {}).get("job_submission_id") or None
+    except json.JSONDecodeError:
+        return None
+
+
+def tune_trials(results: Any) -> list[Any]:
+    """The ``Trial`` objects behind a Tune ``ResultGrid``, with their status; [] when they cannot be reached.
+
+    Ray 2.60.0: a ``ResultGrid`` lists one ``Result`` per trial but not its status, which tells a sweep
+    interrupted by Ctrl-C (trials still PENDING, RUNNING or PAUSED) from one that is done; the trials
+    are on its private ``_experiment_analysis`` (a public ``ExperimentAnalysis``).
+    """
+    return getattr(getattr(results, "_experiment_analysis", None), "trials", None) or []
+
+
+def mlflow_dataset_entity(dataset: Any) -> Any:
+    """The ``mlflow.entities.Dataset`` of an ``mlflow.data`` dataset, for ``MlflowClient.log_inputs``.
+
+    MLflow 3.17.2: only the fluent ``mlflow.log_input`` converts a dataset, and it logs to the active
+    run of this process; a run written through a client by run id (as every fusionpipe run is, from
+    the driver and from the workers) needs the entity, which the private ``Dataset._to_mlflow_entity``
+    builds.
+    """
+    return dataset._to_mlflow_entity()

@@ -1,0 +1,140 @@
+"""The workarounds in pipelines/compat.py still fit the Ray and MLflow installed.
+
+Each test fails when the internal a workaround relies on changed or went away, or when the workaround
+has become unnecessary; the version test fails on any upgrade, so that every workaround is re-checked
+then (see the module docstring of pipelines.compat).
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+import json
+import logging
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from pipelines import compat
+
+
+@pytest.mark.parametrize("package", sorted(compat.WRITTEN_FOR))
+def test_the_installed_versions_are_those_the_workarounds_were_written_for(package):
+    installed = importlib.metadata.version(package)
+    assert installed == compat.WRITTEN_FOR[package], (
+        f"{package} {installed} is installed, pipelines/compat.py was written for {compat.WRITTEN_FOR[package]}: "
+        "re-check every workaround there against the new version, then update WRITTEN_FOR")
+
+
+def test_importing_compat_imports_neither_ray_nor_mlflow():
+    code = "import sys, pipelines.compat; print(sorted(m for m in ('ray', 'mlflow') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_preemption_watcher_is_on_by_default_and_switched_by_that_variable():
+    from ray.train.v2._internal import constants
+
+    (name,) = compat.LOCAL_RAY_ENV
+    assert constants.ENABLE_PREEMPTION_WATCHER_ENV_VAR == name
+    assert constants.DEFAULT_ENABLE_PREEMPTION_WATCHER is True  # off by default: LOCAL_RAY_ENV is not needed
+    from ray.train.v2._internal.execution.controller import controller
+
+    assert "ENABLE_PREEMPTION_WATCHER_ENV_VAR" in inspect.getsource(controller)
+
+
+def test_fit_registers_its_sigint_handler_through_the_overridden_private_method():
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    assert issubclass(TorchTrainer, DataParallelTrainer)
+    method = inspect.getattr_static(DataParallelTrainer, "_register_sigint_handler")
+    assert list(inspect.signature(method).parameters) == ["self", "controller"]
+    # fit() (through the method that starts the controller) still calls it, in the main thread only.
+    source = inspect.getsource(DataParallelTrainer)
+    assert "self._register_sigint_handler(controller)" in source
+
+    trainer_cls = compat.interruptible_trainer_cls()
+    assert issubclass(trainer_cls, TorchTrainer) and trainer_cls.interrupted is False
+
+
+def test_the_interruptible_trainer_flags_a_sigint_and_hands_it_to_rays_handler(monkeypatch):
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    seen = []
+
+    def ray_registers(self, controller):  # what Ray's method does, without a controller to abort
+        signal.signal(signal.SIGINT, lambda signum, frame: seen.append(controller))
+
+    monkeypatch.setattr(DataParallelTrainer, "_register_sigint_handler", ray_registers)
+    trainer = object.__new__(compat.interruptible_trainer_cls())
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        trainer._register_sigint_handler("the controller")
+        signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert trainer.interrupted is True and seen == ["the controller"]
+
+
+def test_the_per_report_line_comes_from_the_logger_that_is_silenced():
+    module = importlib.import_module(compat.RAY_TRAIN_REPORT_LOGGER_MODULE)
+    assert isinstance(module.logger, logging.Logger)
+    assert not module.logger.name.startswith("ray.train")  # else LoggingConfig would reach it: not needed
+    assert 'f"Reporting training result {report_call_index}: {training_report} "' in inspect.getsource(module)
+    # That quiet_ray_train_reports raises it to WARNING: tests/pipelines/test_console.py.
+
+
+def test_the_job_supervisor_hands_the_submission_id_through_that_variable(monkeypatch):
+    from ray._private.runtime_env import constants
+    from ray.dashboard.modules.job import common, job_supervisor
+
+    assert constants.RAY_JOB_CONFIG_JSON_ENV_VAR == compat.RAY_JOB_CONFIG_ENV
+    assert common.JOB_ID_METADATA_KEY == "job_submission_id"
+    assert "RAY_JOB_CONFIG_JSON_ENV_VAR: json.dumps(" in inspect.getsource(job_supervisor)
+    from ray.runtime_context import RuntimeContext
+
+    # The runtime context has no submission id of its own (it would replace the variable). The class, not
+    # ray.get_runtime_context(): that would start a Ray.
+    assert not any("submission" in name for name in dir(RuntimeContext))
+
+    monkeypatch.setenv(compat.RAY_JOB_CONFIG_ENV, json.dumps({"metadata": {"job_submission_id": "raysubmit_1"}}))
+    assert compat.ray_job_submission_id() == "raysubmit_1"
+    monkeypatch.setenv(compat.RAY_JOB_CONFIG_ENV, "{not json")
+    assert compat.ray_job_submission_id() is None
+    monkeypatch.delenv(compat.RAY_JOB_CONFIG_ENV)
+    assert compat.ray_job_submission_id() is None
+
+
+def test_a_result_grid_keeps_its_trials_on_the_private_experiment_analysis():
+    from ray.tune import ResultGrid
+    from ray.tune.analysis.experiment_analysis import ExperimentAnalysis
+
+    assert list(inspect.signature(ResultGrid.__init__).parameters)[:2] == ["self", "experiment_analysis"]
+    assert "self._experiment_analysis = experiment_analysis" in inspect.getsource(ResultGrid.__init__)
+    assert "self.trials = " in inspect.getsource(ExperimentAnalysis.__init__)
+    # A Result has no status: the trials are still needed.
+    from ray.tune import Result
+
+    assert "status" not in {f for f in getattr(Result, "__dataclass_fields__", {})}
+
+    grid = object.__new__(ResultGrid)
+    grid._experiment_analysis = type("Analysis", (), {"trials": ["t1", "t2"]})()
+    assert compat.tune_trials(grid) == ["t1", "t2"]
+    assert compat.tune_trials(object()) == []
+
+
+def test_a_meta_dataset_converts_to_the_entity_that_log_inputs_takes(tmp_path):
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import Dataset, DatasetInput
+    from mlflow.tracking import MlflowClient
+
+    ds = MetaDataset(source=HTTPDatasetSource(url=tmp_path.as_uri()), name="smoke", digest="0123abcd")
+    entity = compat.mlflow_dataset_entity(ds)
+    assert isinstance(entity, Dataset) and (entity.name, entity.digest) == ("smoke", "0123abcd")
+    assert entity.source_type == "http" and json.loads(entity.source) == {"url": tmp_path.as_uri()}
+    # The client still takes entities only: the private conversion is still needed.
+    annotation = str(inspect.signature(MlflowClient.log_inputs).parameters["datasets"].annotation)
+    assert "DatasetInput" in annotation and DatasetInput(entity).dataset is entity
