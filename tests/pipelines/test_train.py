@@ -90,12 +90,13 @@ def test_ddp_without_deep_supervision_and_a_short_accumulation_group(ray_cluster
 
 
 def test_a_failure_after_training_marks_the_run_failed(ray_cluster, tiny_config, monkeypatch):
-    import pipelines.track.export
+    import pipelines.track.run_record
 
     def broken(*args, **kwargs):
         raise OSError("artifact store unreachable")
 
-    monkeypatch.setattr(pipelines.track.export, "log_final_model", broken)
+    # Where finish_run looks it up (run_record imports it by name).
+    monkeypatch.setattr(pipelines.track.run_record, "log_final_model", broken)
     cfg = tiny_config("train.epochs=1", "train.preview_every=0")
     with pytest.raises(OSError, match="artifact store unreachable"):
         run_training(cfg, run_name="export-fails")
