@@ -1,4 +1,5 @@
 """Shared output for benchmark scripts (docs/benchmarks.md, the benchmark contract)."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,9 +17,13 @@ def parse_args(description: str, devices: bool = False, argv: list[str] | None =
     p.add_argument("--quick", action="store_true", help="small sizes; finishes in under a minute")
     p.add_argument("--json", action="store_true", help="print only the JSON object")
     if devices:
-        p.add_argument("--only", choices=("cpu", "cuda"), default=None,
-                       help="measure on this device alone (default: the CPU, and CUDA too when present); "
-                            "--only cuda without CUDA is an error")
+        p.add_argument(
+            "--only",
+            choices=("cpu", "cuda"),
+            default=None,
+            help="measure on this device alone (default: the CPU, and CUDA too when present); "
+            "--only cuda without CUDA is an error",
+        )
     args = p.parse_args(argv)
     if devices and args.only == "cuda":
         import torch

@@ -41,6 +41,7 @@ and ~28x smaller than the non-local block.
 
     python benchmarks/attention.py [--quick] [--json] [--only cpu|cuda]
 """
+
 from __future__ import annotations
 
 import json
@@ -117,8 +118,9 @@ def _build(block: str):
 
     if block == "apnb":
         return PyramidPooledAttention(CHANNELS, CHANNELS, KEY_VALUE_CHANNELS, KEY_VALUE_CHANNELS)
-    return non_local_block(CHANNELS, CHANNELS, KEY_VALUE_CHANNELS, KEY_VALUE_CHANNELS,
-                           use_sdpa=block == "nonlocal_sdpa")
+    return non_local_block(
+        CHANNELS, CHANNELS, KEY_VALUE_CHANNELS, KEY_VALUE_CHANNELS, use_sdpa=block == "nonlocal_sdpa"
+    )
 
 
 def _times_ms(fn, repeats: int, sync) -> list[float]:
@@ -175,10 +177,18 @@ def measure(block: str, scope: str, height: int, width: int, device: str, repeat
         s = model.attention.sampler.num_samples(height, width)
         peak = weights + activations
         result = {
-            "block": block, "scope": scope, "device": device, "input": [1, CHANNELS, height, width],
-            "size": f"{height}x{width}", "samples": s, "attention_matrix_bytes": n * s * 4,
-            "weights_bytes": int(weights), "activation_bytes": int(activations), "peak_bytes": int(peak),
-            "peak_mb": round(peak / 2**20, 1), "time_ms": round(statistics.median(times), 2),
+            "block": block,
+            "scope": scope,
+            "device": device,
+            "input": [1, CHANNELS, height, width],
+            "size": f"{height}x{width}",
+            "samples": s,
+            "attention_matrix_bytes": n * s * 4,
+            "weights_bytes": int(weights),
+            "activation_bytes": int(activations),
+            "peak_bytes": int(peak),
+            "peak_mb": round(peak / 2**20, 1),
+            "time_ms": round(statistics.median(times), 2),
             "times_ms": [round(t, 2) for t in times],
         }
         if cuda:
@@ -229,9 +239,7 @@ def run(sizes, device: str, repeats: int) -> tuple[list[dict[str, Any]], dict[st
                     continue  # SDPA changes only the attention part; the attention scope shows it
                 reason = _skip_reason(block, height, width, device)
                 if reason is not None:
-                    results.append(
-                        {"block": block, "scope": scope, "device": device, "size": tag, "skipped": reason}
-                    )
+                    results.append({"block": block, "scope": scope, "device": device, "size": tag, "skipped": reason})
                     continue
                 by_block[block] = _in_fresh_process((block, scope, height, width, device, repeats))
                 results.append(by_block[block])

@@ -10,6 +10,7 @@ the same 1000 runs).
 
     python benchmarks/compare.py [--quick] [--json]
 """
+
 from __future__ import annotations
 
 import statistics
@@ -34,11 +35,15 @@ def fill(uri: str, n: int) -> None:
     exp_id = client.create_experiment("bench")
     for i in range(n):
         run = client.create_run(exp_id, run_name=f"run{i:04d}")
-        metrics = [Metric(k, v + step / 100 + i / 1e4, 0, step) for step in range(EPOCHS)
-                   for k, v in (("val/semseg/miou", 0.3), ("val/depth/rmse", 1.0), ("val/normals/mean", 30.0))]
+        metrics = [
+            Metric(k, v + step / 100 + i / 1e4, 0, step)
+            for step in range(EPOCHS)
+            for k, v in (("val/semseg/miou", 0.3), ("val/depth/rmse", 1.0), ("val/normals/mean", 30.0))
+        ]
         params = [Param("model.name", "mtinet"), Param("train.epochs", str(EPOCHS)), Param("train.lr", str(i % 7))]
-        client.log_batch(run.info.run_id, metrics=metrics, params=params,
-                         tags=[RunTag("data.manifest_digest", "a" * 64)])
+        client.log_batch(
+            run.info.run_id, metrics=metrics, params=params, tags=[RunTag("data.manifest_digest", "a" * 64)]
+        )
         client.set_terminated(run.info.run_id)
 
 

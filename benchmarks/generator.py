@@ -8,6 +8,7 @@ per-core figure even when other jobs share the machine; wall-clock rates are rep
 
     .venv/bin/python benchmarks/generator.py [--quick] [--json]
 """
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,12 @@ def _rate(n: int, fn) -> dict[str, float]:
     for i in range(n):
         fn(i)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return {"samples_per_s_cpu": round(n / cpu, 2), "cpu_ms_per_sample": round(1000 * cpu / n, 2),
-            "samples_per_s_wall": round(n / wall, 2), "wall_ms_per_sample": round(1000 * wall / n, 2)}
+    return {
+        "samples_per_s_cpu": round(n / cpu, 2),
+        "cpu_ms_per_sample": round(1000 * cpu / n, 2),
+        "samples_per_s_wall": round(n / wall, 2),
+        "wall_ms_per_sample": round(1000 * wall / n, 2),
+    }
 
 
 def main() -> None:
@@ -50,8 +55,14 @@ def main() -> None:
     full = _rate(n, render_encode)
     results = [
         {"name": "render", "height": HEIGHT, "width": WIDTH, "samples": n, **render_only},
-        {"name": "render+encode", "height": HEIGHT, "width": WIDTH, "samples": n, **full,
-         "encoded_kib_per_sample": round(sum(sizes) / len(sizes) / 1024, 1)},
+        {
+            "name": "render+encode",
+            "height": HEIGHT,
+            "width": WIDTH,
+            "samples": n,
+            **full,
+            "encoded_kib_per_sample": round(sum(sizes) / len(sizes) / 1024, 1),
+        },
     ]
     emit("generator", results, {"generator_samples_per_s_per_core": full["samples_per_s_cpu"]}, args.json)
 

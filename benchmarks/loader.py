@@ -32,6 +32,7 @@ methods (the loader seeds its own), which averages out over a run.
 
     .venv/bin/python benchmarks/loader.py [--quick] [--json]
 """
+
 from __future__ import annotations
 
 import os
@@ -70,8 +71,13 @@ def augment_config(height: int, width: int) -> dict[str, Any]:
 
 def build_shards(root: Path, num_samples: int, shard_size: int, height: int, width: int) -> Path:
     """Write a synthetic train split of ``num_samples`` at ``height`` x ``width`` to ``root``."""
-    write_dataset(SyntheticSource(num_train=num_samples, num_val=0, height=height, width=width, seed=0),
-                  root, shard_size=shard_size, workers=1, progress=False)
+    write_dataset(
+        SyntheticSource(num_train=num_samples, num_val=0, height=height, width=width, seed=0),
+        root,
+        shard_size=shard_size,
+        workers=1,
+        progress=False,
+    )
     return root
 
 
@@ -129,8 +135,16 @@ def _batch_samples(loader: DataLoader) -> int:
 
 def loader_pass(root: Path, transform: SampleTransform, batch_size: int, epoch: int) -> int:
     """One epoch of the shard loader in this process; returns the number of samples batched."""
-    stream = ShardStream(root, "train", tasks=TASKS, modalities=MODALITIES, batch_size=batch_size, train=True,
-                         num_workers=0, transform=transform)
+    stream = ShardStream(
+        root,
+        "train",
+        tasks=TASKS,
+        modalities=MODALITIES,
+        batch_size=batch_size,
+        train=True,
+        num_workers=0,
+        transform=transform,
+    )
     stream.set_epoch(epoch)
     return _batch_samples(make_loader(stream))
 
@@ -146,8 +160,9 @@ def decode_pass(samples: list[tuple[str, dict[str, bytes]]], transform: SampleTr
 def loose_pass(dataset: LooseFiles, batch_size: int, epoch: int) -> int:
     """One shuffled epoch over the loose files; returns the number of samples batched."""
     dataset.epoch = epoch
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=0,
-                        generator=torch.Generator().manual_seed(epoch))
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, num_workers=0, generator=torch.Generator().manual_seed(epoch)
+    )
     return _batch_samples(loader)
 
 
@@ -157,8 +172,9 @@ def _timed(fn: Callable[[], int]) -> tuple[int, float, float]:
     return n, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def measure(root: Path, loose_root: Path, height: int, width: int, rounds: int,
-            batch_size: int = BATCH_SIZE) -> list[dict[str, Any]]:
+def measure(
+    root: Path, loose_root: Path, height: int, width: int, rounds: int, batch_size: int = BATCH_SIZE
+) -> list[dict[str, Any]]:
     """Run the three methods interleaved for ``rounds`` rounds (the first one untimed); one result each."""
     if rounds < 2:
         raise ValueError(f"rounds must be >= 2 (the first is warm-up), got {rounds}")
@@ -174,7 +190,7 @@ def measure(root: Path, loose_root: Path, height: int, width: int, rounds: int,
     for r in range(rounds):
         # Odd rounds run the methods in reverse order, so a method never always follows the same one.
         for method in METHODS if r % 2 == 0 else METHODS[::-1]:
-            t = _timed(lambda: passes[method](r))
+            t = _timed(lambda run=passes[method], r=r: run(r))
             if r > 0:
                 timings[method].append(t)
     shard_count = len(load_manifest(root)["splits"]["train"]["shards"])
@@ -183,14 +199,24 @@ def measure(root: Path, loose_root: Path, height: int, width: int, rounds: int,
         n = sum(t[0] for t in timings[method])
         wall = sum(t[1] for t in timings[method])
         cpu = sum(t[2] for t in timings[method])
-        results.append({
-            "name": method, "height": height, "width": width, "dataset_samples": len(samples),
-            "shards": shard_count, "batch_size": None if method == "decode_limit" else batch_size,
-            "num_workers": 0, "timed_rounds": rounds - 1, "samples": n,
-            "samples_per_s_cpu": round(n / cpu, 2), "cpu_ms_per_sample": round(1000 * cpu / n, 3),
-            "samples_per_s_wall": round(n / wall, 2), "wall_ms_per_sample": round(1000 * wall / n, 3),
-            "round_samples_per_s_cpu": [round(t[0] / t[2], 2) for t in timings[method]],
-        })
+        results.append(
+            {
+                "name": method,
+                "height": height,
+                "width": width,
+                "dataset_samples": len(samples),
+                "shards": shard_count,
+                "batch_size": None if method == "decode_limit" else batch_size,
+                "num_workers": 0,
+                "timed_rounds": rounds - 1,
+                "samples": n,
+                "samples_per_s_cpu": round(n / cpu, 2),
+                "cpu_ms_per_sample": round(1000 * cpu / n, 3),
+                "samples_per_s_wall": round(n / wall, 2),
+                "wall_ms_per_sample": round(1000 * wall / n, 3),
+                "round_samples_per_s_cpu": [round(t[0] / t[2], 2) for t in timings[method]],
+            }
+        )
     return results
 
 
@@ -203,8 +229,10 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, float]:
     for m in METHODS:
         if not rate[m] > 0:
             raise ValueError(f"result {m!r}: samples_per_s_cpu must be > 0, got {rate[m]!r}")
-    return {"loader_vs_decode_limit": round(rate["loader"] / rate["decode_limit"], 4),
-            "loader_vs_loose_files": round(rate["loader"] / rate["loose_files"], 4)}
+    return {
+        "loader_vs_decode_limit": round(rate["loader"] / rate["decode_limit"], 4),
+        "loader_vs_loose_files": round(rate["loader"] / rate["loose_files"], 4),
+    }
 
 
 def main() -> None:

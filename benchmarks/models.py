@@ -9,6 +9,7 @@
   (``fusion.models.cen.unimodal_equivalent``).
 ``--quick`` builds every model at width 0.25 and times one run after one warm-up.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -44,8 +45,16 @@ SCOPE = {
 
 
 def config(name: str, width: float, **override) -> ModelConfig:
-    d = {"name": name, "tasks": MTL_TASKS, "modalities": ["rgb"], "backbone": "resnet18", "width": width,
-         "num_classes": 40, **SCOPE.get(name, {}), **override}
+    d = {
+        "name": name,
+        "tasks": MTL_TASKS,
+        "modalities": ["rgb"],
+        "backbone": "resnet18",
+        "width": width,
+        "num_classes": 40,
+        **SCOPE.get(name, {}),
+        **override,
+    }
     return ModelConfig.from_dict(d)
 
 
@@ -77,8 +86,10 @@ def mtinet_vs_single_tasks(backbone: str, width: float, device: str = "cpu") -> 
     head = {"head_channels": sum(scale_channels(c, width) for c in HRNET_SPECS[backbone].channels)}
     with torch.device(device):
         mtinet = fusion.build_model(config("mtinet", width, backbone=backbone, options=head)).eval()
-        singles = [fusion.build_model(config("single_task", width, tasks=[t], backbone=backbone, options=head)).eval()
-                   for t in MTL_TASKS]
+        singles = [
+            fusion.build_model(config("single_task", width, tasks=[t], backbone=backbone, options=head)).eval()
+            for t in MTL_TASKS
+        ]
         x = {m: t.to(device) for m, t in inputs_for(config("mtinet", width)).items()}
     return flops(mtinet, x) / sum(flops(m, x) for m in singles)
 
@@ -103,11 +114,19 @@ def main() -> None:
         cfg = config(name, width)
         model = fusion.build_model(cfg).eval()
         x = inputs_for(cfg)
-        results.append({
-            "model": name, "backbone": cfg.backbone, "tasks": cfg.tasks, "modalities": cfg.modalities,
-            "width": width, "input": [HEIGHT, WIDTH], "params": params(model), "flops": flops(model, x),
-            "latency_ms": round(latency_ms(model, x, runs), 2),
-        })
+        results.append(
+            {
+                "model": name,
+                "backbone": cfg.backbone,
+                "tasks": cfg.tasks,
+                "modalities": cfg.modalities,
+                "width": width,
+                "input": [HEIGHT, WIDTH],
+                "params": params(model),
+                "flops": flops(model, x),
+                "latency_ms": round(latency_ms(model, x, runs), 2),
+            }
+        )
     ratios = {"mtinet_flops_vs_single_tasks": round(mtinet_vs_single_tasks("hrnet18", width), 4)}
     for backbone in ("hrnet32", "hrnet48"):
         ratios[f"mtinet_flops_vs_single_tasks@{backbone}"] = round(mtinet_vs_single_tasks(backbone, width, "meta"), 4)

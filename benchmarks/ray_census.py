@@ -9,6 +9,7 @@ whose cores all train pre-empts a compute thread: this is the mechanism behind
 
     .venv/bin/python benchmarks/ray_census.py --json     (about 1 min; --quick: about 45 s)
 """
+
 from __future__ import annotations
 
 import os
@@ -26,12 +27,18 @@ from benchmarks._common import emit, parse_args  # noqa: E402
 # (group, pattern on the process command line), first match wins.
 GROUPS = (
     ("training worker", r"ray::RayTrainWorker"),
-    ("Train V2 helper actors", r"ray::(TrainController|PlacementGroupCleaner|_AutoscalingCoordinatorActor|"
-                               r"SynchronizationActor|DatasetManager|TrainStateActor)"),
+    (
+        "Train V2 helper actors",
+        r"ray::(TrainController|PlacementGroupCleaner|_AutoscalingCoordinatorActor|"
+        r"SynchronizationActor|DatasetManager|TrainStateActor)",
+    ),
     ("idle pooled workers", r"ray::IDLE"),
     ("GCS and raylet", r"^\S*/(gcs_server|raylet)\s"),
     ("dashboard and its modules", r"ray/dashboard/dashboard\.py|ray-dashboard-"),
-    ("dashboard and runtime-env agents", r"ray::(DashboardAgent|RuntimeEnvAgent)|dashboard/agent\.py|runtime_env/agent"),
+    (
+        "dashboard and runtime-env agents",
+        r"ray::(DashboardAgent|RuntimeEnvAgent)|dashboard/agent\.py|runtime_env/agent",
+    ),
     ("log monitor and autoscaler monitor", r"log_monitor\.py|autoscaler/(_private|v2)/monitor\.py"),
 )
 
@@ -94,15 +101,22 @@ def census(before: dict, after: dict, seconds: float, ticks_per_s: int) -> list[
         group = classify(cmd)
         if group is None or key not in before:
             continue
-        g = groups.setdefault(group, {"group": group, "pids": set(), "wakeups_per_s": 0.0, "cpu_share_of_one_core": 0.0})
+        g = groups.setdefault(
+            group, {"group": group, "pids": set(), "wakeups_per_s": 0.0, "cpu_share_of_one_core": 0.0}
+        )
         g["pids"].add(key[0])
         g["wakeups_per_s"] += (switches - before[key][1]) / seconds
         g["cpu_share_of_one_core"] += (ticks - before[key][2]) / ticks_per_s / seconds
     rows = []
     for g in groups.values():
-        rows.append({"group": g["group"], "processes": len(g.pop("pids")),
-                     "wakeups_per_s": round(g["wakeups_per_s"], 1),
-                     "cpu_share_of_one_core": round(g["cpu_share_of_one_core"], 4)})
+        rows.append(
+            {
+                "group": g["group"],
+                "processes": len(g.pop("pids")),
+                "wakeups_per_s": round(g["wakeups_per_s"], 1),
+                "cpu_share_of_one_core": round(g["cpu_share_of_one_core"], 4),
+            }
+        )
     return sorted(rows, key=lambda r: -r["wakeups_per_s"])
 
 
@@ -131,10 +145,12 @@ def main() -> None:
     failed: list[BaseException] = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            trainer = TorchTrainer(lambda cfg: time.sleep(cfg["sleep"]),
-                                   train_loop_config={"sleep": settle + window + 10},
-                                   scaling_config=ScalingConfig(num_workers=1),
-                                   run_config=RunConfig(name="census", storage_path=tmp))
+            trainer = TorchTrainer(
+                lambda cfg: time.sleep(cfg["sleep"]),
+                train_loop_config={"sleep": settle + window + 10},
+                scaling_config=ScalingConfig(num_workers=1),
+                run_config=RunConfig(name="census", storage_path=tmp),
+            )
 
             def fit() -> None:
                 try:
@@ -159,12 +175,22 @@ def main() -> None:
         raise SystemExit("ray_census: the training worker was not seen in both snapshots")
     total_wake = sum(r["wakeups_per_s"] for r in rows)
     total_cpu = sum(r["cpu_share_of_one_core"] for r in rows)
-    rows.append({"group": "all Ray processes", "processes": sum(r["processes"] for r in rows),
-                 "wakeups_per_s": round(total_wake, 1), "cpu_share_of_one_core": round(total_cpu, 4),
-                 "window_s": round(seconds, 2)})
+    rows.append(
+        {
+            "group": "all Ray processes",
+            "processes": sum(r["processes"] for r in rows),
+            "wakeups_per_s": round(total_wake, 1),
+            "cpu_share_of_one_core": round(total_cpu, 4),
+            "window_s": round(seconds, 2),
+        }
+    )
     # Measured, not targets: what an idle one-worker Ray Train run costs the machine.
-    emit("ray_census", rows, {"ray_wakeups_per_s": round(total_wake, 1),
-                              "ray_cpu_share_of_one_core": round(total_cpu, 4)}, args.json)
+    emit(
+        "ray_census",
+        rows,
+        {"ray_wakeups_per_s": round(total_wake, 1), "ray_cpu_share_of_one_core": round(total_cpu, 4)},
+        args.json,
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ With CUDA present it also measures GPU throughput on the paper set-up
 synthetic shards at 480×640: images/s of Ray Train with one GPU worker, and with two when the machine
 has two GPUs (ratio ``two_workers_vs_one:cuda``).
 """
+
 from __future__ import annotations
 
 import os
@@ -31,26 +32,52 @@ from benchmarks._common import emit, parse_args  # noqa: E402
 def _config(shards: Path, tmp: Path, workers: int, threads: int, epochs: int, size: str):
     from pipelines.config import load_config
 
-    return load_config(None, [
-        f"data.shards={shards}", "data.tasks=[semseg, depth, normals, edge]", "data.loader_workers=0",
-        "data.augment={hflip: 0.5}", "model.name=mtinet", f"model.width={size}", f"train.epochs={epochs}",
-        "train.batch_size=8", f"train.workers={workers}", f"train.cpus_per_worker={threads}",
-        f"train.torch_threads={threads}", "train.preview_every=0", "tracking.log_model=false",
-        f"tracking.uri=sqlite:///{tmp}/mlflow.db", "tracking.experiment=bench", f"checkpoint.storage_path={tmp}/ray",
-    ])
+    return load_config(
+        None,
+        [
+            f"data.shards={shards}",
+            "data.tasks=[semseg, depth, normals, edge]",
+            "data.loader_workers=0",
+            "data.augment={hflip: 0.5}",
+            "model.name=mtinet",
+            f"model.width={size}",
+            f"train.epochs={epochs}",
+            "train.batch_size=8",
+            f"train.workers={workers}",
+            f"train.cpus_per_worker={threads}",
+            f"train.torch_threads={threads}",
+            "train.preview_every=0",
+            "tracking.log_model=false",
+            f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+            "tracking.experiment=bench",
+            f"checkpoint.storage_path={tmp}/ray",
+        ],
+    )
 
 
 def _gpu_config(shards: Path, tmp: Path, workers: int, cpus_per_worker: int, epochs: int):
     """The NYUD MTI-Net HRNet-18 paper config on ``shards``: batch 8 per GPU, no ImageNet weights."""
     from pipelines.config import load_config
 
-    return load_config(Path(__file__).resolve().parents[1] / "configs" / "nyud" / "mtinet_hrnet18.yaml", [
-        f"data.shards={shards}", f"data.loader_workers={max(1, min(8, cpus_per_worker - 1))}",
-        "data.shuffle_buffer=64", "model.pretrained=null", f"train.epochs={epochs}", "train.batch_size=8",
-        f"train.workers={workers}", f"train.cpus_per_worker={cpus_per_worker}", "train.preview_every=0",
-        "tracking.log_model=false", f"tracking.uri=sqlite:///{tmp}/mlflow.db", "tracking.experiment=bench-gpu",
-        f"checkpoint.storage_path={tmp}/ray", "failure.max_failures=0",
-    ])
+    return load_config(
+        Path(__file__).resolve().parents[1] / "configs" / "nyud" / "mtinet_hrnet18.yaml",
+        [
+            f"data.shards={shards}",
+            f"data.loader_workers={max(1, min(8, cpus_per_worker - 1))}",
+            "data.shuffle_buffer=64",
+            "model.pretrained=null",
+            f"train.epochs={epochs}",
+            "train.batch_size=8",
+            f"train.workers={workers}",
+            f"train.cpus_per_worker={cpus_per_worker}",
+            "train.preview_every=0",
+            "tracking.log_model=false",
+            f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+            "tracking.experiment=bench-gpu",
+            f"checkpoint.storage_path={tmp}/ray",
+            "failure.max_failures=0",
+        ],
+    )
 
 
 def gpu_throughput(tmp: Path, quick: bool) -> tuple[list[dict], dict[str, float]]:
@@ -67,8 +94,13 @@ def gpu_throughput(tmp: Path, quick: bool) -> tuple[list[dict], dict[str, float]
     n, epochs = (64, 2) if quick else (512, 3)
     cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
     shards = tmp / "shards-480x640"
-    write_dataset(SyntheticSource(num_train=n, num_val=16, height=480, width=640), shards, shard_size=32,
-                  workers=min(8, cpus), progress=False)
+    write_dataset(
+        SyntheticSource(num_train=n, num_val=16, height=480, width=640),
+        shards,
+        shard_size=32,
+        workers=min(8, cpus),
+        progress=False,
+    )
     results, steady = [], {}
     for workers in (1, 2) if gpus >= 2 else (1,):
         cfg = _gpu_config(shards, tmp, workers, max(1, cpus // workers), epochs)
@@ -82,9 +114,15 @@ def gpu_throughput(tmp: Path, quick: bool) -> tuple[list[dict], dict[str, float]
         finally:
             ray.shutdown()
         steady[workers] = statistics.mean(rates[1:])
-        results.append({"setup": setup, "device": torch.cuda.get_device_name(0),
-                        "batch_size_per_worker": cfg.train.batch_size, "samples_per_s_by_epoch": rates,
-                        "steady_images_per_s": steady[workers]})
+        results.append(
+            {
+                "setup": setup,
+                "device": torch.cuda.get_device_name(0),
+                "batch_size_per_worker": cfg.train.batch_size,
+                "samples_per_s_by_epoch": rates,
+                "steady_images_per_s": steady[workers],
+            }
+        )
     return results, ({"two_workers_vs_one:cuda": steady[2] / steady[1]} if 2 in steady else {})
 
 
@@ -104,15 +142,25 @@ def plain_loop(cfg) -> list[float]:
     torch.manual_seed(0)
     mcfg = model_config(cfg, len(load_manifest(cfg.data.shards)["classes"]))
     model = build_model(mcfg)
-    stream = ShardStream(cfg.data.shards, "train", tasks=cfg.data.tasks, modalities=cfg.data.modalities,
-                         batch_size=cfg.train.batch_size, train=True, shuffle_buffer=cfg.data.shuffle_buffer,
-                         transform=build_transform(cfg.data.augment, train=True))
+    stream = ShardStream(
+        cfg.data.shards,
+        "train",
+        tasks=cfg.data.tasks,
+        modalities=cfg.data.modalities,
+        batch_size=cfg.train.batch_size,
+        train=True,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+        transform=build_transform(cfg.data.augment, train=True),
+    )
     crit, opt = MultiTaskLoss(mcfg["tasks"]), make_optimizer(cfg, model)
     rates = []
     for epoch in range(cfg.train.epochs):
         stream.set_epoch(epoch)
-        rates.append(train_epoch(model, make_loader(stream), crit, opt, None, torch.device("cpu"), epoch=epoch)
-                     ["train/samples_per_s"])
+        rates.append(
+            train_epoch(model, make_loader(stream), crit, opt, None, torch.device("cpu"), epoch=epoch)[
+                "train/samples_per_s"
+            ]
+        )
     return rates
 
 
@@ -132,8 +180,8 @@ def mlflow_log_seconds(tmp: Path, num_metrics: int, repeats: int, hw: tuple[int,
     sqlite store with a local artifact folder."""
     import torch
 
-    from pipelines.train.previews import preview_grid
     from pipelines.track.tracker import Tracker
+    from pipelines.train.previews import preview_grid
 
     tracker = Tracker.create_run(f"sqlite:///{tmp}/mlflow-bench.db", "bench-logging", "log", {})
     metrics = {f"val/m{i}": float(i) for i in range(num_metrics)}
@@ -146,11 +194,18 @@ def mlflow_log_seconds(tmp: Path, num_metrics: int, repeats: int, hw: tuple[int,
     h, w = hw
     tasks = ["semseg", "depth", "normals", "edge"]
     inputs = {"rgb": torch.rand(4, 3, h, w, generator=g)}
-    targets = {"semseg": torch.randint(0, 13, (4, h, w), generator=g), "depth": torch.rand(4, 1, h, w, generator=g) * 5,
-               "normals": torch.nn.functional.normalize(torch.randn(4, 3, h, w, generator=g), dim=1),
-               "edge": (torch.rand(4, 1, h, w, generator=g) > 0.9).float()}
-    outputs = {"semseg": torch.randn(4, 13, h, w, generator=g), "depth": torch.rand(4, 1, h, w, generator=g) * 5,
-               "normals": torch.randn(4, 3, h, w, generator=g), "edge": torch.randn(4, 1, h, w, generator=g)}
+    targets = {
+        "semseg": torch.randint(0, 13, (4, h, w), generator=g),
+        "depth": torch.rand(4, 1, h, w, generator=g) * 5,
+        "normals": torch.nn.functional.normalize(torch.randn(4, 3, h, w, generator=g), dim=1),
+        "edge": (torch.rand(4, 1, h, w, generator=g) > 0.9).float(),
+    }
+    outputs = {
+        "semseg": torch.randn(4, 13, h, w, generator=g),
+        "depth": torch.rand(4, 1, h, w, generator=g) * 5,
+        "normals": torch.randn(4, 3, h, w, generator=g),
+        "edge": torch.randn(4, 1, h, w, generator=g),
+    }
     preview_times = []
     for i in range(max(2, repeats // 4)):
         png = preview_grid(inputs, targets, outputs, tasks, tmp / f"epoch_{i:04d}.png")
@@ -171,8 +226,9 @@ def cpu_overheads(tmp: Path, quick: bool) -> tuple[list[dict], dict[str, float]]
     n, hw, epochs, size, rounds = (48, (64, 80), 3, "0.125", 1) if quick else (192, (120, 160), 3, "0.25", 2)
     results, ratios = [], {}
     shards = tmp / "shards"
-    write_dataset(SyntheticSource(num_train=n, num_val=16, height=hw[0], width=hw[1]), shards,
-                  shard_size=16, progress=False)
+    write_dataset(
+        SyntheticSource(num_train=n, num_val=16, height=hw[0], width=hw[1]), shards, shard_size=16, progress=False
+    )
     threads = os.cpu_count() or 1
     cfg1 = _config(shards, tmp, 1, threads, epochs, size)
     # The host's load drifts over minutes, so the two set-ups alternate in rounds, the order reversed
@@ -181,7 +237,7 @@ def cpu_overheads(tmp: Path, quick: bool) -> tuple[list[dict], dict[str, float]]
     # `fusionpipe train` does (dashboard, local-Ray environment).
     passes: dict[str, list[list[float]]] = {"plain": [], "ray": []}
     for r in range(rounds):
-        for setup in (("plain", "ray") if r % 2 == 0 else ("ray", "plain")):
+        for setup in ("plain", "ray") if r % 2 == 0 else ("ray", "plain"):
             if setup == "plain":
                 passes["plain"].append(plain_loop(cfg1))
             else:
@@ -190,28 +246,50 @@ def cpu_overheads(tmp: Path, quick: bool) -> tuple[list[dict], dict[str, float]]
                 ray.shutdown()
     steady = {k: [statistics.mean(p[1:]) for p in v] for k, v in passes.items()}
     steady_plain, steady_ray = statistics.mean(steady["plain"]), statistics.mean(steady["ray"])
-    results += [{"setup": "plain loop, 1 process", "threads": threads,
-                 "samples_per_s_by_pass_and_epoch": passes["plain"], "steady_samples_per_s": steady_plain},
-                {"setup": "Ray Train, 1 worker", "threads": threads,
-                 "samples_per_s_by_pass_and_epoch": passes["ray"], "steady_samples_per_s": steady_ray}]
+    results += [
+        {
+            "setup": "plain loop, 1 process",
+            "threads": threads,
+            "samples_per_s_by_pass_and_epoch": passes["plain"],
+            "steady_samples_per_s": steady_plain,
+        },
+        {
+            "setup": "Ray Train, 1 worker",
+            "threads": threads,
+            "samples_per_s_by_pass_and_epoch": passes["ray"],
+            "steady_samples_per_s": steady_ray,
+        },
+    ]
     ratios["ray_train_vs_plain_loop"] = steady_ray / steady_plain
     if not quick:
         cfg2 = _config(shards, tmp, 2, max(1, threads // 2), epochs, size)
         start_local_ray(num_cpus=threads, log_to_driver=False)
         ray2 = ray_loop(cfg2, "bench-2w")
         ray.shutdown()
-        results.append({"setup": "Ray Train, 2 workers (DDP)", "threads_per_worker": max(1, threads // 2),
-                        "samples_per_s_by_epoch": ray2, "steady_samples_per_s": statistics.mean(ray2[1:])})
+        results.append(
+            {
+                "setup": "Ray Train, 2 workers (DDP)",
+                "threads_per_worker": max(1, threads // 2),
+                "samples_per_s_by_epoch": ray2,
+                "steady_samples_per_s": statistics.mean(ray2[1:]),
+            }
+        )
         ratios["two_workers_vs_one"] = statistics.mean(ray2[1:]) / steady_ray
     epoch_s = n / steady_ray
     log_s, preview_s = mlflow_log_seconds(tmp, num_metrics=40, repeats=5 if quick else 20, hw=hw)
     from pipelines.config import TrainSection
 
     preview_every = TrainSection().preview_every  # the default; the timed passes ran without previews
-    results.append({"setup": "MLflow log_artifact, one prediction-preview PNG", "seconds": preview_s,
-                    "every_epochs": preview_every})
-    results.append({"setup": "MLflow log_metrics, 40 metrics, one batched request", "seconds": log_s,
-                    "epoch_seconds": epoch_s})
+    results.append(
+        {
+            "setup": "MLflow log_artifact, one prediction-preview PNG",
+            "seconds": preview_s,
+            "every_epochs": preview_every,
+        }
+    )
+    results.append(
+        {"setup": "MLflow log_metrics, 40 metrics, one batched request", "seconds": log_s, "epoch_seconds": epoch_s}
+    )
     # Per epoch: the metrics every epoch, a preview every `preview_every` epochs.
     ratios["mlflow_logging_fraction"] = (log_s + preview_s / preview_every) / epoch_s
     return results, ratios

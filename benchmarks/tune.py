@@ -22,6 +22,7 @@ of trials. ``--quick`` runs 4 trials of 3 epochs on a smaller dataset, FIFO and 
 only (about 4 minutes here, most of it Ray and Ray Train start-up, which no sweep can skip): its ratios
 show the mechanism, not the target set-up (27 epochs, about 20 minutes).
 """
+
 from __future__ import annotations
 
 import os
@@ -48,11 +49,16 @@ def _sweep(tmp: Path, label: str, scheduler: str, reduction_factor: int | None, 
     sched = {"name": scheduler, "max_epochs": epochs, "grace_period": 1}
     if reduction_factor is not None:
         sched["reduction_factor"] = reduction_factor
-    spec = {"metric": METRIC, "mode": "max", "num_samples": trials, "seed": 0, "max_concurrent_trials": 1,
-            "scheduler": sched,
-            "trial": {"workers": 1, "cpus_per_worker": 1},
-            "space": {"optim.lr": {"loguniform": [1.0e-4, 2.0e-2]},
-                      "loss.weights.depth": {"choice": [0.5, 1.0, 2.0]}}}
+    spec = {
+        "metric": METRIC,
+        "mode": "max",
+        "num_samples": trials,
+        "seed": 0,
+        "max_concurrent_trials": 1,
+        "scheduler": sched,
+        "trial": {"workers": 1, "cpus_per_worker": 1},
+        "space": {"optim.lr": {"loguniform": [1.0e-4, 2.0e-2]}, "loss.weights.depth": {"choice": [0.5, 1.0, 2.0]}},
+    }
     p = tmp / f"{label}.yaml"
     p.write_text(yaml.safe_dump(spec))
     return p
@@ -71,29 +77,51 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         shards = tmp / "shards"
-        write_dataset(SyntheticSource(num_train=n_train, num_val=n_val, height=64, width=80, seed=1), shards,
-                      shard_size=16, progress=False)
-        base = [f"data.shards={shards}", "data.tasks=[semseg, depth]", "data.loader_workers=0",
-                "data.shuffle_buffer=16", "data.augment={hflip: 0.5}", "model.name=mtinet", "model.width=0.125",
-                "train.batch_size=4", "train.preview_every=0", "optim.schedule=constant",
-                f"tracking.uri=sqlite:///{tmp}/mlflow.db", "tracking.experiment=bench-tune",
-                f"checkpoint.storage_path={tmp}/ray"]
+        write_dataset(
+            SyntheticSource(num_train=n_train, num_val=n_val, height=64, width=80, seed=1),
+            shards,
+            shard_size=16,
+            progress=False,
+        )
+        base = [
+            f"data.shards={shards}",
+            "data.tasks=[semseg, depth]",
+            "data.loader_workers=0",
+            "data.shuffle_buffer=16",
+            "data.augment={hflip: 0.5}",
+            "model.name=mtinet",
+            "model.width=0.125",
+            "train.batch_size=4",
+            "train.preview_every=0",
+            "optim.schedule=constant",
+            f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+            "tracking.experiment=bench-tune",
+            f"checkpoint.storage_path={tmp}/ray",
+        ]
         results = []
         for label, scheduler, rf in schedulers:
             start = time.perf_counter()
             with stdout_to_stderr(args.json):  # Ray's progress must not mix with the JSON
-                s = run_tune(None, _sweep(tmp, label, scheduler, rf, epochs, trials), base, name=f"bench-{label}",
-                             verbose=0)
+                s = run_tune(
+                    None, _sweep(tmp, label, scheduler, rf, epochs, trials), base, name=f"bench-{label}", verbose=0
+                )
             wall = time.perf_counter() - start
-            results.append({
-                "scheduler": label, "reduction_factor": rf,
-                "trials": s["num_trials"], "max_epochs": epochs,
-                "trial_epochs": s["trial_epochs"], "early_stopped": sum(r["early_stopped"] for r in s["trials"]),
-                "best_metric": s["best"]["metric"][METRIC] if s["best"] else None, "wall_s": round(wall, 1),
-                "epochs_per_trial": [r["epochs"] for r in s["trials"]],
-                "best_metric_per_trial": [None if r["best_metric"] is None else round(r["best_metric"], 4)
-                                          for r in s["trials"]],
-            })
+            results.append(
+                {
+                    "scheduler": label,
+                    "reduction_factor": rf,
+                    "trials": s["num_trials"],
+                    "max_epochs": epochs,
+                    "trial_epochs": s["trial_epochs"],
+                    "early_stopped": sum(r["early_stopped"] for r in s["trials"]),
+                    "best_metric": s["best"]["metric"][METRIC] if s["best"] else None,
+                    "wall_s": round(wall, 1),
+                    "epochs_per_trial": [r["epochs"] for r in s["trials"]],
+                    "best_metric_per_trial": [
+                        None if r["best_metric"] is None else round(r["best_metric"], 4) for r in s["trials"]
+                    ],
+                }
+            )
     fifo, asha = results[:2]
     for r in results[1:]:
         r["trial_epochs_vs_fifo"] = round(r["trial_epochs"] / fifo["trial_epochs"], 3)

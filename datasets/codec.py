@@ -20,6 +20,7 @@ On disk (tar members) depth is a 16-bit PNG in millimetres, normals are 8-bit wi
 a map whose size differs from the RGB image, or a member this format does not know is an error
 naming the member. Pickle-based members are never decoded.
 """
+
 from __future__ import annotations
 
 import io
@@ -93,8 +94,7 @@ RESERVED_NAMES = ("meta", "images", "splits")
 PLUGIN_HINT = "a module that registers it (datasets.codec.register_member) is missing: pass --plugin MODULE or list it under plugins"
 
 
-def register_member(name: str, kind: str, scale: float | None = None, unit: str = "",
-                    replace: bool = False) -> Member:
+def register_member(name: str, kind: str, scale: float | None = None, unit: str = "", replace: bool = False) -> Member:
     """Teach the shard format a new map ``<name>.png`` of the given kind (e.g. a registered task's target).
 
     From then on :func:`encode_sample`/:func:`decode_sample` store and read it, augmentation warps it and
@@ -103,17 +103,26 @@ def register_member(name: str, kind: str, scale: float | None = None, unit: str 
     A second member of the same name is an error unless ``replace``.
     """
     if not isinstance(name, str) or not name.isidentifier() or name in RESERVED_NAMES:
-        raise ValueError(f"register_member: member name must be an identifier other than "
-                         f"{', '.join(map(repr, RESERVED_NAMES))}, got {name!r}")
+        raise ValueError(
+            f"register_member: member name must be an identifier other than "
+            f"{', '.join(map(repr, RESERVED_NAMES))}, got {name!r}"
+        )
     if name in MEMBERS and not replace:
         raise ValueError(f"register_member: member {name!r} is already registered (pass replace=True to redefine it)")
     if kind not in MEMBER_KINDS:
         raise ValueError(f"register_member: member {name!r}: unknown kind {kind!r}; kinds: {', '.join(MEMBER_KINDS)}")
     if kind == "scalar16":
-        if (scale is None or not isinstance(scale, (int, float)) or isinstance(scale, bool)
-                or not np.isfinite(scale) or not np.float32(scale) > 0):
-            raise ValueError(f"register_member: member {name!r}: a scalar16 member needs a finite scale > 0 (the "
-                             f"value of one stored unit), got {scale!r}")
+        if (
+            scale is None
+            or not isinstance(scale, (int, float))
+            or isinstance(scale, bool)
+            or not np.isfinite(scale)
+            or not np.float32(scale) > 0
+        ):
+            raise ValueError(
+                f"register_member: member {name!r}: a scalar16 member needs a finite scale > 0 (the "
+                f"value of one stored unit), got {scale!r}"
+            )
         scale = float(scale)
     elif scale is not None:
         raise ValueError(f"register_member: member {name!r}: scale is only for scalar16 members, not {kind!r}")
@@ -123,8 +132,12 @@ def register_member(name: str, kind: str, scale: float | None = None, unit: str 
 
 
 for _name, _kind, _scale, _unit in (
-    ("rgb", "rgb", None, ""), ("depth", "scalar16", DEPTH_SCALE, "millimetres"), ("semseg", "labels", None, ""),
-    ("normals", "normals", None, ""), ("edge", "binary", None, ""), ("parts", "labels", None, ""),
+    ("rgb", "rgb", None, ""),
+    ("depth", "scalar16", DEPTH_SCALE, "millimetres"),
+    ("semseg", "labels", None, ""),
+    ("normals", "normals", None, ""),
+    ("edge", "binary", None, ""),
+    ("parts", "labels", None, ""),
     ("sal", "gray", None, ""),
 ):
     register_member(_name, _kind, _scale, _unit)
@@ -133,8 +146,9 @@ for _name, _kind, _scale, _unit in (
 def get_member(name: str, where: str = "") -> Member:
     if name not in MEMBERS:
         loc = f"{where}: " if where else ""
-        raise ShardFormatError(f"{loc}unknown member {name!r}; known: {', '.join(MEMBERS)}, meta "
-                               "(datasets.codec.register_member adds one)")
+        raise ShardFormatError(
+            f"{loc}unknown member {name!r}; known: {', '.join(MEMBERS)}, meta (datasets.codec.register_member adds one)"
+        )
     return MEMBERS[name]
 
 
@@ -202,8 +216,10 @@ def encode_sample(sample: dict[str, Any]) -> dict[str, bytes]:
         elif key in MEMBERS:
             out[f"{key}.png"] = encode_member(MEMBERS[key], value)
         else:
-            raise ShardFormatError(f"unknown sample key {key!r}; known: {', '.join([*MEMBERS, 'meta'])} "
-                                   "(datasets.codec.register_member adds one)")
+            raise ShardFormatError(
+                f"unknown sample key {key!r}; known: {', '.join([*MEMBERS, 'meta'])} "
+                "(datasets.codec.register_member adds one)"
+            )
     return out
 
 

@@ -15,6 +15,7 @@ without a per-pixel eigen-decomposition), and pixels whose neighbours jump in de
 than ``max_rel_jump`` of the centre depth are marked missing rather than given a normal that
 straddles two surfaces.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

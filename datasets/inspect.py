@@ -1,4 +1,5 @@
 """``fusionpipe data inspect``: counts, class histogram, depth range, and a picture grid."""
+
 from __future__ import annotations
 
 import os
@@ -14,10 +15,28 @@ from datasets.manifest import load_manifest, manifest_digest
 
 # A fixed, well-separated palette (class id -> colour); 255 (ignore) is black.
 _PALETTE = np.array(
-    [[174, 199, 232], [152, 223, 138], [31, 119, 180], [255, 187, 120], [188, 189, 34], [140, 86, 75],
-     [255, 152, 150], [214, 39, 40], [197, 176, 213], [148, 103, 189], [196, 156, 148], [23, 190, 207],
-     [247, 182, 210], [219, 219, 141], [255, 127, 14], [158, 218, 229], [44, 160, 44], [112, 128, 144],
-     [227, 119, 194], [82, 84, 163]],
+    [
+        [174, 199, 232],
+        [152, 223, 138],
+        [31, 119, 180],
+        [255, 187, 120],
+        [188, 189, 34],
+        [140, 86, 75],
+        [255, 152, 150],
+        [214, 39, 40],
+        [197, 176, 213],
+        [148, 103, 189],
+        [196, 156, 148],
+        [23, 190, 207],
+        [247, 182, 210],
+        [219, 219, 141],
+        [255, 127, 14],
+        [158, 218, 229],
+        [44, 160, 44],
+        [112, 128, 144],
+        [227, 119, 194],
+        [82, 84, 163],
+    ],
     dtype=np.uint8,
 )
 COLUMNS = ("rgb", "depth", "semseg", "normals", "edge")
@@ -106,14 +125,20 @@ def draw_grid(samples: list[dict[str, Any]], path: str | os.PathLike[str]) -> No
     os.replace(tmp, path)
 
 
-def inspect_dataset(root: str | os.PathLike[str], split: str | None = None, max_samples: int | None = None) -> dict[str, Any]:
+def inspect_dataset(
+    root: str | os.PathLike[str], split: str | None = None, max_samples: int | None = None
+) -> dict[str, Any]:
     """Per split: sample count, class pixel histogram, depth range (valid pixels) and missing fraction."""
     root = Path(root)
     m = load_manifest(root)
     check_split(root, m, split)
     report: dict[str, Any] = {
-        "name": m["name"], "source": m["source"], "manifest_digest": manifest_digest(root),
-        "classes": m["classes"], "members": m["members"], "splits": {},
+        "name": m["name"],
+        "source": m["source"],
+        "manifest_digest": manifest_digest(root),
+        "classes": m["classes"],
+        "members": m["members"],
+        "splits": {},
     }
     for name, info in m["splits"].items():
         if split is not None and name != split:
@@ -135,14 +160,20 @@ def inspect_dataset(root: str | os.PathLike[str], split: str | None = None, max_
                     dvalid += v.size
                     if v.size:
                         dmin, dmax, dsum = min(dmin, float(v.min())), max(dmax, float(v.max())), dsum + float(v.sum())
-        entry: dict[str, Any] = {"num_samples": info["num_samples"], "num_shards": len(info["shards"]), "inspected": seen}
+        entry: dict[str, Any] = {
+            "num_samples": info["num_samples"],
+            "num_shards": len(info["shards"]),
+            "inspected": seen,
+        }
         if hist.any():
             entry["class_pixels"] = {c: int(hist[i]) for i, c in enumerate(m["classes"])}
             entry["ignore_pixels"] = int(hist[m["ignore_index"]])
         if dtotal:
             entry["depth"] = {
-                "min_m": round(dmin, 4) if dvalid else None, "max_m": round(dmax, 4),
-                "mean_m": round(dsum / dvalid, 4) if dvalid else None, "missing_fraction": round(1 - dvalid / dtotal, 5),
+                "min_m": round(dmin, 4) if dvalid else None,
+                "max_m": round(dmax, 4),
+                "mean_m": round(dsum / dvalid, 4) if dvalid else None,
+                "missing_fraction": round(1 - dvalid / dtotal, 5),
             }
         report["splits"][name] = entry
     return report

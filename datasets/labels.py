@@ -1,4 +1,5 @@
 """Label-derived maps shared by sources: edges from semantic / instance labels."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -18,6 +18,7 @@ webdataset's decoders turn 16-bit depth into 8-bit and would unpickle ``.pyd`` m
 key and member. ``errors="skip"`` skips a bad sample (or the rest of a truncated shard), logs each
 skip and counts it in :attr:`ShardStream.skipped`; nothing is skipped silently.
 """
+
 from __future__ import annotations
 
 import logging

@@ -3,6 +3,7 @@
 The manifest is written last, so a directory with a manifest is complete; it carries no
 timestamps, so equal inputs give byte-equal manifests and the manifest digest is a data version.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -60,7 +61,9 @@ def load_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
     if missing:
         raise ManifestError(f"{path}: missing field(s) {', '.join(missing)}")
     if m["schema_version"] != SCHEMA_VERSION:
-        raise ManifestError(f"{path}: schema_version {m['schema_version']!r} is not supported (expected {SCHEMA_VERSION})")
+        raise ManifestError(
+            f"{path}: schema_version {m['schema_version']!r} is not supported (expected {SCHEMA_VERSION})"
+        )
     for split, info in m["splits"].items():
         for field in ("num_samples", "shards"):
             if field not in info:
@@ -111,7 +114,9 @@ def verify(root: str | os.PathLike[str]) -> VerifyResult:
                 continue
             digest = sha256_file(path)
             if digest != shard["sha256"]:
-                problems.append(f"{shard['path']}: sha256 {digest[:12]}... does not match manifest {shard['sha256'][:12]}...")
+                problems.append(
+                    f"{shard['path']}: sha256 {digest[:12]}... does not match manifest {shard['sha256'][:12]}..."
+                )
     for tar in sorted(root.glob("*/*.tar")):
         rel = tar.relative_to(root).as_posix()
         if rel not in listed:

@@ -13,6 +13,7 @@ is verified, a member that ends early or an archive cut before its end-of-archiv
 skipped: a shard never holds them) and applies pax ``path`` and GNU ``././@LongLink`` names to the
 member that follows. Nothing is extracted to disk, so member names cannot escape anywhere.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -57,7 +58,7 @@ def _pax_path(records: bytes, offset: int) -> str | None:
     """The ``path`` value of a pax extended header (``"%d %s=%s\\n"`` records), if any."""
     path = None
     pos = 0
-    while pos < len(records) and records[pos:pos + 1] != b"\0":
+    while pos < len(records) and records[pos : pos + 1] != b"\0":
         space = records.find(b" ", pos)
         if space < 0:
             raise TarFormatError(f"pax header at byte {offset}: record without a length")
@@ -65,9 +66,9 @@ def _pax_path(records: bytes, offset: int) -> str | None:
             length = int(records[pos:space])
         except ValueError:
             raise TarFormatError(f"pax header at byte {offset}: bad record length {records[pos:space]!r}") from None
-        record = records[space + 1:pos + length]
+        record = records[space + 1 : pos + length]
         if length <= 0 or not record.endswith(b"\n") or b"=" not in record:
-            raise TarFormatError(f"pax header at byte {offset}: malformed record {records[pos:pos + length]!r}")
+            raise TarFormatError(f"pax header at byte {offset}: malformed record {records[pos : pos + length]!r}")
         key, _, value = record[:-1].partition(b"=")
         if key == b"path":
             path = value.decode("utf-8", "surrogateescape")

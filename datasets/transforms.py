@@ -16,6 +16,7 @@ depth, which invents values across holes and object borders); metric depth is ke
 and ``meta["intrinsics"]`` is updated instead (its ``ScaleNRotate`` divides depth by the scale);
 normals are corrected for every linear warp, anisotropic resizes included. See docs/augmentation.md.
 """
+
 from __future__ import annotations
 
 import random
@@ -60,12 +61,14 @@ def _check_range(lo: float, hi: float, what: str, low_bound: float, high_bound: 
 
 class Rotate(_Strict):
     """In-plane rotation by an angle drawn uniformly from [-degrees, degrees] with probability p."""
+
     degrees: float = Field(gt=0, le=180)
     p: float = Field(0.5, ge=0, le=1)
 
 
 class ColorJitter(_Strict):
     """Brightness/contrast/saturation factors in [1-x, 1+x], hue shift in [-hue, hue] (albumentations)."""
+
     brightness: float = Field(0.4, ge=0)
     contrast: float = Field(0.4, ge=0)
     saturation: float = Field(0.4, ge=0)
@@ -75,6 +78,7 @@ class ColorJitter(_Strict):
 
 class GaussianNoise(_Strict):
     """Additive noise with standard deviation drawn from ``std`` (fraction of 255)."""
+
     std: tuple[float, float] = (0.01, 0.05)
     p: float = Field(0.5, ge=0, le=1)
 
@@ -86,6 +90,7 @@ class GaussianNoise(_Strict):
 
 class Blur(_Strict):
     """Gaussian blur with sigma drawn from ``sigma`` (pixels); kernel size follows from sigma."""
+
     sigma: tuple[float, float] = (0.1, 1.5)
     p: float = Field(0.5, ge=0, le=1)
 
@@ -101,6 +106,7 @@ class AugmentConfig(_Strict):
     Training order: flip -> scale -> rotate -> crop/pad -> resize, then photometric on rgb.
     Evaluation (``train=False``) applies ``resize`` only.
     """
+
     hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
     vflip: float = Field(0.0, ge=0, le=1, description="probability of a vertical flip")
     scale: tuple[float, float] | None = Field(None, description="random isotropic scale (min, max)")
@@ -117,7 +123,9 @@ class AugmentConfig(_Strict):
         if self.scale is not None:
             _check_range(*self.scale, "scale", 1e-3, 1e3)
             if self.crop is None and self.resize is None:
-                raise ValueError("scale changes the image size per sample; set crop or resize so a batch shares one size")
+                raise ValueError(
+                    "scale changes the image size per sample; set crop or resize so a batch shares one size"
+                )
         return self
 
 
@@ -146,6 +154,7 @@ def translation_matrix(tx: float, ty: float) -> np.ndarray:
 @dataclass(frozen=True)
 class Warp:
     """One sampled geometric transform: ``matrix`` (3x3, input -> output pixels) and output ``size`` (H, W)."""
+
     matrix: np.ndarray
     size: tuple[int, int]
 
@@ -198,7 +207,9 @@ def correct_normals(normals: np.ndarray, linear: np.ndarray) -> np.ndarray:
 
 def _warp_map(arr: np.ndarray, m: np.ndarray, size: tuple[int, int], interp: int, pad: Any) -> np.ndarray:
     h, w = size
-    return cv2.warpAffine(np.ascontiguousarray(arr), m[:2], (w, h), flags=interp, borderMode=cv2.BORDER_CONSTANT, borderValue=pad)
+    return cv2.warpAffine(
+        np.ascontiguousarray(arr), m[:2], (w, h), flags=interp, borderMode=cv2.BORDER_CONSTANT, borderValue=pad
+    )
 
 
 def _warp_rgb(rgb: np.ndarray, warp: Warp, pad: tuple[float, float, float]) -> np.ndarray:
@@ -263,8 +274,11 @@ def check_sample(sample: dict[str, Any]) -> tuple[int, int]:
 
 
 def _intrinsics(value: Any, sample: dict[str, Any]) -> list[float]:
-    if (not isinstance(value, (list, tuple)) or len(value) != 4
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 4
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ):
         raise SampleError(f"sample {_sample_id(sample)}: meta['intrinsics'] must be [fx, fy, cx, cy], got {value!r}")
     return [float(v) for v in value]
 
@@ -290,13 +304,13 @@ def apply_warp(sample: dict[str, Any], warp: Warp, rgb_pad: Literal["zero", "mea
     return out
 
 
-
 def _photometric(cfg: AugmentConfig) -> A.Compose | None:
     ops: list[A.BasicTransform] = []
     if cfg.color_jitter is not None:
         cj = cfg.color_jitter
-        ops.append(A.ColorJitter(brightness=cj.brightness, contrast=cj.contrast, saturation=cj.saturation,
-                                 hue=cj.hue, p=cj.p))
+        ops.append(
+            A.ColorJitter(brightness=cj.brightness, contrast=cj.contrast, saturation=cj.saturation, hue=cj.hue, p=cj.p)
+        )
     if cfg.gaussian_noise is not None:
         ops.append(A.GaussNoise(std_range=cfg.gaussian_noise.std, p=cfg.gaussian_noise.p))
     if cfg.blur is not None:
@@ -307,6 +321,7 @@ def _photometric(cfg: AugmentConfig) -> A.Compose | None:
 @dataclass(frozen=True)
 class SampleTransform:
     """Callable ``(sample, rng_seed) -> sample``: same keys and dtypes, the input left untouched."""
+
     cfg: AugmentConfig
     train: bool
 
@@ -315,10 +330,12 @@ class SampleTransform:
 
         Pass a seed from a seeded generator for a reproducible run (the loader does, per slot).
         """
-        if rng_seed is not None and (isinstance(rng_seed, bool) or not isinstance(rng_seed, (int, np.integer))
-                                     or rng_seed < 0):
-            raise SampleError(f"sample {_sample_id(sample)}: rng_seed must be a non-negative int or None, "
-                              f"got {rng_seed!r}")
+        if rng_seed is not None and (
+            isinstance(rng_seed, bool) or not isinstance(rng_seed, (int, np.integer)) or rng_seed < 0
+        ):
+            raise SampleError(
+                f"sample {_sample_id(sample)}: rng_seed must be a non-negative int or None, got {rng_seed!r}"
+            )
         hw = check_sample(sample)
         geo_seq, photo_seq = np.random.SeedSequence(rng_seed).spawn(2)
         warp = sample_warp(self.cfg, self.train, hw, np.random.default_rng(geo_seq))
@@ -347,9 +364,13 @@ def build_transform(cfg: AugmentConfig | dict[str, Any], train: bool) -> SampleT
 # --------------------------------------------------------------------------------------------
 # Tensors
 # --------------------------------------------------------------------------------------------
-def to_tensors(sample: dict[str, Any], tasks: list[str] | tuple[str, ...], modalities: list[str] | tuple[str, ...],
-               mean: tuple[float, float, float] = IMAGENET_MEAN,
-               std: tuple[float, float, float] = IMAGENET_STD) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def to_tensors(
+    sample: dict[str, Any],
+    tasks: list[str] | tuple[str, ...],
+    modalities: list[str] | tuple[str, ...],
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Model inputs (``rgb`` 3×H×W normalised, ``depth`` 1×H×W metres) and targets per task.
 
     Targets follow the member's kind (datasets/codec.py ``Member``): semseg/parts Long H×W (255 =

@@ -6,6 +6,7 @@ temporary sibling directory that is renamed into place only once the manifest is
 interrupted build never leaves a directory that looks complete, and an existing dataset at the
 destination survives a failed rebuild untouched.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -92,7 +93,9 @@ def _write_split(
                 bar.update(1)
         data = buf.getvalue()
         (tmp_root / rel).write_bytes(data)
-        shards.append({"path": rel, "num_samples": count, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        shards.append(
+            {"path": rel, "num_samples": count, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        )
     bar.close()
     return {"num_samples": len(keys), "shards": shards}
 
@@ -125,8 +128,10 @@ def write_dataset(
         raise FileExistsError(f"{out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not (out / mf.MANIFEST).is_file():
         # A dataset is replaced whole; anything else (a parent of datasets, say) is never deleted.
-        raise FileExistsError(f"{out}: exists, is not empty and holds no {mf.MANIFEST}, so it is not a dataset "
-                              "this command would replace; remove it or choose another output directory")
+        raise FileExistsError(
+            f"{out}: exists, is not empty and holds no {mf.MANIFEST}, so it is not a dataset "
+            "this command would replace; remove it or choose another output directory"
+        )
     if progress is None:
         progress = sys.stderr.isatty()
     out.parent.mkdir(parents=True, exist_ok=True)

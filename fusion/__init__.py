@@ -8,6 +8,7 @@ scale, initial predictions, per-modality outputs); ``model.aux_weights`` maps an
 loss weight (default 1.0) and ``model.regularization()`` returns extra loss terms (e.g. CEN's L1
 on BN scales) as ``{name: scalar tensor}``.
 """
+
 # Importing these two registers the built-in tasks (in the task dict, fusion.tasks) and the built-in
 # models (in fusion.registry), so whoever imports anything of fusion finds them all registered.
 import fusion.builtin_tasks  # noqa: F401

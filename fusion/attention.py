@@ -33,6 +33,7 @@ channel-first (V·Aᵀ, B×dv×N) so no transposed copy of it is made; and the f
 projections are released before W_o allocates its output. At 2048×128×256 on CPU this halves
 APNB's peak (docs/benchmarks.md); the results are those of the convolutions.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

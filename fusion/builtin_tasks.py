@@ -6,6 +6,7 @@ registered in this order when the module is imported; ``fusion/__init__.py`` imp
 the loss functions and metric classes, and :mod:`fusion.losses` and :mod:`fusion.metrics` look tasks
 up in the task dict: the dict itself depends on neither.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

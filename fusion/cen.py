@@ -18,6 +18,7 @@ Differences from the official code: ``M`` modalities (the official ``Exchange`` 
 stem conv is shared too, so every input must have the stem's channel count; a 1-channel input
 (depth) is replicated to 3 channels, as the official code feeds depth as a 3-channel image.
 """
+
 from __future__ import annotations
 
 import copy
@@ -49,7 +50,7 @@ class BatchNorm2dParallel(nn.Module):
         self.bns = nn.ModuleList(nn.BatchNorm2d(num_features) for _ in range(num_modalities))
 
     @classmethod
-    def from_bn(cls, bn: nn.BatchNorm2d, num_modalities: int) -> "BatchNorm2dParallel":
+    def from_bn(cls, bn: nn.BatchNorm2d, num_modalities: int) -> BatchNorm2dParallel:
         out = cls(bn.num_features, num_modalities)
         out.bns = nn.ModuleList(copy.deepcopy(bn) for _ in range(num_modalities))
         return out
@@ -57,7 +58,7 @@ class BatchNorm2dParallel(nn.Module):
     def forward(self, xs: list[Tensor]) -> list[Tensor]:
         if len(xs) != len(self.bns):
             raise ValueError(f"BatchNorm2dParallel has {len(self.bns)} modalities, got {len(xs)} tensors")
-        return [bn(x) for bn, x in zip(self.bns, xs)]
+        return [bn(x) for bn, x in zip(self.bns, xs, strict=True)]
 
     def gammas(self) -> list[Tensor]:
         return [bn.weight for bn in self.bns]
@@ -103,7 +104,8 @@ def to_parallel(module: nn.Module, num_modalities: int) -> nn.Module:
     if isinstance(module, nn.Sequential):
         return nn.Sequential(*[to_parallel(child, num_modalities) for child in module])
     if isinstance(module, (BasicBlock, Bottleneck, Backbone)) or any(
-            isinstance(m, nn.BatchNorm2d) for m in module.children()):
+        isinstance(m, nn.BatchNorm2d) for m in module.children()
+    ):
         raise TypeError(f"to_parallel: cannot convert {type(module).__name__}; use CENBlock/CENBackbone")
     return ModuleParallel(module)
 
@@ -126,7 +128,7 @@ class CENBlock(nn.Module):
         out = self.exchange(self.bn2(self.conv2(out)), self.bn2)
         if self.bottleneck:
             out = self.bn3(self.conv3(self.relu(out)))
-        return self.relu([o + i for o, i in zip(out, identity)])
+        return self.relu([o + i for o, i in zip(out, identity, strict=True)])
 
 
 class CENBackbone(nn.Module):
@@ -162,8 +164,10 @@ class CENBackbone(nn.Module):
             if x.shape[1] == 1 and self.in_channels != 1:
                 x = x.expand(-1, self.in_channels, -1, -1)
             elif x.shape[1] != self.in_channels:
-                raise ValueError(f"CENBackbone input {m} has {x.shape[1]} channels; the shared stem takes "
-                                 f"{self.in_channels} (or 1, replicated)")
+                raise ValueError(
+                    f"CENBackbone input {m} has {x.shape[1]} channels; the shared stem takes "
+                    f"{self.in_channels} (or 1, replicated)"
+                )
             out.append(x)
         return out
 
@@ -190,8 +194,9 @@ def cen_l1(bns: list[BatchNorm2dParallel]) -> Tensor:
 
     Unweighted (callers multiply by ``l1_weight``); the partitions of one BN are disjoint and cover it.
     """
-    terms = [bn.weight[partition(bn.num_features, len(p.bns), m)].abs().sum()
-             for p in bns for m, bn in enumerate(p.bns)]
+    terms = [
+        bn.weight[partition(bn.num_features, len(p.bns), m)].abs().sum() for p in bns for m, bn in enumerate(p.bns)
+    ]
     if not terms:
         raise ValueError("cen_l1: no exchange BatchNorms given")
     return torch.stack(terms).sum()

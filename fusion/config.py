@@ -7,6 +7,7 @@ the dataset's manifest (``tasks``, ``modalities``, ``num_classes``) and is what 
 receives. :data:`TaskList` and :data:`ModalityList` are the checked list types of ``tasks`` and
 ``modalities``, which ``data.tasks`` and ``data.modalities`` use as well.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -51,15 +52,22 @@ class ModelFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="a registered model (`fusion.list_models()`, [models.md](models.md))")
-    backbone: str = Field("resnet18", description="`resnet18`, `resnet34`, `resnet50`, `resnet101`, `hrnet18`, "
-                          "`hrnet32` or `hrnet48`")
+    backbone: str = Field(
+        "resnet18", description="`resnet18`, `resnet34`, `resnet50`, `resnet101`, `hrnet18`, `hrnet32` or `hrnet48`"
+    )
     width: float = Field(1.0, gt=0, description="channel-width multiplier (tiny CPU configs use less than 1)")
-    output_stride: Literal[8, 16, 32] = Field(32, description="ResNet output stride: 8 and 16 dilate the last "
-                                              "stages; HRNets take 32 only")
-    pretrained: str | None = Field(None, description="local ImageNet weights file (a torchvision, timm or "
-                                   "official HRNet state dict loads as it is); nothing is ever downloaded")
-    options: dict[str, Any] = Field(default_factory=dict, description="the model's own options, checked when the "
-                                    "model is built ([models.md](models.md))")
+    output_stride: Literal[8, 16, 32] = Field(
+        32, description="ResNet output stride: 8 and 16 dilate the last stages; HRNets take 32 only"
+    )
+    pretrained: str | None = Field(
+        None,
+        description="local ImageNet weights file (a torchvision, timm or "
+        "official HRNet state dict loads as it is); nothing is ever downloaded",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the model's own options, checked when the model is built ([models.md](models.md))",
+    )
 
 
 class ModelConfig(ModelFields):

@@ -5,6 +5,7 @@ every backbone stage is upsampled to the finest one and concatenated, then a tas
 It is the light decoder used by the fusion baselines and CEN in place of the official CEN's
 RefineNet-LW decoder (whose ~10M-parameter decoder would dwarf the tiny CPU configs).
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,8 +18,9 @@ class ConvBNReLU(nn.Sequential):
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1, dilation: int = 1):
         super().__init__(
-            nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding=dilation * (kernel_size // 2), dilation=dilation,
-                      bias=False),
+            nn.Conv2d(
+                in_ch, out_ch, kernel_size, stride, padding=dilation * (kernel_size // 2), dilation=dilation, bias=False
+            ),
             nn.BatchNorm2d(out_ch),
             nn.ReLU(inplace=True),
         )

@@ -15,6 +15,7 @@ Targets (docs/data-format.md, docs/models.md): ``semseg``/``parts`` LongTensor B
 ``depth`` B×1×H×W metres (0 = invalid), ``normals`` B×3×H×W (0 = invalid), ``edge``/``sal``
 B×1×H×W float in {0, 1}. Predictions are raw network outputs (logits for classification tasks).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -115,13 +116,19 @@ def balanced_bce(pred: Tensor, target: Tensor, pos_weight: float | None = None) 
     return (w * loss_pos + (1.0 - w) * loss_neg) / labels.numel()
 
 
-def task_loss_fn(task: str, ohem: bool = False, ohem_thresh: float = 0.7, ohem_min_kept: int = 100_000,
-                 edge_pos_weight: float = EDGE_POS_WEIGHT) -> Callable[[Tensor, Tensor], Tensor]:
+def task_loss_fn(
+    task: str,
+    ohem: bool = False,
+    ohem_thresh: float = 0.7,
+    ohem_min_kept: int = 100_000,
+    edge_pos_weight: float = EDGE_POS_WEIGHT,
+) -> Callable[[Tensor, Tensor], Tensor]:
     """The loss of ``task`` from the task dict (``fusion.tasks``): the official code's, for the
     built-in tasks (edge: pos_weight 0.95; sal: batch-balanced)."""
     if task in TASK_REGISTRY:
-        return TASK_REGISTRY[task].loss(ohem=ohem, ohem_thresh=ohem_thresh, ohem_min_kept=ohem_min_kept,
-                                        edge_pos_weight=edge_pos_weight)
+        return TASK_REGISTRY[task].loss(
+            ohem=ohem, ohem_thresh=ohem_thresh, ohem_min_kept=ohem_min_kept, edge_pos_weight=edge_pos_weight
+        )
     raise ValueError(f"loss: unknown task {task!r} (known: {', '.join(TASKS)})")
 
 
@@ -144,27 +151,35 @@ class MultiTaskLoss(nn.Module):
     ``weights.get(task, 1.0)``.
     """
 
-    def __init__(self, tasks: list[str], weights: Mapping[str, float] | None = None, deep_supervision: bool = True,
-                 ohem: bool = False, ohem_thresh: float = 0.7, ohem_min_kept: int = 100_000,
-                 edge_pos_weight: float = EDGE_POS_WEIGHT) -> None:
+    def __init__(
+        self,
+        tasks: list[str],
+        weights: Mapping[str, float] | None = None,
+        deep_supervision: bool = True,
+        ohem: bool = False,
+        ohem_thresh: float = 0.7,
+        ohem_min_kept: int = 100_000,
+        edge_pos_weight: float = EDGE_POS_WEIGHT,
+    ) -> None:
         super().__init__()
         weights = dict(weights or {})
         unknown = sorted(set(tasks) - set(TASKS)) + sorted(set(weights) - set(TASKS))
         if unknown:
-            raise ValueError(f"MultiTaskLoss: unknown task(s) {', '.join(map(repr, unknown))} (known: {', '.join(TASKS)})")
+            raise ValueError(
+                f"MultiTaskLoss: unknown task(s) {', '.join(map(repr, unknown))} (known: {', '.join(TASKS)})"
+            )
         self.tasks = list(tasks)
         self.weights = {t: float(weights.get(t, 1.0)) for t in TASKS}
         self.deep_supervision = deep_supervision
         self._fns = {
-            t: task_loss_fn(t, ohem=ohem, ohem_thresh=ohem_thresh, ohem_min_kept=ohem_min_kept,
-                            edge_pos_weight=edge_pos_weight)
+            t: task_loss_fn(
+                t, ohem=ohem, ohem_thresh=ohem_thresh, ohem_min_kept=ohem_min_kept, edge_pos_weight=edge_pos_weight
+            )
             for t in TASKS
         }
         # OHEM selects hard pixels of the final prediction only; aux heads keep the plain loss, as ANN's
         # official FSAuxOhemCELoss (OHEM cross-entropy on the output, plain cross-entropy on the dsn head).
-        self._aux_fns = self._fns if not ohem else {
-            t: task_loss_fn(t, edge_pos_weight=edge_pos_weight) for t in TASKS
-        }
+        self._aux_fns = self._fns if not ohem else {t: task_loss_fn(t, edge_pos_weight=edge_pos_weight) for t in TASKS}
 
     def _term(self, task: str, pred: Tensor, targets: Mapping[str, Tensor], where: str, aux: bool = False) -> Tensor:
         if task not in targets:
@@ -172,8 +187,9 @@ class MultiTaskLoss(nn.Module):
         target = targets[task]
         return (self._aux_fns if aux else self._fns)[task](_resize_to(pred, target), target)
 
-    def forward(self, outputs: Mapping[str, Any], targets: Mapping[str, Tensor],
-                model: nn.Module | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(
+        self, outputs: Mapping[str, Any], targets: Mapping[str, Tensor], model: nn.Module | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         # A DistributedDataParallel wrapper hides the model's attributes behind ``.module``.
         inner = getattr(model, "module", model)
         components: dict[str, Tensor] = {}

@@ -8,6 +8,7 @@ model-specific ``options`` are validated by the builder against its own options 
 The model modules (:mod:`fusion.models`) import this one to register themselves, and
 ``fusion/__init__.py`` imports them, so after any ``import fusion...`` every built-in model is here.
 """
+
 from __future__ import annotations
 
 import dataclasses

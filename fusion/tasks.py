@@ -13,6 +13,7 @@ direction). The built-in tasks are those of the MTI-Net and PAD-Net papers: ``se
 targets also need a shard member (``datasets.codec.register_member``); a config's ``plugins`` list
 imports the module that registers both, on the driver and on every Ray worker (docs/models.md).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -78,11 +79,14 @@ def register_task(task: Task, replace: bool = False) -> Task:
     if isinstance(task.channels, int) and task.channels < 1:
         raise ValueError(f"register_task: task {task.name!r}: channels must be >= 1, got {task.channels}")
     if isinstance(task.channels, str) and task.channels not in ("num_classes", "num_parts"):
-        raise ValueError(f"register_task: task {task.name!r}: channels must be an int, 'num_classes' or "
-                         f"'num_parts', got {task.channels!r}")
+        raise ValueError(
+            f"register_task: task {task.name!r}: channels must be an int, 'num_classes' or "
+            f"'num_parts', got {task.channels!r}"
+        )
     if task.delta_m is not None and task.delta_m[1] not in ("higher", "lower"):
-        raise ValueError(f"register_task: task {task.name!r}: delta_m direction must be 'higher' or 'lower', "
-                         f"got {task.delta_m[1]!r}")
+        raise ValueError(
+            f"register_task: task {task.name!r}: delta_m direction must be 'higher' or 'lower', got {task.delta_m[1]!r}"
+        )
     TASK_REGISTRY[task.name] = task
     return task
 
@@ -115,4 +119,3 @@ class _DeltaMDirections(Mapping[str, str]):
 
 
 DELTA_M_DIRECTIONS: Mapping[str, str] = _DeltaMDirections()
-

@@ -12,6 +12,7 @@ A thin layer over ``ray.job_submission.JobSubmissionClient`` that adds what the 
 * the runtime environment of a fusionpipe job: the repository as ``working_dir`` minus
   ``.rayignore``, telemetry off, and the tracking/storage settings that are not secrets.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import project_root, load_config
+from pipelines.config import load_config, project_root
 from pipelines.track.redact import redact_url_password
 from pipelines.track.tracker import GIT_COMMIT_ENV, GIT_DIRTY_ENV, git_info, is_local_store
 
@@ -36,11 +37,24 @@ ADDRESS_ENVS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 # Set in every job: this project runs without phoning home, and logs should stream as written.
 # `jobs stop` then sends SIGINT, like Ctrl-C, so `fusionpipe train` can mark its MLflow run KILLED
 # (Ray's default SIGTERM would end the driver with the run left RUNNING), and waits up to 30 s.
-BASE_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-            "PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_SIGNAL": "SIGINT", "RAY_JOB_STOP_WAIT_TIME_S": "30"}
+BASE_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "DVC_NO_ANALYTICS": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PYTHONUNBUFFERED": "1",
+    "RAY_JOB_STOP_SIGNAL": "SIGINT",
+    "RAY_JOB_STOP_WAIT_TIME_S": "30",
+}
 # Non-secret tracking/storage settings copied from the submitting shell when set there.
-FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION",
-                 "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "GOOGLE_CLOUD_PROJECT")
+FORWARDED_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "GOOGLE_CLOUD_PROJECT",
+)
 # Never passed through a job: the cluster has its own, and runtime_env is shown in the dashboard.
 REFUSED_ENV = (AUTH_TOKEN_ENV, AUTH_TOKEN_PATH_ENV, "RAY_AUTH_MODE", *ADDRESS_ENVS)
 SECRET_LIKE = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE_KEY|ACCESS_KEY", re.IGNORECASE)
@@ -58,6 +72,7 @@ class JobSpecError(ValueError):
 
 
 # --- token --------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Token:
@@ -102,15 +117,19 @@ MISSING_TOKEN_HELP = (
 
 # --- address and probe --------------------------------------------------------------------------
 
+
 def normalize_address(address: str | None) -> str:
     """``host:port`` or ``http(s)://host:port`` -> the dashboard's HTTP URL (no trailing slash)."""
     if not address:
-        raise JobSpecError("no cluster address: give --address http://HEAD:8265 or set RAY_API_SERVER_ADDRESS "
-                           "(or RAY_ADDRESS) to the head node's dashboard URL")
+        raise JobSpecError(
+            "no cluster address: give --address http://HEAD:8265 or set RAY_API_SERVER_ADDRESS "
+            "(or RAY_ADDRESS) to the head node's dashboard URL"
+        )
     address = address.strip().rstrip("/")
     if address.startswith("ray://"):
-        raise JobSpecError(f"--address {address}: a Ray Client address; jobs are submitted to the dashboard, "
-                           "http://HEAD:8265")
+        raise JobSpecError(
+            f"--address {address}: a Ray Client address; jobs are submitted to the dashboard, http://HEAD:8265"
+        )
     if "://" not in address:
         address = f"http://{address}"
     if not address.startswith(("http://", "https://")):
@@ -140,11 +159,13 @@ def probe(url: str, token: Token | None, timeout_s: float = DEFAULT_TIMEOUT_S) -
             raise ClusterError(
                 f"no answer from the Ray dashboard at {shown} within {timeout_s:g} s: check that the head node is up, "
                 "that the address and dashboard port (8265 by default) are right and that a firewall lets you in "
-                "(or forward the port: `ray dashboard jobs/cluster-gpu.yaml`)") from None
+                "(or forward the port: `ray dashboard jobs/cluster-gpu.yaml`)"
+            ) from None
         except requests.exceptions.RequestException as e:
             raise ClusterError(
                 f"cannot reach the Ray dashboard at {shown}: {_reason(e)}; check that the head node is up and "
-                "the address and dashboard port (8265 by default) are right") from None
+                "the address and dashboard port (8265 by default) are right"
+            ) from None
 
     r = get("/api/authentication_mode", {})
     mode = "disabled"
@@ -152,20 +173,25 @@ def probe(url: str, token: Token | None, timeout_s: float = DEFAULT_TIMEOUT_S) -
         try:
             mode = r.json().get("authentication_mode", "disabled")
         except ValueError:
-            raise ClusterError(f"{shown} answered, but not as a Ray dashboard (is it the dashboard port, "
-                               "8265 by default, rather than the GCS port 6379?)") from None
+            raise ClusterError(
+                f"{shown} answered, but not as a Ray dashboard (is it the dashboard port, "
+                "8265 by default, rather than the GCS port 6379?)"
+            ) from None
     headers: dict[str, str] = {}
     if mode == "token":
         if token is None:
-            raise ClusterError(f"the Ray cluster at {shown} requires an authentication token and none was found: "
-                               + MISSING_TOKEN_HELP)
+            raise ClusterError(
+                f"the Ray cluster at {shown} requires an authentication token and none was found: " + MISSING_TOKEN_HELP
+            )
         headers = {"Authorization": f"Bearer {token.value}"}
     r = get("/api/version", headers)
     if r.status_code == 401:
         raise ClusterError(f"the Ray cluster at {shown} requires an authentication token: " + MISSING_TOKEN_HELP)
     if r.status_code == 403:
-        raise ClusterError(f"the Ray cluster at {shown} rejected the token from {token.source if token else '?'}; "
-                           "use the cluster's token (`ray get-auth-token` on the head node prints it)")
+        raise ClusterError(
+            f"the Ray cluster at {shown} rejected the token from {token.source if token else '?'}; "
+            "use the cluster's token (`ray get-auth-token` on the head node prints it)"
+        )
     try:
         version = r.json()["ray_version"] if r.status_code == 200 else None
     except (ValueError, KeyError, TypeError):
@@ -189,8 +215,9 @@ def _without_address_env() -> Iterator[None]:
 class JobClient:
     """A connected ``JobSubmissionClient`` whose errors come out as redacted :class:`ClusterError`."""
 
-    def __init__(self, address: str | None, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 environ: Mapping[str, str] = os.environ) -> None:
+    def __init__(
+        self, address: str | None, timeout_s: float = DEFAULT_TIMEOUT_S, environ: Mapping[str, str] = os.environ
+    ) -> None:
         from ray.job_submission import JobSubmissionClient
 
         self.url = normalize_address(address)
@@ -219,13 +246,24 @@ class JobClient:
                 raise JobSpecError(redact(f"Ray cluster at {self.url}: {reason}", self.token)) from None
             raise ClusterError(redact(f"Ray cluster at {self.url}: {type(e).__name__}: {e}", self.token)) from None
 
-    def submit(self, entrypoint: str, runtime_env: dict[str, Any], metadata: dict[str, str],
-               submission_id: str | None = None, num_cpus: float | None = None,
-               num_gpus: float | None = None) -> str:
+    def submit(
+        self,
+        entrypoint: str,
+        runtime_env: dict[str, Any],
+        metadata: dict[str, str],
+        submission_id: str | None = None,
+        num_cpus: float | None = None,
+        num_gpus: float | None = None,
+    ) -> str:
         with self.errors():
-            return self.client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, metadata=metadata,
-                                          submission_id=submission_id, entrypoint_num_cpus=num_cpus,
-                                          entrypoint_num_gpus=num_gpus)
+            return self.client.submit_job(
+                entrypoint=entrypoint,
+                runtime_env=runtime_env,
+                metadata=metadata,
+                submission_id=submission_id,
+                entrypoint_num_cpus=num_cpus,
+                entrypoint_num_gpus=num_gpus,
+            )
 
     def info(self, job_id: str) -> Any:
         with self.errors():
@@ -257,8 +295,12 @@ class JobClient:
         try:
             asyncio.run(tail())
         except Exception as e:  # a dropped stream is not the job's failure: keep waiting for its status
-            write(redact(f"\n[fusionpipe] log stream interrupted ({type(e).__name__}: {e}); waiting for the job "
-                         "to end\n", self.token))
+            write(
+                redact(
+                    f"\n[fusionpipe] log stream interrupted ({type(e).__name__}: {e}); waiting for the job to end\n",
+                    self.token,
+                )
+            )
         return self.wait(job_id, poll_s)
 
     def wait(self, job_id: str, poll_s: float = 1.0) -> str:
@@ -274,6 +316,7 @@ def log_tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
 
 # --- what to run, and where ----------------------------------------------------------------------
 
+
 def build_entrypoint(command: list[str]) -> str:
     """``fusionpipe X ...`` -> ``python -m pipelines.cli X ...``.
 
@@ -283,8 +326,9 @@ def build_entrypoint(command: list[str]) -> str:
     if not command:
         raise JobSpecError("no command to run: put it after `--`, e.g. `-- fusionpipe train --config configs/x.yaml`")
     if command[0] != "fusionpipe":
-        raise JobSpecError(f"only fusionpipe commands are submitted; got {command[0]!r} "
-                           "(write `-- fusionpipe train ...`)")
+        raise JobSpecError(
+            f"only fusionpipe commands are submitted; got {command[0]!r} (write `-- fusionpipe train ...`)"
+        )
     if len(command) < 2:
         raise JobSpecError("`fusionpipe` needs a subcommand, e.g. `fusionpipe train --config configs/x.yaml`")
     return shlex.join(["python", "-m", "pipelines.cli", *command[1:]])
@@ -297,7 +341,7 @@ def option_values(command: list[str], name: str) -> list[str]:
         if arg == name and i + 1 < len(command):
             out.append(command[i + 1])
         elif arg.startswith(name + "="):
-            out.append(arg[len(name) + 1:])
+            out.append(arg[len(name) + 1 :])
     return out
 
 
@@ -335,17 +379,25 @@ def parse_env(items: list[str]) -> tuple[dict[str, str], list[str]]:
         if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
             raise JobSpecError(f"--env {key if sep else item!r}: expected KEY=VALUE with KEY a variable name")
         if key in REFUSED_ENV:
-            raise JobSpecError(f"--env {key}: not passed through a job; the cluster's nodes have their own Ray "
-                               "token and address (and a job's environment is shown in the Ray dashboard)")
+            raise JobSpecError(
+                f"--env {key}: not passed through a job; the cluster's nodes have their own Ray "
+                "token and address (and a job's environment is shown in the Ray dashboard)"
+            )
         if SECRET_LIKE.search(key):
-            warnings.append(f"--env {key}: a job's environment is visible to anyone who can open the Ray dashboard; "
-                            "prefer credentials provided on the nodes (instance role, mounted secret)")
+            warnings.append(
+                f"--env {key}: a job's environment is visible to anyone who can open the Ray dashboard; "
+                "prefer credentials provided on the nodes (instance role, mounted secret)"
+            )
         env[key] = value
     return env, warnings
 
 
-def build_runtime_env(env: dict[str, str], mlflow_uri: str | None = None, environ: Mapping[str, str] = os.environ,
-                      working_dir: Path | None = None) -> dict[str, Any]:
+def build_runtime_env(
+    env: dict[str, str],
+    mlflow_uri: str | None = None,
+    environ: Mapping[str, str] = os.environ,
+    working_dir: Path | None = None,
+) -> dict[str, Any]:
     """The job's runtime_env: the repository (minus excludes) and its environment variables.
 
     ``MLFLOW_TRACKING_URI`` comes from ``mlflow_uri``, else from the submitting shell unless that is
@@ -380,8 +432,10 @@ def check_config(config: Path, command: list[str], working_dir: Path | None = No
     try:
         rel = path.relative_to(working_dir.resolve()).as_posix()
     except ValueError:
-        raise JobSpecError(f"--config {config}: not inside the uploaded working directory {working_dir}, so the "
-                           "job cannot read it; keep configs in the repository (e.g. configs/)") from None
+        raise JobSpecError(
+            f"--config {config}: not inside the uploaded working directory {working_dir}, so the "
+            "job cannot read it; keep configs in the repository (e.g. configs/)"
+        ) from None
     if not is_uploaded(path, working_dir):
         raise JobSpecError(f"--config {config}: excluded from the upload by .rayignore, so the job cannot read it")
     given = option_values(command, "--config")

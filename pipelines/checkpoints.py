@@ -4,6 +4,7 @@
 ``torch.load(..., weights_only=True)``. ``meta.json`` records the epoch, the MLflow run id (so a
 resumed run continues the same MLflow run), the model config, and the metrics of that epoch.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,9 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, malformed or belongs to another model/config."""
 
 
-def save_checkpoint(directory: str | os.PathLike[str], model: nn.Module, meta: dict[str, Any],
-                    train_state: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    directory: str | os.PathLike[str], model: nn.Module, meta: dict[str, Any], train_state: dict[str, Any] | None = None
+) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     torch.save(unwrap(model).state_dict(), d / MODEL)
@@ -58,8 +60,11 @@ def read_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
 def check_compatible(meta_model: dict[str, Any], want: dict[str, Any], where: str) -> None:
     """Refuse a checkpoint built for another model config, naming every differing field."""
     keys = sorted(set(meta_model) | set(want))
-    diffs = [f"{k}: checkpoint {meta_model.get(k)!r} vs config {want.get(k)!r}"
-             for k in keys if k != "pretrained" and meta_model.get(k) != want.get(k)]
+    diffs = [
+        f"{k}: checkpoint {meta_model.get(k)!r} vs config {want.get(k)!r}"
+        for k in keys
+        if k != "pretrained" and meta_model.get(k) != want.get(k)
+    ]
     if diffs:
         raise CheckpointError(f"{where}: checkpoint is for another model config: " + "; ".join(diffs))
 

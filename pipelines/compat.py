@@ -11,6 +11,7 @@ Importing this module imports neither Ray nor MLflow: the driver, worker and tra
 at their top, some of them where no Ray is needed (``import ray`` alone takes seconds), so each function
 imports what it needs when it is called.
 """
+
 from __future__ import annotations
 
 import json

@@ -5,6 +5,7 @@ Sections (docs/config.md): ``data``, ``model``, ``loss``, ``optim``, ``train``,
 register tasks, shard members or models, imported before anything else is checked. Unknown keys
 and bad values are errors that list every problem at once. ``--set a.b=c`` overrides any field (values parsed as YAML, like ``dvc exp run -S``).
 """
+
 from __future__ import annotations
 
 import copy
@@ -40,27 +41,54 @@ class _Section(BaseModel):
 
 
 class DataSection(_Section):
-    shards: str = Field("data/shards/synthetic", description="dataset directory (manifest.json and one folder "
-                        "of shards per split); a relative path is read from the project root (the current directory, or `$FUSIONPIPE_PROJECT_ROOT`)")
-    rev: str | None = Field(None, description="git revision of this repo at which data.shards is read; "
-                                              "resolved through DVC (pipelines/track/data_versions.py)")
-    tasks: TaskList = Field(default_factory=lambda: ["semseg", "depth"], description="tasks whose "
-                            "targets are loaded: the model's final tasks (predicted and scored) and its "
-                            "`model.options.auxiliary_tasks` (trained through their aux losses only)")
-    modalities: ModalityList = Field(default_factory=lambda: ["rgb"],
-                                     description="input modalities, `rgb` and/or `depth` (the model's inputs)")
+    shards: str = Field(
+        "data/shards/synthetic",
+        description="dataset directory (manifest.json and one folder "
+        "of shards per split); a relative path is read from the project root (the current directory, or `$FUSIONPIPE_PROJECT_ROOT`)",
+    )
+    rev: str | None = Field(
+        None,
+        description="git revision of this repo at which data.shards is read; "
+        "resolved through DVC (pipelines/track/data_versions.py)",
+    )
+    tasks: TaskList = Field(
+        default_factory=lambda: ["semseg", "depth"],
+        description="tasks whose "
+        "targets are loaded: the model's final tasks (predicted and scored) and its "
+        "`model.options.auxiliary_tasks` (trained through their aux losses only)",
+    )
+    modalities: ModalityList = Field(
+        default_factory=lambda: ["rgb"], description="input modalities, `rgb` and/or `depth` (the model's inputs)"
+    )
     train_split: str = Field("train", description="the split trained on")
-    val_split: str = Field("val", description="the split validated on after every epoch; also what "
-                           "`fusionpipe evaluate` scores without `--split`")
-    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="augmentation, see "
-                                   "[augmentation.md](augmentation.md); only `hflip: 0.5` is on by default")
+    val_split: str = Field(
+        "val",
+        description="the split validated on after every epoch; also what "
+        "`fusionpipe evaluate` scores without `--split`",
+    )
+    augment: AugmentConfig = Field(
+        default_factory=AugmentConfig,
+        description="augmentation, see [augmentation.md](augmentation.md); only `hflip: 0.5` is on by default",
+    )
     loader_workers: int = Field(1, ge=0, description="DataLoader worker processes per training worker")
-    shuffle_buffer: int = Field(128, ge=0, description="encoded training samples held for shuffling, per "
-                                "loader worker (0: shard order only; shards are shuffled per epoch either way)")
-    errors: Literal["raise", "skip"] = Field("raise", description="a corrupt sample: `raise` stops naming the "
-                                             "shard, key and member; `skip` drops it and logs a warning")
-    edge_max_dist: float = Field(0.0075, gt=0, lt=1, description="edge ODS matching tolerance as a fraction of the "
-                                 "image diagonal (SEISM's maxDist: 0.0075 for PASCAL, 0.011 for NYUD)")
+    shuffle_buffer: int = Field(
+        128,
+        ge=0,
+        description="encoded training samples held for shuffling, per "
+        "loader worker (0: shard order only; shards are shuffled per epoch either way)",
+    )
+    errors: Literal["raise", "skip"] = Field(
+        "raise",
+        description="a corrupt sample: `raise` stops naming the "
+        "shard, key and member; `skip` drops it and logs a warning",
+    )
+    edge_max_dist: float = Field(
+        0.0075,
+        gt=0,
+        lt=1,
+        description="edge ODS matching tolerance as a fraction of the "
+        "image diagonal (SEISM's maxDist: 0.0075 for PASCAL, 0.011 for NYUD)",
+    )
 
     @field_validator("rev")
     @classmethod
@@ -80,8 +108,11 @@ class ModelSection(ModelFields):
 
 class LossSection(_Section):
     weights: dict[str, float] = Field(default_factory=dict, description="per-task weight, default 1")
-    deep_supervision: bool = Field(True, description="also train on the model's intermediate (`aux`) "
-                                   "predictions, e.g. MTI-Net's scales, CEN's per-modality outputs, ANN's stage-4 head")
+    deep_supervision: bool = Field(
+        True,
+        description="also train on the model's intermediate (`aux`) "
+        "predictions, e.g. MTI-Net's scales, CEN's per-modality outputs, ANN's stage-4 head",
+    )
     ohem: bool = Field(False, description="online hard example mining for the semseg cross-entropy")
 
     @field_validator("weights")
@@ -101,14 +132,15 @@ class OptimSection(_Section):
     lr: float = Field(1e-3, gt=0, description="learning rate after warm-up, before the schedule decays it")
     weight_decay: float = Field(1e-4, ge=0, description="weight decay (decoupled for `adamw`)")
     momentum: float = Field(0.9, ge=0, lt=1, description="momentum, `sgd` only")
-    schedule: Literal["poly", "cosine", "constant"] = Field("poly", description="decay per optimizer step after "
-                                                            "warm-up: `poly` is lr × (1 − t)^poly_power")
+    schedule: Literal["poly", "cosine", "constant"] = Field(
+        "poly", description="decay per optimizer step after warm-up: `poly` is lr × (1 − t)^poly_power"
+    )
     poly_power: float = Field(0.9, gt=0, description="exponent of the `poly` schedule")
-    warmup_epochs: int = Field(0, ge=0, description="epochs of linear warm-up, from lr / (warm-up steps) "
-                               "up to lr")
+    warmup_epochs: int = Field(0, ge=0, description="epochs of linear warm-up, from lr / (warm-up steps) up to lr")
     grad_accum: int = Field(1, ge=1, description="batches per optimizer step (the mean of their gradients)")
-    clip_grad_norm: float | None = Field(None, gt=0, description="clip the gradients' global L2 norm to this "
-                                         "(`null`: no clipping)")
+    clip_grad_norm: float | None = Field(
+        None, gt=0, description="clip the gradients' global L2 norm to this (`null`: no clipping)"
+    )
 
 
 class TrainSection(_Section):
@@ -118,41 +150,56 @@ class TrainSection(_Section):
     cpus_per_worker: float = Field(1, gt=0, description="CPUs Ray reserves for each worker")
     use_gpu: bool = Field(False, description="one GPU per worker (NCCL between workers)")
     amp: bool = Field(False, description="bf16 autocast on GPU")
-    sync_batchnorm: bool = Field(False, description="GPU workers: BatchNorm statistics over the global batch "
-                                                    "(SyncBatchNorm), not each worker's share")
+    sync_batchnorm: bool = Field(
+        False,
+        description="GPU workers: BatchNorm statistics over the global batch (SyncBatchNorm), not each worker's share",
+    )
     seed: int = Field(0, description="seeds the model's initialisation, the shuffling and the augmentation")
     preview_every: int = Field(5, ge=0, description="epochs between prediction previews (0 = off)")
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads per worker (default: cpus_per_worker)")
 
     @model_validator(mode="after")
-    def _sync_bn_on_gpu(self) -> "TrainSection":
+    def _sync_bn_on_gpu(self) -> TrainSection:
         if self.sync_batchnorm and not self.use_gpu:
             raise ValueError("sync_batchnorm needs use_gpu: true (PyTorch's SyncBatchNorm runs on GPU workers only)")
         return self
 
 
 class TrackingSection(_Section):
-    uri: str | None = Field(None, description="MLflow tracking URI; it wins over `MLFLOW_TRACKING_URI` "
-                            "(`null`: that variable, else `sqlite:///<project root>/mlflow.db`)")
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; it wins over `MLFLOW_TRACKING_URI` "
+        "(`null`: that variable, else `sqlite:///<project root>/mlflow.db`)",
+    )
     experiment: str = Field("fusionpipe", description="MLflow experiment")
-    run_name: str | None = Field(None, description="the Ray Train and MLflow run name; a name that already has a "
-                                 "run under the same `checkpoint.storage_path` resumes it "
-                                 "(`null`: `<model>-<date>-<time>`)")
-    log_model: bool = Field(True, description="at the end, log the best checkpoint's model to MLflow "
-                            "(`mlflow.pytorch`, with its signature)")
+    run_name: str | None = Field(
+        None,
+        description="the Ray Train and MLflow run name; a name that already has a "
+        "run under the same `checkpoint.storage_path` resumes it "
+        "(`null`: `<model>-<date>-<time>`)",
+    )
+    log_model: bool = Field(
+        True, description="at the end, log the best checkpoint's model to MLflow (`mlflow.pytorch`, with its signature)"
+    )
 
 
 class CheckpointSection(_Section):
-    storage_path: str = Field("ray_results", description="where Ray Train writes checkpoints: a path (on a "
-                              "multi-node cluster, one every node mounts) or an `s3://`/`gs://` URI; a relative path is read from the project root")
+    storage_path: str = Field(
+        "ray_results",
+        description="where Ray Train writes checkpoints: a path (on a "
+        "multi-node cluster, one every node mounts) or an `s3://`/`gs://` URI; a relative path is read from the project root",
+    )
     keep: int = Field(2, ge=1, description="best K checkpoints kept (plus the last)")
     metric: str = Field("val/semseg/miou", description="the metric that ranks checkpoints (`val/<task>/<name>`)")
     mode: Literal["max", "min"] = Field("max", description="whether a higher (`max`) or lower `metric` is better")
 
 
 class FailureSection(_Section):
-    max_failures: int = Field(0, ge=-1, description="times Ray Train restarts the worker group from the last "
-                              "checkpoint after a failure (-1: no limit)")
+    max_failures: int = Field(
+        0,
+        ge=-1,
+        description="times Ray Train restarts the worker group from the last checkpoint after a failure (-1: no limit)",
+    )
 
 
 class SyntheticBuildSection(_Section):
@@ -192,24 +239,35 @@ def import_plugins(names: Any) -> None:
 
 
 class ExperimentConfig(_Section):
-    plugins: list[str] = Field(default_factory=list, description="modules imported before the rest of the config "
-                               "is validated, on the driver and on every worker; they register tasks, shard "
-                               "members or models")
-    synthetic: SyntheticBuildSection | None = Field(None, description="how `dvc repro` builds `data.shards` "
-                                                    "(params.yaml); ignored by `train`, `evaluate` and `tune`")
-    data: DataSection = Field(default_factory=DataSection, description="the shards, the tasks and modalities read "
-                              "from them, and how they are read and augmented")
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="modules imported before the rest of the config "
+        "is validated, on the driver and on every worker; they register tasks, shard "
+        "members or models",
+    )
+    synthetic: SyntheticBuildSection | None = Field(
+        None,
+        description="how `dvc repro` builds `data.shards` (params.yaml); ignored by `train`, `evaluate` and `tune`",
+    )
+    data: DataSection = Field(
+        default_factory=DataSection,
+        description="the shards, the tasks and modalities read from them, and how they are read and augmented",
+    )
     model: ModelSection = Field(default_factory=ModelSection, description="the model, its backbone and its options")
     loss: LossSection = Field(default_factory=LossSection, description="how the task losses are weighted and summed")
     optim: OptimSection = Field(default_factory=OptimSection, description="optimizer and learning-rate schedule")
-    train: TrainSection = Field(default_factory=TrainSection, description="epochs, batch, Ray Train workers and "
-                                "devices")
-    tracking: TrackingSection = Field(default_factory=TrackingSection, description="where and under which names "
-                                      "MLflow records the run")
-    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection, description="where checkpoints go, how "
-                                          "many are kept and which is best")
-    failure: FailureSection = Field(default_factory=FailureSection, description="what Ray Train does when a worker "
-                                    "fails")
+    train: TrainSection = Field(
+        default_factory=TrainSection, description="epochs, batch, Ray Train workers and devices"
+    )
+    tracking: TrackingSection = Field(
+        default_factory=TrackingSection, description="where and under which names MLflow records the run"
+    )
+    checkpoint: CheckpointSection = Field(
+        default_factory=CheckpointSection, description="where checkpoints go, how many are kept and which is best"
+    )
+    failure: FailureSection = Field(
+        default_factory=FailureSection, description="what Ray Train does when a worker fails"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -220,13 +278,13 @@ class ExperimentConfig(_Section):
         return raw
 
     @model_validator(mode="after")
-    def _cross(self) -> "ExperimentConfig":
+    def _cross(self) -> ExperimentConfig:
         bad = [k for k in self.loss.weights if k not in self.data.tasks]
         if bad:
             raise ValueError(f"loss.weights names task(s) {bad} not in data.tasks {self.data.tasks}")
         return self
 
-    def resolved_paths(self, base: Path | None = None) -> "ExperimentConfig":
+    def resolved_paths(self, base: Path | None = None) -> ExperimentConfig:
         """A copy with relative paths made absolute against ``base`` (default :func:`project_root`), so every
         worker agrees."""
         base = base or project_root()
@@ -248,7 +306,7 @@ def resolve_tracking_uri(uri: str | None, base: Path | None = None) -> str:
     (default :func:`project_root`)."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(_abs(uri[len("sqlite:///"):], base or project_root()))
+        return "sqlite:///" + str(_abs(uri[len("sqlite:///") :], base or project_root()))
     return uri
 
 
@@ -259,7 +317,14 @@ def _format_errors(e: ValidationError, source: str) -> str:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"  - {loc}: {msg}" + (f" (got {err['input']!r})" if err["type"] != "extra_forbidden" and not isinstance(err.get("input"), dict) else ""))
+        lines.append(
+            f"  - {loc}: {msg}"
+            + (
+                f" (got {err['input']!r})"
+                if err["type"] != "extra_forbidden" and not isinstance(err.get("input"), dict)
+                else ""
+            )
+        )
     return "\n".join(lines)
 
 
@@ -333,6 +398,12 @@ def model_config(cfg: ExperimentConfig, num_classes: int) -> dict[str, Any]:
     PAD-Net) are loaded as targets and supervise the front end, but are not final outputs."""
     m = cfg.model
     aux = set(m.options.get("auxiliary_tasks") or [])
-    return pin_added_options({"name": m.name, "tasks": [t for t in cfg.data.tasks if t not in aux],
-                              "modalities": list(cfg.data.modalities), "num_classes": num_classes,
-                              **m.model_dump(exclude={"name"})})
+    return pin_added_options(
+        {
+            "name": m.name,
+            "tasks": [t for t in cfg.data.tasks if t not in aux],
+            "modalities": list(cfg.data.modalities),
+            "num_classes": num_classes,
+            **m.model_dump(exclude={"name"}),
+        }
+    )

@@ -5,14 +5,15 @@ the ``description`` its field carries.
     python -m pipelines.config_reference            # rewrite docs/config.md
     python -m pipelines.config_reference --check    # exit 1 when docs/config.md is stale (a test runs it)
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 import types
-from pathlib import Path
 import typing
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -123,8 +124,7 @@ def render() -> str:
         about = about[:1].upper() + about[1:] + "."
         if field.get_default(call_default_factory=True) is None:
             about += " Optional: without it there is no such section (`null`)."
-        parts += [f"## `{name}`\n", about, "", *header,
-                  *_rows(section.model_fields, f"{name}."), ""]
+        parts += [f"## `{name}`\n", about, "", *header, *_rows(section.model_fields, f"{name}."), ""]
     return "\n".join(parts)
 
 

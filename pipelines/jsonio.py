@@ -1,4 +1,5 @@
 """Strict JSON for everything the project writes or prints (meta.json, summaries, ``--json``)."""
+
 from __future__ import annotations
 
 import json

@@ -7,6 +7,7 @@ wherever it runs, and a worker records there an error that a retry cannot fix (`
 pyarrow's filesystem for a URI, with the local temp-then-rename for a path (an object-store PUT is
 atomic by itself).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny deterministic in-memory source and datasets written from it."""
+
 from __future__ import annotations
 
 import os
@@ -36,7 +37,7 @@ class ToySource(Source):
         return [f"{split}{i:04d}" for i in range(self.counts[split])]
 
     def load(self, split: str, key: str) -> dict[str, Any]:
-        i = int(key[len(split):])
+        i = int(key[len(split) :])
         rng = np.random.default_rng([1 if split == "train" else 2, i])
         h, w = self.h, self.w
         n = rng.normal(size=(h, w, 3)).astype(np.float32)
@@ -52,8 +53,13 @@ class ToySource(Source):
             "semseg": semseg,
             "normals": n,
             "edge": (rng.random((h, w)) > 0.8).astype(np.uint8),
-            "meta": {"id": f"{split}/{key}", "source": "toy", "split": split,
-                     "intrinsics": [10.0, 10.0, w / 2, h / 2], "depth_scale": 0.001},
+            "meta": {
+                "id": f"{split}/{key}",
+                "source": "toy",
+                "split": split,
+                "intrinsics": [10.0, 10.0, w / 2, h / 2],
+                "depth_scale": 0.001,
+            },
         }
 
 

@@ -3,6 +3,7 @@
 File reading with errors that name the file, split-list reading, key sanitising, class/label-map
 files, and the NYUDv2 constants (40-class names, Kinect RGB intrinsics).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,11 +22,46 @@ from datasets.sources.base import SourceError, check_key
 
 # The 40-class NYUDv2 set of Gupta et al. (CVPR 2013), in id order 0..39 (raw file ids 1..40).
 NYUD40_CLASSES = [
-    "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf",
-    "picture", "counter", "blinds", "desk", "shelves", "curtain", "dresser", "pillow", "mirror",
-    "floor mat", "clothes", "ceiling", "books", "refridgerator", "television", "paper", "towel",
-    "shower curtain", "box", "whiteboard", "person", "night stand", "toilet", "sink", "lamp",
-    "bathtub", "bag", "otherstructure", "otherfurniture", "otherprop",
+    "wall",
+    "floor",
+    "cabinet",
+    "bed",
+    "chair",
+    "sofa",
+    "table",
+    "door",
+    "window",
+    "bookshelf",
+    "picture",
+    "counter",
+    "blinds",
+    "desk",
+    "shelves",
+    "curtain",
+    "dresser",
+    "pillow",
+    "mirror",
+    "floor mat",
+    "clothes",
+    "ceiling",
+    "books",
+    "refridgerator",
+    "television",
+    "paper",
+    "towel",
+    "shower curtain",
+    "box",
+    "whiteboard",
+    "person",
+    "night stand",
+    "toilet",
+    "sink",
+    "lamp",
+    "bathtub",
+    "bag",
+    "otherstructure",
+    "otherfurniture",
+    "otherprop",
 ]
 # NYUDv2 RGB camera (the toolbox's camera_params.m), valid at 640×480.
 NYUD_INTRINSICS = (518.857901, 519.469611, 325.582449, 253.736166)
@@ -76,8 +112,10 @@ def check_disjoint(splits: dict[str, Sequence[Any]], where: str, what: str = "st
     for split, items in splits.items():
         for item in items:
             if first.setdefault(item, split) != split:
-                raise SourceError(f"{where}: {what} {item!r} is in split {first[item]!r} and in split {split!r}; "
-                                  "each sample must belong to one split")
+                raise SourceError(
+                    f"{where}: {what} {item!r} is in split {first[item]!r} and in split {split!r}; "
+                    "each sample must belong to one split"
+                )
 
 
 def read_lines(path: Path, what: str) -> list[str]:
@@ -216,7 +254,9 @@ def read_mapping_file(path: Path, what: str) -> dict[str, Any]:
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise SourceError(f"{what}: {path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {e}") from e
+        raise SourceError(
+            f"{what}: {path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {e}"
+        ) from e
     if not isinstance(data, dict):
         raise SourceError(f"{what}: {path} must hold a mapping with a 'classes' key, got {type(data).__name__}")
     return data

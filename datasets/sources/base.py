@@ -5,6 +5,7 @@ in a fixed order and ``load(split, key)`` returns one sample dict in the in-memo
 :mod:`datasets.codec` (``meta`` included). The writer only ever calls these, so a source never
 deals with tars, manifests or atomic renames.
 """
+
 from __future__ import annotations
 
 import re

@@ -25,6 +25,7 @@ stem goes to ``val`` when the first 16 hex digits of its sha256, read as a fract
 are below ``val_fraction``; keys are listed in sorted stem order. Adding images never moves an
 existing image to the other split.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -74,7 +75,8 @@ class FolderSource(Source):
         for name, member in MEMBERS.items():  # parts, sal and registered members, in registration order
             if name not in self._files and (self.root / name).is_dir():
                 exts = {"rgb": _IMAGE_EXTS, "scalar16": (".png", ".npy"), "normals": (".png", ".npy")}.get(
-                    member.kind, (".png",))
+                    member.kind, (".png",)
+                )
                 self._files[name] = c.find_by_stem(self.root / name, exts)
         self.members = list(self._files)
         self._label_ignore = 255
@@ -82,7 +84,9 @@ class FolderSource(Source):
         if classes is not None:
             self._read_classes(Path(classes))
         elif "semseg" in self._files:
-            raise SourceError(f"folder: {self.root / 'semseg'} exists, so option classes (a YAML with class names) is required")
+            raise SourceError(
+                f"folder: {self.root / 'semseg'} exists, so option classes (a YAML with class names) is required"
+            )
         for member, files in self._files.items():
             missing = sorted(set(images) - set(files))
             if missing:
@@ -90,7 +94,9 @@ class FolderSource(Source):
                     f"folder: stem {missing[0]!r} has an image but no file in {self.root / member} "
                     f"({len(missing)} stems missing there, {len(files)} present)"
                 )
-        self._keys = {split: c.keys_for(stems, f"folder split {split!r}") for split, stems in self._split_stems(images).items()}
+        self._keys = {
+            split: c.keys_for(stems, f"folder split {split!r}") for split, stems in self._split_stems(images).items()
+        }
 
     def _read_classes(self, path: Path) -> None:
         data = c.read_mapping_file(path, "folder option classes")
@@ -113,7 +119,9 @@ class FolderSource(Source):
                     stems = c.read_lines(path, f"folder split {split!r}")
                     unknown = [s for s in stems if s not in images]
                     if unknown:
-                        raise SourceError(f"{path}: stem {unknown[0]!r} is listed but has no image in {self.root / 'images'}")
+                        raise SourceError(
+                            f"{path}: stem {unknown[0]!r} is listed but has no image in {self.root / 'images'}"
+                        )
                     out[split] = stems
             if not out:
                 raise SourceError(f"folder: {split_dir} exists but holds neither train.txt nor val.txt")
@@ -172,5 +180,7 @@ class FolderSource(Source):
         if kind == "binary":
             return (labels > 0).astype(np.uint8)
         if labels.size and (labels.min() < 0 or labels.max() > 255):
-            raise SourceError(f"{path}: {member} ({kind}) values must fit 8 bits (0..255), got {labels.min()}..{labels.max()}")
+            raise SourceError(
+                f"{path}: {member} ({kind}) values must fit 8 bits (0..255), got {labels.min()}..{labels.max()}"
+            )
         return labels.astype(np.uint8)

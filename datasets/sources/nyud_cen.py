@@ -19,6 +19,7 @@ depth is ``png value × depth_unit`` metres (0 = missing). Edges are not part of
 ``edges=True`` they are derived from the mask with :func:`datasets.labels.edges_from_labels`
 (semantic boundaries only, 2 px band, no edge next to ignore pixels).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -60,15 +61,24 @@ class NyudCenSource(Source):
                 continue
             self._items[split] = self._index(path)
         if not self._items:
-            raise SourceError(f"nyud-cen: no split list found; expected {self.root / 'train.txt'} and/or {self.root / 'val.txt'}")
-        c.check_disjoint({split: [str(e[1].resolve()) for e in items.values()] for split, items in self._items.items()},
-                         "nyud-cen: the split lists", what="image")
+            raise SourceError(
+                f"nyud-cen: no split list found; expected {self.root / 'train.txt'} and/or {self.root / 'val.txt'}"
+            )
+        c.check_disjoint(
+            {split: [str(e[1].resolve()) for e in items.values()] for split, items in self._items.items()},
+            "nyud-cen: the split lists",
+            what="image",
+        )
 
     def _paths(self, line: str, where: str) -> tuple[Path, Path, Path]:
         fields = line.split("\t") if "\t" in line else line.split()
         if len(fields) == 1:
             stem = fields[0]
-            return self.root / "rgb" / f"{stem}.png", self.root / "masks" / f"{stem}.png", self.root / "depth" / f"{stem}.png"
+            return (
+                self.root / "rgb" / f"{stem}.png",
+                self.root / "masks" / f"{stem}.png",
+                self.root / "depth" / f"{stem}.png",
+            )
         if len(fields) == 2:
             rgb = self.root / fields[0]
             return rgb, self.root / fields[1], self.root / "depth" / rgb.name
@@ -86,7 +96,7 @@ class NyudCenSource(Source):
                     raise SourceError(f"{where}: listed file {f} does not exist")
             entries.append((rgb.stem, rgb, mask, depth))
         keys = c.keys_for([e[0] for e in entries], str(path))
-        return dict(zip(keys, entries))
+        return dict(zip(keys, entries, strict=True))
 
     def params(self) -> dict[str, Any]:
         return self._args | {"depth_unit": self.depth_unit, "edges": self.edges, "intrinsics": self.intrinsics}

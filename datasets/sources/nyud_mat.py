@@ -26,6 +26,7 @@ Conversions:
 
 Keys are the 1-based frame index as 4 digits (``0001``..``1449``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -85,7 +86,9 @@ def _split_indices(path: Path, num_frames: int) -> dict[str, list[int]]:
         idx = idx.astype(np.int64)
         bad = idx[(idx < 1) | (idx > num_frames)]
         if bad.size:
-            raise SourceError(f"{path}: variable {name!r} has indices {bad[:5].tolist()} outside 1..{num_frames} (1-based)")
+            raise SourceError(
+                f"{path}: variable {name!r} has indices {bad[:5].tolist()} outside 1..{num_frames} (1-based)"
+            )
         if len(set(idx.tolist())) != idx.size:
             raise SourceError(f"{path}: variable {name!r} lists a frame twice")
         out[split] = idx.tolist()
@@ -136,7 +139,9 @@ class NyudMatSource(Source):
                     raise SourceError(f"{self.mat}: dataset {key!r} is missing")
                 shapes[key] = f[key].shape
                 if len(shapes[key]) != ndim:
-                    raise SourceError(f"{self.mat}: dataset {key!r} has shape {shapes[key]}, expected {ndim} dimensions")
+                    raise SourceError(
+                        f"{self.mat}: dataset {key!r} has shape {shapes[key]}, expected {ndim} dimensions"
+                    )
         n, ch, w, h = shapes["images"]
         if ch != 3:
             raise SourceError(f"{self.mat}: dataset 'images' has shape {shapes['images']}, expected N×3×W×H")

@@ -23,6 +23,7 @@ computed from its depth (:func:`datasets.geometry.normals_from_depth`); a clearl
 agreement on an axis means the ``normals_flip`` convention is wrong for this copy of the data
 and is an error naming the file and axis, instead of shards with silently mirrored normals.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -70,7 +71,9 @@ class NyudMtSource(Source):
         self.normals_flip = normals_flip
         self.check_normals = check_normals
         self.intrinsics = c.parse_intrinsics(intrinsics)
-        self.tasks = [(self.root / folder, member, ext) for folder, member, ext in _TASKS if (self.root / folder).is_dir()]
+        self.tasks = [
+            (self.root / folder, member, ext) for folder, member, ext in _TASKS if (self.root / folder).is_dir()
+        ]
         self.members = ["rgb"] + [member for _, member, _ in self.tasks]
         self._keys: dict[str, dict[str, str]] = {}
         for split in _SPLITS:
@@ -78,9 +81,12 @@ class NyudMtSource(Source):
             if path.is_file():
                 self._keys[split] = self._index(split, path)
         if not self._keys:
-            raise SourceError(f"nyud-mt: no split list found; expected {self.root / 'gt_sets' / 'train.txt'} and/or val.txt")
-        c.check_disjoint({split: list(keys.values()) for split, keys in self._keys.items()},
-                         f"nyud-mt: {self.root / 'gt_sets'}")
+            raise SourceError(
+                f"nyud-mt: no split list found; expected {self.root / 'gt_sets' / 'train.txt'} and/or val.txt"
+            )
+        c.check_disjoint(
+            {split: list(keys.values()) for split, keys in self._keys.items()}, f"nyud-mt: {self.root / 'gt_sets'}"
+        )
 
     def _index(self, split: str, path: Path) -> dict[str, str]:
         stems = c.read_lines(path, f"nyud-mt split {split!r}")
@@ -146,7 +152,7 @@ class NyudMtSource(Source):
 
     def _check_normals(self, normals: np.ndarray, depth: np.ndarray, intr: list[float], path: Path) -> None:
         agree = axis_agreement(normals, normals_from_depth(depth, intr))
-        flipped = [axis for axis, a in zip("xyz", agree) if np.isfinite(a) and a < _FLIPPED_BELOW]
+        flipped = [axis for axis, a in zip("xyz", agree, strict=True) if np.isfinite(a) and a < _FLIPPED_BELOW]
         if flipped:
             raise SourceError(
                 f"{path}: after normals_flip={self.normals_flip!r} the normals disagree with the depth map on axis "

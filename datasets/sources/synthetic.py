@@ -5,6 +5,7 @@ source needs no files and a dataset of any size is reproducible bit for bit. How
 built, shaded and degraded is described in docs/synthetic.md and in the modules of
 :mod:`datasets.synthetic`.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -35,8 +36,7 @@ class SyntheticSource(Source):
     classes = list(CLASSES)
     members = ["rgb", "depth", "semseg", "normals", "edge"]
 
-    def __init__(self, num_train: int = 1000, num_val: int = 200, height: int = 240, width: int = 320,
-                 seed: int = 0):
+    def __init__(self, num_train: int = 1000, num_val: int = 200, height: int = 240, width: int = 320, seed: int = 0):
         self.num_train = _int_option("num_train", num_train, 0)
         self.num_val = _int_option("num_val", num_val, 0)
         if self.num_train + self.num_val == 0:
@@ -46,9 +46,15 @@ class SyntheticSource(Source):
         self.seed = _int_option("seed", seed, 0, 2**63 - 1)
 
     def params(self) -> dict[str, Any]:
-        return {"num_train": self.num_train, "num_val": self.num_val, "height": self.height,
-                "width": self.width, "seed": self.seed, "generator_version": GENERATOR_VERSION,
-                "edge_thickness": edge_thickness(self.width)}
+        return {
+            "num_train": self.num_train,
+            "num_val": self.num_val,
+            "height": self.height,
+            "width": self.width,
+            "seed": self.seed,
+            "generator_version": GENERATOR_VERSION,
+            "edge_thickness": edge_thickness(self.width),
+        }
 
     def splits(self) -> list[str]:
         return ["train", "val"]

@@ -12,6 +12,7 @@ Complementarity with depth (why RGB alone must not suffice): tables and cabinets
 material and beds and sofas one fabric per scene, so only shape and height tell them apart; some
 scenes are dim (low exposure, hence noisy) or low contrast.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -74,10 +75,23 @@ def sample_materials(rng: np.random.Generator) -> tuple[dict, list[Material]]:
     fabric = add(Material(FABRIC, c, _scaled(c, 0.75), float(rng.uniform(25, 60))))
     chair = wood if rng.random() < 0.4 else add(paint(pale=False))
     door = wood if rng.random() < 0.5 else add(Material(PLAIN, _hsv(rng, (0, 1), (0, 0.1), (0.7, 0.9)), (0, 0, 0), 1))
-    window = add(Material(NOISE, _hsv(rng, (0.5, 0.65), (0.05, 0.3), (0.85, 1.0)), (0.9, 0.9, 0.9), 1.5,
-                          emissive=float(rng.uniform(1.2, 2.0))))
-    picture = add(Material(BLOTCH, _hsv(rng, (0, 1), (0.5, 1), (0.3, 1)), _hsv(rng, (0, 1), (0.5, 1), (0.3, 1)),
-                           float(rng.uniform(2, 6))))
+    window = add(
+        Material(
+            NOISE,
+            _hsv(rng, (0.5, 0.65), (0.05, 0.3), (0.85, 1.0)),
+            (0.9, 0.9, 0.9),
+            1.5,
+            emissive=float(rng.uniform(1.2, 2.0)),
+        )
+    )
+    picture = add(
+        Material(
+            BLOTCH,
+            _hsv(rng, (0, 1), (0.5, 1), (0.3, 1)),
+            _hsv(rng, (0, 1), (0.5, 1), (0.3, 1)),
+            float(rng.uniform(2, 6)),
+        )
+    )
     metal = add(Material(PLAIN, _hsv(rng, (0, 1), (0, 0.1), (0.2, 0.6)), (0, 0, 0), 1))
     shade = add(Material(PLAIN, _hsv(rng, (0.08, 0.15), (0.1, 0.4), (0.85, 1.0)), (0, 0, 0), 1, emissive=1.3))
     clutter = []
@@ -86,8 +100,18 @@ def sample_materials(rng: np.random.Generator) -> tuple[dict, list[Material]]:
         c1, c2 = _hsv(rng, (0, 1), (0.3, 1), (0.2, 1)), _hsv(rng, (0, 1), (0.3, 1), (0.2, 1))
         clutter.append(add(Material(pattern, c1, c2, float(rng.uniform(10, 25)))))
     # Room faces in raycast order: FLOOR, CEILING, WALL_Y0, WALL_XMAX, WALL_YMAX, WALL_X0.
-    roles = {"room": (floor, ceiling, *walls), "wood": wood, "fabric": fabric, "chair": chair, "door": door,
-             "window": window, "picture": picture, "metal": metal, "shade": shade, "clutter": clutter}
+    roles = {
+        "room": (floor, ceiling, *walls),
+        "wood": wood,
+        "fabric": fabric,
+        "chair": chair,
+        "door": door,
+        "window": window,
+        "picture": picture,
+        "metal": metal,
+        "shade": shade,
+        "clutter": clutter,
+    }
     return roles, mats
 
 
@@ -144,8 +168,9 @@ def surface_coords(rel: np.ndarray, normal: np.ndarray, cos: np.ndarray, sin: np
     return np.where(face_x, ly, lx) + 3.7 * off, np.where(face_z, ly, rel[2]) + 7.3 * off
 
 
-def albedo_and_emission(mats: list[Material], mat_id: np.ndarray, s: np.ndarray, t: np.ndarray,
-                        grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def albedo_and_emission(
+    mats: list[Material], mat_id: np.ndarray, s: np.ndarray, t: np.ndarray, grid: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel linear albedo (3 x N) and emission factor (N,)."""
     c1 = np.array([m.c1 for m in mats], dtype=np.float32)
     dc = np.array([m.c2 for m in mats], dtype=np.float32) - c1
@@ -172,8 +197,15 @@ def lambert(point: np.ndarray, normal: np.ndarray, lights, ambient: float) -> np
     return irr
 
 
-def expose(radiance: np.ndarray, exposure: float, contrast: float, noise: float, rng: np.random.Generator,
-           height: int, width: int) -> np.ndarray:
+def expose(
+    radiance: np.ndarray,
+    exposure: float,
+    contrast: float,
+    noise: float,
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+) -> np.ndarray:
     """Linear radiance (3 x N) -> uint8 H x W x 3: exposure, gamma, contrast, lens blur, sensor noise."""
     # Gamma 2 (a square root) is close to sRGB's 2.2 and several times cheaper.
     img = np.sqrt(np.clip(radiance * np.float32(exposure), 0.0, 1.0)).reshape(3, height, width)

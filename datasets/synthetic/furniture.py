@@ -4,6 +4,7 @@ Composite furniture (table = top + legs, chair = seat + back + legs, bed = base 
 sofa = base + back + arms, floor lamp = base + pole + shade) is a list of primitives sharing
 one class and instance id. Sizes follow common furniture dimensions in metres.
 """
+
 from __future__ import annotations
 
 import math
@@ -75,8 +76,13 @@ def _local(x, y, yaw, lx, ly, z):
 
 
 def _legs(x, y, yaw, hx, hy, height, leg, cls, inst, mat):
-    return [_box(_local(x, y, yaw, sx * (hx - leg), sy * (hy - leg), height / 2), (leg, leg, height / 2),
-                 yaw, cls, inst, mat) for sx in (-1, 1) for sy in (-1, 1)]
+    return [
+        _box(
+            _local(x, y, yaw, sx * (hx - leg), sy * (hy - leg), height / 2), (leg, leg, height / 2), yaw, cls, inst, mat
+        )
+        for sx in (-1, 1)
+        for sy in (-1, 1)
+    ]
 
 
 def _table(kind, rng, lay, c, inst, m, room_h):
@@ -87,8 +93,9 @@ def _table(kind, rng, lay, c, inst, m, room_h):
         return []
     x, y, yaw = spot
     lay.supports.append((x, y, yaw, hx * 0.7, hy * 0.7, h))
-    return [_box((x, y, h - 0.02), (hx, hy, 0.02), yaw, c, inst, m["wood"])] + \
-        _legs(x, y, yaw, hx, hy, h - 0.04, 0.03, c, inst, m["wood"])
+    return [_box((x, y, h - 0.02), (hx, hy, 0.02), yaw, c, inst, m["wood"])] + _legs(
+        x, y, yaw, hx, hy, h - 0.04, 0.03, c, inst, m["wood"]
+    )
 
 
 def _chair(kind, rng, lay, c, inst, m, room_h):
@@ -99,9 +106,10 @@ def _chair(kind, rng, lay, c, inst, m, room_h):
         return []
     x, y, yaw = spot
     back_h = u(0.35, 0.5)
-    return [_box((x, y, seat - 0.025), (hw, hw, 0.025), yaw, c, inst, m["chair"]),
-            _box(_local(x, y, yaw, 0, -hw + 0.025, seat + back_h / 2), (hw, 0.025, back_h / 2), yaw,
-                 c, inst, m["chair"])] + _legs(x, y, yaw, hw, hw, seat - 0.05, 0.02, c, inst, m["chair"])
+    return [
+        _box((x, y, seat - 0.025), (hw, hw, 0.025), yaw, c, inst, m["chair"]),
+        _box(_local(x, y, yaw, 0, -hw + 0.025, seat + back_h / 2), (hw, 0.025, back_h / 2), yaw, c, inst, m["chair"]),
+    ] + _legs(x, y, yaw, hw, hw, seat - 0.05, 0.02, c, inst, m["chair"])
 
 
 def _against_wall(kind, rng, lay, c, inst, m, room_h):
@@ -124,13 +132,16 @@ def _against_wall(kind, rng, lay, c, inst, m, room_h):
             lay.supports.append((x, y, yaw, hw * 0.8, hd * 0.8, h))
     elif kind == "bed":
         head_h = u(0.9, 1.2)
-        prims.append(_box(_local(x, y, yaw, 0, -hd + 0.03, head_h / 2), (hw + 0.03, 0.03, head_h / 2), yaw,
-                          c, inst, m["wood"]))
+        prims.append(
+            _box(_local(x, y, yaw, 0, -hd + 0.03, head_h / 2), (hw + 0.03, 0.03, head_h / 2), yaw, c, inst, m["wood"])
+        )
     else:
         back_h, arm = u(0.75, 0.9), 0.12
         prims.append(_box(_local(x, y, yaw, 0, -hd + 0.1, back_h / 2), (hw, 0.1, back_h / 2), yaw, c, inst, mat))
-        prims += [_box(_local(x, y, yaw, sx * (hw - arm), 0, (h + 0.2) / 2), (arm, hd, (h + 0.2) / 2), yaw,
-                       c, inst, mat) for sx in (-1, 1)]
+        prims += [
+            _box(_local(x, y, yaw, sx * (hw - arm), 0, (h + 0.2) / 2), (arm, hd, (h + 0.2) / 2), yaw, c, inst, mat)
+            for sx in (-1, 1)
+        ]
     return prims
 
 
@@ -158,9 +169,11 @@ def _lamp(kind, rng, lay, c, inst, m, room_h):
         return []
     x, y, _ = spot
     pole = rng.uniform(1.3, 1.6)
-    return [Prim(CYLINDER, (x, y, 0.015), (0.15, 0.15, 0.015), 0.0, c, inst, m["metal"]),
-            Prim(CYLINDER, (x, y, pole / 2), (0.015, 0.015, pole / 2), 0.0, c, inst, m["metal"]),
-            Prim(CYLINDER, (x, y, pole + 0.1), (0.18, 0.18, 0.15), 0.0, c, inst, m["shade"])]
+    return [
+        Prim(CYLINDER, (x, y, 0.015), (0.15, 0.15, 0.015), 0.0, c, inst, m["metal"]),
+        Prim(CYLINDER, (x, y, pole / 2), (0.015, 0.015, pole / 2), 0.0, c, inst, m["metal"]),
+        Prim(CYLINDER, (x, y, pole + 0.1), (0.18, 0.18, 0.15), 0.0, c, inst, m["shade"]),
+    ]
 
 
 def _clutter(kind, rng, lay, c, inst, m, room_h):
@@ -190,6 +203,15 @@ def _clutter(kind, rng, lay, c, inst, m, room_h):
 
 
 # Each builder returns the primitives of one object, or [] when the layout found no free spot.
-BUILDERS = {"table": _table, "chair": _chair, "bed": _against_wall, "sofa": _against_wall,
-            "cabinet": _against_wall, "door": _on_wall, "window": _on_wall, "picture": _on_wall,
-            "lamp": _lamp, "objects": _clutter}
+BUILDERS = {
+    "table": _table,
+    "chair": _chair,
+    "bed": _against_wall,
+    "sofa": _against_wall,
+    "cabinet": _against_wall,
+    "door": _on_wall,
+    "window": _on_wall,
+    "picture": _on_wall,
+    "lamp": _lamp,
+    "objects": _clutter,
+}

@@ -12,6 +12,7 @@ Kay & Kajiya slab test for boxes, quadratic roots for cylinders and spheres). Ea
 tested only over the screen rectangle its bounding box projects to, all pixels of the rectangle
 at once (numpy), so the cost is per primitive, never per pixel in Python.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -98,11 +99,15 @@ def _hit_room(o, d, room):
     on_y = ~on_x & (t == ts[1])
     on = (on_x, on_y, ~on_x & ~on_y)
     pos = [d[a] > 0 for a in range(3)]
-    face = np.where(on[2], np.where(pos[2], CEILING, FLOOR),
-                    np.where(on_y, np.where(pos[1], WALL_YMAX, WALL_Y0), np.where(pos[0], WALL_XMAX, WALL_X0)))
+    face = np.where(
+        on[2],
+        np.where(pos[2], CEILING, FLOOR),
+        np.where(on_y, np.where(pos[1], WALL_YMAX, WALL_Y0), np.where(pos[0], WALL_XMAX, WALL_X0)),
+    )
     # Inward normal of the wall hit: against the ray on the hit axis.
-    normal = np.stack([np.where(on[a], np.where(pos[a], np.float32(-1.0), np.float32(1.0)), np.float32(0.0))
-                       for a in range(3)])
+    normal = np.stack(
+        [np.where(on[a], np.where(pos[a], np.float32(-1.0), np.float32(1.0)), np.float32(0.0)) for a in range(3)]
+    )
     return t, normal, face.astype(np.int16)
 
 
@@ -165,7 +170,7 @@ def _hit_sphere(o, d, p: Prim):
     disc = b * b - a * (ox * ox + oy * oy + oz * oz - r * r)
     t = (-b - np.sqrt(np.maximum(disc, 0.0))) / a
     ok = (disc >= 0) & (t > NEAR)
-    return np.where(ok, t, np.inf), tuple((oc + t * dc) / r for oc, dc in zip((ox, oy, oz), d))
+    return np.where(ok, t, np.inf), tuple((oc + t * dc) / r for oc, dc in zip((ox, oy, oz), d, strict=True))
 
 
 _HIT = {BOX: _hit_box, CYLINDER: _hit_cylinder, SPHERE: _hit_sphere}
@@ -197,8 +202,15 @@ def _screen_rect(p: Prim, cam_pos, R, k, height, width):
     return v0, v1, u0, u1
 
 
-def cast(prims: list[Prim], room: tuple[float, float, float], cam_pos: np.ndarray, R: np.ndarray,
-         height: int, width: int, room_cls: tuple[int, int, int]) -> Hits:
+def cast(
+    prims: list[Prim],
+    room: tuple[float, float, float],
+    cam_pos: np.ndarray,
+    R: np.ndarray,
+    height: int,
+    width: int,
+    room_cls: tuple[int, int, int],
+) -> Hits:
     """Nearest hit per pixel. ``room_cls`` = class ids of (wall, floor, ceiling)."""
     # Misses are carried as inf / nan through the vectorised tests, so these warnings are expected.
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):

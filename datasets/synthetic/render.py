@@ -3,6 +3,7 @@
 Everything random is drawn from ``np.random.default_rng([seed, split_code, index])`` in a fixed
 order, so a sample depends on nothing else (not on other samples, worker count or call order).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -54,8 +55,7 @@ def shade(scene: Scene, hits: Hits, rng: np.random.Generator) -> np.ndarray:
     normal = hits.normal_world.reshape(3, -1)
     rel = np.stack([point[a] - np.take(centers[a], prim) for a in range(3)])
     grid = rng.random((NOISE_RES, NOISE_RES), dtype=np.float32)
-    s, t = surface_coords(rel, normal, np.take(np.cos(yaws), prim), np.take(np.sin(yaws), prim),
-                          hits.inst.reshape(-1))
+    s, t = surface_coords(rel, normal, np.take(np.cos(yaws), prim), np.take(np.sin(yaws), prim), hits.inst.reshape(-1))
     albedo, emit = albedo_and_emission(scene.materials, np.take(mat_of, prim), s, t, grid)
     irr = lambert(point, normal, scene.lights, scene.lighting["ambient"])
     lit = scene.lighting
@@ -68,11 +68,19 @@ def render(seed: int, split: str, index: int, height: int = 240, width: int = 32
     check_render_args(seed, split, index, height, width)
     rng = np.random.default_rng([int(seed), SPLIT_CODES[split], int(index)])
     scene = sample_scene(rng)
-    hits = cast(scene.prims, scene.room, scene.cam_pos, scene.R, height, width,
-                (CLS["wall"], CLS["floor"], CLS["ceiling"]))
+    hits = cast(
+        scene.prims, scene.room, scene.cam_pos, scene.R, height, width, (CLS["wall"], CLS["floor"], CLS["ceiling"])
+    )
     rgb = shade(scene, hits, rng)
-    depth = kinect_depth(hits.depth, hits.normal_cam, camera_rays(height, width), ray_lengths(height, width),
-                         hits.cls == CLS["window"], scene.max_range, rng)
+    depth = kinect_depth(
+        hits.depth,
+        hits.normal_cam,
+        camera_rays(height, width),
+        ray_lengths(height, width),
+        hits.cls == CLS["window"],
+        scene.max_range,
+        rng,
+    )
     edge = edges_from_labels(hits.cls, hits.inst, thickness=edge_thickness(width), ignore_index=None)
     cam = scene.camera
     meta = {

@@ -6,6 +6,7 @@ pictures, windows and doors on the walls, small clutter on the floor and on tabl
 tops (objects are built in :mod:`datasets.synthetic.furniture`). Deliberately simpler than real
 rooms: no occluders near the lens, and objects never intersect one another's footprint.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -16,15 +17,38 @@ from datasets.synthetic.appearance import Material, sample_materials
 from datasets.synthetic.furniture import BUILDERS, Layout
 from datasets.synthetic.raycast import Prim
 
-CLASSES = ["wall", "floor", "ceiling", "bed", "cabinet", "chair", "sofa", "table",
-           "door", "window", "picture", "lamp", "objects"]
+CLASSES = [
+    "wall",
+    "floor",
+    "ceiling",
+    "bed",
+    "cabinet",
+    "chair",
+    "sofa",
+    "table",
+    "door",
+    "window",
+    "picture",
+    "lamp",
+    "objects",
+]
 CLS = {name: i for i, name in enumerate(CLASSES)}
 FIRST_OBJECT_INSTANCE = 7  # 1..6 are the room faces
 MIN_OBJECTS, MAX_OBJECTS = 3, 12
 
 # Object types, their draw weights, how many a room may hold, and placement order (big first).
-_WEIGHTS = {"bed": 0.06, "sofa": 0.08, "cabinet": 0.12, "table": 0.13, "chair": 0.15, "lamp": 0.05,
-            "door": 0.05, "window": 0.08, "picture": 0.12, "objects": 0.16}
+_WEIGHTS = {
+    "bed": 0.06,
+    "sofa": 0.08,
+    "cabinet": 0.12,
+    "table": 0.13,
+    "chair": 0.15,
+    "lamp": 0.05,
+    "door": 0.05,
+    "window": 0.08,
+    "picture": 0.12,
+    "objects": 0.16,
+}
 _MAX = {"bed": 1, "sofa": 1, "door": 2, "window": 2, "lamp": 2}
 _ORDER = ["bed", "sofa", "cabinet", "door", "window", "table", "chair", "lamp", "picture", "objects"]
 
@@ -99,12 +123,30 @@ def sample_scene(rng: np.random.Generator) -> Scene:
     for _ in range(int(rng.integers(1, 3))):
         pos = np.array([rng.uniform(0.3, room[0] - 0.3), rng.uniform(0.3, room[1] - 0.3), room[2] - 0.15])
         lights.append((pos, float(rng.uniform(1.5, 3.0))))
-    lighting = {"num_lights": len(lights), "ambient": float(rng.uniform(0.15, 0.35)),
-                "exposure": float(rng.uniform(0.15, 0.35) if dim else rng.uniform(0.8, 1.2)),
-                "contrast": float(rng.uniform(0.35, 0.6) if rng.random() < 0.15 else 1.0),
-                "noise": float(rng.uniform(0.005, 0.02)), "dim": dim}
-    camera = {"height": cam_h, "yaw_deg": float(np.degrees(yaw)), "pitch_deg": float(np.degrees(pitch)),
-              "roll_deg": float(np.degrees(roll))}
-    return Scene(room=room, cam_pos=np.array([cam_xy[0], cam_xy[1], cam_h]), R=R, camera=camera, prims=prims,
-                 materials=materials, room_mats=mats["room"], lights=lights, lighting=lighting,
-                 max_range=float(rng.uniform(8.0, 10.0)), objects=objects)
+    lighting = {
+        "num_lights": len(lights),
+        "ambient": float(rng.uniform(0.15, 0.35)),
+        "exposure": float(rng.uniform(0.15, 0.35) if dim else rng.uniform(0.8, 1.2)),
+        "contrast": float(rng.uniform(0.35, 0.6) if rng.random() < 0.15 else 1.0),
+        "noise": float(rng.uniform(0.005, 0.02)),
+        "dim": dim,
+    }
+    camera = {
+        "height": cam_h,
+        "yaw_deg": float(np.degrees(yaw)),
+        "pitch_deg": float(np.degrees(pitch)),
+        "roll_deg": float(np.degrees(roll)),
+    }
+    return Scene(
+        room=room,
+        cam_pos=np.array([cam_xy[0], cam_xy[1], cam_h]),
+        R=R,
+        camera=camera,
+        prims=prims,
+        materials=materials,
+        room_mats=mats["room"],
+        lights=lights,
+        lighting=lighting,
+        max_range=float(rng.uniform(8.0, 10.0)),
+        objects=objects,
+    )

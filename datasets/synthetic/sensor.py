@@ -10,6 +10,7 @@ steps at baseline x focal ~= 0.075 m x 580 px, so the step grows as z^2 / 348 m)
 simpler than the sensor: the noise is triangular rather than Gaussian (cheaper to draw, same
 standard deviation) and there is no one-sided shadow geometry.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,8 +34,15 @@ def discontinuities(z: np.ndarray, rel_jump: float = EDGE_REL_JUMP) -> np.ndarra
     return band
 
 
-def kinect_depth(z: np.ndarray, normal_cam: np.ndarray, rays: np.ndarray, ray_len: np.ndarray,
-                 glass: np.ndarray, max_range: float, rng: np.random.Generator) -> np.ndarray:
+def kinect_depth(
+    z: np.ndarray,
+    normal_cam: np.ndarray,
+    rays: np.ndarray,
+    ray_len: np.ndarray,
+    glass: np.ndarray,
+    max_range: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Noisy depth (float32 metres, 0 = missing) from exact z-depth ``z`` (H x W).
 
     ``rays`` are the camera rays with z = 1 and ``ray_len`` their lengths (the view direction is

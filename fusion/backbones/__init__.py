@@ -5,6 +5,7 @@ entry per output) and ``forward(x) -> list[Tensor]``. Names: ``resnet18``, ``res
 ``resnet50``, ``resnet101`` (see ``resnet.py``), ``hrnet18`` (HRNet-W18-small-v2), ``hrnet32`` and
 ``hrnet48`` (HRNetV2-W32/W48; see ``hrnet.py``).
 """
+
 from __future__ import annotations
 
 from fusion.backbones.hrnet import HRNET_SPECS, HRNet
@@ -14,8 +15,14 @@ from fusion.backbones.resnet import RESNET_SPECS, Backbone, ResNet, build_resnet
 BACKBONES = (*RESNET_SPECS, *HRNET_SPECS)
 
 
-def build_backbone(name: str, in_channels: int = 3, width: float = 1.0, output_stride: int = 32,
-                   deep_stem: bool = False, pretrained: str | None = None) -> Backbone:
+def build_backbone(
+    name: str,
+    in_channels: int = 3,
+    width: float = 1.0,
+    output_stride: int = 32,
+    deep_stem: bool = False,
+    pretrained: str | None = None,
+) -> Backbone:
     """Build a backbone by name; ``pretrained`` is a local ``.pth``/``.pt`` file (never downloaded)."""
     if in_channels < 1:
         raise ValueError(f"backbone {name!r}: in_channels must be >= 1, got {in_channels}")
@@ -25,8 +32,10 @@ def build_backbone(name: str, in_channels: int = 3, width: float = 1.0, output_s
         model: Backbone = build_resnet(name, in_channels, width, output_stride, deep_stem)
     elif name in HRNET_SPECS:
         if output_stride != 32:
-            raise ValueError(f"backbone {name!r} keeps a 1/4 branch and has no dilated variant: "
-                             f"output_stride must be 32, got {output_stride}")
+            raise ValueError(
+                f"backbone {name!r} keeps a 1/4 branch and has no dilated variant: "
+                f"output_stride must be 32, got {output_stride}"
+            )
         if deep_stem:
             raise ValueError(f"backbone {name!r} has its own two-conv stem: deep_stem must be False")
         model = HRNet(in_channels, width, HRNET_SPECS[name])
@@ -37,4 +46,13 @@ def build_backbone(name: str, in_channels: int = 3, width: float = 1.0, output_s
     return model
 
 
-__all__ = ["BACKBONES", "HRNET_SPECS", "Backbone", "HRNet", "ResNet", "build_backbone", "load_pretrained", "scale_channels"]
+__all__ = [
+    "BACKBONES",
+    "HRNET_SPECS",
+    "Backbone",
+    "HRNet",
+    "ResNet",
+    "build_backbone",
+    "load_pretrained",
+    "scale_channels",
+]

@@ -20,6 +20,7 @@ dropped). Differences: upsampling in the fusion is bilinear (as the official seg
 the classification code uses nearest), and a new branch of stage 3/4 is made from the last branch
 of the previous stage while existing branches are passed on (the segmentation code's rule).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -57,9 +58,7 @@ class HighResolutionModule(nn.Module):
     def __init__(self, channels: list[int], num_blocks: int):
         super().__init__()
         n = len(channels)
-        self.branches = nn.ModuleList(
-            nn.Sequential(*[BasicBlock(c, c) for _ in range(num_blocks)]) for c in channels
-        )
+        self.branches = nn.ModuleList(nn.Sequential(*[BasicBlock(c, c) for _ in range(num_blocks)]) for c in channels)
         self.fuse_layers = nn.ModuleList()
         for i in range(n):
             row = nn.ModuleList()
@@ -77,7 +76,7 @@ class HighResolutionModule(nn.Module):
         self.relu = nn.ReLU(inplace=False)
 
     def forward(self, xs: list[Tensor]) -> list[Tensor]:
-        xs = [branch(x) for branch, x in zip(self.branches, xs)]
+        xs = [branch(x) for branch, x in zip(self.branches, xs, strict=True)]
         out = []
         for i, row in enumerate(self.fuse_layers):
             y = xs[i]
@@ -114,8 +113,10 @@ class HRNet(Backbone):
         planes = scale_channels(64, width)
         out1 = planes * Bottleneck.expansion
         down = nn.Sequential(nn.Conv2d(stem, out1, 1, bias=False), nn.BatchNorm2d(out1))
-        self.layer1 = nn.Sequential(Bottleneck(stem, planes, downsample=down),
-                                    *[Bottleneck(out1, planes) for _ in range(spec.stage1_blocks - 1)])
+        self.layer1 = nn.Sequential(
+            Bottleneck(stem, planes, downsample=down),
+            *[Bottleneck(out1, planes) for _ in range(spec.stage1_blocks - 1)],
+        )
         branch = [scale_channels(c, width) for c in spec.channels]
         prev = [out1]
         for s, (num_modules, num_blocks) in enumerate(spec.stages, start=2):

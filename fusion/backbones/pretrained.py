@@ -11,6 +11,7 @@ First conv for ``in_channels != 3`` (the checkpoint holds RGB filters ``W`` of s
 fewer channels (depth: 1) take the mean of the RGB filters in every channel; more channels keep
 ``W`` for the first three (early fusion puts ``rgb`` first) and the RGB mean for each extra channel.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -27,8 +28,10 @@ WRAPPER_KEYS = ("state_dict", "model")
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if path.suffix == ".safetensors":
-        raise ValueError(f"pretrained {path}: .safetensors is not supported (the safetensors package is not "
-                         "installed); save the weights with torch.save(state_dict) as .pth")
+        raise ValueError(
+            f"pretrained {path}: .safetensors is not supported (the safetensors package is not "
+            "installed); save the weights with torch.save(state_dict) as .pth"
+        )
     if path.suffix not in (".pth", ".pt"):
         raise ValueError(f"pretrained {path}: expected a .pth or .pt file, got suffix {path.suffix!r}")
     if not path.is_file():
@@ -38,8 +41,9 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"pretrained {path}: expected a state dict of tensors (optionally under "
-                         f"{' or '.join(WRAPPER_KEYS)!r})")
+        raise ValueError(
+            f"pretrained {path}: expected a state dict of tensors (optionally under {' or '.join(WRAPPER_KEYS)!r})"
+        )
     return dict(obj)
 
 
@@ -51,7 +55,7 @@ def strip_wrappers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         changed = False
         for prefix in WRAPPER_PREFIXES:
             if all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix):]: v for k, v in state.items()}
+                state = {k[len(prefix) :]: v for k, v in state.items()}
                 changed = True
     return state
 
@@ -61,8 +65,10 @@ def adapt_first_conv(weight: Tensor, in_channels: int) -> Tensor:
     if weight.shape[1] == in_channels:
         return weight
     if weight.shape[1] != 3:
-        raise ValueError(f"first conv has {weight.shape[1]} input channels in the checkpoint; can only adapt 3 "
-                         f"(RGB) to {in_channels}")
+        raise ValueError(
+            f"first conv has {weight.shape[1]} input channels in the checkpoint; can only adapt 3 "
+            f"(RGB) to {in_channels}"
+        )
     mean = weight.mean(dim=1, keepdim=True)
     if in_channels < 3:
         return mean.repeat(1, in_channels, 1, 1)
@@ -88,12 +94,15 @@ def match_state_dict(model: nn.Module, state: Mapping[str, Tensor], source: str 
     unexpected = sorted(k for k in state if k not in own)
     mismatched = sorted(
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in state if k in own and state[k].shape != own[k].shape
+        for k in state
+        if k in own and state[k].shape != own[k].shape
     )
     if missing or unexpected or mismatched:
-        parts = [f"{name} ({len(keys)}): {', '.join(keys)}"
-                 for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
-                 if keys]
+        parts = [
+            f"{name} ({len(keys)}): {', '.join(keys)}"
+            for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
+            if keys
+        ]
         raise ValueError(f"pretrained {source} does not fit {type(model).__name__}: " + "; ".join(parts))
     return {k: state.get(k, own[k]) for k in own}
 

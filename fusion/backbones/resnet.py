@@ -11,6 +11,7 @@ into dilation 2; output stride 8 turns stages 3 and 4 into dilation 2 and 4. As 
 first block of a dilated stage keeps the previous dilation, which is what mmseg's ``contract_dilation``
 (on in ResNet-v1c) gives too; mmseg's plain ResNet uses the full dilation in that block.
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -42,8 +43,15 @@ def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
-                 first_dilation: int | None = None, downsample: nn.Module | None = None):
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        dilation: int = 1,
+        first_dilation: int | None = None,
+        downsample: nn.Module | None = None,
+    ):
         super().__init__()
         self.conv1 = conv3x3(inplanes, planes, stride, first_dilation or dilation)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -64,8 +72,15 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
-                 first_dilation: int | None = None, downsample: nn.Module | None = None):
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        dilation: int = 1,
+        first_dilation: int | None = None,
+        downsample: nn.Module | None = None,
+    ):
         super().__init__()
         self.conv1 = conv1x1(inplanes, planes)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -111,16 +126,27 @@ def make_stem(in_channels: int, width: float, deep_stem: bool) -> tuple[nn.Modul
         return nn.Conv2d(in_channels, out, 7, stride=2, padding=3, bias=False), out
     mid = scale_channels(32, width)
     stem = nn.Sequential(
-        conv3x3(in_channels, mid, stride=2), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-        conv3x3(mid, mid), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+        conv3x3(in_channels, mid, stride=2),
+        nn.BatchNorm2d(mid),
+        nn.ReLU(inplace=True),
+        conv3x3(mid, mid),
+        nn.BatchNorm2d(mid),
+        nn.ReLU(inplace=True),
         conv3x3(mid, out),
     )
     return stem, out
 
 
 class ResNet(Backbone):
-    def __init__(self, block: type[nn.Module], layers: list[int], in_channels: int = 3, width: float = 1.0,
-                 output_stride: int = 32, deep_stem: bool = False):
+    def __init__(
+        self,
+        block: type[nn.Module],
+        layers: list[int],
+        in_channels: int = 3,
+        width: float = 1.0,
+        output_stride: int = 32,
+        deep_stem: bool = False,
+    ):
         super().__init__()
         self.conv1, inplanes = make_stem(in_channels, width, deep_stem)
         self.bn1 = nn.BatchNorm2d(inplanes)
@@ -128,12 +154,13 @@ class ResNet(Backbone):
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.channels, self.strides = [], []
         stride_so_far, dilation_so_far = 4, 1
-        for i, ((stride, dilation), n) in enumerate(zip(stage_dilations(output_stride), layers)):
+        for i, ((stride, dilation), n) in enumerate(zip(stage_dilations(output_stride), layers, strict=True)):
             planes = scale_channels(64 * 2**i, width)
             downsample = None
             if stride != 1 or inplanes != planes * block.expansion:
-                downsample = nn.Sequential(conv1x1(inplanes, planes * block.expansion, stride),
-                                           nn.BatchNorm2d(planes * block.expansion))
+                downsample = nn.Sequential(
+                    conv1x1(inplanes, planes * block.expansion, stride), nn.BatchNorm2d(planes * block.expansion)
+                )
             blocks = [block(inplanes, planes, stride, dilation, dilation_so_far, downsample)]
             inplanes = planes * block.expansion
             blocks += [block(inplanes, planes, 1, dilation) for _ in range(n - 1)]
@@ -152,7 +179,8 @@ class ResNet(Backbone):
         return feats
 
 
-def build_resnet(name: str, in_channels: int = 3, width: float = 1.0, output_stride: int = 32,
-                 deep_stem: bool = False) -> ResNet:
+def build_resnet(
+    name: str, in_channels: int = 3, width: float = 1.0, output_stride: int = 32, deep_stem: bool = False
+) -> ResNet:
     block, layers = RESNET_SPECS[name]
     return ResNet(block, layers, in_channels, width, output_stride, deep_stem)

@@ -3,6 +3,7 @@
 Every metric has ``update(pred, target)``, ``state()`` (1-D float64 sums), ``load_state(t)``,
 ``merge(other)``, ``reset()`` and ``compute() -> dict[str, float]``; see docs/models.md, "Metrics".
 """
+
 from fusion.metrics.base import Metric
 from fusion.metrics.depth import DepthMetric
 from fusion.metrics.edge import EdgeMetric

@@ -4,6 +4,7 @@ A metric never stores means: its state is counts and sums, so the result over a 
 same whether it is accumulated in one pass, in several batches, or on several DDP ranks whose
 ``state()`` vectors are summed with ``all_reduce`` and loaded back with ``load_state``.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -37,7 +38,7 @@ class Metric(ABC):
             )
         self._state = state.detach().to(device="cpu", dtype=torch.float64).clone()
 
-    def merge(self, other: "Metric") -> None:
+    def merge(self, other: Metric) -> None:
         """Add another metric's sums to this one (e.g. a second shard evaluated elsewhere)."""
         if type(other) is not type(self):
             raise TypeError(f"cannot merge {type(other).__name__} into {type(self).__name__}")

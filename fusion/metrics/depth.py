@@ -4,6 +4,7 @@ RMSE and log-RMSE as the official MTL code (``evaluation/eval_depth.py``, predic
 1e-9 before the log); abs-rel and delta < 1.25^k as Eigen et al. 2014, section 4. All are sums over
 pixels of the whole set (pixel-weighted), not per-image means.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,15 +30,19 @@ class DepthMetric(Metric):
         t = target[valid].double()
         p = pred[valid].double().clamp(min=_EPS)
         ratio = torch.maximum(p / t, t / p)
-        self._add(torch.stack([
-            torch.tensor(float(t.numel()), dtype=torch.float64, device=t.device),
-            ((p - t) ** 2).sum(),
-            ((p.log() - t.log()) ** 2).sum(),
-            ((p - t).abs() / t).sum(),
-            (ratio < 1.25).sum().double(),
-            (ratio < 1.25**2).sum().double(),
-            (ratio < 1.25**3).sum().double(),
-        ]))
+        self._add(
+            torch.stack(
+                [
+                    torch.tensor(float(t.numel()), dtype=torch.float64, device=t.device),
+                    ((p - t) ** 2).sum(),
+                    ((p.log() - t.log()) ** 2).sum(),
+                    ((p - t).abs() / t).sum(),
+                    (ratio < 1.25).sum().double(),
+                    (ratio < 1.25**2).sum().double(),
+                    (ratio < 1.25**3).sum().double(),
+                ]
+            )
+        )
 
     def compute(self) -> dict[str, float]:
         n, sq, log_sq, abs_rel, d1, d2, d3 = self._state.tolist()

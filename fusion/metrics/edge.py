@@ -18,6 +18,7 @@ thresholds at once from histograms (recall uses the max-pooled probability map, 
 
 With ``tolerance_px=0`` the same metric is the pixel-exact maxF used for saliency.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,13 @@ from fusion.metrics.base import Metric
 
 class EdgeMetric(Metric):
     # state: n_gt, then K predicted, K matched-predicted, K recalled-gt counts
-    def __init__(self, num_thresholds: int = 99, tolerance_px: int | None = None, max_dist: float = 0.0075,
-                 from_logits: bool = True) -> None:
+    def __init__(
+        self,
+        num_thresholds: int = 99,
+        tolerance_px: int | None = None,
+        max_dist: float = 0.0075,
+        from_logits: bool = True,
+    ) -> None:
         if num_thresholds < 1:
             raise ValueError(f"EdgeMetric: num_thresholds must be >= 1, got {num_thresholds}")
         if tolerance_px is not None and tolerance_px < 0:
@@ -60,8 +66,9 @@ class EdgeMetric(Metric):
     def update(self, pred: Tensor, target: Tensor) -> None:
         """``pred``: B×1×H×W logits (or probabilities if ``from_logits=False``); ``target``: B×1×H×W in {0, 1}."""
         if pred.shape != target.shape or pred.dim() != 4:
-            raise ValueError(f"EdgeMetric: expected B×1×H×W prediction and target, got {tuple(pred.shape)} and "
-                             f"{tuple(target.shape)}")
+            raise ValueError(
+                f"EdgeMetric: expected B×1×H×W prediction and target, got {tuple(pred.shape)} and {tuple(target.shape)}"
+            )
         prob = (torch.sigmoid(pred) if self.from_logits else pred).detach().double()
         gt = target >= 0.5
         r = self.radius(*pred.shape[-2:])
@@ -70,12 +77,16 @@ class EdgeMetric(Metric):
             near_prob = F.max_pool2d(prob, 2 * r + 1, stride=1, padding=r)
         else:
             near_gt, near_prob = gt, prob
-        self._add(torch.cat([
-            gt.sum().double().view(1),
-            self._count_at_least(prob),
-            self._count_at_least(prob[near_gt]),
-            self._count_at_least(near_prob[gt]),
-        ]))
+        self._add(
+            torch.cat(
+                [
+                    gt.sum().double().view(1),
+                    self._count_at_least(prob),
+                    self._count_at_least(prob[near_gt]),
+                    self._count_at_least(near_prob[gt]),
+                ]
+            )
+        )
 
     def compute(self) -> dict[str, float]:
         k = len(self.thresholds)
@@ -85,8 +96,11 @@ class EdgeMetric(Metric):
             return {"odsF": math.nan, "precision": math.nan, "recall": math.nan, "threshold": math.nan}
         precision = torch.where(n_pred > 0, matched / n_pred.clamp(min=1), torch.ones_like(n_pred))
         recall = recalled / n_gt if n_gt > 0 else torch.zeros_like(recalled)
-        f = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12),
-                        torch.zeros_like(precision))
+        f = torch.where(
+            precision + recall > 0,
+            2 * precision * recall / (precision + recall).clamp(min=1e-12),
+            torch.zeros_like(precision),
+        )
         best = int(f.argmax())
         return {
             "odsF": f[best].item(),

@@ -7,6 +7,7 @@ is read from a histogram of angles with 0.1 degree bins over [0, 180], interpola
 bin that holds the middle rank: its error is below 0.1 degree, and unlike an exact median it can
 be accumulated across batches and ranks as fixed-size sums.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,15 +43,21 @@ class NormalsMetric(Metric):
         # A zero prediction has no direction: 90 degrees, as the official dot product with 0 gives.
         angle = angle.masked_fill((p == 0).all(dim=-1), 90.0)
         bins = (angle / BIN_DEG).long().clamp(max=NUM_BINS - 1)
-        self._add(torch.cat([
-            torch.stack([
-                torch.tensor(float(angle.numel()), dtype=torch.float64, device=angle.device),
-                angle.sum(),
-                (angle**2).sum(),
-                *[(angle < th).sum().double() for th in THRESHOLDS_DEG],
-            ]),
-            torch.bincount(bins, minlength=NUM_BINS).double(),
-        ]))
+        self._add(
+            torch.cat(
+                [
+                    torch.stack(
+                        [
+                            torch.tensor(float(angle.numel()), dtype=torch.float64, device=angle.device),
+                            angle.sum(),
+                            (angle**2).sum(),
+                            *[(angle < th).sum().double() for th in THRESHOLDS_DEG],
+                        ]
+                    ),
+                    torch.bincount(bins, minlength=NUM_BINS).double(),
+                ]
+            )
+        )
 
     def _median(self, hist: Tensor, n: float) -> float:
         rank = n / 2
@@ -67,4 +74,4 @@ class NormalsMetric(Metric):
             return {k: float("nan") for k in keys}
         hist = self._state[3 + len(THRESHOLDS_DEG) :]
         values = [total / n, self._median(hist, n), math.sqrt(total_sq / n), *[100 * c / n for c in counts]]
-        return dict(zip(keys, values))
+        return dict(zip(keys, values, strict=True))

@@ -6,6 +6,7 @@ set (a class absent from both has an undefined 0/0 IoU and is skipped); the offi
 occurs, as on the full NYUD-v2 and PASCAL-Context validation sets. Mean class accuracy averages
 over classes present in the target.
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,7 +31,9 @@ class SegmentationMetric(Metric):
         if pred.dim() == target.dim() + 1:
             pred = pred.argmax(dim=1)
         if pred.shape != target.shape:
-            raise ValueError(f"SegmentationMetric: prediction shape {tuple(pred.shape)} != target {tuple(target.shape)}")
+            raise ValueError(
+                f"SegmentationMetric: prediction shape {tuple(pred.shape)} != target {tuple(target.shape)}"
+            )
         target = target.long().flatten()
         pred = pred.long().flatten()
         valid = target != self.ignore_index

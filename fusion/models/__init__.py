@@ -3,6 +3,7 @@
 Adding a model is one file plus one name in ``MODEL_MODULES``; an import error in any of them is
 raised, never hidden.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -18,6 +18,7 @@ for ResNet-101) and scaled with ``width`` like the backbone, so tiny CPU configs
 Outputs are bilinearly resized to the input (align_corners=False, where the official code uses
 True).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -58,8 +59,10 @@ class ANNOptions:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 problems.append(f"option {name} must be an int >= 1, got {value!r}")
         sizes = self.pyramid_sizes
-        if not isinstance(sizes, (list, tuple)) or not sizes or any(
-            not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in sizes
+        if (
+            not isinstance(sizes, (list, tuple))
+            or not sizes
+            or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in sizes)
         ):
             problems.append(f"option pyramid_sizes must be a non-empty list of ints >= 1, got {sizes!r}")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
@@ -108,8 +111,14 @@ class EarlyFusionSegmenter(nn.Module):
     {"semseg": B×K×H×W}}}`` (``"aux"`` is empty when the aux weight is 0, which drops the aux head).
     """
 
-    def __init__(self, backbone: nn.Module, head: ContextHead, aux_head: nn.Module | None, modalities: list[str],
-                 aux_weight: float):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: ContextHead,
+        aux_head: nn.Module | None,
+        modalities: list[str],
+        aux_weight: float,
+    ):
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -145,14 +154,17 @@ def _build(cfg: ModelConfig, kind: str) -> EarlyFusionSegmenter:
     in_channels = sum(MODALITY_CHANNELS[m] for m in cfg.modalities)
     backbone = build_backbone(cfg.backbone, in_channels, cfg.width, cfg.output_stride, opts.deep_stem, cfg.pretrained)
     low_ch, high_ch = backbone.channels[-2], backbone.channels[-1]
-    head_ch, key_ch, value_ch = (scale_channels(c, cfg.width) for c in
-                                 (opts.head_channels, opts.key_channels, opts.value_channels))
+    head_ch, key_ch, value_ch = (
+        scale_channels(c, cfg.width) for c in (opts.head_channels, opts.key_channels, opts.value_channels)
+    )
     classifier = nn.Conv2d(head_ch, cfg.num_classes, 1)
     if kind == "ann":
-        fusion = AsymmetricFusion(low_ch, high_ch, high_ch, key_ch, value_ch, PyramidSampler(opts.pyramid_sizes),
-                                  opts.dropout, opts.use_sdpa)
-        context: nn.Module = PyramidPooledAttention(head_ch, head_ch, key_ch, value_ch,
-                                                    PyramidSampler(opts.pyramid_sizes), opts.dropout, opts.use_sdpa)
+        fusion = AsymmetricFusion(
+            low_ch, high_ch, high_ch, key_ch, value_ch, PyramidSampler(opts.pyramid_sizes), opts.dropout, opts.use_sdpa
+        )
+        context: nn.Module = PyramidPooledAttention(
+            head_ch, head_ch, key_ch, value_ch, PyramidSampler(opts.pyramid_sizes), opts.dropout, opts.use_sdpa
+        )
         head = ContextHead(fusion, ConvBNReLU(high_ch, head_ch, 3), context, classifier)
     elif kind == "nonlocal":
         context = non_local_block(head_ch, head_ch, key_ch, value_ch, opts.dropout, opts.use_sdpa)

@@ -18,6 +18,7 @@ Options: ``threshold`` (2e-2), ``l1_weight`` (2e-4), ``ensemble``, ``detach_ense
 ``head_mid``, ``freeze_bn`` (the official ``FREEZE_BN``: BatchNorm statistics fixed while training).
 Backbones: resnet18/34/50/101.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -63,10 +64,12 @@ class CEN(nn.Module):
         # A 3-channel stem for every modality: depth is replicated (see fusion.cen), so RGB weights apply.
         resnet = build_backbone(cfg.backbone, 3, cfg.width, cfg.output_stride, opts.deep_stem, cfg.pretrained)
         self.encoder = CENBackbone(resnet, m_count, opts.threshold)
-        self.heads = nn.ModuleDict({
-            t: to_parallel(MultiScaleHead(self.encoder.channels, cfg.task_channels(t), opts.head_mid).head, m_count)
-            for t in self.tasks
-        })
+        self.heads = nn.ModuleDict(
+            {
+                t: to_parallel(MultiScaleHead(self.encoder.channels, cfg.task_channels(t), opts.head_mid).head, m_count)
+                for t in self.tasks
+            }
+        )
         self.alpha = nn.Parameter(torch.ones(len(self.tasks), m_count)) if opts.ensemble else None
         self.aux_weights = {m: 1.0 for m in self.modalities}
 
@@ -74,11 +77,13 @@ class CEN(nn.Module):
     def needs_aux_losses(self) -> str | None:
         """Why the model cannot train without its aux losses (``loss.deep_supervision`` false), or None."""
         if self.opts.ensemble and self.opts.detach_ensemble:
-            return ("trains its per-modality predictions only through their aux losses: with detach_ensemble the "
-                    "fused output's loss reaches only the ensemble weights; set model.options.detach_ensemble false")
+            return (
+                "trains its per-modality predictions only through their aux losses: with detach_ensemble the "
+                "fused output's loss reaches only the ensemble weights; set model.options.detach_ensemble false"
+            )
         return None
 
-    def train(self, mode: bool = True) -> "CEN":
+    def train(self, mode: bool = True) -> CEN:
         """With option ``freeze_bn`` (the official ``FREEZE_BN = True``, for a start from pretrained
         weights) every BatchNorm stays in eval mode while training: its running statistics stay those it
         started with, while its scale and shift, the gammas that channel exchange reads, still learn."""
@@ -104,10 +109,10 @@ class CEN(nn.Module):
         out: dict = {"aux": {m: {} for m in self.modalities}}
         for t, head in self.heads.items():
             preds = [upsample_to(p, size) for p in head(fused)]
-            for m, p in zip(self.modalities, preds):
+            for m, p in zip(self.modalities, preds, strict=True):
                 out["aux"][m][t] = p
             detach = self.opts.ensemble and self.opts.detach_ensemble
-            out[t] = sum(w * (p.detach() if detach else p) for w, p in zip(weights[t].to(preds[0]), preds))
+            out[t] = sum(w * (p.detach() if detach else p) for w, p in zip(weights[t].to(preds[0]), preds, strict=True))
         return out
 
     def regularization(self) -> dict[str, Tensor]:

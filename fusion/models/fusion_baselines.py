@@ -10,6 +10,7 @@ Options (``model.options``): ``deep_stem`` (ResNet-v1c stem), ``head_mid`` (head
 ``late_fusion`` ``aux_weight``: when > 0 each modality's own prediction is returned under ``aux`` and
 supervised with that weight (0, the default, trains the averaged logits only, as the paper's baseline).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -28,16 +29,20 @@ def gather_modalities(inputs: Mapping[str, Tensor], modalities: list[str], model
     """The input tensors of ``modalities`` in order, or a clear error naming what is missing or malformed."""
     missing = [m for m in modalities if m not in inputs]
     if missing:
-        raise KeyError(f"model {model!r} needs input modality {', '.join(map(repr, missing))}; "
-                       f"given: {', '.join(sorted(inputs)) or 'nothing'}")
+        raise KeyError(
+            f"model {model!r} needs input modality {', '.join(map(repr, missing))}; "
+            f"given: {', '.join(sorted(inputs)) or 'nothing'}"
+        )
     xs = [inputs[m] for m in modalities]
-    for m, x in zip(modalities, xs):
+    for m, x in zip(modalities, xs, strict=True):
         want = MODALITY_CHANNELS[m]
         if x.dim() != 4 or x.shape[1] != want:
             raise ValueError(f"model {model!r}: input {m!r} must be B×{want}×H×W, got shape {tuple(x.shape)}")
     if len({tuple(x.shape[-2:]) for x in xs}) > 1:
-        raise ValueError(f"model {model!r}: modalities differ in size: "
-                         + ", ".join(f"{m} {tuple(x.shape[-2:])}" for m, x in zip(modalities, xs)))
+        raise ValueError(
+            f"model {model!r}: modalities differ in size: "
+            + ", ".join(f"{m} {tuple(x.shape[-2:])}" for m, x in zip(modalities, xs, strict=True))
+        )
     return xs
 
 
@@ -57,11 +62,12 @@ class EncoderHeads(nn.Module):
 
     def __init__(self, cfg: ModelConfig, in_channels: int, opts: BaselineOptions):
         super().__init__()
-        self.backbone = build_backbone(cfg.backbone, in_channels, cfg.width, cfg.output_stride, opts.deep_stem,
-                                       cfg.pretrained)
-        self.heads = nn.ModuleDict({
-            t: MultiScaleHead(self.backbone.channels, cfg.task_channels(t), opts.head_mid) for t in cfg.tasks
-        })
+        self.backbone = build_backbone(
+            cfg.backbone, in_channels, cfg.width, cfg.output_stride, opts.deep_stem, cfg.pretrained
+        )
+        self.heads = nn.ModuleDict(
+            {t: MultiScaleHead(self.backbone.channels, cfg.task_channels(t), opts.head_mid) for t in cfg.tasks}
+        )
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         feats = self.backbone(x)
@@ -72,8 +78,10 @@ class SingleModal(nn.Module):
     def __init__(self, cfg: ModelConfig, opts: BaselineOptions):
         super().__init__()
         if len(cfg.modalities) != 1:
-            raise ValueError(f"model 'single_modal' takes exactly one modality, got {cfg.modalities}; "
-                             "use early_fusion, late_fusion or cen for several")
+            raise ValueError(
+                f"model 'single_modal' takes exactly one modality, got {cfg.modalities}; "
+                "use early_fusion, late_fusion or cen for several"
+            )
         self.modalities = list(cfg.modalities)
         self.net = EncoderHeads(cfg, MODALITY_CHANNELS[cfg.modalities[0]], opts)
         self.aux_weights: dict[str, float] = {}
@@ -107,7 +115,7 @@ class LateFusion(nn.Module):
 
     def forward(self, inputs: Mapping[str, Tensor]) -> dict:
         xs = gather_modalities(inputs, self.modalities, "late_fusion")
-        per_mod = {m: self.nets[m](x) for m, x in zip(self.modalities, xs)}
+        per_mod = {m: self.nets[m](x) for m, x in zip(self.modalities, xs, strict=True)}
         out: dict = {t: torch.stack([per_mod[m][t] for m in self.modalities]).mean(dim=0) for t in self.tasks}
         out["aux"] = {m: per_mod[m] for m in self.aux_weights}
         return out

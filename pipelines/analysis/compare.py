@@ -13,14 +13,16 @@ each metric's latest value). Metric history, needed only for best values and cur
 request per (run, metric) and is fetched for ``val/`` metrics only when ``best`` is asked or
 there are at most :data:`AUTO_BEST_MAX_RUNS` runs.
 """
+
 from __future__ import annotations
 
 import csv
 import io
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from datasets.manifest import write_atomic
 from fusion.metrics.multitask import DELTA_M_DIRECTIONS, delta_m
@@ -42,15 +44,16 @@ class CompareError(ValueError):
 
 def metric_direction(key: str) -> str:
     """'higher' or 'lower' for a metric key with or without the ``val/`` prefix."""
-    name = key[len("val/"):] if key.startswith("val/") else key
+    name = key[len("val/") :] if key.startswith("val/") else key
     if name in DELTA_M_DIRECTIONS:
         return DELTA_M_DIRECTIONS[name]
     leaf = name.rsplit("/", 1)[-1]
     return "lower" if leaf in LOWER_LEAVES or "loss" in name else "higher"
 
 
-def fetch_runs(client: Any, experiment: str | None = None, run_ids: Iterable[str] = (),
-               sweep: str | None = None) -> list[Any]:
+def fetch_runs(
+    client: Any, experiment: str | None = None, run_ids: Iterable[str] = (), sweep: str | None = None
+) -> list[Any]:
     """All training runs of ``experiment`` (oldest first; a sweep's parent run holds no epochs and is
     left out), the runs ``run_ids`` in the given order, or the trials of the sweep whose parent run is
     ``sweep``."""
@@ -89,8 +92,13 @@ def fetch_runs(client: Any, experiment: str | None = None, run_ids: Iterable[str
 def _search_all(client: Any, experiment_id: str, filter_string: str = "") -> list[Any]:
     runs, token = [], None
     while True:
-        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=PAGE_SIZE,
-                                  page_token=token, order_by=["attributes.start_time ASC"])
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=filter_string,
+            max_results=PAGE_SIZE,
+            page_token=token,
+            order_by=["attributes.start_time ASC"],
+        )
         runs.extend(page)
         token = page.token
         if not token:
@@ -124,8 +132,9 @@ def fetch_histories(client: Any, runs: list[Any], keys: list[str]) -> dict[str, 
     out: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for r in runs:
         rid = r.info.run_id
-        out[rid] = {k: sorted((m.step, m.value) for m in client.get_metric_history(rid, k))
-                    for k in keys if k in r.data.metrics}
+        out[rid] = {
+            k: sorted((m.step, m.value) for m in client.get_metric_history(rid, k)) for k in keys if k in r.data.metrics
+        }
     return out
 
 
@@ -145,9 +154,13 @@ def data_version_groups(runs: list[Any]) -> dict[str, list[str]]:
     return groups
 
 
-def build_rows(runs: list[Any], params: list[str], metrics: list[str],
-               histories: dict[str, dict[str, list[tuple[int, float]]]] | None,
-               code: Iterable[str] = ()) -> list[dict[str, Any]]:
+def build_rows(
+    runs: list[Any],
+    params: list[str],
+    metrics: list[str],
+    histories: dict[str, dict[str, list[tuple[int, float]]]] | None,
+    code: Iterable[str] = (),
+) -> list[dict[str, Any]]:
     """One flat row per run; ``best.<metric>`` is ``None`` when histories were not fetched; a
     ``code.<tag>`` column per differing code tag, hashes cut to their first 12 characters."""
     rows = []
@@ -184,8 +197,9 @@ def delta_m_terms(metrics: dict[str, float], baseline: dict[str, float]) -> dict
     return {"delta_m": total, "terms": terms}
 
 
-def union_of_references(per_run: Iterable[tuple[str, dict[str, float]]],
-                        error: type[Exception] = CompareError) -> tuple[dict[str, float], dict[str, str]]:
+def union_of_references(
+    per_run: Iterable[tuple[str, dict[str, float]]], error: type[Exception] = CompareError
+) -> tuple[dict[str, float], dict[str, str]]:
     """The single-task references' metrics (``task/metric`` keys) as one dict, and which run gave each;
     two runs reporting the same metric raise ``error``. Shared by ``compare`` and ``evaluate``."""
     base: dict[str, float] = {}
@@ -193,16 +207,19 @@ def union_of_references(per_run: Iterable[tuple[str, dict[str, float]]],
     for rid, metrics in per_run:
         for name, value in metrics.items():
             if name in base:
-                raise error(f"reference runs {owner[name]!r} and {rid!r} both report 'val/{name}'; "
-                            "give one reference run per task")
+                raise error(
+                    f"reference runs {owner[name]!r} and {rid!r} both report 'val/{name}'; "
+                    "give one reference run per task"
+                )
             base[name], owner[name] = value, rid
     return base, owner
 
 
 def baseline_metrics(refs: list[Any]) -> dict[str, float]:
     """Union of the references' final ``val/`` metrics with the prefix stripped."""
-    return union_of_references((r.info.run_id, {k[len("val/"):]: v for k, v in r.data.metrics.items()
-                                                 if k.startswith("val/")}) for r in refs)[0]
+    return union_of_references(
+        (r.info.run_id, {k[len("val/") :]: v for k, v in r.data.metrics.items() if k.startswith("val/")}) for r in refs
+    )[0]
 
 
 def select_by_tag(runs: list[Any], tag: str) -> list[Any]:
@@ -215,10 +232,17 @@ def select_by_tag(runs: list[Any], tag: str) -> list[Any]:
     return refs
 
 
-def compare(tracking_uri: str, experiment: str | None = None, run_ids: Iterable[str] = (),
-            metric: str | None = None, baseline_runs: Iterable[str] = (), baseline_tag: str | None = None,
-            out: str | os.PathLike[str] | None = None, best: bool | None = None,
-            sweep: str | None = None) -> dict[str, Any]:
+def compare(
+    tracking_uri: str,
+    experiment: str | None = None,
+    run_ids: Iterable[str] = (),
+    metric: str | None = None,
+    baseline_runs: Iterable[str] = (),
+    baseline_tag: str | None = None,
+    out: str | os.PathLike[str] | None = None,
+    best: bool | None = None,
+    sweep: str | None = None,
+) -> dict[str, Any]:
     """The comparison as one JSON-able dict (see docs/compare.md); writes files under ``out`` if given.
 
     ``best=None`` fetches history (for best values) when there are at most AUTO_BEST_MAX_RUNS runs.
@@ -261,12 +285,14 @@ def compare(tracking_uri: str, experiment: str | None = None, run_ids: Iterable[
         ref_ids = {r.info.run_id for r in refs}
         result["delta_m"] = {}
         for r in runs:
-            final = {k[len("val/"):]: v for k, v in r.data.metrics.items() if k.startswith("val/")}
+            final = {k[len("val/") :]: v for k, v in r.data.metrics.items() if k.startswith("val/")}
             if r.info.run_id not in ref_ids and any(k in final and k in base for k in DELTA_M_DIRECTIONS):
                 undefined = [k for k in DELTA_M_DIRECTIONS if k in final and k in base and not math.isfinite(base[k])]
                 if undefined:
-                    raise CompareError(f"reference runs {sorted(ref_ids)}: {', '.join(f'val/{k}' for k in undefined)} "
-                                       "is NaN or infinite, so delta_m is undefined")
+                    raise CompareError(
+                        f"reference runs {sorted(ref_ids)}: {', '.join(f'val/{k}' for k in undefined)} "
+                        "is NaN or infinite, so delta_m is undefined"
+                    )
                 try:
                     result["delta_m"][r.info.run_id] = delta_m_terms(final, base)
                 except ValueError as e:  # a reference metric of 0: no relative change
@@ -277,10 +303,16 @@ def compare(tracking_uri: str, experiment: str | None = None, run_ids: Iterable[
         if unknown:
             result["delta_m_left_out"] = unknown
         if not result["delta_m"]:
-            hint = (f"; task(s) {', '.join(unknown)} are not registered here: pass --plugin MODULE for the "
-                    "module that registers them" if unknown else "")
-            raise CompareError(f"no compared run shares a metric of {sorted(DELTA_M_DIRECTIONS)} with the "
-                               f"reference runs {sorted(ref_ids)}{hint}")
+            hint = (
+                f"; task(s) {', '.join(unknown)} are not registered here: pass --plugin MODULE for the "
+                "module that registers them"
+                if unknown
+                else ""
+            )
+            raise CompareError(
+                f"no compared run shares a metric of {sorted(DELTA_M_DIRECTIONS)} with the "
+                f"reference runs {sorted(ref_ids)}{hint}"
+            )
     if out is not None:
         curves = histories if histories is not None else fetch_histories(client, runs, [metric])
         out = Path(out)
@@ -361,6 +393,7 @@ def plot_bars(rows: list[dict[str, Any]], metrics: list[str]) -> bytes:
         ax = fig.add_subplot(n, 1, i + 1)
         ax.bar(range(len(rows)), [row[f"final.{k}"] or 0.0 for row in rows])
         ax.set_title(f"{k} ({metric_direction(k)} is better)", fontsize="small")
-        ax.set_xticks(range(len(rows)), names if i == n - 1 else [""] * len(rows), rotation=45, ha="right",
-                      fontsize="x-small")
+        ax.set_xticks(
+            range(len(rows)), names if i == n - 1 else [""] * len(rows), rotation=45, ha="right", fontsize="x-small"
+        )
     return _figure_bytes(fig)

@@ -3,6 +3,7 @@
 The checkpoint is a directory (``model.pt`` + ``meta.json``) or the best checkpoint logged to an
 MLflow run. The config gives the data; its model section must match the checkpoint's, field by field.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,19 +53,24 @@ def _download_checkpoint(run_id: str, uri: str, dest: str) -> Path:
 def reference_metrics(run_ids: list[str], cfg: ExperimentConfig, num_classes: int) -> dict[str, float]:
     """The single-task reference runs' metrics for delta_m, one run per metric, checked against what
     the evaluated model will report."""
-    reference, owner = union_of_references(((rid, run_metrics(rid, cfg.tracking.uri)) for rid in run_ids),
-                                           error=ConfigError)
+    reference, owner = union_of_references(
+        ((rid, run_metrics(rid, cfg.tracking.uri)) for rid in run_ids), error=ConfigError
+    )
     aux = set(cfg.model.options.get("auxiliary_tasks") or [])
     reported = set(MetricSet([t for t in cfg.data.tasks if t not in aux], max(1, num_classes)).compute())
     used = [k for k in DELTA_M_DIRECTIONS if k in reported and k in reference]
     if not used:
-        raise ConfigError(f"reference runs {run_ids} share no delta_m metric ({', '.join(sorted(DELTA_M_DIRECTIONS))}) "
-                          f"with this model's tasks {sorted(t for t in cfg.data.tasks if t not in aux)}; they report "
-                          f"{sorted(reference) or 'no val metric'}")
+        raise ConfigError(
+            f"reference runs {run_ids} share no delta_m metric ({', '.join(sorted(DELTA_M_DIRECTIONS))}) "
+            f"with this model's tasks {sorted(t for t in cfg.data.tasks if t not in aux)}; they report "
+            f"{sorted(reference) or 'no val metric'}"
+        )
     for k in used:
         if reference[k] == 0 or not math.isfinite(reference[k]):
-            raise ConfigError(f"reference run {owner[k]!r}: val/{k} is {reference[k]}, so the relative change "
-                              "delta_m needs is undefined")
+            raise ConfigError(
+                f"reference run {owner[k]!r}: val/{k} is {reference[k]}, so the relative change "
+                "delta_m needs is undefined"
+            )
     return reference
 
 
@@ -88,11 +94,11 @@ def run_metrics(run_id: str, uri: str) -> dict[str, float]:
     keys = [k for k in run.data.metrics if k.startswith("val/")]
     best = run.data.tags.get("fusionpipe.best_epoch")
     if best is None or not best.lstrip("-").isdigit():
-        return {k[len("val/"):]: run.data.metrics[k] for k in keys}
+        return {k[len("val/") :]: run.data.metrics[k] for k in keys}
     out = {}
     for k in keys:
         at_best = [m.value for m in client.get_metric_history(run_id, k) if m.step == int(best)]
-        out[k[len("val/"):]] = at_best[-1] if at_best else run.data.metrics[k]
+        out[k[len("val/") :]] = at_best[-1] if at_best else run.data.metrics[k]
     return out
 
 
@@ -105,8 +111,16 @@ def trivial_baselines(cfg: ExperimentConfig, num_classes: int, split: str) -> di
         return {}
 
     def stream(s: str) -> ShardStream:
-        return ShardStream(cfg.data.shards, s, tasks=tasks, modalities=cfg.data.modalities, batch_size=16,
-                           train=False, num_workers=0, transform=build_transform(cfg.data.augment, train=False))
+        return ShardStream(
+            cfg.data.shards,
+            s,
+            tasks=tasks,
+            modalities=cfg.data.modalities,
+            batch_size=16,
+            train=False,
+            num_workers=0,
+            transform=build_transform(cfg.data.augment, train=False),
+        )
 
     hist = torch.zeros(num_classes, dtype=torch.float64)
     depth_sum, depth_n = 0.0, 0
@@ -153,15 +167,24 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: CUDA is not available on this machine")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), "
-                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        raise ConfigError(
+            f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), "
+            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+        )
     return device
 
 
-def run_evaluate(cfg: ExperimentConfig, checkpoint: str | None = None, run_id: str | None = None,
-                 split: str | None = None, baseline_runs: list[str] | None = None, batch_size: int | None = None,
-                 out: str | os.PathLike[str] | None = None, baselines: bool = False,
-                 device: str = "auto") -> dict[str, Any]:
+def run_evaluate(
+    cfg: ExperimentConfig,
+    checkpoint: str | None = None,
+    run_id: str | None = None,
+    split: str | None = None,
+    baseline_runs: list[str] | None = None,
+    batch_size: int | None = None,
+    out: str | os.PathLike[str] | None = None,
+    baselines: bool = False,
+    device: str = "auto",
+) -> dict[str, Any]:
     if (checkpoint is None) == (run_id is None):
         raise ConfigError("give exactly one of --checkpoint and --run-id")
     dev = resolve_device(device)
@@ -173,8 +196,7 @@ def run_evaluate(cfg: ExperimentConfig, checkpoint: str | None = None, run_id: s
     if split not in manifest["splits"]:
         raise ConfigError(f"{cfg.data.shards}: no split {split!r}; splits: {sorted(manifest['splits'])}")
     # Before the evaluation: a reference that cannot give delta_m fails now, not after it.
-    reference = (reference_metrics(list(baseline_runs), cfg, len(manifest["classes"]))
-                 if baseline_runs else None)
+    reference = reference_metrics(list(baseline_runs), cfg, len(manifest["classes"])) if baseline_runs else None
     with tempfile.TemporaryDirectory() as tmp:
         if checkpoint is None:
             ckpt = _download_checkpoint(run_id, cfg.tracking.uri, tmp)  # type: ignore[arg-type]
@@ -188,15 +210,35 @@ def run_evaluate(cfg: ExperimentConfig, checkpoint: str | None = None, run_id: s
         model = build_model(meta["model_config"])
         load_model_state(model, ckpt)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    stream = ShardStream(cfg.data.shards, split, tasks=cfg.data.tasks, modalities=cfg.data.modalities,
-                         batch_size=batch_size or cfg.train.batch_size, train=False, num_workers=0,
-                         transform=build_transform(cfg.data.augment, train=False))  # `resize`, as in validation
-    metrics = evaluate(model.to(dev), make_loader(stream, pin_memory=dev.type == "cuda"), want["tasks"],
-                       len(manifest["classes"]), dev, amp=cfg.train.amp, edge_max_dist=cfg.data.edge_max_dist)
-    flat = {k[len("val/"):]: v for k, v in metrics.items()}
-    result: dict[str, Any] = {"checkpoint": str(checkpoint) if checkpoint else f"runs:/{run_id}/checkpoints/best",
-                              "epoch": meta.get("epoch"), "split": split, "num_samples": len(stream),
-                              "model": meta["model_config"]["name"], "device": str(dev), "metrics": flat}
+    stream = ShardStream(
+        cfg.data.shards,
+        split,
+        tasks=cfg.data.tasks,
+        modalities=cfg.data.modalities,
+        batch_size=batch_size or cfg.train.batch_size,
+        train=False,
+        num_workers=0,
+        transform=build_transform(cfg.data.augment, train=False),
+    )  # `resize`, as in validation
+    metrics = evaluate(
+        model.to(dev),
+        make_loader(stream, pin_memory=dev.type == "cuda"),
+        want["tasks"],
+        len(manifest["classes"]),
+        dev,
+        amp=cfg.train.amp,
+        edge_max_dist=cfg.data.edge_max_dist,
+    )
+    flat = {k[len("val/") :]: v for k, v in metrics.items()}
+    result: dict[str, Any] = {
+        "checkpoint": str(checkpoint) if checkpoint else f"runs:/{run_id}/checkpoints/best",
+        "epoch": meta.get("epoch"),
+        "split": split,
+        "num_samples": len(stream),
+        "model": meta["model_config"]["name"],
+        "device": str(dev),
+        "metrics": flat,
+    }
     if baselines:
         ref = trivial_baselines(cfg, len(manifest["classes"]), split)
         result["trivial_baselines"] = ref

@@ -3,6 +3,7 @@
 The components are imported inside each command, not at the top: they load torch, Ray or MLflow
 (seconds), and ``fusionpipe --help`` or a bad option must answer at once.
 """
+
 from __future__ import annotations
 
 import click
@@ -13,27 +14,65 @@ from pipelines.cli.output import emit, fail, tracking_store_errors
 @click.command()
 @click.option("--experiment", default=None, help="compare every run of this MLflow experiment")
 @click.option("--run-ids", "run_ids", multiple=True, metavar="ID", help="compare these runs (repeatable)")
-@click.option("--sweep", default=None, metavar="PARENT_RUN_ID",
-              help="compare the trials of a `fusionpipe tune` sweep (its parent run id)")
-@click.option("--tracking-uri", default=None,
-              help="MLflow store (default: MLFLOW_TRACKING_URI or sqlite:///<repo>/mlflow.db)")
-@click.option("--metric", default=None,
-              help="metric for curves.png, e.g. val/semseg/miou (default: first known val metric)")
-@click.option("--baseline-runs", "baseline_runs", multiple=True, metavar="ID",
-              help="single-task reference run (repeatable): adds delta_m")
-@click.option("--baseline-tag", default=None, metavar="KEY=VALUE",
-              help="reference runs are the compared runs with this tag, e.g. fusionpipe.model=single_task")
-@click.option("--best/--no-best", "best", default=None,
-              help="fetch metric history for best values (default: only for at most 50 runs)")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="write compare.csv, compare.json, curves.png and bars.png here")
+@click.option(
+    "--sweep",
+    default=None,
+    metavar="PARENT_RUN_ID",
+    help="compare the trials of a `fusionpipe tune` sweep (its parent run id)",
+)
+@click.option(
+    "--tracking-uri", default=None, help="MLflow store (default: MLFLOW_TRACKING_URI or sqlite:///<repo>/mlflow.db)"
+)
+@click.option(
+    "--metric", default=None, help="metric for curves.png, e.g. val/semseg/miou (default: first known val metric)"
+)
+@click.option(
+    "--baseline-runs",
+    "baseline_runs",
+    multiple=True,
+    metavar="ID",
+    help="single-task reference run (repeatable): adds delta_m",
+)
+@click.option(
+    "--baseline-tag",
+    default=None,
+    metavar="KEY=VALUE",
+    help="reference runs are the compared runs with this tag, e.g. fusionpipe.model=single_task",
+)
+@click.option(
+    "--best/--no-best",
+    "best",
+    default=None,
+    help="fetch metric history for best values (default: only for at most 50 runs)",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="write compare.csv, compare.json, curves.png and bars.png here",
+)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-@click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
-              help="import MODULE first (repeatable): the tasks it registers enter delta_m")
+@click.option(
+    "--plugin",
+    "plugins",
+    multiple=True,
+    metavar="MODULE",
+    help="import MODULE first (repeatable): the tasks it registers enter delta_m",
+)
 @tracking_store_errors
-def compare(experiment: str | None, run_ids: tuple[str, ...], sweep: str | None, tracking_uri: str | None, metric: str | None,
-            baseline_runs: tuple[str, ...], baseline_tag: str | None, best: bool | None, out: str | None,
-            as_json: bool, plugins: tuple[str, ...]) -> None:
+def compare(
+    experiment: str | None,
+    run_ids: tuple[str, ...],
+    sweep: str | None,
+    tracking_uri: str | None,
+    metric: str | None,
+    baseline_runs: tuple[str, ...],
+    baseline_tag: str | None,
+    best: bool | None,
+    out: str | None,
+    as_json: bool,
+    plugins: tuple[str, ...],
+) -> None:
     """Compare MLflow runs: params that differ, final and best val metrics, training time, data version."""
     from pipelines.analysis.compare import CompareError, markdown_table
     from pipelines.analysis.compare import compare as run_compare
@@ -49,20 +88,34 @@ def compare(experiment: str | None, run_ids: tuple[str, ...], sweep: str | None,
     if baseline_runs and baseline_tag:
         fail("give at most one of --baseline-runs and --baseline-tag", as_json, code=2)
     try:
-        result = run_compare(resolve_tracking_uri(tracking_uri), experiment=experiment, run_ids=run_ids,
-                             metric=metric, baseline_runs=baseline_runs, baseline_tag=baseline_tag, out=out, best=best,
-                             sweep=sweep)
+        result = run_compare(
+            resolve_tracking_uri(tracking_uri),
+            experiment=experiment,
+            run_ids=run_ids,
+            metric=metric,
+            baseline_runs=baseline_runs,
+            baseline_tag=baseline_tag,
+            out=out,
+            best=best,
+            sweep=sweep,
+        )
     except CompareError as e:
         fail(str(e), as_json, code=2)
         return
     groups = result["data_versions"]
     if len(groups) > 1 and not as_json:
         detail = "; ".join(f"{d[:12]}: {len(ids)} run(s)" for d, ids in groups.items())
-        click.echo(f"warning: runs used {len(groups)} different data versions ({detail}); "
-                   "their metrics are not directly comparable", err=True)
+        click.echo(
+            f"warning: runs used {len(groups)} different data versions ({detail}); "
+            "their metrics are not directly comparable",
+            err=True,
+        )
     if result.get("delta_m_left_out") and not as_json:
-        click.echo(f"warning: task(s) {', '.join(result['delta_m_left_out'])} are not registered here, so "
-                   "delta_m leaves them out; pass --plugin MODULE for the module that registers them", err=True)
+        click.echo(
+            f"warning: task(s) {', '.join(result['delta_m_left_out'])} are not registered here, so "
+            "delta_m leaves them out; pass --plugin MODULE for the module that registers them",
+            err=True,
+        )
     lines = [markdown_table(result)]
     for rid, entry in result.get("delta_m", {}).items():
         terms = ", ".join(f"{k} {v:+.2f}%" for k, v in entry["terms"].items())

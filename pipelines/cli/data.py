@@ -3,6 +3,7 @@
 The components are imported inside each command, not at the top: they load torch, Ray or MLflow
 (seconds), and ``fusionpipe --help`` or a bad option must answer at once.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,9 +26,13 @@ def build() -> None:
     """Build a shard dataset from a SOURCE (synthetic, nyud-mt, nyud-cen, nyud-mat, folder)."""
 
 
-_plugin = click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
-                       help="import MODULE first (repeatable): it registers shard members for new tasks, "
-                            "as a config's plugins list does")
+_plugin = click.option(
+    "--plugin",
+    "plugins",
+    multiple=True,
+    metavar="MODULE",
+    help="import MODULE first (repeatable): it registers shard members for new tasks, as a config's plugins list does",
+)
 
 
 def _import_plugins(plugins: tuple[str, ...], as_json: bool) -> None:
@@ -43,17 +48,33 @@ def _import_plugins(plugins: tuple[str, ...], as_json: bool) -> None:
 def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = _plugin(fn)
     fn = click.option("--json", "as_json", is_flag=True, help="print one JSON object (the manifest summary)")(fn)
-    fn = click.option("--workers", type=click.IntRange(min=1), default=min(4, os.cpu_count() or 1), show_default=True,
-                      help="processes that render/encode samples")(fn)
-    fn = click.option("--shard-size", type=click.IntRange(min=1), default=256, show_default=True,
-                      help="samples per tar shard")(fn)
-    fn = click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
-                      help="dataset directory to write (replaced atomically)")(fn)
+    fn = click.option(
+        "--workers",
+        type=click.IntRange(min=1),
+        default=min(4, os.cpu_count() or 1),
+        show_default=True,
+        help="processes that render/encode samples",
+    )(fn)
+    fn = click.option(
+        "--shard-size", type=click.IntRange(min=1), default=256, show_default=True, help="samples per tar shard"
+    )(fn)
+    fn = click.option(
+        "--out",
+        type=click.Path(file_okay=False, path_type=Path),
+        required=True,
+        help="dataset directory to write (replaced atomically)",
+    )(fn)
     return fn
 
 
-def _write(source_factory: Callable[[], Any], out: Path, shard_size: int, workers: int, as_json: bool,
-           plugins: tuple[str, ...] = ()) -> None:
+def _write(
+    source_factory: Callable[[], Any],
+    out: Path,
+    shard_size: int,
+    workers: int,
+    as_json: bool,
+    plugins: tuple[str, ...] = (),
+) -> None:
     from datasets.manifest import manifest_digest
     from datasets.sources.base import SourceError
     from datasets.writer import write_dataset
@@ -67,9 +88,19 @@ def _write(source_factory: Callable[[], Any], out: Path, shard_size: int, worker
         return
     splits = {k: v["num_samples"] for k, v in manifest["splits"].items()}
     shards = sum(len(v["shards"]) for v in manifest["splits"].values())
-    summary = {"ok": True, "out": str(out), "source": manifest["source"], "splits": splits,
-               "shards": shards, "manifest_digest": manifest_digest(out)}
-    emit(summary, as_json, f"wrote {out}: {splits} in {shards} shard(s); manifest digest {summary['manifest_digest'][:16]}")
+    summary = {
+        "ok": True,
+        "out": str(out),
+        "source": manifest["source"],
+        "splits": splits,
+        "shards": shards,
+        "manifest_digest": manifest_digest(out),
+    }
+    emit(
+        summary,
+        as_json,
+        f"wrote {out}: {splits} in {shards} shard(s); manifest digest {summary['manifest_digest'][:16]}",
+    )
 
 
 @build.command("synthetic")
@@ -79,13 +110,29 @@ def _write(source_factory: Callable[[], Any], out: Path, shard_size: int, worker
 @click.option("--height", type=click.IntRange(16, 4096), default=240, show_default=True)
 @click.option("--width", type=click.IntRange(16, 4096), default=320, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-def build_synthetic(out: Path, shard_size: int, workers: int, as_json: bool, plugins: tuple[str, ...],
-                    num_train: int, num_val: int, height: int, width: int, seed: int) -> None:
+def build_synthetic(
+    out: Path,
+    shard_size: int,
+    workers: int,
+    as_json: bool,
+    plugins: tuple[str, ...],
+    num_train: int,
+    num_val: int,
+    height: int,
+    width: int,
+    seed: int,
+) -> None:
     """Procedural indoor RGB-D scenes with exact semseg, depth, normals and edges."""
     from datasets.sources.synthetic import SyntheticSource
 
-    _write(lambda: SyntheticSource(num_train=num_train, num_val=num_val, height=height, width=width, seed=seed),
-           out, shard_size, workers, as_json, plugins)
+    _write(
+        lambda: SyntheticSource(num_train=num_train, num_val=num_val, height=height, width=width, seed=seed),
+        out,
+        shard_size,
+        workers,
+        as_json,
+        plugins,
+    )
 
 
 @data.command()
@@ -101,8 +148,11 @@ def verify(root: Path, as_json: bool) -> None:
     except ManifestError as e:
         fail(str(e), as_json)
         return
-    human = (f"ok: {result.checked} shard(s) match {root / 'manifest.json'}" if result.ok
-             else f"FAILED: first bad: {result.problems[0]}\n" + "\n".join(f"  {p}" for p in result.problems))
+    human = (
+        f"ok: {result.checked} shard(s) match {root / 'manifest.json'}"
+        if result.ok
+        else f"FAILED: first bad: {result.problems[0]}\n" + "\n".join(f"  {p}" for p in result.problems)
+    )
     emit(result.to_dict(), as_json, human)
     if not result.ok:
         raise SystemExit(1)
@@ -111,14 +161,27 @@ def verify(root: Path, as_json: bool) -> None:
 @data.command()
 @click.argument("root", type=click.Path(path_type=Path))
 @click.option("--split", default=None, help="only this split")
-@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="write a PNG grid (RGB, depth, semseg, normals, edge) of the first samples")
+@click.option(
+    "--grid",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="write a PNG grid (RGB, depth, semseg, normals, edge) of the first samples",
+)
 @click.option("--grid-samples", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--max-samples", type=click.IntRange(min=1), default=None, help="statistics over at most N samples per split")
+@click.option(
+    "--max-samples", type=click.IntRange(min=1), default=None, help="statistics over at most N samples per split"
+)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @_plugin
-def inspect(root: Path, split: str | None, grid: Path | None, grid_samples: int, max_samples: int | None,
-            as_json: bool, plugins: tuple[str, ...]) -> None:
+def inspect(
+    root: Path,
+    split: str | None,
+    grid: Path | None,
+    grid_samples: int,
+    max_samples: int | None,
+    as_json: bool,
+    plugins: tuple[str, ...],
+) -> None:
     """Counts, class histogram, depth range; optionally a picture grid."""
     from datasets.inspect import draw_grid, inspect_dataset, read_samples
     from datasets.loader import ShardReadError
@@ -139,7 +202,9 @@ def inspect(root: Path, split: str | None, grid: Path | None, grid_samples: int,
         lines.append(f"  {name}: {s['num_samples']} samples in {s['num_shards']} shard(s)")
         if "depth" in s:
             d = s["depth"]
-            lines.append(f"    depth {d['min_m']}..{d['max_m']} m (mean {d['mean_m']}), missing {d['missing_fraction']:.2%}")
+            lines.append(
+                f"    depth {d['min_m']}..{d['max_m']} m (mean {d['mean_m']}), missing {d['missing_fraction']:.2%}"
+            )
         if "class_pixels" in s:
             total = sum(s["class_pixels"].values()) or 1
             top = sorted(s["class_pixels"].items(), key=lambda kv: -kv[1])
@@ -149,27 +214,52 @@ def inspect(root: Path, split: str | None, grid: Path | None, grid_samples: int,
     emit(report, as_json, "\n".join(lines))
 
 
-_root = click.option("--root", type=click.Path(exists=True, file_okay=False), required=True,
-                     help="dataset folder on disk")
-_intrinsics = click.option("--intrinsics", default=None, metavar="FX,FY,CX,CY",
-                           help="camera intrinsics in pixels at the stored size (default: NYUDv2's, scaled)")
+_root = click.option(
+    "--root", type=click.Path(exists=True, file_okay=False), required=True, help="dataset folder on disk"
+)
+_intrinsics = click.option(
+    "--intrinsics",
+    default=None,
+    metavar="FX,FY,CX,CY",
+    help="camera intrinsics in pixels at the stored size (default: NYUDv2's, scaled)",
+)
 
 
 @build.command("nyud-mt")
 @_common
 @_root
 @_intrinsics
-@click.option("--normals-flip", default="z", show_default=True, help="axes of the stored normals to negate (subset of xyz)")
-@click.option("--check-normals/--no-check-normals", default=True, show_default=True,
-              help="compare stored normals with normals from depth and stop on a flipped axis")
-def build_nyud_mt(out: Path, shard_size: int, workers: int, as_json: bool, plugins: tuple[str, ...],
-                  root: str, intrinsics: str | None,
-                  normals_flip: str, check_normals: bool) -> None:
+@click.option(
+    "--normals-flip", default="z", show_default=True, help="axes of the stored normals to negate (subset of xyz)"
+)
+@click.option(
+    "--check-normals/--no-check-normals",
+    default=True,
+    show_default=True,
+    help="compare stored normals with normals from depth and stop on a flipped axis",
+)
+def build_nyud_mt(
+    out: Path,
+    shard_size: int,
+    workers: int,
+    as_json: bool,
+    plugins: tuple[str, ...],
+    root: str,
+    intrinsics: str | None,
+    normals_flip: str,
+    check_normals: bool,
+) -> None:
     """NYUD_MT layout (MTI-Net's official code): images/, segmentation/, depth/, normals/, edge/, gt_sets/."""
     from datasets.sources.nyud_mt import NyudMtSource
 
-    _write(lambda: NyudMtSource(root=root, intrinsics=intrinsics, normals_flip=normals_flip, check_normals=check_normals),
-           out, shard_size, workers, as_json, plugins)
+    _write(
+        lambda: NyudMtSource(root=root, intrinsics=intrinsics, normals_flip=normals_flip, check_normals=check_normals),
+        out,
+        shard_size,
+        workers,
+        as_json,
+        plugins,
+    )
 
 
 @build.command("nyud-cen")
@@ -180,14 +270,37 @@ def build_nyud_mt(out: Path, shard_size: int, workers: int, as_json: bool, plugi
 @click.option("--val-list", default=None, help="split list (default ROOT/val.txt)")
 @click.option("--depth-unit", type=float, default=0.0002, show_default=True, help="metres per depth PNG unit (1/5000)")
 @click.option("--edges/--no-edges", default=True, show_default=True, help="derive edge.png from the masks")
-def build_nyud_cen(out: Path, shard_size: int, workers: int, as_json: bool, plugins: tuple[str, ...],
-                   root: str, intrinsics: str | None,
-                   train_list: str | None, val_list: str | None, depth_unit: float, edges: bool) -> None:
+def build_nyud_cen(
+    out: Path,
+    shard_size: int,
+    workers: int,
+    as_json: bool,
+    plugins: tuple[str, ...],
+    root: str,
+    intrinsics: str | None,
+    train_list: str | None,
+    val_list: str | None,
+    depth_unit: float,
+    edges: bool,
+) -> None:
     """CEN's layout: rgb/, depth/, masks/ PNGs listed in train.txt / val.txt."""
     from datasets.sources.nyud_cen import NyudCenSource
 
-    _write(lambda: NyudCenSource(root=root, train_list=train_list, val_list=val_list, depth_unit=depth_unit,
-                                 edges=edges, intrinsics=intrinsics), out, shard_size, workers, as_json, plugins)
+    _write(
+        lambda: NyudCenSource(
+            root=root,
+            train_list=train_list,
+            val_list=val_list,
+            depth_unit=depth_unit,
+            edges=edges,
+            intrinsics=intrinsics,
+        ),
+        out,
+        shard_size,
+        workers,
+        as_json,
+        plugins,
+    )
 
 
 @build.command("nyud-mat")
@@ -195,34 +308,89 @@ def build_nyud_cen(out: Path, shard_size: int, workers: int, as_json: bool, plug
 @_intrinsics
 @click.option("--mat", type=click.Path(exists=True, dir_okay=False), required=True, help="nyu_depth_v2_labeled.mat")
 @click.option("--splits-mat", type=click.Path(exists=True, dir_okay=False), required=True, help="splits.mat")
-@click.option("--label-map", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="YAML/JSON with classes and mapping raw id -> class id (894 -> 40 or 13)")
+@click.option(
+    "--label-map",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="YAML/JSON with classes and mapping raw id -> class id (894 -> 40 or 13)",
+)
 @click.option("--raw-depth/--no-raw-depth", default=False, show_default=True, help="use rawDepths (with holes)")
-@click.option("--normals-step", type=click.IntRange(min=1), default=1, show_default=True,
-              help="pixel step of the central differences for normals from depth")
-def build_nyud_mat(out: Path, shard_size: int, workers: int, as_json: bool, plugins: tuple[str, ...],
-                   intrinsics: str | None, mat: str,
-                   splits_mat: str, label_map: str | None, raw_depth: bool, normals_step: int) -> None:
+@click.option(
+    "--normals-step",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="pixel step of the central differences for normals from depth",
+)
+def build_nyud_mat(
+    out: Path,
+    shard_size: int,
+    workers: int,
+    as_json: bool,
+    plugins: tuple[str, ...],
+    intrinsics: str | None,
+    mat: str,
+    splits_mat: str,
+    label_map: str | None,
+    raw_depth: bool,
+    normals_step: int,
+) -> None:
     """The official labeled release (MATLAB v7.3) with a label mapping; normals and edges derived."""
     from datasets.sources.nyud_mat import NyudMatSource
 
-    _write(lambda: NyudMatSource(mat=mat, splits_mat=splits_mat, label_map=label_map, raw_depth=raw_depth,
-                                 normals_step=normals_step, intrinsics=intrinsics), out, shard_size, workers, as_json, plugins)
+    _write(
+        lambda: NyudMatSource(
+            mat=mat,
+            splits_mat=splits_mat,
+            label_map=label_map,
+            raw_depth=raw_depth,
+            normals_step=normals_step,
+            intrinsics=intrinsics,
+        ),
+        out,
+        shard_size,
+        workers,
+        as_json,
+        plugins,
+    )
 
 
 @build.command("folder")
 @_common
 @_root
 @_intrinsics
-@click.option("--classes", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="YAML with class names (required when semseg/ exists)")
-@click.option("--val-fraction", type=float, default=0.1, show_default=True,
-              help="hash-based validation share when ROOT/splits/ is absent")
-def build_folder(out: Path, shard_size: int, workers: int, as_json: bool, plugins: tuple[str, ...],
-                 root: str, intrinsics: str | None,
-                 classes: str | None, val_fraction: float) -> None:
+@click.option(
+    "--classes",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="YAML with class names (required when semseg/ exists)",
+)
+@click.option(
+    "--val-fraction",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="hash-based validation share when ROOT/splits/ is absent",
+)
+def build_folder(
+    out: Path,
+    shard_size: int,
+    workers: int,
+    as_json: bool,
+    plugins: tuple[str, ...],
+    root: str,
+    intrinsics: str | None,
+    classes: str | None,
+    val_fraction: float,
+) -> None:
     """images/ plus optional depth/, semseg/, normals/, edge/ matched by file stem."""
     from datasets.sources.folder import FolderSource
 
-    _write(lambda: FolderSource(root=root, classes=classes, val_fraction=val_fraction, intrinsics=intrinsics),
-           out, shard_size, workers, as_json, plugins)
+    _write(
+        lambda: FolderSource(root=root, classes=classes, val_fraction=val_fraction, intrinsics=intrinsics),
+        out,
+        shard_size,
+        workers,
+        as_json,
+        plugins,
+    )

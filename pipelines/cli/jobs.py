@@ -6,6 +6,7 @@ Exit codes: 0 success (with ``--follow``: the job SUCCEEDED), 1 the job FAILED o
 The components are imported inside each command, not at the top: they load torch, Ray or MLflow
 (seconds), and ``fusionpipe --help`` or a bad option must answer at once.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,10 +24,16 @@ ADDRESS_HELP = "Ray dashboard URL, http://HEAD:8265 (default: $RAY_API_SERVER_AD
 
 
 def _address_option(f: Any) -> Any:
-    f = click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-                     help="seconds to wait for the cluster to answer before giving up")(f)
-    return click.option("--address", envvar=["RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"], default=None,
-                        help=ADDRESS_HELP)(f)
+    f = click.option(
+        "--timeout",
+        type=click.FloatRange(min=0.1),
+        default=10.0,
+        show_default=True,
+        help="seconds to wait for the cluster to answer before giving up",
+    )(f)
+    return click.option("--address", envvar=["RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"], default=None, help=ADDRESS_HELP)(
+        f
+    )
 
 
 def _connect(address: str | None, timeout: float, as_json: bool) -> Any:
@@ -41,8 +48,9 @@ def _connect(address: str | None, timeout: float, as_json: bool) -> Any:
     import ray
 
     if client.cluster_ray_version != ray.__version__:
-        click.echo(f"warning: the cluster runs Ray {client.cluster_ray_version}, this machine Ray {ray.__version__}",
-                   err=True)
+        click.echo(
+            f"warning: the cluster runs Ray {client.cluster_ray_version}, this machine Ray {ray.__version__}", err=True
+        )
     return client
 
 
@@ -62,9 +70,15 @@ def _time(ms: int | None) -> str:
 
 
 def _job_dict(info: Any) -> dict[str, Any]:
-    return {"submission_id": info.submission_id, "status": str(info.status), "entrypoint": info.entrypoint,
-            "message": info.message, "start_time": info.start_time, "end_time": info.end_time,
-            "metadata": info.metadata or {}}
+    return {
+        "submission_id": info.submission_id,
+        "status": str(info.status),
+        "entrypoint": info.entrypoint,
+        "message": info.message,
+        "start_time": info.start_time,
+        "end_time": info.end_time,
+        "metadata": info.metadata or {},
+    }
 
 
 def _finish(client: Any, job_id: str, status: str, as_json: bool, result: dict[str, Any]) -> None:
@@ -80,8 +94,10 @@ def _finish(client: Any, job_id: str, status: str, as_json: bool, result: dict[s
     result.update(message=info.message, log_tail=tail)
     from pipelines.track.redact import redact_url_password
 
-    click.echo(redact_url_password(f"job {job_id} {status}: {info.message or ''}\n--- last lines of its log ---\n{tail}"),
-               err=True)
+    click.echo(
+        redact_url_password(f"job {job_id} {status}: {info.message or ''}\n--- last lines of its log ---\n{tail}"),
+        err=True,
+    )
     if as_json:
         sys.stdout.write(redact_url_password(json.dumps(result, sort_keys=True)) + "\n")
     raise SystemExit(EXIT_JOB_FAILED)
@@ -89,23 +105,48 @@ def _finish(client: Any, job_id: str, status: str, as_json: bool, result: dict[s
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @_address_option
-@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="validate this experiment config here before submitting; the command gets --config for it "
-                   "(no command: `fusionpipe train`)")
+@click.option(
+    "--config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="validate this experiment config here before submitting; the command gets --config for it "
+    "(no command: `fusionpipe train`)",
+)
 @click.option("--env", "env_items", multiple=True, metavar="KEY=VALUE", help="environment variable for the job")
-@click.option("--mlflow-uri", default=None,
-              help="MLFLOW_TRACKING_URI for the job, http://HOST:5000 (default: $MLFLOW_TRACKING_URI unless local)")
-@click.option("--entrypoint-num-cpus", type=click.FloatRange(min=0), default=None,
-              help="CPUs reserved for the driver process (default 0)")
-@click.option("--entrypoint-num-gpus", type=click.FloatRange(min=0), default=None,
-              help="GPUs reserved for the driver process (default 0)")
+@click.option(
+    "--mlflow-uri",
+    default=None,
+    help="MLFLOW_TRACKING_URI for the job, http://HOST:5000 (default: $MLFLOW_TRACKING_URI unless local)",
+)
+@click.option(
+    "--entrypoint-num-cpus",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="CPUs reserved for the driver process (default 0)",
+)
+@click.option(
+    "--entrypoint-num-gpus",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="GPUs reserved for the driver process (default 0)",
+)
 @click.option("--submission-id", default=None, help="job id to use (default: generated by Ray)")
 @click.option("--follow", is_flag=True, help="stream the log until the job ends; exit with its status")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object (logs go to stderr)")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def submit(address: str | None, timeout: float, config: Path | None, env_items: tuple[str, ...],
-           mlflow_uri: str | None, entrypoint_num_cpus: float | None, entrypoint_num_gpus: float | None,
-           submission_id: str | None, follow: bool, as_json: bool, command: tuple[str, ...]) -> None:
+def submit(
+    address: str | None,
+    timeout: float,
+    config: Path | None,
+    env_items: tuple[str, ...],
+    mlflow_uri: str | None,
+    entrypoint_num_cpus: float | None,
+    entrypoint_num_gpus: float | None,
+    submission_id: str | None,
+    follow: bool,
+    as_json: bool,
+    command: tuple[str, ...],
+) -> None:
     """Run a fusionpipe command on a Ray cluster: `fusionpipe submit --address URL -- fusionpipe train ...`.
 
     The repository is uploaded as the job's working directory (minus .rayignore: data, .venv,
@@ -129,18 +170,30 @@ def submit(address: str | None, timeout: float, config: Path | None, env_items: 
 
     uri = runtime_env["env_vars"].get("MLFLOW_TRACKING_URI", "")
     if redact_url_password(uri) != uri:
-        warnings.append("MLFLOW_TRACKING_URI carries a password, and a job's environment is visible to anyone who "
-                        "can open the Ray dashboard; prefer MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD "
-                        "provided on the nodes")
+        warnings.append(
+            "MLFLOW_TRACKING_URI carries a password, and a job's environment is visible to anyone who "
+            "can open the Ray dashboard; prefer MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD "
+            "provided on the nodes"
+        )
     if redact_url_password(entrypoint) != entrypoint:
-        warnings.append("the command carries a URL with a password (e.g. --set tracking.uri=...), and a job's "
-                        "command line is visible to anyone who can open the Ray dashboard; prefer "
-                        "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD provided on the nodes")
+        warnings.append(
+            "the command carries a URL with a password (e.g. --set tracking.uri=...), and a job's "
+            "command line is visible to anyone who can open the Ray dashboard; prefer "
+            "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD provided on the nodes"
+        )
     for w in warnings:
         click.echo(f"warning: {w}", err=True)
     client = _connect(address, timeout, as_json)
-    job_id = _cluster_call(as_json, client.submit, entrypoint, runtime_env, job_metadata(cmd), submission_id,
-                           entrypoint_num_cpus, entrypoint_num_gpus)
+    job_id = _cluster_call(
+        as_json,
+        client.submit,
+        entrypoint,
+        runtime_env,
+        job_metadata(cmd),
+        submission_id,
+        entrypoint_num_cpus,
+        entrypoint_num_gpus,
+    )
     result: dict[str, Any] = {"submission_id": job_id, "address": client.shown_url, "entrypoint": entrypoint}
     hint = f"  follow:  fusionpipe jobs logs {job_id} --follow --address {client.shown_url}"
     if not follow:
@@ -174,10 +227,16 @@ def status(address: str | None, timeout: float, job_id: str, as_json: bool) -> N
     """A job's status, message, times and command."""
     client = _connect(address, timeout, as_json)
     d = _job_dict(_cluster_call(as_json, client.info, job_id))
-    human = "\n".join([f"job {job_id}: {d['status']}", f"  entrypoint: {d['entrypoint']}",
-                       f"  started:    {_time(d['start_time'])}", f"  ended:      {_time(d['end_time'])}",
-                       *([f"  message:    {d['message']}"] if d["message"] else []),
-                       *(f"  {k}: {v}" for k, v in sorted(d["metadata"].items()))])
+    human = "\n".join(
+        [
+            f"job {job_id}: {d['status']}",
+            f"  entrypoint: {d['entrypoint']}",
+            f"  started:    {_time(d['start_time'])}",
+            f"  ended:      {_time(d['end_time'])}",
+            *([f"  message:    {d['message']}"] if d["message"] else []),
+            *(f"  {k}: {v}" for k, v in sorted(d["metadata"].items())),
+        ]
+    )
     emit(d, as_json, human)
 
 
@@ -232,6 +291,8 @@ def list_jobs(address: str | None, timeout: float, as_json: bool) -> None:
     client = _connect(address, timeout, as_json)
     rows = [_job_dict(j) for j in _cluster_call(as_json, client.list)]
     lines = [f"{'SUBMISSION ID':32s} {'STATUS':10s} {'STARTED':24s} ENTRYPOINT"]
-    lines += [f"{r['submission_id'] or '-':32s} {r['status']:10s} {_time(r['start_time']):24s} {r['entrypoint']}"
-              for r in rows]
+    lines += [
+        f"{r['submission_id'] or '-':32s} {r['status']:10s} {_time(r['start_time']):24s} {r['entrypoint']}"
+        for r in rows
+    ]
     emit({"address": client.shown_url, "jobs": rows}, as_json, "\n".join(lines))

@@ -1,4 +1,5 @@
 """The ``fusionpipe`` command line (README.md; each command's module: docs/architecture.md)."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Printing for commands with ``--json``: one JSON object on stdout and nothing else there."""
+
 from __future__ import annotations
 
 import contextlib

@@ -3,6 +3,7 @@
 The components are imported inside each command, not at the top: they load torch, Ray or MLflow
 (seconds), and ``fusionpipe --help`` or a bad option must answer at once.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,12 +27,22 @@ def _load(config: Path, overrides: tuple[str, ...], as_json: bool):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config field (repeatable)")
 @click.option("--run-name", default=None, help="Ray/MLflow run name; re-use one to resume it")
 @click.option("--summary", default=None, type=click.Path(dir_okay=False), help="also write the summary JSON here")
-@click.option("--history", default=None, type=click.Path(dir_okay=False),
-              help="write every per-epoch metric as CSV here (for dvc plots)")
+@click.option(
+    "--history",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="write every per-epoch metric as CSV here (for dvc plots)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object with the run summary")
 @tracking_store_errors
-def train(config: Path, overrides: tuple[str, ...], run_name: str | None, summary: str | None, history: str | None,
-          as_json: bool) -> None:
+def train(
+    config: Path,
+    overrides: tuple[str, ...],
+    run_name: str | None,
+    summary: str | None,
+    history: str | None,
+    as_json: bool,
+) -> None:
     """Train with Ray Train; prints the MLflow run id and the best checkpoint."""
     from pipelines.checkpoints import CheckpointError
     from pipelines.config import ConfigError
@@ -52,23 +63,25 @@ def train(config: Path, overrides: tuple[str, ...], run_name: str | None, summar
         fail(str(e), as_json, code=2)
         return
     except NonFiniteLossError as e:
-        fail(f"{e}; the MLflow run is marked FAILED, the checkpoints of the epochs before it are kept",
-             as_json, code=1)
+        fail(f"{e}; the MLflow run is marked FAILED, the checkpoints of the epochs before it are kept", as_json, code=1)
         return
     except KeyboardInterrupt:
         fail("interrupted: MLflow run marked KILLED; re-run with the same --run-name to resume", as_json, code=130)
         return
     metric, value = next(iter(summary["best_metric"].items()))
-    human = "\n".join([
-        f"run {summary['run_name']} ({'resumed, ' if summary['resumed'] else ''}{summary['epochs']} epochs)",
-        f"  MLflow run id:    {summary['mlflow_run_id']} (experiment {summary['experiment']!r})",
-        f"  best checkpoint:  {summary['best_checkpoint']} ({metric} = {value:.4f})" if value is not None else
-        f"  best checkpoint:  {summary['best_checkpoint']}",
-        "  final metrics:    " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(summary["final_metrics"].items())),
-        f"  open in the UI:   {summary['tracking_uri']} (the tracking server)"
-        if summary["tracking_uri"].startswith(("http://", "https://")) else
-        f"  open in the UI:   mlflow ui --backend-store-uri {summary['tracking_uri']} --host 127.0.0.1",
-    ])
+    human = "\n".join(
+        [
+            f"run {summary['run_name']} ({'resumed, ' if summary['resumed'] else ''}{summary['epochs']} epochs)",
+            f"  MLflow run id:    {summary['mlflow_run_id']} (experiment {summary['experiment']!r})",
+            f"  best checkpoint:  {summary['best_checkpoint']} ({metric} = {value:.4f})"
+            if value is not None
+            else f"  best checkpoint:  {summary['best_checkpoint']}",
+            "  final metrics:    " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(summary["final_metrics"].items())),
+            f"  open in the UI:   {summary['tracking_uri']} (the tracking server)"
+            if summary["tracking_uri"].startswith(("http://", "https://"))
+            else f"  open in the UI:   mlflow ui --backend-store-uri {summary['tracking_uri']} --host 127.0.0.1",
+        ]
+    )
     emit(summary, as_json, human)
 
 
@@ -79,8 +92,11 @@ def _best_from_summary(path: str, as_json: bool) -> str:
     try:
         best = json.loads(Path(path).read_text()).get("best_checkpoint")
     except (OSError, ValueError, AttributeError) as e:  # unreadable, not JSON, not an object
-        fail(f"--summary {path}: not a train summary (the JSON object `fusionpipe train --summary` writes): {e}",
-             as_json, code=2)
+        fail(
+            f"--summary {path}: not a train summary (the JSON object `fusionpipe train --summary` writes): {e}",
+            as_json,
+            code=2,
+        )
     if not isinstance(best, str) or not best:
         fail(f"--summary {path}: no 'best_checkpoint' in it (the run may have produced no checkpoint)", as_json, code=2)
     return best
@@ -91,20 +107,46 @@ def _best_from_summary(path: str, as_json: bool) -> str:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 @click.option("--checkpoint", default=None, help="checkpoint directory (model.pt + meta.json)")
 @click.option("--run-id", default=None, help="MLflow run id: evaluates its best checkpoint")
-@click.option("--summary", "summary_file", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="a `train --summary` JSON: evaluates the best checkpoint it names")
+@click.option(
+    "--summary",
+    "summary_file",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="a `train --summary` JSON: evaluates the best checkpoint it names",
+)
 @click.option("--split", default=None, help="the split to score  [default: the config's data.val_split]")
-@click.option("--baseline-run", "baseline_runs", multiple=True, help="single-task reference run id (repeatable): adds delta_m")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the metrics JSON here")
-@click.option("--trivial-baselines", is_flag=True,
-              help="also score majority-class semseg and mean depth, and the model's ratios to them")
-@click.option("--device", default="auto", show_default=True,
-              help="auto (the GPU when there is one), cpu, cuda or cuda:N; bf16 autocast on GPU with train.amp")
+@click.option(
+    "--baseline-run", "baseline_runs", multiple=True, help="single-task reference run id (repeatable): adds delta_m"
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the metrics JSON here"
+)
+@click.option(
+    "--trivial-baselines",
+    is_flag=True,
+    help="also score majority-class semseg and mean depth, and the model's ratios to them",
+)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto (the GPU when there is one), cpu, cuda or cuda:N; bf16 autocast on GPU with train.amp",
+)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @tracking_store_errors
-def evaluate(config: Path, overrides: tuple[str, ...], checkpoint: str | None, run_id: str | None,
-             summary_file: str | None, split: str | None, baseline_runs: tuple[str, ...], out: Path | None,
-             trivial_baselines: bool, device: str, as_json: bool) -> None:
+def evaluate(
+    config: Path,
+    overrides: tuple[str, ...],
+    checkpoint: str | None,
+    run_id: str | None,
+    summary_file: str | None,
+    split: str | None,
+    baseline_runs: tuple[str, ...],
+    out: Path | None,
+    trivial_baselines: bool,
+    device: str,
+    as_json: bool,
+) -> None:
     """Evaluate a checkpoint on a split with exact metrics."""
     from pipelines.analysis.evaluate import run_evaluate
     from pipelines.checkpoints import CheckpointError
@@ -116,14 +158,23 @@ def evaluate(config: Path, overrides: tuple[str, ...], checkpoint: str | None, r
             fail("give one of --checkpoint, --run-id and --summary", as_json, code=2)
         checkpoint = _best_from_summary(summary_file, as_json)
     try:
-        result = run_evaluate(cfg, checkpoint=checkpoint, run_id=run_id, split=split,
-                              baseline_runs=list(baseline_runs), out=out, baselines=trivial_baselines,
-                              device=device)
+        result = run_evaluate(
+            cfg,
+            checkpoint=checkpoint,
+            run_id=run_id,
+            split=split,
+            baseline_runs=list(baseline_runs),
+            out=out,
+            baselines=trivial_baselines,
+            device=device,
+        )
     except (ConfigError, CheckpointError) as e:
         fail(str(e), as_json, code=2)
         return
-    lines = [f"{result['model']} epoch {result['epoch']} on {result['split']} ({result['num_samples']} samples, "
-             f"{result['device']}):"]
+    lines = [
+        f"{result['model']} epoch {result['epoch']} on {result['split']} ({result['num_samples']} samples, "
+        f"{result['device']}):"
+    ]
     lines += [f"  {k:28s} {v:.4f}" for k, v in sorted(result["metrics"].items())]
     for k, v in result.get("trivial_baselines", {}).items():
         lines.append(f"  trivial baseline {k:19s} {v:.4f}")

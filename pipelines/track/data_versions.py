@@ -10,6 +10,7 @@ a cached copy is checked again before each reuse.
 The returned config keeps ``data.rev`` and points ``data.shards`` into the cache, so resolving it a
 second time (a Tune trial re-entering ``run_training``) finds the same folder and does nothing else.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from datasets.manifest import ManifestError, manifest_digest, verify
-from pipelines.config import project_root, ConfigError, ExperimentConfig, _abs
+from pipelines.config import ConfigError, ExperimentConfig, _abs, project_root
 
 log = logging.getLogger(__name__)
 REVS_DIR = Path("data") / "revs"
@@ -51,8 +52,10 @@ def resolve_commit(rev: str, repo: Path | None = None) -> str:
         return res.stdout.strip()
     if _git(repo, "rev-parse", "--git-dir").returncode != 0:
         raise DataRevError(f"data.rev {rev!r}: {repo} is not a git checkout; data.rev needs the repository's history")
-    raise DataRevError(f"data.rev {rev!r}: no such commit, tag or branch in {repo} "
-                       "(`git fetch --tags` if it was made elsewhere; `git log --oneline` lists commits)")
+    raise DataRevError(
+        f"data.rev {rev!r}: no such commit, tag or branch in {repo} "
+        "(`git fetch --tags` if it was made elsewhere; `git log --oneline` lists commits)"
+    )
 
 
 def tracked_path(shards: str | os.PathLike[str], repo: Path | None = None) -> str:
@@ -67,12 +70,14 @@ def tracked_path(shards: str | os.PathLike[str], repo: Path | None = None) -> st
     try:
         rel = path.relative_to(root)
     except ValueError:
-        raise DataRevError(f"data.shards {str(shards)!r} is outside the repository {root}; data.rev reads a path "
-                           "that DVC tracks in this repository") from None
+        raise DataRevError(
+            f"data.shards {str(shards)!r} is outside the repository {root}; data.rev reads a path "
+            "that DVC tracks in this repository"
+        ) from None
     parts = rel.parts
     n = len(REVS_DIR.parts)
     if parts[:n] == REVS_DIR.parts and len(parts) > n + 1 and _COMMIT_DIR.fullmatch(parts[n]):
-        parts = parts[n + 1:]
+        parts = parts[n + 1 :]
     if not parts:
         raise DataRevError(f"data.shards {str(shards)!r} names the repository root, not a dataset directory")
     return Path(*parts).as_posix()
@@ -102,7 +107,8 @@ def _missing_data(rev: str, commit: str, rel: str, err: BaseException) -> DataRe
     return DataRevError(
         f"data.rev {rev!r} (commit {commit[:12]}): the data of {rel} is in neither this repository's DVC cache "
         f"nor its DVC remote ({type(err).__name__}: {err}). Where it was built, run `git checkout {commit[:12]} && "
-        "dvc repro data && dvc push`; here, check `dvc remote list` and `dvc fetch -A` (every commit's data)")
+        "dvc repro data && dvc push`; here, check `dvc remote list` and `dvc fetch -A` (every commit's data)"
+    )
 
 
 def _install(src: Path, target: Path) -> None:
@@ -134,8 +140,10 @@ def materialize(rev: str, commit: str, rel: str, repo: Path | None = None) -> Pa
         except Exception as e:  # a sub-path of an output whose directory listing is not available
             raise _missing_data(rev, commit, rel, e) from e
         if not info.get("dvc_info"):
-            raise DataRevError(f"{where} is not tracked by DVC at that revision (no dvc.lock output or .dvc file "
-                               "names it), so its bytes are not pinned")
+            raise DataRevError(
+                f"{where} is not tracked by DVC at that revision (no dvc.lock output or .dvc file "
+                "names it), so its bytes are not pinned"
+            )
         if info.get("type") != "directory":
             raise DataRevError(f"{where} is a file; data.shards must name a dataset directory")
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
 """The model logged to MLflow at the end of a run (``mlflow.pytorch``, pt2 serialisation)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -51,8 +52,16 @@ def log_final_model(tracker: Any, ckpt_dir: str, meta: dict[str, Any], sample_hw
     mlflow.set_tracking_uri(tracker.uri)
     with mlflow.start_run(run_id=tracker.run_id):
         # pt2 (torch.export) rather than pickle: loading the logged model never unpickles code.
-        mlflow.pytorch.log_model(packed, name="model", signature=infer_signature(example, out),
-                                 input_example=example, serialization_format="pt2",
-                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                                 metadata={"input_channels": {m: channels[m] for m in mcfg["modalities"]},
-                                           "output_channels": layout, "model_config": mcfg})
+        mlflow.pytorch.log_model(
+            packed,
+            name="model",
+            signature=infer_signature(example, out),
+            input_example=example,
+            serialization_format="pt2",
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            metadata={
+                "input_channels": {m: channels[m] for m in mcfg["modalities"]},
+                "output_channels": layout,
+                "model_config": mcfg,
+            },
+        )

@@ -1,4 +1,5 @@
 """Keep credentials in URLs out of everything printed, logged or stored."""
+
 from __future__ import annotations
 
 import re

@@ -4,6 +4,7 @@ and finish it with the best and last checkpoints, the final model and the run su
 A run's state file (:data:`RUN_STATE`, beside its checkpoints) maps the run name to its MLflow run id,
 so re-running the same run name continues the same MLflow run.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,9 +55,12 @@ def _record_resume(tracker: Any, cfg: ExperimentConfig, run_name: str, plugins: 
     # (a lower optim.lr after a divergence, more train.epochs) is on record in a tag.
     differ = config_changes(run.data.params, flatten(cfg.model_dump(mode="json")))
     if differ:
-        print(f"note: run {run_name!r} resumes with changed settings: "
-              + ", ".join(f"{k} {old} -> {new}" for k, (old, new) in differ.items())
-              + " (tag fusionpipe.resume_changed; the params keep the first values)", file=sys.stderr)
+        print(
+            f"note: run {run_name!r} resumes with changed settings: "
+            + ", ".join(f"{k} {old} -> {new}" for k, (old, new) in differ.items())
+            + " (tag fusionpipe.resume_changed; the params keep the first values)",
+            file=sys.stderr,
+        )
         tags["fusionpipe.resume_changed"] = changes_tag(differ, PARAM_MAX)
     changed = changed_plugins(logged, plugins)
     stale = [k for k in logged if k.startswith("plugin.") and k not in plugins]  # plugins dropped since
@@ -67,9 +71,11 @@ def _record_resume(tracker: Any, cfg: ExperimentConfig, run_name: str, plugins: 
         # Not refused (a fix to a plugin is a reason to resume), but on record: the run's epochs
         # before and after this point ran different plugin code. The plugin tags now name the code
         # that runs from here on; fusionpipe.plugins_changed keeps every plugin that ever changed.
-        print(f"warning: run {run_name!r}: the code of plugin(s) {', '.join(changed)} changed since the run "
-              "was last started; its earlier epochs ran other code (tag fusionpipe.plugins_changed)",
-              file=sys.stderr)
+        print(
+            f"warning: run {run_name!r}: the code of plugin(s) {', '.join(changed)} changed since the run "
+            "was last started; its earlier epochs ran other code (tag fusionpipe.plugins_changed)",
+            file=sys.stderr,
+        )
         before = [n for n in logged.get("fusionpipe.plugins_changed", "").split(",") if n]
         tags.update(plugins)
         tags["fusionpipe.plugins_changed"] = ",".join(sorted(set(before) | set(changed)))
@@ -78,8 +84,9 @@ def _record_resume(tracker: Any, cfg: ExperimentConfig, run_name: str, plugins: 
         tracker.client.delete_tag(tracker.run_id, key)
 
 
-def open_mlflow_run(cfg: ExperimentConfig, run_name: str, manifest: dict[str, Any],
-                     extra_tags: dict[str, str] | None = None) -> tuple[Any, bool]:
+def open_mlflow_run(
+    cfg: ExperimentConfig, run_name: str, manifest: dict[str, Any], extra_tags: dict[str, str] | None = None
+) -> tuple[Any, bool]:
     """Re-open the MLflow run recorded for ``run_name``, or create one with params, tags and inputs."""
     state = _run_state(cfg.checkpoint.storage_path, run_name)
     uri = cfg.tracking.uri
@@ -91,8 +98,15 @@ def open_mlflow_run(cfg: ExperimentConfig, run_name: str, manifest: dict[str, An
         tracker.client.update_run(tracker.run_id, status="RUNNING")
         _record_resume(tracker, cfg, run_name, plugins)
         return tracker, True
-    tags = {"fusionpipe.model": cfg.model.name, "fusionpipe.run_name": run_name, **git_info(),
-            **data_version(cfg.data.shards, cfg.data.rev), **plugins, **ray_job_tags(), **(extra_tags or {})}
+    tags = {
+        "fusionpipe.model": cfg.model.name,
+        "fusionpipe.run_name": run_name,
+        **git_info(),
+        **data_version(cfg.data.shards, cfg.data.rev),
+        **plugins,
+        **ray_job_tags(),
+        **(extra_tags or {}),
+    }
     tracker = Tracker.create_run(uri, cfg.tracking.experiment, run_name, tags)
     tracker.log_params(flatten(cfg.model_dump(mode="json")))
     _log_dataset_input(tracker, cfg, manifest, tags["data.manifest_digest"])
@@ -113,15 +127,20 @@ def _log_dataset_input(tracker: Any, cfg: ExperimentConfig, manifest: dict[str, 
 
     source = HTTPDatasetSource(url=Path(cfg.data.shards).as_uri())
     ds = MetaDataset(source=source, name=manifest.get("name", "dataset"), digest=digest[:32])
-    tracker.client.log_inputs(tracker.run_id, datasets=[
-        DatasetInput(mlflow_dataset_entity(ds), tags=[InputTag("mlflow.data.context", "train")])])
+    tracker.client.log_inputs(
+        tracker.run_id,
+        datasets=[DatasetInput(mlflow_dataset_entity(ds), tags=[InputTag("mlflow.data.context", "train")])],
+    )
 
 
 def best_checkpoint(result: Any, metric: str, mode: str) -> tuple[Any, dict[str, Any]]:
     """The best of Ray's kept checkpoints by ``metric`` (a NaN or infinite score never wins), else the
     last one."""
-    scored = [(c, m) for c, m in (result.best_checkpoints or [])
-              if isinstance(m.get(metric), (int, float)) and math.isfinite(m[metric])]
+    scored = [
+        (c, m)
+        for c, m in (result.best_checkpoints or [])
+        if isinstance(m.get(metric), (int, float)) and math.isfinite(m[metric])
+    ]
     if not scored:
         return result.checkpoint, result.metrics
     return (max if mode == "max" else min)(scored, key=lambda cm: cm[1][metric])
@@ -145,8 +164,13 @@ def finish_run(cfg: ExperimentConfig, tracker: Any, result: Any, run_name: str, 
         last_meta = read_meta(last_dir)
         tracker.log_artifacts(best_dir, "checkpoints/best")
         tracker.log_artifacts(last_dir, "checkpoints/last")
-        tracker.set_tags({"fusionpipe.best_checkpoint": best_at, "fusionpipe.last_checkpoint": last_at,
-                          "fusionpipe.best_epoch": str(best_metrics.get("epoch"))})
+        tracker.set_tags(
+            {
+                "fusionpipe.best_checkpoint": best_at,
+                "fusionpipe.last_checkpoint": last_at,
+                "fusionpipe.best_epoch": str(best_metrics.get("epoch")),
+            }
+        )
         if cfg.tracking.log_model:
             h, w = _sample_hw(cfg)
             log_final_model(tracker, best_dir, read_meta(best_dir), (h, w))
@@ -154,15 +178,23 @@ def finish_run(cfg: ExperimentConfig, tracker: Any, result: Any, run_name: str, 
     # meta.json stores a NaN metric (nothing to measure) as null: it is NaN again here.
     final = {k: math.nan if v is None else v for k, v in last_meta["metrics"].items() if k.startswith("val/")}
     # The summary is printed and written to files (outputs/train.json): no password in it.
-    return {"run_name": run_name, "mlflow_run_id": tracker.run_id, "tracking_uri": redact_url_password(cfg.tracking.uri),
-            "experiment": cfg.tracking.experiment, "resumed": resumed, "epochs": last_meta["epoch"] + 1,
-            "best_checkpoint": best_at, "last_checkpoint": last_at,
-            "best_metric": {cfg.checkpoint.metric: best_metrics.get(cfg.checkpoint.metric)},
-            "final_metrics": final}
+    return {
+        "run_name": run_name,
+        "mlflow_run_id": tracker.run_id,
+        "tracking_uri": redact_url_password(cfg.tracking.uri),
+        "experiment": cfg.tracking.experiment,
+        "resumed": resumed,
+        "epochs": last_meta["epoch"] + 1,
+        "best_checkpoint": best_at,
+        "last_checkpoint": last_at,
+        "best_metric": {cfg.checkpoint.metric: best_metrics.get(cfg.checkpoint.metric)},
+        "final_metrics": final,
+    }
 
 
-def write_outputs(summary: dict[str, Any], summary_path: str | None, history_path: str | None,
-                  tracking_uri: str | None = None) -> None:
+def write_outputs(
+    summary: dict[str, Any], summary_path: str | None, history_path: str | None, tracking_uri: str | None = None
+) -> None:
     """The summary JSON and a per-epoch CSV of every logged metric (for ``dvc plots``), atomically.
 
     The history is read from ``tracking_uri``, the run's real URI (the summary's has its password

@@ -7,6 +7,7 @@ DVC hash and, for ``data.rev``, the data's git commit), the hash of each config 
 Ray job id; metrics are logged per
 epoch with ``step = epoch``.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,10 +16,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pipelines.compat import ray_job_submission_id
-from pipelines.config import project_root, ConfigError
+from pipelines.config import ConfigError, project_root
 from pipelines.track.redact import redact_url_password  # noqa: F401 (re-exported)
 
 PARAM_MAX = 6000  # MLflow's limit on a param value
@@ -43,6 +42,7 @@ def check_store_for_cluster(uri: str, num_nodes: int) -> None:
 
 def git_info(repo: Path | None = None) -> dict[str, str]:
     repo = repo or project_root()
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=20).stdout.strip()
 
@@ -103,9 +103,13 @@ def plugin_tags(names: list[str], repo: Path | None = None) -> dict[str, str]:
 def changed_plugins(logged: dict[str, str], now: dict[str, str]) -> list[str]:
     """Plugins whose code (``plugin.<module>.sha256``) differs between a run's tags and ``now``, sorted;
     a plugin added or removed since counts as changed."""
+
     def hashes(tags: dict[str, str]) -> dict[str, str]:
-        return {k[len("plugin."):-len(".sha256")]: v for k, v in tags.items()
-                if k.startswith("plugin.") and k.endswith(".sha256")}
+        return {
+            k[len("plugin.") : -len(".sha256")]: v
+            for k, v in tags.items()
+            if k.startswith("plugin.") and k.endswith(".sha256")
+        }
 
     a, b = hashes(logged), hashes(now)
     return sorted(n for n in a.keys() | b.keys() if a.get(n) != b.get(n))
@@ -164,7 +168,7 @@ class Tracker:
         self.uri, self.run_id = uri, run_id
 
     @classmethod
-    def create_run(cls, uri: str, experiment: str, run_name: str, tags: dict[str, str]) -> "Tracker":
+    def create_run(cls, uri: str, experiment: str, run_name: str, tags: dict[str, str]) -> Tracker:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=uri)

@@ -7,6 +7,7 @@ so a resumed or evaluated run finds checkpoints missing (or, worse, stale ones).
 network filesystem mounted at the same place on every node. That is checked here, for real: the
 driver writes a marker file and a zero-CPU task pinned to each alive node looks for it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,8 +41,10 @@ def ray_probe(marker: str, token: str, node_ids: Sequence[str], timeout_s: float
 
     # Zero CPUs: the check must run even while training workers hold every CPU of a node.
     check = ray.remote(num_cpus=0, max_retries=0)(sees_marker)
-    refs = {nid: check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nid, soft=False)).remote(marker, token)
-            for nid in node_ids}
+    refs = {
+        nid: check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nid, soft=False)).remote(marker, token)
+        for nid in node_ids
+    }
     ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
     answers: dict[str, bool | None] = {}
     for nid, ref in refs.items():
@@ -58,8 +61,9 @@ def alive_nodes() -> list[dict[str, Any]]:
     return [n for n in ray.nodes() if n.get("Alive")]
 
 
-def check_shared_storage(storage_path: str, nodes: list[dict[str, Any]] | None = None, probe: Probe = ray_probe,
-                         timeout_s: float = 120.0) -> None:
+def check_shared_storage(
+    storage_path: str, nodes: list[dict[str, Any]] | None = None, probe: Probe = ray_probe, timeout_s: float = 120.0
+) -> None:
     """Refuse a local ``storage_path`` that some node of a multi-node cluster cannot see.
 
     ``nodes`` defaults to the alive nodes of the connected Ray cluster (``ray.nodes()`` entries
@@ -88,8 +92,9 @@ def check_shared_storage(storage_path: str, nodes: list[dict[str, Any]] | None =
     log.info("checkpoint.storage_path %s is visible on all %d nodes", storage_path, len(nodes))
 
 
-def shared_storage_message(storage_path: str, blind: list[dict[str, Any]], answers: dict[str, bool | None],
-                           num_nodes: int, timeout_s: float) -> str:
+def shared_storage_message(
+    storage_path: str, blind: list[dict[str, Any]], answers: dict[str, bool | None], num_nodes: int, timeout_s: float
+) -> str:
     def describe(n: dict[str, Any]) -> str:
         why = "does not see it" if answers.get(n["NodeID"]) is False else f"did not answer within {timeout_s:g} s"
         return f"node {n.get('NodeManagerAddress', '?')} (id {n['NodeID'][:12]}) {why}"

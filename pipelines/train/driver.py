@@ -9,6 +9,7 @@ MLflow run id inside it makes the resumed run log into the same MLflow run, from
 What each worker runs is :mod:`pipelines.train.worker`; the MLflow side of a run (open, resume, finish,
 outputs) is :mod:`pipelines.track.run_record`.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,10 @@ def validate_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
 
     no_member = [t for t in cfg.data.tasks if t not in MEMBERS]
     if no_member:
-        problems.append(f"data.tasks: no shard member is registered for task(s) {no_member}; register one with "
-                        "datasets.codec.register_member in a module listed in plugins")
+        problems.append(
+            f"data.tasks: no shard member is registered for task(s) {no_member}; register one with "
+            "datasets.codec.register_member in a module listed in plugins"
+        )
     if manifest:
         for what in ("tasks", "modalities"):
             lacking = [x for x in getattr(cfg.data, what) if x not in manifest["members"]]
@@ -55,12 +58,12 @@ def validate_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
                 problems.append(f"data: dataset has no split {split!r}; splits: {sorted(manifest['splits'])}")
         n_train = manifest["splits"].get(cfg.data.train_split, {}).get("num_samples", 0)
         if n_train and n_train < cfg.train.workers * cfg.train.batch_size:
-            problems.append(f"train: {n_train} training samples < workers × batch_size = "
-                            f"{cfg.train.workers * cfg.train.batch_size}")
+            problems.append(
+                f"train: {n_train} training samples < workers × batch_size = {cfg.train.workers * cfg.train.batch_size}"
+            )
     if cfg.model.name not in list_models():
         problems.append(f"model.name: unknown model {cfg.model.name!r}; registered: {', '.join(list_models())}")
     elif manifest:  # built even when the data has problems too: every problem is listed at once
-
         try:
             model = build_model(model_config(cfg, len(manifest["classes"])))
         except (ValueError, KeyError, TypeError) as e:
@@ -69,8 +72,10 @@ def validate_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
             # A model whose aux losses are its only training signal for some part (nn.Module.needs_aux_losses).
             reason = getattr(model, "needs_aux_losses", None)
             if reason and not cfg.loss.deep_supervision:
-                problems.append(f"loss.deep_supervision is false, but model {cfg.model.name} {reason}, or set "
-                                "loss.deep_supervision true")
+                problems.append(
+                    f"loss.deep_supervision is false, but model {cfg.model.name} {reason}, or set "
+                    "loss.deep_supervision true"
+                )
     aux = set(cfg.model.options.get("auxiliary_tasks") or [])
     final = [t for t in cfg.data.tasks if t not in aux]
     lacking_aux = sorted(aux - set(cfg.data.tasks))
@@ -78,14 +83,15 @@ def validate_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
         problems.append(f"model.options.auxiliary_tasks {lacking_aux} must also be in data.tasks (their targets)")
     metric_task = cfg.checkpoint.metric.split("/")[1] if cfg.checkpoint.metric.count("/") >= 2 else None
     if not cfg.checkpoint.metric.startswith("val/") or metric_task not in final:
-        problems.append(f"checkpoint.metric: {cfg.checkpoint.metric!r} must be 'val/<task>/<metric>' for a final "
-                        f"task in {final}")
+        problems.append(
+            f"checkpoint.metric: {cfg.checkpoint.metric!r} must be 'val/<task>/<metric>' for a final task in {final}"
+        )
     else:  # a misspelt metric name would otherwise surface only after the first epoch, or never
-
         names = sorted(f"val/{k}" for k in MetricSet([metric_task], max(1, len(manifest.get("classes", [])))).compute())
         if cfg.checkpoint.metric not in names:
-            problems.append(f"checkpoint.metric: no metric {cfg.checkpoint.metric!r}; {metric_task} has "
-                            f"{', '.join(names)}")
+            problems.append(
+                f"checkpoint.metric: no metric {cfg.checkpoint.metric!r}; {metric_task} has {', '.join(names)}"
+            )
     if problems:
         raise ConfigError("invalid experiment:\n" + "\n".join(f"  - {p}" for p in problems))
     return manifest
@@ -121,9 +127,15 @@ def start_local_ray(num_cpus: int, log_to_driver: bool = True) -> None:
     ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=log_to_driver)
 
 
-def run_training(cfg: ExperimentConfig, run_name: str | None = None, *, extra_tags: dict[str, str] | None = None,
-                 callbacks: list[Any] | None = None, epoch_hooks: Sequence[EpochHook] = (),
-                 close_on_error: bool = True) -> dict[str, Any]:
+def run_training(
+    cfg: ExperimentConfig,
+    run_name: str | None = None,
+    *,
+    extra_tags: dict[str, str] | None = None,
+    callbacks: list[Any] | None = None,
+    epoch_hooks: Sequence[EpochHook] = (),
+    close_on_error: bool = True,
+) -> dict[str, Any]:
     """Validate, train with Ray Train, log to MLflow; returns the run summary.
 
     ``extra_tags`` go on a new MLflow run (a Tune trial passes ``mlflow.parentRunId`` and its trial id);
@@ -146,20 +158,34 @@ def run_training(cfg: ExperimentConfig, run_name: str | None = None, *, extra_ta
     mcfg = model_config(cfg, len(manifest["classes"]))
     trainer = interruptible_trainer_cls()(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "model_config": mcfg, "classes": manifest["classes"],
-                           "mlflow_run_id": tracker.run_id, "tracking_uri": cfg.tracking.uri,
-                           "epoch_hooks": list(epoch_hooks),
-                           "run_name": run_name, "storage_path": cfg.checkpoint.storage_path},
-        scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
-                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+        train_loop_config={
+            "cfg": cfg.model_dump(mode="json"),
+            "model_config": mcfg,
+            "classes": manifest["classes"],
+            "mlflow_run_id": tracker.run_id,
+            "tracking_uri": cfg.tracking.uri,
+            "epoch_hooks": list(epoch_hooks),
+            "run_name": run_name,
+            "storage_path": cfg.checkpoint.storage_path,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+        ),
         run_config=RunConfig(
-            name=run_name, storage_path=cfg.checkpoint.storage_path, callbacks=callbacks,
+            name=run_name,
+            storage_path=cfg.checkpoint.storage_path,
+            callbacks=callbacks,
             failure_config=FailureConfig(max_failures=cfg.failure.max_failures),
             # Ray Train's own INFO lines (worker group set-up, device moves) stay in Ray's log files.
             logging_config=LoggingConfig(log_level="WARNING"),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep,
-                                               checkpoint_score_attribute=cfg.checkpoint.metric,
-                                               checkpoint_score_order=cfg.checkpoint.mode)),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.checkpoint.keep,
+                checkpoint_score_attribute=cfg.checkpoint.metric,
+                checkpoint_score_order=cfg.checkpoint.mode,
+            ),
+        ),
     )
     try:
         result = trainer.fit()

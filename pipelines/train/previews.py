@@ -1,4 +1,5 @@
 """Prediction previews: target vs prediction per task, one row per sample, as one PNG."""
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,14 @@ def _task_image(task: str, t: Tensor, is_pred: bool, top: float) -> np.ndarray:
     return colorize_semseg(ids)
 
 
-def preview_grid(inputs: Mapping[str, Tensor], targets: Mapping[str, Tensor], outputs: Mapping[str, Tensor],
-                 tasks: list[str], path: str | os.PathLike[str], max_samples: int = 4) -> Path:
+def preview_grid(
+    inputs: Mapping[str, Tensor],
+    targets: Mapping[str, Tensor],
+    outputs: Mapping[str, Tensor],
+    tasks: list[str],
+    path: str | os.PathLike[str],
+    max_samples: int = 4,
+) -> Path:
     n = min(max_samples, next(iter(targets.values())).shape[0])
     h, w = next(iter(targets.values())).shape[-2:]
     cols = ["input"] + [f"{t} {k}" for t in tasks for k in ("target", "pred")]

@@ -3,6 +3,7 @@
 Nothing here imports Ray: distributed reductions use ``torch.distributed`` when a process group
 is up (Ray Train sets one up), so the same code runs in a plain single process.
 """
+
 from __future__ import annotations
 
 import math
@@ -143,11 +144,21 @@ def float32_outputs(outputs: Any) -> Any:
     return outputs
 
 
-def train_epoch(model: nn.Module, loader: Iterable[Mapping[str, Any]], criterion: MultiTaskLoss,
-                optimizer: torch.optim.Optimizer, lr_schedule: Callable[[int], float] | None,
-                device: torch.device, *, grad_accum: int = 1, amp: bool = False,
-                clip_grad_norm: float | None = None, epoch: int = 0,
-                num_batches: int | None = None, first_step: int = 0) -> dict[str, float]:
+def train_epoch(
+    model: nn.Module,
+    loader: Iterable[Mapping[str, Any]],
+    criterion: MultiTaskLoss,
+    optimizer: torch.optim.Optimizer,
+    lr_schedule: Callable[[int], float] | None,
+    device: torch.device,
+    *,
+    grad_accum: int = 1,
+    amp: bool = False,
+    clip_grad_norm: float | None = None,
+    epoch: int = 0,
+    num_batches: int | None = None,
+    first_step: int = 0,
+) -> dict[str, float]:
     """One pass; returns mean loss components over all ranks, samples/s and seconds.
 
     Before each optimizer step every param group's lr is set to ``lr_schedule(step)`` (e.g. :func:`lr_at`),
@@ -168,8 +179,10 @@ def train_epoch(model: nn.Module, loader: Iterable[Mapping[str, Any]], criterion
         except TypeError:  # an iterable without a length (a DataLoader over an IterableDataset)
             pass
     if grad_accum > 1 and num_batches is None and hasattr(model, "no_sync"):
-        raise ValueError("train_epoch: grad_accum > 1 under DDP needs num_batches (the epoch's batch count), "
-                         "so that the last, shorter group still all-reduces its gradients")
+        raise ValueError(
+            "train_epoch: grad_accum > 1 under DDP needs num_batches (the epoch's batch count), "
+            "so that the last, shorter group still all-reduces its gradients"
+        )
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     pending = 0  # batches whose gradients wait for a step
@@ -211,8 +224,10 @@ def train_epoch(model: nn.Module, loader: Iterable[Mapping[str, Any]], criterion
         # The loader ended inside a group (its length was not known, or was shorter than said): these
         # gradients were divided by group_size; step on their mean over the batches they came from.
         if hasattr(model, "no_sync"):
-            raise RuntimeError(f"train_epoch: the loader ended after {batches} batches, inside a gradient "
-                               f"accumulation group; under DDP those gradients were never all-reduced")
+            raise RuntimeError(
+                f"train_epoch: the loader ended after {batches} batches, inside a gradient "
+                f"accumulation group; under DDP those gradients were never all-reduced"
+            )
         for p in model.parameters():
             if p.grad is not None:
                 p.grad.mul_(group_size / pending)
@@ -229,8 +244,13 @@ def train_epoch(model: nn.Module, loader: Iterable[Mapping[str, Any]], criterion
     return out
 
 
-def _step(model: nn.Module, optimizer: torch.optim.Optimizer, lr_schedule: Callable[[int], float] | None,
-          step: int, clip_grad_norm: float | None) -> None:
+def _step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_schedule: Callable[[int], float] | None,
+    step: int,
+    clip_grad_norm: float | None,
+) -> None:
     if lr_schedule is not None:
         lr = lr_schedule(step)
         for group in optimizer.param_groups:
@@ -272,8 +292,15 @@ def sync_buffers(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable[Mapping[str, Any]], tasks: list[str], num_classes: int,
-             device: torch.device, amp: bool = False, edge_max_dist: float = 0.0075) -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[Mapping[str, Any]],
+    tasks: list[str],
+    num_classes: int,
+    device: torch.device,
+    amp: bool = False,
+    edge_max_dist: float = 0.0075,
+) -> dict[str, float]:
     """Exact metrics over every sample of every rank (sums all-reduced, then computed)."""
     sync_buffers(model)
     net = unwrap(model)  # DDP's forward would broadcast buffers: a collective ranks may not match

@@ -6,6 +6,7 @@ the MLflow run id. A worker builds the model, its data streams and optimizer, re
 (:class:`EpochHook`), trains, evaluates, reports metrics and a checkpoint to Ray, and (rank 0 only) logs
 to MLflow and prints one line.
 """
+
 from __future__ import annotations
 
 import functools
@@ -164,15 +165,31 @@ def _train_loop(config: dict[str, Any]) -> None:
     # On the device before the optimizer exists: a resumed optimizer's state (Adam's moments) is cast to
     # the device of the parameters it is loaded into, and must not stay on the CPU behind a GPU model.
     model = with_sync_batchnorm(build_model(mcfg), cfg.train.sync_batchnorm, world).to(device)
-    criterion = MultiTaskLoss(mcfg["tasks"], cfg.loss.weights, deep_supervision=cfg.loss.deep_supervision,
-                              ohem=cfg.loss.ohem)
+    criterion = MultiTaskLoss(
+        mcfg["tasks"], cfg.loss.weights, deep_supervision=cfg.loss.deep_supervision, ohem=cfg.loss.ohem
+    )
     d = cfg.data
-    common = dict(tasks=d.tasks, modalities=d.modalities, batch_size=cfg.train.batch_size, rank=rank,
-                  world_size=world, num_workers=d.loader_workers, seed=cfg.train.seed, errors=d.errors)
-    train_stream = ShardStream(d.shards, d.train_split, train=True, shuffle_buffer=d.shuffle_buffer,
-                               transform=build_transform(d.augment, train=True), **common)
-    val_stream = ShardStream(d.shards, d.val_split, train=False, transform=build_transform(d.augment, train=False),
-                             **common)
+    common = dict(
+        tasks=d.tasks,
+        modalities=d.modalities,
+        batch_size=cfg.train.batch_size,
+        rank=rank,
+        world_size=world,
+        num_workers=d.loader_workers,
+        seed=cfg.train.seed,
+        errors=d.errors,
+    )
+    train_stream = ShardStream(
+        d.shards,
+        d.train_split,
+        train=True,
+        shuffle_buffer=d.shuffle_buffer,
+        transform=build_transform(d.augment, train=True),
+        **common,
+    )
+    val_stream = ShardStream(
+        d.shards, d.val_split, train=False, transform=build_transform(d.augment, train=False), **common
+    )
     steps_per_epoch = math.ceil(train_stream.batches_per_rank / cfg.optim.grad_accum)  # a last, shorter group steps too
     optimizer = make_optimizer(cfg, model)
     lr_schedule = functools.partial(lr_at, cfg=cfg, steps_per_epoch=steps_per_epoch)
@@ -184,12 +201,15 @@ def _train_loop(config: dict[str, Any]) -> None:
             meta = read_meta(cdir)
             check_compatible(meta["model_config"], mcfg, str(cdir))
             if meta.get("mlflow_run_id") != run_id:
-                raise CheckpointError(f"{cdir}: checkpoint belongs to MLflow run {meta.get('mlflow_run_id')}, "
-                                      f"not {run_id}")
+                raise CheckpointError(
+                    f"{cdir}: checkpoint belongs to MLflow run {meta.get('mlflow_run_id')}, not {run_id}"
+                )
             if meta.get("optimizer", cfg.optim.name) != cfg.optim.name:
-                raise CheckpointError(f"{cdir}: checkpoint was trained with optim.name {meta['optimizer']!r}, the "
-                                      f"config says {cfg.optim.name!r}; resume with the same optimizer or use a "
-                                      f"new run name")
+                raise CheckpointError(
+                    f"{cdir}: checkpoint was trained with optim.name {meta['optimizer']!r}, the "
+                    f"config says {cfg.optim.name!r}; resume with the same optimizer or use a "
+                    f"new run name"
+                )
             load_model_state(model, cdir)
             # The moments are the checkpoint's; lr, weight decay, ... the config's.
             load_optimizer_state(optimizer, load_train_state(cdir), str(cdir))
@@ -201,8 +221,10 @@ def _train_loop(config: dict[str, Any]) -> None:
 
     tracker = None
     if rank == 0:
-        log.info(f"training {mcfg['name']} on {world} worker{'s' if world > 1 else ''} ({device.type}), "
-                 f"{steps_per_epoch} steps per epoch, from epoch {start_epoch + 1} of {cfg.train.epochs}")
+        log.info(
+            f"training {mcfg['name']} on {world} worker{'s' if world > 1 else ''} ({device.type}), "
+            f"{steps_per_epoch} steps per epoch, from epoch {start_epoch + 1} of {cfg.train.epochs}"
+        )
 
         tracker = Tracker(config["tracking_uri"], run_id)
         # A worker that dies right after ray.train.report can take the report with it, so a retry may
@@ -214,12 +236,31 @@ def _train_loop(config: dict[str, Any]) -> None:
         for hook in hooks:
             hook(epoch, rank, unwrap(model))
         train_stream.set_epoch(epoch)
-        metrics = train_epoch(model, make_loader(train_stream, pin_memory=device.type == "cuda"), criterion,
-                              optimizer, lr_schedule, device, grad_accum=cfg.optim.grad_accum, amp=cfg.train.amp,
-                              clip_grad_norm=cfg.optim.clip_grad_norm, epoch=epoch,
-                              num_batches=train_stream.batches_per_rank, first_step=epoch * steps_per_epoch)
-        metrics.update(evaluate(model, make_loader(val_stream), mcfg["tasks"], num_classes, device, amp=cfg.train.amp,
-                                edge_max_dist=d.edge_max_dist))
+        metrics = train_epoch(
+            model,
+            make_loader(train_stream, pin_memory=device.type == "cuda"),
+            criterion,
+            optimizer,
+            lr_schedule,
+            device,
+            grad_accum=cfg.optim.grad_accum,
+            amp=cfg.train.amp,
+            clip_grad_norm=cfg.optim.clip_grad_norm,
+            epoch=epoch,
+            num_batches=train_stream.batches_per_rank,
+            first_step=epoch * steps_per_epoch,
+        )
+        metrics.update(
+            evaluate(
+                model,
+                make_loader(val_stream),
+                mcfg["tasks"],
+                num_classes,
+                device,
+                amp=cfg.train.amp,
+                edge_max_dist=d.edge_max_dist,
+            )
+        )
         metrics["lr"] = lr_schedule((epoch + 1) * steps_per_epoch)  # the lr of the next epoch's first step
         metrics["epoch"] = epoch
         if tracker is not None and epoch not in already_logged:
@@ -229,9 +270,16 @@ def _train_loop(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
-                meta = {"epoch": epoch, "mlflow_run_id": run_id, "model_config": mcfg, "metrics": metrics,
-                        "tasks": d.tasks, "modalities": d.modalities, "classes": config["classes"],
-                        "optimizer": cfg.optim.name}
+                meta = {
+                    "epoch": epoch,
+                    "mlflow_run_id": run_id,
+                    "model_config": mcfg,
+                    "metrics": metrics,
+                    "tasks": d.tasks,
+                    "modalities": d.modalities,
+                    "classes": config["classes"],
+                    "optimizer": cfg.optim.name,
+                }
                 save_checkpoint(tmp, model, meta, {"optimizer": optimizer.state_dict()})
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
@@ -245,8 +293,9 @@ def _train_loop(config: dict[str, Any]) -> None:
                 _log_preview(tracker, model, val_stream, mcfg["tasks"], epoch, device, predict)
 
 
-def _log_preview(tracker: Any, model: torch.nn.Module, stream: Any, tasks: list[str], epoch: int,
-                 device: torch.device, predict: Any) -> None:
+def _log_preview(
+    tracker: Any, model: torch.nn.Module, stream: Any, tasks: list[str], epoch: int, device: torch.device, predict: Any
+) -> None:
     batch = next(iter(make_loader(stream)), None)
     if batch is None:
         return

@@ -6,6 +6,7 @@ tracking URI, password included. This one holds the sweep directory and the spec
 up when a trial ends (``pipelines.tune.trials.driver_tracking_uri``), so it is never stored, and a resumed
 sweep uses the URI it was resumed with.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,9 @@ class SweepCallback(Callback):
         self.sweep_dir, self.spec = sweep_dir, spec
 
     def _close(self, trial: Any, failed: bool) -> None:
-        close_stopped_trial(Path(self.sweep_dir), SweepSpec.model_validate(self.spec), trial,
-                             driver_tracking_uri(), failed=failed)
+        close_stopped_trial(
+            Path(self.sweep_dir), SweepSpec.model_validate(self.spec), trial, driver_tracking_uri(), failed=failed
+        )
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._close(trial, failed=False)

@@ -15,6 +15,7 @@ Layout under ``<storage>/<sweep name>/``: Tune's experiment state (what ``Tuner.
 ``fusionpipe-sweep.json`` (parent run id and the sweep digest), ``trials/<sweep>-<trial id>/`` (each
 trial's Ray Train run: checkpoints and its ``fusionpipe-run.json``) and ``best_config.yaml``.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,6 @@ from typing import Any
 import yaml
 
 from datasets.manifest import write_atomic
-from pipelines.checkpoints import CheckpointError, read_meta
 from pipelines.compat import tune_trials
 from pipelines.config import (
     PROJECT_ROOT_ENV,
@@ -43,7 +43,6 @@ from pipelines.config import (
     set_fields,
 )
 from pipelines.track.data_versions import data_version, resolve_data_rev
-from pipelines.track.run_record import RUN_STATE
 from pipelines.track.tracker import (
     Tracker,
     check_store_for_cluster,
@@ -69,8 +68,6 @@ from pipelines.tune.spec import (
 from pipelines.tune.trials import (
     EPOCHS_DONE,
     best_of,
-    close_stopped_trial,
-    scan_checkpoints,
     set_driver_tracking_uri,
     trial_run_name,
     trial_state,
@@ -94,8 +91,16 @@ def _report_callback() -> Any:
     return EpochReportCallback()
 
 
-def _trial(config: dict[str, Any], *, base: dict[str, Any], spec: dict[str, Any], parent_run_id: str,
-           sweep_dir: str, root: str, epoch_hooks: list[EpochHook]) -> None:
+def _trial(
+    config: dict[str, Any],
+    *,
+    base: dict[str, Any],
+    spec: dict[str, Any],
+    parent_run_id: str,
+    sweep_dir: str,
+    root: str,
+    epoch_hooks: list[EpochHook],
+) -> None:
     """One trial (runs in a Tune trial actor): a ``fusionpipe train`` run with the sampled values.
 
     ``root`` is the sweep driver's project root: the trial actor runs in a directory of Tune's, and its
@@ -105,33 +110,51 @@ def _trial(config: dict[str, Any], *, base: dict[str, Any], spec: dict[str, Any]
 
     sweep = SweepSpec.model_validate(spec)
     trial_id = ray.tune.get_context().get_trial_id()
-    raw = set_fields(trial_raw_config(base, sweep, config["params"]),
-                     [("checkpoint.storage_path", str(Path(sweep_dir) / "trials"))])
+    raw = set_fields(
+        trial_raw_config(base, sweep, config["params"]), [("checkpoint.storage_path", str(Path(sweep_dir) / "trials"))]
+    )
     cfg = ExperimentConfig.model_validate(raw)
     # Tune may stop this actor at any report, even the last; closing the run of a stopped or failed
     # trial is left to the sweep driver (close_stopped_trial), so the two never race.
-    run_training(cfg, run_name=trial_run_name(sweep.name, trial_id), callbacks=[_report_callback()],
-                 epoch_hooks=epoch_hooks, close_on_error=False,
-                 extra_tags={"mlflow.parentRunId": parent_run_id, "fusionpipe.sweep": sweep.name,
-                             "fusionpipe.trial_id": trial_id,
-                             **{f"tune.{k}": json.dumps(v) for k, v in config["params"].items()}})
+    run_training(
+        cfg,
+        run_name=trial_run_name(sweep.name, trial_id),
+        callbacks=[_report_callback()],
+        epoch_hooks=epoch_hooks,
+        close_on_error=False,
+        extra_tags={
+            "mlflow.parentRunId": parent_run_id,
+            "fusionpipe.sweep": sweep.name,
+            "fusionpipe.trial_id": trial_id,
+            **{f"tune.{k}": json.dumps(v) for k, v in config["params"].items()},
+        },
+    )
 
 
-def _open_parent_run(sweep_dir: Path, spec: SweepSpec, base: ExperimentConfig, digest: str,
-                     uri: str, experiment: str) -> tuple[Any, bool]:
+def _open_parent_run(
+    sweep_dir: Path, spec: SweepSpec, base: ExperimentConfig, digest: str, uri: str, experiment: str
+) -> tuple[Any, bool]:
     """The sweep's parent MLflow run: re-opened for a resumed sweep, else created with the spec."""
     state_path = sweep_dir / SWEEP_STATE
     if state_path.is_file():
         state = json.loads(state_path.read_text())
         if state.get("digest") != digest:
-            raise ConfigError(f"sweep {spec.name!r} at {sweep_dir} was started with another sweep spec or base "
-                              "config; choose another --name, or delete that directory to start over")
+            raise ConfigError(
+                f"sweep {spec.name!r} at {sweep_dir} was started with another sweep spec or base "
+                "config; choose another --name, or delete that directory to start over"
+            )
         tracker = Tracker(uri, state["parent_run_id"])
         tracker.client.update_run(tracker.run_id, status="RUNNING")
         tracker.set_tags({"fusionpipe.resumed": "true"})
         return tracker, True
-    tags = {"fusionpipe.kind": "sweep", "fusionpipe.sweep": spec.name, "fusionpipe.model": base.model.name,
-            **git_info(), **data_version(base.resolved_paths().data.shards, base.data.rev), **ray_job_tags()}
+    tags = {
+        "fusionpipe.kind": "sweep",
+        "fusionpipe.sweep": spec.name,
+        "fusionpipe.model": base.model.name,
+        **git_info(),
+        **data_version(base.resolved_paths().data.shards, base.data.rev),
+        **ray_job_tags(),
+    }
     tracker = Tracker.create_run(uri, experiment, spec.name, tags)
     tracker.log_params(flatten({"sweep": spec.model_dump(mode="json")}))
     with tempfile.TemporaryDirectory() as tmp:
@@ -139,8 +162,12 @@ def _open_parent_run(sweep_dir: Path, spec: SweepSpec, base: ExperimentConfig, d
         (Path(tmp) / "base_config.yaml").write_text(yaml.safe_dump(redacted_config(base), sort_keys=False))
         tracker.log_artifacts(tmp)
     state_path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(state_path, json.dumps({"parent_run_id": tracker.run_id, "digest": digest,
-                                        "tracking_uri": redact_url_password(uri)}).encode())
+    write_atomic(
+        state_path,
+        json.dumps(
+            {"parent_run_id": tracker.run_id, "digest": digest, "tracking_uri": redact_url_password(uri)}
+        ).encode(),
+    )
     return tracker, False
 
 
@@ -154,22 +181,29 @@ def _trial_rows(results: Any, sweep_dir: Path, spec: SweepSpec) -> list[dict[str
         df = r.metrics_dataframe
         if df is not None and spec.metric in df.columns:
             for rec in df.to_dict("records"):
-                history.append({"path": rec.get("checkpoint_path"), "epoch": int(rec.get("epoch", -1)),
-                                "metrics": {spec.metric: rec.get(spec.metric)}})
+                history.append(
+                    {
+                        "path": rec.get("checkpoint_path"),
+                        "epoch": int(rec.get("epoch", -1)),
+                        "metrics": {spec.metric: rec.get(spec.metric)},
+                    }
+                )
         best = best_of(history, spec.metric, spec.mode)
         state = trial_state(sweep_dir, spec.name, trial_id) or {}
-        rows.append({
-            "trial_id": trial_id,
-            "params": (r.config or {}).get("params", {}),
-            "status": "ERROR" if r.error else "TERMINATED",
-            "error": str(r.error).splitlines()[0] if r.error else None,
-            "epochs": int(last.get(EPOCHS_DONE, 0)),
-            "early_stopped": bool(not r.error and int(last.get(EPOCHS_DONE, 0)) < spec.scheduler.max_epochs),
-            "best_metric": best["metrics"][spec.metric] if best else None,
-            "best_epoch": best["epoch"] if best else None,
-            "checkpoint": best["path"] if best else None,
-            "mlflow_run_id": state.get("mlflow_run_id"),
-        })
+        rows.append(
+            {
+                "trial_id": trial_id,
+                "params": (r.config or {}).get("params", {}),
+                "status": "ERROR" if r.error else "TERMINATED",
+                "error": str(r.error).splitlines()[0] if r.error else None,
+                "epochs": int(last.get(EPOCHS_DONE, 0)),
+                "early_stopped": bool(not r.error and int(last.get(EPOCHS_DONE, 0)) < spec.scheduler.max_epochs),
+                "best_metric": best["metrics"][spec.metric] if best else None,
+                "best_epoch": best["epoch"] if best else None,
+                "checkpoint": best["path"] if best else None,
+                "mlflow_run_id": state.get("mlflow_run_id"),
+            }
+        )
     return sorted(rows, key=lambda row: row["trial_id"])
 
 
@@ -182,21 +216,29 @@ def _check_candidates(base_raw: dict[str, Any], spec: SweepSpec) -> None:
     for key, dist in spec.space.items():
         for value in candidate_values(dist)[1:]:  # the first values were checked together
             try:
-                validate_experiment(ExperimentConfig.model_validate(
-                    trial_raw_config(base_raw, spec, {**first, key: value})))
+                validate_experiment(
+                    ExperimentConfig.model_validate(trial_raw_config(base_raw, spec, {**first, key: value}))
+                )
             except ConfigError as e:
                 detail = str(e).removeprefix("invalid experiment:\n")
                 problems.append(f"space.{key} = {value!r}:\n{textwrap.indent(detail, '  ')}")
             except ValueError as e:  # pydantic's ValidationError
                 problems.append(f"space.{key} = {value!r}: {e}")
     if problems:
-        raise ConfigError(f"sweep {spec.name!r}: values that would fail their trials:\n"
-                          + "\n".join(f"  - {p}" for p in problems))
+        raise ConfigError(
+            f"sweep {spec.name!r}: values that would fail their trials:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
 
 
-def run_tune(config: str | Path, sweep: str | Path, overrides: list[str] | None = None, name: str | None = None,
-             best_config_out: str | Path | None = None, verbose: int = 1,
-             epoch_hooks: Sequence[EpochHook] = ()) -> dict[str, Any]:
+def run_tune(
+    config: str | Path,
+    sweep: str | Path,
+    overrides: list[str] | None = None,
+    name: str | None = None,
+    best_config_out: str | Path | None = None,
+    verbose: int = 1,
+    epoch_hooks: Sequence[EpochHook] = (),
+) -> dict[str, Any]:
     """Validate, run (or resume) the sweep, log it to MLflow; returns the sweep summary.
 
     ``epoch_hooks`` go to every trial's run (:func:`pipelines.train.driver.run_training`): they run in its
@@ -222,8 +264,10 @@ def run_tune(config: str | Path, sweep: str | Path, overrides: list[str] | None 
     resolved_raw = resolved.model_dump(mode="json")
     storage_text = spec.storage_path or resolved.checkpoint.storage_path
     if "://" in storage_text:
-        raise ConfigError(f"storage path {storage_text!r}: a sweep needs a filesystem path (local, or NFS shared by "
-                          "every node); object-store URIs are supported by `fusionpipe train` only")
+        raise ConfigError(
+            f"storage path {storage_text!r}: a sweep needs a filesystem path (local, or NFS shared by "
+            "every node); object-store URIs are supported by `fusionpipe train` only"
+        )
     storage = _abs(storage_text, project_root())
     sweep_dir = storage / spec.name
     uri = resolved.tracking.uri
@@ -234,36 +278,56 @@ def run_tune(config: str | Path, sweep: str | Path, overrides: list[str] | None 
     parent, resumed = _open_parent_run(sweep_dir, spec, base, spec.digest(base_raw), uri, experiment)
 
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, base=resolved_raw, spec=spec.model_dump(mode="json"),
-                             parent_run_id=parent.run_id, sweep_dir=str(sweep_dir), root=str(project_root()),
-                             epoch_hooks=list(epoch_hooks)),
+        tune.with_parameters(
+            _trial,
+            base=resolved_raw,
+            spec=spec.model_dump(mode="json"),
+            parent_run_id=parent.run_id,
+            sweep_dir=str(sweep_dir),
+            root=str(project_root()),
+            epoch_hooks=list(epoch_hooks),
+        ),
         # The trial's driver only waits on its Ray Train run, whose workers hold the real resources; a
         # placement group cannot be empty, so it asks for one byte of memory instead of a CPU.
-        {"CPU": 0, "memory": 1})
-    run_config = tune.RunConfig(name=spec.name, storage_path=str(storage), verbose=verbose,
-                                callbacks=[SweepCallback(str(sweep_dir), spec.model_dump(mode="json"))])
+        {"CPU": 0, "memory": 1},
+    )
+    run_config = tune.RunConfig(
+        name=spec.name,
+        storage_path=str(storage),
+        verbose=verbose,
+        callbacks=[SweepCallback(str(sweep_dir), spec.model_dump(mode="json"))],
+    )
     set_driver_tracking_uri(uri)
     try:
         if resumed and tune.Tuner.can_restore(str(sweep_dir)):
-            tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=True)
+            tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
         else:
-            scheduler = (ASHAScheduler(time_attr=EPOCHS_DONE, max_t=spec.scheduler.max_epochs,
-                                       grace_period=spec.scheduler.grace_period,
-                                       reduction_factor=spec.scheduler.reduction_factor,
-                                       # A trial that reaches max_epochs ends by itself and closes its own
-                                       # MLflow run; ASHA only stops the weak ones.
-                                       stop_last_trials=False)
-                         if spec.scheduler.name == "asha" else FIFOScheduler())
+            scheduler = (
+                ASHAScheduler(
+                    time_attr=EPOCHS_DONE,
+                    max_t=spec.scheduler.max_epochs,
+                    grace_period=spec.scheduler.grace_period,
+                    reduction_factor=spec.scheduler.reduction_factor,
+                    # A trial that reaches max_epochs ends by itself and closes its own
+                    # MLflow run; ASHA only stops the weak ones.
+                    stop_last_trials=False,
+                )
+                if spec.scheduler.name == "asha"
+                else FIFOScheduler()
+            )
             tuner = tune.Tuner(
                 trainable,
                 param_space={"params": {k: tune_domain(d) for k, d in spec.space.items()}},
                 tune_config=tune.TuneConfig(
-                    metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples, scheduler=scheduler,
-                    search_alg=BasicVariantGenerator(random_state=spec.seed,
-                                                     max_concurrent=spec.max_concurrent_trials),
-                    trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
-                run_config=run_config)
+                    metric=spec.metric,
+                    mode=spec.mode,
+                    num_samples=spec.num_samples,
+                    scheduler=scheduler,
+                    search_alg=BasicVariantGenerator(random_state=spec.seed, max_concurrent=spec.max_concurrent_trials),
+                    trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
+                ),
+                run_config=run_config,
+            )
         results = tuner.fit()
     except KeyboardInterrupt:
         parent.end("KILLED")
@@ -286,17 +350,33 @@ def run_tune(config: str | Path, sweep: str | Path, overrides: list[str] | None 
         raise
 
 
-def _finish(results: Any, spec: SweepSpec, base_raw: dict[str, Any], sweep_dir: Path, parent: Any, resumed: bool,
-            best_config_out: str | Path | None) -> dict[str, Any]:
+def _finish(
+    results: Any,
+    spec: SweepSpec,
+    base_raw: dict[str, Any],
+    sweep_dir: Path,
+    parent: Any,
+    resumed: bool,
+    best_config_out: str | Path | None,
+) -> dict[str, Any]:
     rows = _trial_rows(results, sweep_dir, spec)
     scored = [r for r in rows if r["best_metric"] is not None and math.isfinite(r["best_metric"])]
     errored = [r for r in rows if r["status"] == "ERROR"]
     summary: dict[str, Any] = {
-        "sweep": spec.name, "experiment_path": str(sweep_dir), "parent_run_id": parent.run_id,
-        "tracking_uri": redact_url_password(parent.uri), "resumed": resumed, "metric": spec.metric, "mode": spec.mode,
-        "scheduler": spec.scheduler.name, "num_trials": len(rows),
-        "trial_epochs": sum(r["epochs"] for r in rows), "errored": [r["trial_id"] for r in errored],
-        "trials": rows, "best": None, "best_config_path": None,
+        "sweep": spec.name,
+        "experiment_path": str(sweep_dir),
+        "parent_run_id": parent.run_id,
+        "tracking_uri": redact_url_password(parent.uri),
+        "resumed": resumed,
+        "metric": spec.metric,
+        "mode": spec.mode,
+        "scheduler": spec.scheduler.name,
+        "num_trials": len(rows),
+        "trial_epochs": sum(r["epochs"] for r in rows),
+        "errored": [r["trial_id"] for r in errored],
+        "trials": rows,
+        "best": None,
+        "best_config_path": None,
     }
     if scored:
         best = (max if spec.mode == "max" else min)(scored, key=lambda r: r["best_metric"])
@@ -304,17 +384,33 @@ def _finish(results: Any, spec: SweepSpec, base_raw: dict[str, Any], sweep_dir: 
         best_raw, text = best_config(best, spec, base_raw, out)
         out.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(out, text.encode())
-        summary["best"] = {"trial_id": best["trial_id"], "params": best["params"], "config": best_raw,
-                           "metric": {spec.metric: best["best_metric"]}, "epoch": best["best_epoch"],
-                           "mlflow_run_id": best["mlflow_run_id"], "checkpoint": best["checkpoint"]}
+        summary["best"] = {
+            "trial_id": best["trial_id"],
+            "params": best["params"],
+            "config": best_raw,
+            "metric": {spec.metric: best["best_metric"]},
+            "epoch": best["best_epoch"],
+            "mlflow_run_id": best["mlflow_run_id"],
+            "checkpoint": best["checkpoint"],
+        }
         summary["best_config_path"] = str(out)
         parent.log_artifact(out)
         parent.log_metrics({f"best/{spec.metric}": best["best_metric"]}, step=0)
-        parent.set_tags({"fusionpipe.best_trial": best["trial_id"],
-                         "fusionpipe.best_run_id": best["mlflow_run_id"] or "",
-                         "fusionpipe.best_checkpoint": best["checkpoint"] or ""})
-    parent.log_metrics({"tune/trials": len(rows), "tune/trial_epochs": summary["trial_epochs"],
-                        "tune/early_stopped": sum(r["early_stopped"] for r in rows)}, step=0)
+        parent.set_tags(
+            {
+                "fusionpipe.best_trial": best["trial_id"],
+                "fusionpipe.best_run_id": best["mlflow_run_id"] or "",
+                "fusionpipe.best_checkpoint": best["checkpoint"] or "",
+            }
+        )
+    parent.log_metrics(
+        {
+            "tune/trials": len(rows),
+            "tune/trial_epochs": summary["trial_epochs"],
+            "tune/early_stopped": sum(r["early_stopped"] for r in rows),
+        },
+        step=0,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         p = Path(tmp) / "trials.json"
         p.write_text(json.dumps(rows, indent=2, sort_keys=True))
@@ -323,22 +419,29 @@ def _finish(results: Any, spec: SweepSpec, base_raw: dict[str, Any], sweep_dir: 
     return summary
 
 
-def best_config(best: dict[str, Any], spec: SweepSpec, base_raw: dict[str, Any], out: Path) -> tuple[dict[str, Any], str]:
+def best_config(
+    best: dict[str, Any], spec: SweepSpec, base_raw: dict[str, Any], out: Path
+) -> tuple[dict[str, Any], str]:
     """The best trial's config, and the YAML text of ``best_config.yaml``: the base config as the user
     wrote it with the trial's values, for ``fusionpipe train --config`` (a new run name, the base's
     ``log_model``), and no password."""
     best_raw = trial_raw_config(base_raw, spec, best["params"])
-    best_raw = set_fields(best_raw, [("tracking.run_name", None),
-                                     ("tracking.log_model", base_raw["tracking"]["log_model"])])
-    header = (f"# Best trial {best['trial_id']} of sweep {spec.name!r}: {spec.metric} = {best['best_metric']:.6g}"
-              f" (epoch {best['best_epoch']}).\n# Train it: fusionpipe train --config {out}\n")
+    best_raw = set_fields(
+        best_raw, [("tracking.run_name", None), ("tracking.log_model", base_raw["tracking"]["log_model"])]
+    )
+    header = (
+        f"# Best trial {best['trial_id']} of sweep {spec.name!r}: {spec.metric} = {best['best_metric']:.6g}"
+        f" (epoch {best['best_epoch']}).\n# Train it: fusionpipe train --config {out}\n"
+    )
     given_uri = best_raw["tracking"].get("uri")
     if given_uri and redact_url_password(given_uri) != given_uri:
         # The file is logged to MLflow and read by people: no password in it. A null URI reads
         # MLFLOW_TRACKING_URI, which is where a password belongs.
         best_raw = set_fields(best_raw, [("tracking.uri", None)])
-        header += (f"# tracking.uri ({redact_url_password(given_uri)}) holds a password and is left out: "
-                   "set MLFLOW_TRACKING_URI to it.\n")
+        header += (
+            f"# tracking.uri ({redact_url_password(given_uri)}) holds a password and is left out: "
+            "set MLFLOW_TRACKING_URI to it.\n"
+        )
     ExperimentConfig.model_validate(best_raw)  # what `fusionpipe train --config` will load
     return best_raw, header + yaml.safe_dump(best_raw, sort_keys=False)
 

@@ -17,6 +17,7 @@ The spec is validated on its own (shape, bounds) and against the base config: ev
 distribution can produce (each choice, each grid point, both bounds of a range) is applied to the base
 config and must give a valid experiment, so a typo in a field path fails before any trial starts.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,8 +33,15 @@ from pipelines.config import ConfigError, ExperimentConfig, _format_errors, read
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 # Fields a sweep may not vary: the scheduler owns the epoch budget, the sweep owns names and storage.
-RESERVED = ("train.epochs", "checkpoint.metric", "checkpoint.mode", "checkpoint.storage_path",
-            "tracking.run_name", "tracking.uri", "tracking.experiment")
+RESERVED = (
+    "train.epochs",
+    "checkpoint.metric",
+    "checkpoint.mode",
+    "checkpoint.storage_path",
+    "tracking.run_name",
+    "tracking.uri",
+    "tracking.experiment",
+)
 
 
 class _Spec(BaseModel):
@@ -44,10 +52,12 @@ class SchedulerSpec(_Spec):
     name: Literal["asha", "fifo"] = "asha"
     max_epochs: int = Field(4, ge=1, description="epochs of a trial that is never stopped (train.epochs)")
     grace_period: int = Field(1, ge=1, description="ASHA: epochs before a trial can be stopped")
-    reduction_factor: float = Field(4, gt=1, description="ASHA: 1/reduction_factor of trials go on at each rung (Ray's default)")
+    reduction_factor: float = Field(
+        4, gt=1, description="ASHA: 1/reduction_factor of trials go on at each rung (Ray's default)"
+    )
 
     @model_validator(mode="after")
-    def _grace(self) -> "SchedulerSpec":
+    def _grace(self) -> SchedulerSpec:
         if self.grace_period > self.max_epochs:
             raise ValueError(f"grace_period {self.grace_period} > max_epochs {self.max_epochs}")
         return self
@@ -110,14 +120,19 @@ def _check_distribution(key: str, dist: dict[str, Any]) -> None:
     if key in RESERVED:
         raise ValueError(f"space.{key}: set by the sweep itself, not searchable ({', '.join(RESERVED)})")
     if not isinstance(dist, dict) or len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
-        raise ValueError(f"space.{key}: expected one of {{{', '.join(f'{d}: ...' for d in DISTRIBUTIONS)}}}, got {dist!r}")
+        raise ValueError(
+            f"space.{key}: expected one of {{{', '.join(f'{d}: ...' for d in DISTRIBUTIONS)}}}, got {dist!r}"
+        )
     kind, arg = next(iter(dist.items()))
     if kind in ("choice", "grid"):
         if not isinstance(arg, list) or not arg:
             raise ValueError(f"space.{key}.{kind}: expected a non-empty list, got {arg!r}")
         return
-    if not (isinstance(arg, list) and len(arg) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                           for x in arg)):
+    if not (
+        isinstance(arg, list)
+        and len(arg) == 2
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in arg)
+    ):
         raise ValueError(f"space.{key}.{kind}: expected [low, high], got {arg!r}")
     lo, hi = arg
     if not lo < hi:
@@ -165,9 +180,13 @@ def tune_domain(dist: dict[str, Any]) -> Any:
     from ray import tune
 
     kind, arg = next(iter(dist.items()))
-    return {"choice": lambda: tune.choice(arg), "grid": lambda: tune.grid_search(arg),
-            "uniform": lambda: tune.uniform(*arg), "loguniform": lambda: tune.loguniform(*arg),
-            "randint": lambda: tune.randint(int(arg[0]), int(arg[1]))}[kind]()
+    return {
+        "choice": lambda: tune.choice(arg),
+        "grid": lambda: tune.grid_search(arg),
+        "uniform": lambda: tune.uniform(*arg),
+        "loguniform": lambda: tune.loguniform(*arg),
+        "randint": lambda: tune.randint(int(arg[0]), int(arg[1])),
+    }[kind]()
 
 
 def grid_size(spec: SweepSpec) -> int:
@@ -176,8 +195,12 @@ def grid_size(spec: SweepSpec) -> int:
 
 def trial_raw_config(base: dict[str, Any], spec: SweepSpec, params: dict[str, Any]) -> dict[str, Any]:
     """The base config with a trial's sampled values and the sweep's fixed settings applied."""
-    fixed = {"train.epochs": spec.scheduler.max_epochs, "checkpoint.metric": spec.metric,
-             "checkpoint.mode": spec.mode, "tracking.log_model": spec.log_model}
+    fixed = {
+        "train.epochs": spec.scheduler.max_epochs,
+        "checkpoint.metric": spec.metric,
+        "checkpoint.mode": spec.mode,
+        "tracking.log_model": spec.log_model,
+    }
     for field in ("workers", "cpus_per_worker", "use_gpu"):
         value = getattr(spec.trial, field)
         if value is not None:
@@ -198,11 +221,16 @@ def validate_sweep(base: dict[str, Any], spec: SweepSpec) -> ExperimentConfig:
             try:
                 ExperimentConfig.model_validate(trial_raw_config(base, spec, {key: value}))
             except ValidationError as e:
-                detail = "; ".join(f"{'.'.join(str(x) for x in err['loc']) or '(top level)'}: "
-                                   f"{'unknown key' if err['type'] == 'extra_forbidden' else err['msg']}"
-                                   + (" (a uniform range draws fractions: use randint for a whole number)"
-                                      if err["type"] == "int_from_float" else "")
-                                   for err in e.errors())
+                detail = "; ".join(
+                    f"{'.'.join(str(x) for x in err['loc']) or '(top level)'}: "
+                    f"{'unknown key' if err['type'] == 'extra_forbidden' else err['msg']}"
+                    + (
+                        " (a uniform range draws fractions: use randint for a whole number)"
+                        if err["type"] == "int_from_float"
+                        else ""
+                    )
+                    for err in e.errors()
+                )
                 problems.append(f"space.{key} = {value!r}: {detail}")
             except ConfigError as e:
                 problems.append(f"space.{key} = {value!r}: {e}")
@@ -210,8 +238,9 @@ def validate_sweep(base: dict[str, Any], spec: SweepSpec) -> ExperimentConfig:
     if len(metric_parts) < 3 or metric_parts[0] != "val":
         problems.append(f"metric: {spec.metric!r} must be 'val/<task>/<metric>'")
     if problems:
-        raise ConfigError(f"sweep {spec.name!r} does not fit the base config:\n"
-                          + "\n".join(f"  - {p}" for p in problems))
+        raise ConfigError(
+            f"sweep {spec.name!r} does not fit the base config:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
     try:
         return ExperimentConfig.model_validate(trial_raw_config(base, spec, first))
     except ValidationError as e:

@@ -1,5 +1,6 @@
 """A sweep's trials as the driver and its Tune callback see them: names, state, checkpoints, and
 closing the MLflow run of a trial that Tune ended from outside (ASHA stop, or a crash)."""
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,9 @@ def scan_checkpoints(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def best_of(items: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
-    scored = [c for c in items if isinstance(c["metrics"].get(metric), (int, float))
-              and math.isfinite(c["metrics"][metric])]
+    scored = [
+        c for c in items if isinstance(c["metrics"].get(metric), (int, float)) and math.isfinite(c["metrics"][metric])
+    ]
     if not scored:
         return None
     return (max if mode == "max" else min)(scored, key=lambda c: c["metrics"][metric])

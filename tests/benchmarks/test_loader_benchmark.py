@@ -4,8 +4,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.loader import (METHODS, LooseFiles, augment_config, build_shards, decode_pass, loader_pass, measure,
-                               ratios, read_members, write_loose)
+from benchmarks.loader import (
+    METHODS,
+    LooseFiles,
+    augment_config,
+    build_shards,
+    decode_pass,
+    loader_pass,
+    measure,
+    ratios,
+    read_members,
+    write_loose,
+)
 from datasets.codec import decode_sample
 from datasets.transforms import build_transform, to_tensors
 
@@ -32,8 +42,9 @@ def test_loose_files_hold_the_shard_bytes_and_give_the_decode_loop_tensors(shard
     for i in (0, 5, N - 1):
         key, members = samples[i]
         # Same bytes and the seed decode_pass uses for sample i of epoch 3 -> identical tensors.
-        inputs, targets = to_tensors(transform(decode_sample(members, key), 3 * N + i),
-                                     ["semseg", "depth", "normals", "edge"], ["rgb", "depth"])
+        inputs, targets = to_tensors(
+            transform(decode_sample(members, key), 3 * N + i), ["semseg", "depth", "normals", "edge"], ["rgb", "depth"]
+        )
         got = ds[i]
         assert got["id"] == f"train_{key}"
         for k in inputs:
@@ -68,8 +79,11 @@ def test_measure_reports_every_method_and_ratios_come_from_its_rates(shards, tmp
 
 
 def test_ratios_on_hand_made_rates_and_bad_input():
-    results = [{"name": "loader", "samples_per_s_cpu": 60.0}, {"name": "decode_limit", "samples_per_s_cpu": 80.0},
-               {"name": "loose_files", "samples_per_s_cpu": 40.0}]
+    results = [
+        {"name": "loader", "samples_per_s_cpu": 60.0},
+        {"name": "decode_limit", "samples_per_s_cpu": 80.0},
+        {"name": "loose_files", "samples_per_s_cpu": 40.0},
+    ]
     assert ratios(results) == {"loader_vs_decode_limit": 0.75, "loader_vs_loose_files": 1.5}
     with pytest.raises(ValueError, match="loose_files"):
         ratios(results[:2])

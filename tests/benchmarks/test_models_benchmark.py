@@ -1,4 +1,5 @@
 """benchmarks/models.py: the FLOP ratio counted on the meta device is the one counted by running."""
+
 from __future__ import annotations
 
 import sys

@@ -1,4 +1,5 @@
 """benchmarks/ray_census.py: Ray processes are grouped by command line and counted from two snapshots."""
+
 from __future__ import annotations
 
 import os
@@ -12,20 +13,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.ray_census import census, classify, snapshot, voluntary_switches  # noqa: E402
 
 
-@pytest.mark.parametrize("cmdline, group", [
-    ("ray::RayTrainWorker", "training worker"),
-    ("ray::TrainController.run", "Train V2 helper actors"),
-    ("ray::_AutoscalingCoordinatorActor", "Train V2 helper actors"),
-    ("ray::IDLE", "idle pooled workers"),
-    ("/venv/lib/python3.11/site-packages/ray/core/src/ray/gcs/gcs_server --log_dir=/tmp", "GCS and raylet"),
-    ("/venv/lib/python3.11/site-packages/ray/core/src/ray/raylet/raylet --raylet_socket_name=/t", "GCS and raylet"),
-    ("ray-dashboard-StateHead-0 (/venv/bin/python -B -c ...)", "dashboard and its modules"),
-    ("/venv/bin/python /venv/lib/python3.11/site-packages/ray/dashboard/dashboard.py --host", "dashboard and its modules"),
-    ("ray::DashboardAgent", "dashboard and runtime-env agents"),
-    ("/venv/bin/python -u /venv/lib/python3.11/site-packages/ray/_private/log_monitor.py", "log monitor and autoscaler monitor"),
-    ("/usr/bin/python3 -m pytest", None),
-    ("ray::SomeUserActor", None),
-])
+@pytest.mark.parametrize(
+    "cmdline, group",
+    [
+        ("ray::RayTrainWorker", "training worker"),
+        ("ray::TrainController.run", "Train V2 helper actors"),
+        ("ray::_AutoscalingCoordinatorActor", "Train V2 helper actors"),
+        ("ray::IDLE", "idle pooled workers"),
+        ("/venv/lib/python3.11/site-packages/ray/core/src/ray/gcs/gcs_server --log_dir=/tmp", "GCS and raylet"),
+        ("/venv/lib/python3.11/site-packages/ray/core/src/ray/raylet/raylet --raylet_socket_name=/t", "GCS and raylet"),
+        ("ray-dashboard-StateHead-0 (/venv/bin/python -B -c ...)", "dashboard and its modules"),
+        (
+            "/venv/bin/python /venv/lib/python3.11/site-packages/ray/dashboard/dashboard.py --host",
+            "dashboard and its modules",
+        ),
+        ("ray::DashboardAgent", "dashboard and runtime-env agents"),
+        (
+            "/venv/bin/python -u /venv/lib/python3.11/site-packages/ray/_private/log_monitor.py",
+            "log monitor and autoscaler monitor",
+        ),
+        ("/usr/bin/python3 -m pytest", None),
+        ("ray::SomeUserActor", None),
+    ],
+)
 def test_processes_are_grouped_by_command_line(cmdline, group):
     assert classify(cmdline) == group
 
@@ -37,10 +47,19 @@ def test_only_voluntary_switches_count_as_wakeups():
 
 
 def test_census_counts_deltas_per_group_over_the_window():
-    before = {(1, 1): ("ray::IDLE", 100, 10), (1, 2): ("ray::IDLE", 50, 0), (2, 2): ("ray::RayTrainWorker", 0, 0),
-              (3, 3): ("python other.py", 0, 0)}
-    after = {(1, 1): ("ray::IDLE", 300, 30), (1, 2): ("ray::IDLE", 70, 0), (2, 2): ("ray::RayTrainWorker", 40, 100),
-             (3, 3): ("python other.py", 999, 999), (4, 4): ("ray::IDLE", 5000, 5000)}  # (4, 4) started in the window
+    before = {
+        (1, 1): ("ray::IDLE", 100, 10),
+        (1, 2): ("ray::IDLE", 50, 0),
+        (2, 2): ("ray::RayTrainWorker", 0, 0),
+        (3, 3): ("python other.py", 0, 0),
+    }
+    after = {
+        (1, 1): ("ray::IDLE", 300, 30),
+        (1, 2): ("ray::IDLE", 70, 0),
+        (2, 2): ("ray::RayTrainWorker", 40, 100),
+        (3, 3): ("python other.py", 999, 999),
+        (4, 4): ("ray::IDLE", 5000, 5000),
+    }  # (4, 4) started in the window
     rows = census(before, after, seconds=2.0, ticks_per_s=100)
     assert rows == [
         {"group": "idle pooled workers", "processes": 1, "wakeups_per_s": 110.0, "cpu_share_of_one_core": 0.1},

@@ -1,4 +1,5 @@
 """benchmarks/train.py: the GPU throughput run uses the paper set-up, and is skipped without CUDA."""
+
 from __future__ import annotations
 
 import sys
@@ -13,7 +14,12 @@ from benchmarks.train import _gpu_config, gpu_throughput  # noqa: E402
 
 def test_gpu_config_is_the_nyud_mtinet_hrnet18_paper_setup(tmp_path):
     cfg = _gpu_config(tmp_path / "shards", tmp_path, workers=2, cpus_per_worker=8, epochs=3)
-    assert (cfg.model.name, cfg.model.backbone, cfg.model.width, cfg.model.pretrained) == ("mtinet", "hrnet18", 1.0, None)
+    assert (cfg.model.name, cfg.model.backbone, cfg.model.width, cfg.model.pretrained) == (
+        "mtinet",
+        "hrnet18",
+        1.0,
+        None,
+    )
     assert cfg.train.use_gpu and cfg.train.amp
     assert cfg.failure.max_failures == 0  # a failing GPU run reports at once, not after two retries
     assert (cfg.train.workers, cfg.train.batch_size, cfg.train.cpus_per_worker, cfg.train.epochs) == (2, 8, 8, 3)
@@ -48,8 +54,12 @@ def test_a_failing_gpu_run_is_reported_and_ray_shut_down(tmp_path, monkeypatch):
 
     monkeypatch.setattr(bench, "ray_loop", fail)
     results, ratios = gpu_throughput(tmp_path, quick=True)
-    assert results == [{"setup": "Ray Train, 1 GPU worker, MTI-Net HRNet-18 480×640, bf16 autocast",
-                        "error": "RuntimeError: bench-gpu-1w failed"}]
+    assert results == [
+        {
+            "setup": "Ray Train, 1 GPU worker, MTI-Net HRNet-18 480×640, bf16 autocast",
+            "error": "RuntimeError: bench-gpu-1w failed",
+        }
+    ]
     assert ratios == {} and shutdowns == [1]  # stops at the first failure, Ray shut down
 
 
@@ -64,7 +74,9 @@ def test_mlflow_logging_cost_covers_metrics_and_the_preview_png(tmp_path):
     (run,) = client.search_runs([client.get_experiment_by_name("bench-logging").experiment_id])
     assert len(run.data.metrics) == 40 and len(client.get_metric_history(run.info.run_id, "val/m3")) == 4
     assert [a.path for a in client.list_artifacts(run.info.run_id, "previews")] == [
-        "previews/epoch_0000.png", "previews/epoch_0001.png"]
+        "previews/epoch_0000.png",
+        "previews/epoch_0001.png",
+    ]
 
 
 def test_only_picks_one_device_and_refuses_cuda_without_it(monkeypatch, capsys):

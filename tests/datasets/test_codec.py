@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets.codec import ShardFormatError, decode_member, decode_sample, encode_sample, encode_normals, decode_normals
+from datasets.codec import ShardFormatError, decode_member, decode_normals, decode_sample, encode_normals, encode_sample
 
 
 def test_round_trip_exact_where_the_format_is_exact(toy_source):

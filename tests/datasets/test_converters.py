@@ -1,4 +1,5 @@
 """Real-dataset converters on tiny fixtures written in each on-disk format."""
+
 import json
 
 import h5py
@@ -8,7 +9,7 @@ import scipy.io
 import yaml
 from PIL import Image
 
-from datasets.codec import decode_sample, encode_sample, encode_normals
+from datasets.codec import decode_sample, encode_normals, encode_sample
 from datasets.geometry import normals_from_depth
 from datasets.labels import edges_from_labels
 from datasets.sources._common import NYUD_INTRINSICS, intrinsics_for, sanitize_key
@@ -73,7 +74,13 @@ def write_mt(root, stems=("0001", "scene.0002"), flip_z=True, val=("v0001",)):
         for name, arr in (("depth", depth), ("normals", n_file), ("edge", edge)):
             (root / name).mkdir(exist_ok=True)
             np.save(root / name / f"{s}.npy", arr)
-        written[s] = dict(img=np.asarray(Image.open(root / "images" / f"{s}.jpg").convert("RGB")), seg=seg, depth=depth, normals=n_file, edge=edge)
+        written[s] = dict(
+            img=np.asarray(Image.open(root / "images" / f"{s}.jpg").convert("RGB")),
+            seg=seg,
+            depth=depth,
+            normals=n_file,
+            edge=edge,
+        )
     (root / "gt_sets").mkdir()
     (root / "gt_sets" / "train.txt").write_text("\n".join(stems) + "\n")
     (root / "gt_sets" / "val.txt").write_text("\n".join(val) + "\n")
@@ -96,8 +103,16 @@ def test_nyud_mt_roundtrip(tmp_path):
     assert np.all(s["normals"][3, 3] == 0)
     assert np.array_equal(s["edge"], (ref["edge"] > 0).astype(np.uint8))
     fx, fy, cx, cy = NYUD_INTRINSICS
-    assert s["meta"].pop("intrinsics") == pytest.approx([fx * W / 640, fy * H / 480, cx * W / 640, cy * H / 480], abs=1e-6)
-    assert s["meta"] == {"id": dotted, "stem": "scene.0002", "source": "nyud-mt", "split": "train", "depth_scale": 0.001}
+    assert s["meta"].pop("intrinsics") == pytest.approx(
+        [fx * W / 640, fy * H / 480, cx * W / 640, cy * H / 480], abs=1e-6
+    )
+    assert s["meta"] == {
+        "id": dotted,
+        "stem": "scene.0002",
+        "source": "nyud-mt",
+        "split": "train",
+        "depth_scale": 0.001,
+    }
     s["meta"]["intrinsics"] = intrinsics_for((H, W), None)
     check_roundtrip(s)
 
@@ -159,7 +174,9 @@ def write_cen(root, line_style="tabs"):
         png(root / "masks" / f"{s}.png", mask)
         png(root / "depth" / f"{s}.png", depth)
         data[s] = dict(img=img, mask=mask, depth=depth)
-    fmt = {"tabs": "rgb/{s}.png\tmasks/{s}.png\tdepth/{s}.png", "two": "rgb/{s}.png masks/{s}.png", "stem": "{s}"}[line_style]
+    fmt = {"tabs": "rgb/{s}.png\tmasks/{s}.png\tdepth/{s}.png", "two": "rgb/{s}.png masks/{s}.png", "stem": "{s}"}[
+        line_style
+    ]
     (root / "train.txt").write_text("\n".join(fmt.format(s=s) for s in ("000001", "000002")) + "\n")
     (root / "val.txt").write_text(fmt.format(s="000003") + "\n")
     return data
@@ -186,8 +203,11 @@ def test_nyud_cen_options_and_bad_inputs(tmp_path):
     lists = tmp_path / "lists"
     lists.mkdir()
     (lists / "val.txt").write_text("rgb/000001.png\tmasks/000001.png\tdepth/000001.png\n")
-    with pytest.raises(SourceError, match=r"nyud-cen: the split lists: image '.*000001.png' is in split 'train' and "
-                                          r"in split 'val'"):
+    with pytest.raises(
+        SourceError,
+        match=r"nyud-cen: the split lists: image '.*000001.png' is in split 'train' and "
+        r"in split 'val'",
+    ):
         NyudCenSource(root=str(tmp_path), val_list=str(lists / "val.txt"))
     (lists / "val.txt").write_text("rgb/000003.png\tmasks/000003.png\tdepth/000003.png\n")
     src = NyudCenSource(root=str(tmp_path), val_list=str(lists / "val.txt"), depth_unit=0.001, edges=False)
@@ -223,7 +243,9 @@ def write_mat(root, n=3):
 
 def test_nyud_mat_roundtrip(tmp_path):
     imgs, depths, labels, instances = write_mat(tmp_path)
-    src = NyudMatSource(mat=str(tmp_path / "labeled.mat"), splits_mat=str(tmp_path / "splits.mat"), label_map=str(tmp_path / "map.yaml"))
+    src = NyudMatSource(
+        mat=str(tmp_path / "labeled.mat"), splits_mat=str(tmp_path / "splits.mat"), label_map=str(tmp_path / "map.yaml")
+    )
     assert src.classes == ["a", "b", "c"] and src.members == ["rgb", "depth", "semseg", "normals", "edge"]
     assert src.keys("train") == ["0001", "0003"] and src.keys("val") == ["0002"]
     assert len(src.params()["label_map_sha256"]) == 64
@@ -244,13 +266,21 @@ def test_nyud_mat_roundtrip(tmp_path):
 
 @pytest.mark.parametrize(
     "mapping, match",
-    [({900: 0}, r"map\.json.*'900'.*out of range"), ({1: 3}, r"map\.json.*'1' maps to 3"), ({"x": 1}, r"map\.json.*'x'")],
+    [
+        ({900: 0}, r"map\.json.*'900'.*out of range"),
+        ({1: 3}, r"map\.json.*'1' maps to 3"),
+        ({"x": 1}, r"map\.json.*'x'"),
+    ],
 )
 def test_nyud_mat_bad_label_map(tmp_path, mapping, match):
     write_mat(tmp_path)
     (tmp_path / "map.json").write_text(json.dumps({"classes": ["a", "b", "c"], "mapping": mapping}))
     with pytest.raises(SourceError, match=match):
-        NyudMatSource(mat=str(tmp_path / "labeled.mat"), splits_mat=str(tmp_path / "splits.mat"), label_map=str(tmp_path / "map.json"))
+        NyudMatSource(
+            mat=str(tmp_path / "labeled.mat"),
+            splits_mat=str(tmp_path / "splits.mat"),
+            label_map=str(tmp_path / "map.json"),
+        )
 
 
 def test_nyud_mat_bad_files(tmp_path):
@@ -293,7 +323,13 @@ def write_folder(root):
         else:
             png(root / "depth" / f"{s}.png", depth_mm)
             png(root / "normals" / f"{s}.png", encode_normals(normals))
-        data[s] = dict(img=np.asarray(Image.open(next((root / "images").glob(f"{s}.*"))).convert("RGB")), seg=seg, depth=depth_mm * 0.001, normals=normals, edge=edge)
+        data[s] = dict(
+            img=np.asarray(Image.open(next((root / "images").glob(f"{s}.*"))).convert("RGB")),
+            seg=seg,
+            depth=depth_mm * 0.001,
+            normals=normals,
+            edge=edge,
+        )
     (root / "classes.yaml").write_text("classes: [x, y, z]\nignore_index: 250\n")
     return data
 
@@ -302,7 +338,10 @@ def test_folder_roundtrip_with_hash_split(tmp_path):
     data = write_folder(tmp_path)
     src = FolderSource(root=str(tmp_path), classes=str(tmp_path / "classes.yaml"), val_fraction=0.5)
     assert src.members == ["rgb", "depth", "semseg", "normals", "edge"] and src.classes == ["x", "y", "z"]
-    expected = {"train": [s for s in ("a", "b.c", "d") if hash_fraction(s) >= 0.5], "val": [s for s in ("a", "b.c", "d") if hash_fraction(s) < 0.5]}
+    expected = {
+        "train": [s for s in ("a", "b.c", "d") if hash_fraction(s) >= 0.5],
+        "val": [s for s in ("a", "b.c", "d") if hash_fraction(s) < 0.5],
+    }
     got = {sp: [src.load(sp, k)["meta"]["stem"] for k in src.keys(sp)] for sp in src.splits()}
     assert got == {k: v for k, v in expected.items() if v}
     for split in src.splits():

@@ -1,4 +1,5 @@
 """``fusionpipe data inspect``: counts, class histogram and depth range against the samples, and the grid."""
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,7 @@ def test_grid_has_a_column_per_member_and_the_cli_writes_it(toy_dataset, tmp_pat
     draw_grid(samples, path)
     img = np.asarray(Image.open(path))
     assert img.shape == (16 + 2 * 12, len(COLUMNS) * 16, 3)
-    semseg_panel = img[16 + 12:16 + 24, 2 * 16:3 * 16]  # row 1, column "semseg"
+    semseg_panel = img[16 + 12 : 16 + 24, 2 * 16 : 3 * 16]  # row 1, column "semseg"
     np.testing.assert_array_equal(semseg_panel, colorize_semseg(samples[1]["semseg"]))
     out = CliRunner().invoke(cli, ["data", "inspect", str(toy_dataset), "--grid", str(tmp_path / "g.png"), "--json"])
     assert out.exit_code == 0, out.output
@@ -49,14 +50,15 @@ def test_grid_draws_a_registered_member_by_its_kind(toy_dataset, tmp_path):
         draw_grid(samples, tmp_path / "grid.png")
         img = np.asarray(Image.open(tmp_path / "grid.png"))
         assert img.shape[1] == (len(COLUMNS) + 1) * 16
-        assert np.all(img[16:, len(COLUMNS) * 16:] == 77)
+        assert np.all(img[16:, len(COLUMNS) * 16 :] == 77)
     finally:
         MEMBERS.pop("confidence")
 
 
 def test_inspect_names_an_unknown_split_and_a_truncated_shard(toy_dataset, tmp_path):
-    out = CliRunner().invoke(cli, ["data", "inspect", str(toy_dataset), "--split", "nope", "--grid",
-                                   str(tmp_path / "g.png"), "--json"])
+    out = CliRunner().invoke(
+        cli, ["data", "inspect", str(toy_dataset), "--split", "nope", "--grid", str(tmp_path / "g.png"), "--json"]
+    )
     assert out.exit_code == 1 and "no split 'nope'; splits: train, val" in json.loads(out.stdout)["error"]
     assert not (tmp_path / "g.png").exists()
     shard = toy_dataset / "val" / "shard-000001.tar"

@@ -61,8 +61,19 @@ def test_train_gives_equal_batches_per_rank_on_uneven_shards(tmp_path, num_worke
     write_dataset(ToySource(num_train=11, num_val=2), root, shard_size=3, progress=False)
     counts = []
     for rank in range(2):
-        s = ShardStream(root, "train", tasks=["semseg"], modalities=["rgb"], batch_size=2, train=True,
-                        rank=rank, world_size=2, num_workers=num_workers, shuffle_buffer=3, seed=5)
+        s = ShardStream(
+            root,
+            "train",
+            tasks=["semseg"],
+            modalities=["rgb"],
+            batch_size=2,
+            train=True,
+            rank=rank,
+            world_size=2,
+            num_workers=num_workers,
+            shuffle_buffer=3,
+            seed=5,
+        )
         for epoch in range(2):
             s.set_epoch(epoch)
             ids, batches = _ids(make_loader(s))
@@ -74,8 +85,16 @@ def test_train_gives_equal_batches_per_rank_on_uneven_shards(tmp_path, num_worke
 
 def test_train_order_depends_on_seed_and_epoch_and_is_reproducible(toy_dataset):
     def order(seed, epoch):
-        s = ShardStream(toy_dataset, "train", tasks=["semseg"], modalities=["rgb"], batch_size=1, train=True,
-                        seed=seed, shuffle_buffer=4)
+        s = ShardStream(
+            toy_dataset,
+            "train",
+            tasks=["semseg"],
+            modalities=["rgb"],
+            batch_size=1,
+            train=True,
+            seed=seed,
+            shuffle_buffer=4,
+        )
         s.set_epoch(epoch)
         return _ids(make_loader(s))[0]
 
@@ -160,7 +179,7 @@ def test_truncated_shard_names_the_shard(toy_dataset):
 def test_a_shard_cut_after_whole_samples_names_the_last_one_read(toy_dataset):
     path = toy_dataset / "val/shard-000000.tar"
     data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 2])
+    path.write_bytes(data[: len(data) // 2])
     done = [k for k, _ in _complete(iter_shard, path)]
     assert done == ["val0000", "val0001"]
     with pytest.raises(ShardReadError, match=r"after key 'val0001' \(while reading key 'val0002'\)"):
@@ -183,10 +202,19 @@ def test_too_few_samples_for_world_is_an_error(toy_dataset):
 
 
 def test_skip_policy_in_train_mode_keeps_exact_batch_counts(toy_dataset):
-    _rewrite_member(toy_dataset, "train/shard-000001.tar", "train0004", "semseg.png",
-                    _png8(np.full((12, 16), 9, np.uint8)))
-    s = ShardStream(toy_dataset, "train", tasks=["semseg"], modalities=["rgb"], batch_size=2, train=True,
-                    shuffle_buffer=3, errors="skip")
+    _rewrite_member(
+        toy_dataset, "train/shard-000001.tar", "train0004", "semseg.png", _png8(np.full((12, 16), 9, np.uint8))
+    )
+    s = ShardStream(
+        toy_dataset,
+        "train",
+        tasks=["semseg"],
+        modalities=["rgb"],
+        batch_size=2,
+        train=True,
+        shuffle_buffer=3,
+        errors="skip",
+    )
     ids, batches = _ids(make_loader(s))
     assert batches == 5 and len(ids) == 10 and "train/train0004" not in ids and s.skipped >= 1
 
@@ -209,10 +237,21 @@ def test_a_bad_meta_json_names_the_shard_and_key_and_can_be_skipped(toy_dataset,
 
     split = "train" if train else "val"
     key = f"{split}0001"
-    _rewrite_member(toy_dataset, f"{split}/shard-000000.tar", key, "meta.json",
-                    b'{"id": "%s/%s", "intrinsics": null}' % (split.encode(), key.encode()))
-    kw = dict(tasks=["semseg"], modalities=["rgb"], batch_size=2, train=train, shuffle_buffer=3,
-              transform=build_transform({"hflip": 1.0} if train else {"resize": (6, 8)}, train=train))
+    _rewrite_member(
+        toy_dataset,
+        f"{split}/shard-000000.tar",
+        key,
+        "meta.json",
+        b'{"id": "%s/%s", "intrinsics": null}' % (split.encode(), key.encode()),
+    )
+    kw = dict(
+        tasks=["semseg"],
+        modalities=["rgb"],
+        batch_size=2,
+        train=train,
+        shuffle_buffer=3,
+        transform=build_transform({"hflip": 1.0} if train else {"resize": (6, 8)}, train=train),
+    )
     with pytest.raises(ShardReadError, match=rf"{split}/shard-000000.tar key '{key}': sample .*intrinsics"):
         _ids(make_loader(ShardStream(toy_dataset, split, **kw)))
     s = ShardStream(toy_dataset, split, errors="skip", **kw)
@@ -226,8 +265,19 @@ def _train_ids(root, epoch, buffer, rank=0, world=1, seeds=None):
             seeds.append(seed)
         return sample
 
-    s = ShardStream(root, "train", tasks=["semseg"], modalities=["rgb"], batch_size=1, train=True, seed=3,
-                    shuffle_buffer=buffer, rank=rank, world_size=world, transform=transform)
+    s = ShardStream(
+        root,
+        "train",
+        tasks=["semseg"],
+        modalities=["rgb"],
+        batch_size=1,
+        train=True,
+        seed=3,
+        shuffle_buffer=buffer,
+        rank=rank,
+        world_size=world,
+        transform=transform,
+    )
     s.set_epoch(epoch)
     return [i for b in make_loader(s) for i in b["id"]]
 

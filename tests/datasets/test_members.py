@@ -1,5 +1,6 @@
 """Shard members beyond the built-in ones: a registered member is stored, read, augmented and turned
 into a target tensor the way its kind says (datasets.codec.Member)."""
+
 from __future__ import annotations
 
 import io
@@ -42,8 +43,15 @@ def _png_mode(data: bytes) -> str:
 
 def test_built_in_members_keep_their_kinds():
     kinds = {name: m.kind for name, m in MEMBERS.items()}
-    assert kinds == {"rgb": "rgb", "depth": "scalar16", "semseg": "labels", "normals": "normals", "edge": "binary",
-                     "parts": "labels", "sal": "gray"}
+    assert kinds == {
+        "rgb": "rgb",
+        "depth": "scalar16",
+        "semseg": "labels",
+        "normals": "normals",
+        "edge": "binary",
+        "parts": "labels",
+        "sal": "gray",
+    }
     assert MEMBERS["depth"].scale == 0.001 and MEMBERS["semseg"].pad == 255 and MEMBERS["edge"].pad == 0
 
 
@@ -58,9 +66,14 @@ def test_each_kind_round_trips_through_a_png(members):
     elevation = np.array([[0.0, 1.234], [655.35, 700.0]], np.float32)  # 700 m is beyond 16 bits: missing
     n = rng.normal(size=(2, 2, 3)).astype(np.float32)
     n /= np.linalg.norm(n, axis=-1, keepdims=True)
-    sample = {"elevation": elevation, "instances": np.array([[0, 7], [255, 3]], np.uint8),
-              "occlusion": np.array([[0, 1], [1, 0]], np.uint8), "confidence": np.array([[0, 128], [255, 9]], np.uint8),
-              "albedo": rng.integers(0, 256, (2, 2, 3), dtype=np.uint8), "flow_normals": n}
+    sample = {
+        "elevation": elevation,
+        "instances": np.array([[0, 7], [255, 3]], np.uint8),
+        "occlusion": np.array([[0, 1], [1, 0]], np.uint8),
+        "confidence": np.array([[0, 128], [255, 9]], np.uint8),
+        "albedo": rng.integers(0, 256, (2, 2, 3), dtype=np.uint8),
+        "flow_normals": n,
+    }
     encoded = encode_sample(sample)
     assert {_png_mode(encoded[f"{k}.png"]) for k in ("instances", "occlusion", "confidence")} == {"L"}
     assert _png_mode(encoded["elevation.png"]).startswith("I;16") and _png_mode(encoded["albedo.png"]) == "RGB"
@@ -78,16 +91,22 @@ def test_a_scalar16_member_must_be_16_bit_and_says_in_what(members):
     members("elevation", "scalar16", scale=0.01, unit="centimetres")
     buf = io.BytesIO()
     Image.fromarray(np.full((2, 2), 9, np.uint8)).save(buf, format="PNG")
-    with pytest.raises(ShardFormatError, match=r"shard-000003.tar key 'k': member 'elevation.png' is L \(8-bit\); "
-                                               r"elevation must be a 16-bit PNG in centimetres"):
+    with pytest.raises(
+        ShardFormatError,
+        match=r"shard-000003.tar key 'k': member 'elevation.png' is L \(8-bit\); "
+        r"elevation must be a 16-bit PNG in centimetres",
+    ):
         decode_member("elevation.png", buf.getvalue(), "shard-000003.tar key 'k'")
 
 
 def test_unknown_members_point_at_register_member():
     with pytest.raises(ShardFormatError, match=r"unknown sample key 'elevation'.*register_member"):
         encode_sample({"elevation": np.zeros((2, 2), np.float32)})
-    with pytest.raises(ShardFormatError, match=r"w: unknown member 'elevation.png' \(a module that registers it "
-                                               r".*pass --plugin MODULE or list it under plugins\)"):
+    with pytest.raises(
+        ShardFormatError,
+        match=r"w: unknown member 'elevation.png' \(a module that registers it "
+        r".*pass --plugin MODULE or list it under plugins\)",
+    ):
         decode_member("elevation.png", b"", "w")
 
 
@@ -107,19 +126,22 @@ def test_a_reader_decodes_only_the_members_it_needs(toy_source):
         decode_sample(members, "w", only=["rgb"])
 
 
-@pytest.mark.parametrize("args, match", [
-    (("rgb", "rgb"), "already registered"),
-    (("meta", "gray"), "identifier other than 'meta'"),
-    (("a.b", "gray"), "identifier"),
-    (("x", "float"), "unknown kind 'float'; kinds: rgb, scalar16"),
-    (("x", "scalar16"), "needs a finite scale > 0"),
-    (("x", "scalar16", 0.0), "needs a finite scale > 0"),
-    (("x", "labels", 0.5), "scale is only for scalar16"),
-    (("x", "scalar16", float("inf")), "needs a finite scale > 0"),
-    (("x", "scalar16", 1e-60), "needs a finite scale > 0"),  # 0 in float32
-    (("images", "rgb"), "other than 'meta', 'images', 'splits'"),
-    (("splits", "labels"), "other than"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (("rgb", "rgb"), "already registered"),
+        (("meta", "gray"), "identifier other than 'meta'"),
+        (("a.b", "gray"), "identifier"),
+        (("x", "float"), "unknown kind 'float'; kinds: rgb, scalar16"),
+        (("x", "scalar16"), "needs a finite scale > 0"),
+        (("x", "scalar16", 0.0), "needs a finite scale > 0"),
+        (("x", "labels", 0.5), "scale is only for scalar16"),
+        (("x", "scalar16", float("inf")), "needs a finite scale > 0"),
+        (("x", "scalar16", 1e-60), "needs a finite scale > 0"),  # 0 in float32
+        (("images", "rgb"), "other than 'meta', 'images', 'splits'"),
+        (("splits", "labels"), "other than"),
+    ],
+)
 def test_bad_registrations_are_refused(args, match):
     before = dict(MEMBERS)
     with pytest.raises(ValueError, match=match):
@@ -136,8 +158,13 @@ def test_a_registered_member_is_warped_nearest_and_padded_by_kind(members):
     albedo = np.arange(48, dtype=np.uint8).reshape(4, 4, 3) * 5 + 1
     instances = np.arange(16, dtype=np.uint8).reshape(4, 4)
     confidence = np.full((4, 4), 200, np.uint8)
-    sample = {"elevation": elevation, "instances": instances, "confidence": confidence, "albedo": albedo,
-              "meta": {"id": "s"}}
+    sample = {
+        "elevation": elevation,
+        "instances": instances,
+        "confidence": confidence,
+        "albedo": albedo,
+        "meta": {"id": "s"},
+    }
     # Mirror, then shift right by one pixel into a 4×5 canvas: column 0 is padding.
     m = np.array([[-1.0, 0.0, 4.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     out = apply_warp(sample, Warp(matrix=m, size=(4, 5)))
@@ -161,10 +188,15 @@ def test_to_tensors_turns_each_kind_into_its_target(members):
     members("occlusion", "binary")
     members("confidence", "gray")
     members("albedo", "rgb")
-    sample = {"rgb": np.zeros((2, 3, 3), np.uint8), "elevation": np.full((2, 3), 1.5, np.float32),
-              "instances": np.full((2, 3), 4, np.uint8), "occlusion": np.eye(2, 3, dtype=np.uint8),
-              "confidence": np.full((2, 3), 51, np.uint8), "albedo": np.full((2, 3, 3), 255, np.uint8),
-              "meta": {"id": "s"}}
+    sample = {
+        "rgb": np.zeros((2, 3, 3), np.uint8),
+        "elevation": np.full((2, 3), 1.5, np.float32),
+        "instances": np.full((2, 3), 4, np.uint8),
+        "occlusion": np.eye(2, 3, dtype=np.uint8),
+        "confidence": np.full((2, 3), 51, np.uint8),
+        "albedo": np.full((2, 3, 3), 255, np.uint8),
+        "meta": {"id": "s"},
+    }
     tasks = ["elevation", "instances", "occlusion", "confidence", "albedo"]
     _, t = to_tensors(sample, tasks, ["rgb"])
     assert t["elevation"].shape == (1, 2, 3) and torch.all(t["elevation"] == 1.5)
@@ -202,8 +234,9 @@ def test_folder_source_reads_a_registered_member_by_its_kind(tmp_path, members):
 
     write_dataset(src, tmp_path / "shards", shard_size=2, progress=False)
     MEMBERS.pop("elevation")
-    stream = ShardStream(tmp_path / "shards", "train", tasks=["occlusion"], modalities=["rgb"], batch_size=2,
-                         train=False, num_workers=0)
+    stream = ShardStream(
+        tmp_path / "shards", "train", tasks=["occlusion"], modalities=["rgb"], batch_size=2, train=False, num_workers=0
+    )
     (batch,) = list(make_loader(stream))
     assert batch["targets"]["occlusion"].shape == (2, 1, 3, 4) and "elevation" not in batch["targets"]
     members("elevation", "scalar16", scale=0.001)

@@ -1,4 +1,5 @@
 """The synthetic RGB-D source: determinism, geometry, labels, sensor model, validation, codec."""
+
 from __future__ import annotations
 
 import json
@@ -50,6 +51,7 @@ def _boundary(lab):
 
 # -- determinism, shapes, intrinsics -------------------------------------------------------------
 
+
 def test_same_arguments_give_identical_arrays_and_other_indices_differ():
     a, b = render(7, "train", 3, H, W), render(7, "train", 3, H, W)
     for key in ("rgb", "depth", "semseg", "normals", "edge"):
@@ -81,6 +83,7 @@ def test_intrinsics_are_nyud_scaled_to_the_image():
 
 
 # -- geometry ------------------------------------------------------------------------------------
+
 
 def test_hand_made_room_box_sphere_cylinder_depth_and_normals():
     # Camera at (2, 0.5, 1.5) looking along +y, level: the far wall y = 4 is fronto-parallel,
@@ -148,6 +151,7 @@ def test_normals_are_unit_and_face_the_camera_and_classes_are_known():
 
 # -- labels --------------------------------------------------------------------------------------
 
+
 def test_edges_are_exactly_the_semantic_and_instance_boundaries():
     for i in range(3):
         s = render(2, "train", i, H, W)
@@ -196,6 +200,7 @@ def test_texture_noise_patterns_and_lambert_on_hand_made_inputs():
 
 # -- depth sensor model --------------------------------------------------------------------------
 
+
 def test_kinect_depth_holes_at_far_range_grazing_glass_and_discontinuities():
     h, w = 40, 60
     rays, lens = camera_rays(h, w), ray_lengths(h, w)
@@ -228,6 +233,7 @@ def test_missing_depth_is_present_but_a_minority():
 
 # -- source API and validation -------------------------------------------------------------------
 
+
 def test_source_keys_params_and_load():
     src = SyntheticSource(num_train=3, num_val=2, height=H, width=W, seed=9)
     assert src.name == "synthetic" and src.classes == CLASSES and len(CLASSES) == 13
@@ -240,11 +246,18 @@ def test_source_keys_params_and_load():
     np.testing.assert_array_equal(s["rgb"], render(9, "val", 1, H, W)["rgb"])
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"height": 0}, "height"), ({"width": -5}, "width"), ({"width": 64.0}, "width"),
-    ({"num_train": -1}, "num_train"), ({"num_val": True}, "num_val"), ({"seed": -1}, "seed"),
-    ({"num_train": 0, "num_val": 0}, "both 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"height": 0}, "height"),
+        ({"width": -5}, "width"),
+        ({"width": 64.0}, "width"),
+        ({"num_train": -1}, "num_train"),
+        ({"num_val": True}, "num_val"),
+        ({"seed": -1}, "seed"),
+        ({"num_train": 0, "num_val": 0}, "both 0"),
+    ],
+)
 def test_bad_options_are_rejected_by_name(kwargs, words):
     with pytest.raises(SourceError, match=words):
         SyntheticSource(**{"num_train": 2, "num_val": 1, **kwargs})
@@ -252,8 +265,12 @@ def test_bad_options_are_rejected_by_name(kwargs, words):
 
 def test_bad_split_key_and_render_arguments_are_rejected():
     src = SyntheticSource(num_train=2, num_val=1, height=H, width=W)
-    for split, key, words in (("test", "000000", "split"), ("val", "000001", "000001"),
-                              ("train", "1", "'1'"), ("train", "a.b", "a.b")):
+    for split, key, words in (
+        ("test", "000000", "split"),
+        ("val", "000001", "000001"),
+        ("train", "1", "'1'"),
+        ("train", "a.b", "a.b"),
+    ):
         with pytest.raises(SourceError, match=words):
             src.load(split, key)
     with pytest.raises(SourceError, match="split"):
@@ -265,6 +282,7 @@ def test_bad_split_key_and_render_arguments_are_rejected():
 
 
 # -- codec round trip ----------------------------------------------------------------------------
+
 
 def test_round_trip_through_the_codec():
     s = render(5, "train", 2, H, W)
@@ -287,8 +305,9 @@ def test_object_straddling_the_camera_plane_is_still_cast():
     assert seen.sum() > 10 and np.all(hits.depth[seen] > NEAR) and np.all(hits.depth[seen] <= 1.0 + 1e-5)
 
 
-@pytest.mark.parametrize("args, named", [(["--workers", "0"], "--workers"), (["--seed", "-1"], "--seed"),
-                                         (["--height", "5000"], "--height")])
+@pytest.mark.parametrize(
+    "args, named", [(["--workers", "0"], "--workers"), (["--seed", "-1"], "--seed"), (["--height", "5000"], "--height")]
+)
 def test_the_cli_refuses_bad_options_before_building(tmp_path, args, named):
     from click.testing import CliRunner
 

@@ -20,8 +20,13 @@ def _tar(members, fmt=tarfile.PAX_FORMAT, extra=None) -> bytes:
     return buf.getvalue()
 
 
-MEMBERS = [("k0.rgb.png", b"\x89PNG" + bytes(range(256)) * 3), ("k0.meta.json", b"{}"),
-           ("k1.empty.png", b""), ("k1.block.png", b"b" * 512), ("k1.big.png", b"z" * 70001)]
+MEMBERS = [
+    ("k0.rgb.png", b"\x89PNG" + bytes(range(256)) * 3),
+    ("k0.meta.json", b"{}"),
+    ("k1.empty.png", b""),
+    ("k1.block.png", b"b" * 512),
+    ("k1.big.png", b"z" * 70001),
+]
 
 
 @pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
@@ -54,6 +59,7 @@ def test_directories_and_links_are_skipped():
         s = tarfile.TarInfo("link.png")
         s.type, s.linkname = tarfile.SYMTYPE, "k0.rgb.png"
         tf.addfile(s)
+
     data = _tar(MEMBERS[:1], extra=extra)
     assert list(iter_tar(io.BytesIO(data))) == MEMBERS[:1]
 
@@ -61,7 +67,7 @@ def test_directories_and_links_are_skipped():
 def test_truncated_member_is_an_error():
     data = _tar(MEMBERS)
     with pytest.raises(TarFormatError, match="cut short"):
-        list(iter_tar(io.BytesIO(data[:512 + 100])))
+        list(iter_tar(io.BytesIO(data[: 512 + 100])))
 
 
 def test_missing_end_marker_is_an_error():

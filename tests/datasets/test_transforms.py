@@ -1,4 +1,5 @@
 """Joint RGB-D multi-task augmentation: hand-made maps with known answers."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -203,8 +204,17 @@ def test_color_jitter_changes_rgb_only():
 
 def test_same_seed_same_output_different_seeds_differ():
     s = make_sample(12, 12)
-    t = build_transform({"scale": (0.7, 1.4), "crop": (10, 10), "rotate": {"degrees": 20},
-                         "color_jitter": {}, "gaussian_noise": {"p": 1.0}, "blur": {}}, train=True)
+    t = build_transform(
+        {
+            "scale": (0.7, 1.4),
+            "crop": (10, 10),
+            "rotate": {"degrees": 20},
+            "color_jitter": {},
+            "gaussian_noise": {"p": 1.0},
+            "blur": {},
+        },
+        train=True,
+    )
     a, b, c = t(s, 7), t(s, 7), t(s, 8)
     for key in ("rgb", "depth", "semseg", "normals"):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
@@ -251,7 +261,9 @@ def test_to_tensors_values_and_dtypes():
     expected = (s["rgb"][1, 2, 0] / 255.0 - IMAGENET_MEAN[0]) / IMAGENET_STD[0]
     assert rgb[0, 1, 2].item() == pytest.approx(expected, abs=1e-6)
     assert inputs["depth"].shape == (1, 4, 5) and torch.equal(inputs["depth"][0], torch.from_numpy(s["depth"]))
-    assert targets["semseg"].dtype == torch.long and torch.equal(targets["semseg"], torch.from_numpy(s["semseg"]).long())
+    assert targets["semseg"].dtype == torch.long and torch.equal(
+        targets["semseg"], torch.from_numpy(s["semseg"]).long()
+    )
     assert targets["parts"].dtype == torch.long
     assert targets["normals"].shape == (3, 4, 5) and targets["normals"][0, 1, 2] == pytest.approx(s["normals"][1, 2, 0])
     assert targets["edge"].shape == (1, 4, 5) and set(targets["edge"].unique().tolist()) <= {0.0, 1.0}

@@ -18,8 +18,14 @@ def test_layout_and_manifest(toy_dataset):
     assert m["splits"]["val"]["num_samples"] == 6
     with tarfile.open(toy_dataset / "train/shard-000000.tar") as tf:
         names = tf.getnames()
-        assert names[:6] == ["train0000.depth.png", "train0000.edge.png", "train0000.meta.json",
-                             "train0000.normals.png", "train0000.rgb.png", "train0000.semseg.png"]
+        assert names[:6] == [
+            "train0000.depth.png",
+            "train0000.edge.png",
+            "train0000.meta.json",
+            "train0000.normals.png",
+            "train0000.rgb.png",
+            "train0000.semseg.png",
+        ]
         assert {ti.mtime for ti in tf.getmembers()} == {0}
 
 

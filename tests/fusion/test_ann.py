@@ -72,8 +72,13 @@ def test_backward_reaches_backbone_heads_and_output_projections():
     loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
     assert all(g is not None for g in grads.values())
-    for name in ("backbone.conv1.weight", "head.fusion.attention.out_project.weight",
-                 "head.context.attention.out_project.weight", "aux_head.2.weight", "head.classifier.weight"):
+    for name in (
+        "backbone.conv1.weight",
+        "head.fusion.attention.out_project.weight",
+        "head.context.attention.out_project.weight",
+        "aux_head.2.weight",
+        "head.classifier.weight",
+    ):
         assert grads[name].abs().sum() > 0, name
 
 

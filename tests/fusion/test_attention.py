@@ -38,7 +38,7 @@ def test_conv1x1_equals_the_convolution_values_and_gradients(bias):
     grads = torch.autograd.grad(out.square().sum(), [x, *conv.parameters()])
     assert out.shape == (3, 5, 4, 7)
     assert torch.allclose(out, ref, atol=1e-5)
-    for g, r in zip(grads, ref_grads):
+    for g, r in zip(grads, ref_grads, strict=True):
         assert torch.allclose(g, r, atol=1e-4)
 
 
@@ -72,7 +72,7 @@ def test_attention_equals_the_textbook_computation_in_train_and_eval(sampler):
     # Gradients flow through the in-place logit scaling exactly as through the reference.
     g = torch.autograd.grad(att(qf, kf).sum(), [qf, kf, att.query_project[0].weight])
     r = torch.autograd.grad(_reference_attention(att, qf, kf).sum(), [qf, kf, att.query_project[0].weight])
-    for a, b in zip(g, r):
+    for a, b in zip(g, r, strict=True):
         assert torch.allclose(a, b, atol=1e-4)
 
 

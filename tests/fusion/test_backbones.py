@@ -27,7 +27,9 @@ def test_resnet_shapes_follow_channels_and_strides(name, expansion, output_strid
     assert net.strides == strides
     assert net.channels == [16 * expansion, 32 * expansion, 64 * expansion, 128 * expansion]
     feats = net(torch.randn(2, 3, 64, 64))
-    assert [tuple(f.shape) for f in feats] == [(2, c, 64 // s, 64 // s) for c, s in zip(net.channels, strides)]
+    assert [tuple(f.shape) for f in feats] == [
+        (2, c, 64 // s, 64 // s) for c, s in zip(net.channels, strides, strict=True)
+    ]
 
 
 def test_dilation_replaces_stride_in_stages_3_and_4():
@@ -52,7 +54,8 @@ def test_deep_stem_is_three_3x3_convs_named_as_timm():
     assert [c.stride for c in convs] == [(2, 2), (1, 1), (1, 1)]
     assert [c.out_channels for c in convs] == [16, 16, 32]
     assert {"conv1.0.weight", "conv1.1.weight", "conv1.3.weight", "conv1.4.weight", "conv1.6.weight"} <= set(
-        net.state_dict())
+        net.state_dict()
+    )
     assert [f.shape[-1] for f in net(torch.randn(1, 3, 64, 64))] == [16, 8, 4, 2]
 
 
@@ -72,8 +75,13 @@ def test_hrnet18_four_scales_and_official_structure():
     assert len(down) == 3 and all(step[0].stride == (2, 2) for step in down)
     assert net.stage4[0].fuse_layers[0][3][0].kernel_size == (1, 1)
     keys = set(net.state_dict())
-    assert {"transition1.0.0.weight", "transition1.1.0.0.weight", "transition3.3.0.0.weight",
-            "stage4.1.fuse_layers.3.0.2.0.weight", "layer1.0.downsample.0.weight"} <= keys
+    assert {
+        "transition1.0.0.weight",
+        "transition1.1.0.0.weight",
+        "transition3.3.0.0.weight",
+        "stage4.1.fuse_layers.3.0.2.0.weight",
+        "layer1.0.downsample.0.weight",
+    } <= keys
     feats = build_backbone("hrnet18", width=0.5)(torch.randn(2, 3, 64, 64))
     assert [tuple(f.shape) for f in feats] == [(2, 9, 16, 16), (2, 18, 8, 8), (2, 36, 4, 4), (2, 72, 2, 2)]
 
@@ -138,8 +146,11 @@ def test_bad_names_and_options_are_errors():
 
 
 def _checkpoint_like_torchvision(net: nn.Module) -> dict[str, torch.Tensor]:
-    state = {f"module.{k}": torch.randn_like(v.float()) for k, v in net.state_dict().items()
-             if not k.endswith("num_batches_tracked")}
+    state = {
+        f"module.{k}": torch.randn_like(v.float())
+        for k, v in net.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
     state["module.fc.weight"] = torch.randn(1000, net.channels[-1])
     state["module.fc.bias"] = torch.randn(1000)
     return state

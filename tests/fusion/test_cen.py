@@ -6,8 +6,17 @@ import torch
 from fusion import build_model
 from fusion.backbones import build_backbone
 from fusion.backbones.resnet import BasicBlock
-from fusion.cen import (BatchNorm2dParallel, CENBackbone, ChannelExchange, ModuleParallel, cen_l1, channel_exchange,
-                        partition, plain_key, to_parallel)
+from fusion.cen import (
+    BatchNorm2dParallel,
+    CENBackbone,
+    ChannelExchange,
+    ModuleParallel,
+    cen_l1,
+    channel_exchange,
+    partition,
+    plain_key,
+    to_parallel,
+)
 from fusion.config import ModelConfig
 from fusion.models.cen import unimodal_equivalent
 
@@ -55,7 +64,7 @@ def test_exchange_is_a_noop_when_all_gammas_are_large():
     bn = BatchNorm2dParallel(5, 2)
     xs = [torch.randn(2, 5, 4, 4), torch.randn(2, 5, 4, 4)]
     out = ChannelExchange(0.02)(xs, bn)
-    assert all(torch.equal(o, x) for o, x in zip(out, xs))
+    assert all(torch.equal(o, x) for o, x in zip(out, xs, strict=True))
     with torch.no_grad():
         bn.bns[1].weight[2] = 0.0
     out = ChannelExchange(0.02)(xs, bn)
@@ -79,7 +88,7 @@ def test_encoder_equals_the_plain_resnet_per_modality_when_nothing_is_exchanged(
     enc = CENBackbone(resnet, 2).eval()
     rgb, depth = torch.randn(2, 3, 32, 32), torch.rand(2, 1, 32, 32)
     feats = enc([rgb, depth])
-    for stage, ref_rgb, ref_depth in zip(feats, resnet(rgb), resnet(depth.expand(-1, 3, -1, -1))):
+    for stage, ref_rgb, ref_depth in zip(feats, resnet(rgb), resnet(depth.expand(-1, 3, -1, -1)), strict=True):
         torch.testing.assert_close(stage[0], ref_rgb)
         torch.testing.assert_close(stage[1], ref_depth)
     with torch.no_grad():
@@ -202,7 +211,7 @@ def test_freeze_bn_keeps_running_statistics_while_gammas_learn():
     before = [m.running_mean.clone() for m in bns]
     out = frozen(_inputs())
     (out["semseg"].mean() + sum(p.mean() for p in out["aux"].values() for p in p.values())).backward()
-    assert all(torch.equal(b, m.running_mean) for b, m in zip(before, bns))
+    assert all(torch.equal(b, m.running_mean) for b, m in zip(before, bns, strict=True))
     bn = frozen.encoder.layer1[0].bn2
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in bn.parameters())  # the gammas still learn
     # By default BN trains as usual: its statistics move.

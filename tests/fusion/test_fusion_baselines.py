@@ -20,20 +20,26 @@ def test_registered():
     assert {"single_modal", "early_fusion", "late_fusion", "cen"} <= set(list_models())
 
 
-@pytest.mark.parametrize("cfg", [
-    _cfg("single_modal", ["rgb"]),
-    _cfg("single_modal", ["depth"]),
-    _cfg("early_fusion"),
-    _cfg("late_fusion"),
-    _cfg("late_fusion", options={"aux_weight": 0.5}),
-    _cfg("early_fusion", backbone="hrnet18", options={"head_mid": 16}),
-    _cfg("single_modal", ["rgb"], output_stride=8, options={"deep_stem": True}),
-])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        _cfg("single_modal", ["rgb"]),
+        _cfg("single_modal", ["depth"]),
+        _cfg("early_fusion"),
+        _cfg("late_fusion"),
+        _cfg("late_fusion", options={"aux_weight": 0.5}),
+        _cfg("early_fusion", backbone="hrnet18", options={"head_mid": 16}),
+        _cfg("single_modal", ["rgb"], output_stride=8, options={"deep_stem": True}),
+    ],
+)
 def test_forward_backward_every_task_at_input_resolution(cfg):
     model = build_model(cfg)
     out = model(_inputs())
     assert {k: tuple(v.shape) for k, v in out.items() if k != "aux"} == {
-        "semseg": (2, 13, 64, 64), "depth": (2, 1, 64, 64), "normals": (2, 3, 64, 64)}
+        "semseg": (2, 13, 64, 64),
+        "depth": (2, 1, 64, 64),
+        "normals": (2, 3, 64, 64),
+    }
     loss = sum(out[t].mean() for t in TASKS)
     loss = loss + sum(p.mean() for preds in out["aux"].values() for p in preds.values())
     loss.backward()

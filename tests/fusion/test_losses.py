@@ -157,8 +157,9 @@ def test_multitask_loss_backward_reaches_all_predictions():
     pred = torch.randn(2, 3, 4, 4, requires_grad=True)
     aux = torch.randn(2, 3, 2, 2, requires_grad=True)
     target = torch.randint(0, 3, (2, 4, 4))
-    total, _ = MultiTaskLoss(["semseg"], ohem=True, ohem_min_kept=4)({"semseg": pred, "aux": {"a": {"semseg": aux}}},
-                                                                     {"semseg": target})
+    total, _ = MultiTaskLoss(["semseg"], ohem=True, ohem_min_kept=4)(
+        {"semseg": pred, "aux": {"a": {"semseg": aux}}}, {"semseg": target}
+    )
     total.backward()
     assert pred.grad.abs().sum() > 0 and aux.grad.abs().sum() > 0
 

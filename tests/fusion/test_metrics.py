@@ -79,7 +79,9 @@ def test_merged_halves_equal_one_pass_for_every_metric():
     whole.update(outputs, targets)
     halves = [MetricSet(list(outputs), num_classes=5, edge_tolerance_px=1) for _ in range(2)]
     for i, ms in enumerate(halves):
-        ms.update({k: v[2 * i: 2 * i + 2] for k, v in outputs.items()}, {k: v[2 * i: 2 * i + 2] for k, v in targets.items()})
+        ms.update(
+            {k: v[2 * i : 2 * i + 2] for k, v in outputs.items()}, {k: v[2 * i : 2 * i + 2] for k, v in targets.items()}
+        )
     # the DDP path: sum the flat states (all_reduce) and load the sum
     reduced = MetricSet(list(outputs), num_classes=5, edge_tolerance_px=1)
     reduced.load_state(halves[0].state() + halves[1].state())

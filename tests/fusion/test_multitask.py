@@ -83,14 +83,23 @@ def test_early_and_cen_fusion_use_both_modalities():
     out1 = early(x)["depth"]
     out2 = early({**x, "depth": x["depth"] + 1.0})["depth"]
     assert not torch.allclose(out1, out2)  # depth reaches the prediction
-    cen = fusion.build_model({"name": "mtinet", "tasks": ["semseg", "depth"], "modalities": ["rgb", "depth"],
-                              "backbone": "resnet18", "width": 0.25, "num_classes": 5,
-                              "options": {"fusion": "cen", "cen_l1_weight": 1.0}})
+    cen = fusion.build_model(
+        {
+            "name": "mtinet",
+            "tasks": ["semseg", "depth"],
+            "modalities": ["rgb", "depth"],
+            "backbone": "resnet18",
+            "width": 0.25,
+            "num_classes": 5,
+            "options": {"fusion": "cen", "cen_l1_weight": 1.0},
+        }
+    )
     reg = cen.regularization()
     assert set(reg) == {"cen_l1"} and reg["cen_l1"].item() > 0
     out = cen(x)
     total, parts = MultiTaskLoss(["semseg", "depth"])(
-        out, {"semseg": torch.randint(0, 5, (2, 32, 48)), "depth": torch.rand(2, 1, 32, 48) + 0.5}, model=cen)
+        out, {"semseg": torch.randint(0, 5, (2, 32, 48)), "depth": torch.rand(2, 1, 32, 48) + 0.5}, model=cen
+    )
     assert "reg/cen_l1" in parts and "scale_3/depth" in parts
     total.backward()
     with pytest.raises(ValueError, match="ResNet"):
@@ -141,8 +150,9 @@ def test_fpm_adds_its_message_to_each_task_as_a_residual():
     with torch.no_grad():
         fpm.se["a"].gate[2].bias.fill_(60.0)  # open a's gate: a gets the shared message on top of its own features
     out = fpm(feats)
-    shared = fpm.reduction(fpm.attention(fpm.non_linear(torch.cat([feats["a"], feats["b"]], 1)))
-                           * torch.cat([feats["a"], feats["b"]], 1))
+    shared = fpm.reduction(
+        fpm.attention(fpm.non_linear(torch.cat([feats["a"], feats["b"]], 1))) * torch.cat([feats["a"], feats["b"]], 1)
+    )
     torch.testing.assert_close(out["a"], feats["a"] + shared)
 
 
@@ -166,8 +176,9 @@ def test_squeeze_excitation_gates_channels_in_unit_interval():
 
 def test_mtinet_learns_a_tiny_batch():
     torch.manual_seed(0)
-    model = fusion.build_model({"name": "mtinet", "tasks": ["semseg", "depth"], "backbone": "resnet18", "width": 0.125,
-                                "num_classes": 2})
+    model = fusion.build_model(
+        {"name": "mtinet", "tasks": ["semseg", "depth"], "backbone": "resnet18", "width": 0.125, "num_classes": 2}
+    )
     x = _inputs(b=2, h=32, w=32)
     targets = {"semseg": (x["rgb"][:, 0] > 0.5).long(), "depth": x["depth"] + 0.1}
     loss_fn = MultiTaskLoss(["semseg", "depth"])

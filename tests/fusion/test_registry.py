@@ -1,4 +1,5 @@
 """Every registered model through build, forward and backward on CPU (timm's ``test_models`` idea)."""
+
 import pytest
 import torch
 
@@ -67,9 +68,11 @@ def test_model_trains_under_bf16_autocast(name):
     b, h, w = 2, 32, 48
     g = torch.Generator().manual_seed(0)
     inputs = {"rgb": torch.rand(b, 3, h, w, generator=g), "depth": torch.rand(b, 1, h, w, generator=g) * 5}
-    targets = {"semseg": torch.randint(0, 3, (b, h, w), generator=g),
-               "depth": torch.rand(b, 1, h, w, generator=g) * 5 + 0.1,
-               "edge": (torch.rand(b, 1, h, w, generator=g) > 0.9).float()}  # MTI-Net's auxiliary task
+    targets = {
+        "semseg": torch.randint(0, 3, (b, h, w), generator=g),
+        "depth": torch.rand(b, 1, h, w, generator=g) * 5 + 0.1,
+        "edge": (torch.rand(b, 1, h, w, generator=g) > 0.9).float(),
+    }  # MTI-Net's auxiliary task
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model({m: inputs[m] for m in cfg.modalities})
     assert all(out[t].dtype == torch.bfloat16 for t in cfg.tasks)  # autocast reached the heads
@@ -82,8 +85,10 @@ def test_model_trains_under_bf16_autocast(name):
 
 @pytest.mark.parametrize("name", fusion.list_models())
 def test_unknown_task_or_modality_is_named_for_dict_and_typed_configs(name):
-    for field, bad, message in [("tasks", ["semseg", "shading"], r"tasks: unknown task\(s\) \['shading'\]"),
-                                ("modalities", ["rgb", "thermal"], r"modalities: unknown modality\(s\) \['thermal'\]")]:
+    for field, bad, message in [
+        ("tasks", ["semseg", "shading"], r"tasks: unknown task\(s\) \['shading'\]"),
+        ("modalities", ["rgb", "thermal"], r"modalities: unknown modality\(s\) \['thermal'\]"),
+    ]:
         with pytest.raises(ValueError, match=message):
             fusion.build_model({**BASE, "name": name, field: bad})
         typed = _config(name)
@@ -94,11 +99,19 @@ def test_unknown_task_or_modality_is_named_for_dict_and_typed_configs(name):
 
 def test_a_dict_config_names_every_bad_key_and_value():
     with pytest.raises(ValueError) as e:
-        fusion.build_model({"name": "fcn", "widht": 1, "width": 0, "output_stride": 4, "num_classes": 0,
-                            "modalities": ["rgb", "rgb"]})
+        fusion.build_model(
+            {"name": "fcn", "widht": 1, "width": 0, "output_stride": 4, "num_classes": 0, "modalities": ["rgb", "rgb"]}
+        )
     msg = str(e.value)
-    for needle in ("model config 'fcn': unknown key(s) widht; known keys: backbone, ", "width: ", "got 0",
-                   "output_stride: ", "got 4", "num_classes: ", "duplicate modality in ['rgb', 'rgb']"):
+    for needle in (
+        "model config 'fcn': unknown key(s) widht; known keys: backbone, ",
+        "width: ",
+        "got 0",
+        "output_stride: ",
+        "got 4",
+        "num_classes: ",
+        "duplicate modality in ['rgb', 'rgb']",
+    ):
         assert needle in msg
     with pytest.raises(ValueError, match="model config: missing required key 'name'"):
         fusion.build_model({"tasks": ["semseg"]})

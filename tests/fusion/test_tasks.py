@@ -1,4 +1,5 @@
 """The task dict (fusion.tasks): a task registered once is known to configs, heads, losses and metrics."""
+
 import pytest
 import torch
 
@@ -34,8 +35,9 @@ def test_built_in_tasks_are_the_papers():
 
 def test_a_registered_task_is_trained_and_scored_everywhere(height_task):
     assert "height" in TASKS and DELTA_M_DIRECTIONS["height/rmse"] == "lower"  # live views
-    model = fusion.build_model({"name": "mtl_baseline", "tasks": ["semseg", "height"], "width": 0.125,
-                                "num_classes": 3})
+    model = fusion.build_model(
+        {"name": "mtl_baseline", "tasks": ["semseg", "height"], "width": 0.125, "num_classes": 3}
+    )
     out = model({"rgb": torch.rand(2, 3, 32, 32)})
     assert out["height"].shape == (2, 1, 32, 32)
     targets = {"semseg": torch.randint(0, 3, (2, 32, 32)), "height": torch.rand(2, 1, 32, 32) + 0.5}

@@ -1,11 +1,12 @@
 """jobs/cluster-gpu.yaml and jobs/rayjob.yaml parse, and agree with this project's versions."""
+
 from __future__ import annotations
 
 import re
 import shlex
-import tomllib
 
 import ray
+import tomllib
 import yaml
 
 from pipelines.cli.main import cli
@@ -65,7 +66,9 @@ def test_kuberay_rayjob_manifest():
     ctx = cli.make_context("fusionpipe", argv[3:], resilient_parsing=True)
     sub = cli.get_command(ctx, "train").make_context("train", argv[4:])
     cfg = load_config(REPO_ROOT / sub.params["config"], list(sub.params["overrides"]))
-    assert cfg.train.use_gpu and cfg.train.workers == group["replicas"] * int(worker["resources"]["limits"]["nvidia.com/gpu"])
+    assert cfg.train.use_gpu and cfg.train.workers == group["replicas"] * int(
+        worker["resources"]["limits"]["nvidia.com/gpu"]
+    )
     assert cfg.checkpoint.storage_path.startswith("/mnt/shared") and cfg.data.shards.startswith("/mnt/shared")
     mounts = {m["mountPath"] for m in worker["volumeMounts"]} & {m["mountPath"] for m in head["volumeMounts"]}
     assert "/mnt/shared" in mounts

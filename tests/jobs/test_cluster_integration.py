@@ -7,6 +7,7 @@ never `ray stop` (which kills every Ray on the machine). Where mount namespaces 
 second node runs in one with a tmpfs over ``node-local/``: the same path, different contents, as on
 two machines without a shared filesystem.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,8 +49,11 @@ def _free_ports(n: int) -> list[int]:
 def _can_mount_private_tmpfs(path: Path) -> bool:
     if shutil.which("unshare") is None:
         return False
-    r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", f"mount -t tmpfs fpj {path}"],
-                       capture_output=True, timeout=30)
+    r = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", f"mount -t tmpfs fpj {path}"],
+        capture_output=True,
+        timeout=30,
+    )
     return r.returncode == 0
 
 
@@ -81,8 +85,14 @@ class Cluster:
     procs: list[subprocess.Popen] = field(default_factory=list)
 
     def fusionpipe(self, *args: str, env: dict[str, str] | None = None, timeout: float = STEP_TIMEOUT):
-        return subprocess.run([str(BIN / "fusionpipe"), *args], cwd=REPO_ROOT, env=env or self.env,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [str(BIN / "fusionpipe"), *args],
+            cwd=REPO_ROOT,
+            env=env or self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
 
 def _client_env(base: dict[str, str], token: str | None, home: Path) -> dict[str, str]:
@@ -144,53 +154,132 @@ def cluster():
     gcs, dash, client_port, mlflow_port, *agent = _free_ports(12)
     node_env = _client_env(dict(os.environ), token, root / "home")
     node_env.update(RAY_AUTH_MODE="token", PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    common = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", f"--temp-dir={root / 'ray'}",
-              "--object-store-memory=100000000", "--disable-usage-stats"]
+    common = [
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        "--num-cpus=1",
+        f"--temp-dir={root / 'ray'}",
+        "--object-store-memory=100000000",
+        "--disable-usage-stats",
+    ]
     procs: list[subprocess.Popen] = []
 
     def start(argv: list[str], log: str) -> subprocess.Popen:
         with open(root / log, "wb") as out:
-            p = subprocess.Popen(argv, env=node_env, stdout=out, stderr=subprocess.STDOUT, cwd=root,
-                                 start_new_session=True)
+            p = subprocess.Popen(
+                argv, env=node_env, stdout=out, stderr=subprocess.STDOUT, cwd=root, start_new_session=True
+            )
         procs.append(p)
         return p
 
     try:
-        mlflow = start([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
-                        "--workers", "1", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-                        "--artifacts-destination", str(root / "artifacts")], "mlflow.log")
-        head = start([str(BIN / "ray"), "start", "--head", *common, f"--port={gcs}", f"--dashboard-port={dash}",
-                      "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--ray-client-server-port={client_port}",
-                      f"--dashboard-agent-listen-port={agent[0]}", f"--dashboard-agent-grpc-port={agent[1]}",
-                      f"--metrics-export-port={agent[2]}", f"--runtime-env-agent-port={agent[3]}"], "head.log")
+        mlflow = start(
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(mlflow_port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{root}/mlflow.db",
+                "--artifacts-destination",
+                str(root / "artifacts"),
+            ],
+            "mlflow.log",
+        )
+        head = start(
+            [
+                str(BIN / "ray"),
+                "start",
+                "--head",
+                *common,
+                f"--port={gcs}",
+                f"--dashboard-port={dash}",
+                "--dashboard-host=127.0.0.1",
+                "--include-dashboard=true",
+                f"--ray-client-server-port={client_port}",
+                f"--dashboard-agent-listen-port={agent[0]}",
+                f"--dashboard-agent-grpc-port={agent[1]}",
+                f"--metrics-export-port={agent[2]}",
+                f"--runtime-env-agent-port={agent[3]}",
+            ],
+            "head.log",
+        )
         shards = root / "shards"
-        write_dataset(SyntheticSource(num_train=16, num_val=8, height=64, width=80, seed=3), shards, shard_size=4,
-                      progress=False)
+        write_dataset(
+            SyntheticSource(num_train=16, num_val=8, height=64, width=80, seed=3), shards, shard_size=4, progress=False
+        )
         dashboard = f"http://127.0.0.1:{dash}"
         _wait("Ray head's GCS", lambda: _port_open(gcs), 90, [head])
         isolated = _can_mount_private_tmpfs(root / "node-local")
-        worker = [str(BIN / "ray"), "start", *common, f"--address=127.0.0.1:{gcs}", '--resources={"node2": 1}',
-                  f"--dashboard-agent-listen-port={agent[4]}", f"--dashboard-agent-grpc-port={agent[5]}",
-                  f"--metrics-export-port={agent[6]}", f"--runtime-env-agent-port={agent[7]}"]
+        worker = [
+            str(BIN / "ray"),
+            "start",
+            *common,
+            f"--address=127.0.0.1:{gcs}",
+            '--resources={"node2": 1}',
+            f"--dashboard-agent-listen-port={agent[4]}",
+            f"--dashboard-agent-grpc-port={agent[5]}",
+            f"--metrics-export-port={agent[6]}",
+            f"--runtime-env-agent-port={agent[7]}",
+        ]
         if isolated:
-            worker = ["unshare", "-m", "--propagation", "private", "sh", "-c",
-                      f"mount -t tmpfs fpj {shlex.quote(str(root / 'node-local'))} && exec {shlex.join(worker)}"]
+            worker = [
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                f"mount -t tmpfs fpj {shlex.quote(str(root / 'node-local'))} && exec {shlex.join(worker)}",
+            ]
         start(worker, "worker.log")
         _wait("two alive Ray nodes", lambda: _alive_nodes(dashboard, token) == 2, 90, procs[1:])
-        _wait("MLflow server", lambda: requests.get(f"http://127.0.0.1:{mlflow_port}/health", timeout=2).ok, 90, [mlflow])
-        yield Cluster(root=root, token=token, dashboard=dashboard, mlflow=f"http://127.0.0.1:{mlflow_port}",
-                      gcs_port=gcs, shards=shards, isolated_node=isolated, procs=procs,
-                      env=_client_env(dict(os.environ), token, root / "home"))
+        _wait(
+            "MLflow server", lambda: requests.get(f"http://127.0.0.1:{mlflow_port}/health", timeout=2).ok, 90, [mlflow]
+        )
+        yield Cluster(
+            root=root,
+            token=token,
+            dashboard=dashboard,
+            mlflow=f"http://127.0.0.1:{mlflow_port}",
+            gcs_port=gcs,
+            shards=shards,
+            isolated_node=isolated,
+            procs=procs,
+            env=_client_env(dict(os.environ), token, root / "home"),
+        )
     finally:
         _stop(procs, root)
         shutil.rmtree(root, ignore_errors=True)
 
 
 def _train_args(c: Cluster, storage: Path, run_name: str) -> list[str]:
-    return ["fusionpipe", "train", "--config", "configs/smoke.yaml", "--run-name", run_name,
-            "--set", f"data.shards={c.shards}", "--set", "train.epochs=1", "--set", "train.batch_size=2",
-            "--set", "train.preview_every=0", "--set", "tracking.log_model=false",
-            "--set", "tracking.experiment=cluster", "--set", f"checkpoint.storage_path={storage}"]
+    return [
+        "fusionpipe",
+        "train",
+        "--config",
+        "configs/smoke.yaml",
+        "--run-name",
+        run_name,
+        "--set",
+        f"data.shards={c.shards}",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "train.preview_every=0",
+        "--set",
+        "tracking.log_model=false",
+        "--set",
+        "tracking.experiment=cluster",
+        "--set",
+        f"checkpoint.storage_path={storage}",
+    ]
 
 
 def test_cluster_is_private_to_this_test(cluster):
@@ -202,8 +291,17 @@ def test_cluster_is_private_to_this_test(cluster):
 def test_two_worker_training_job_succeeds_and_is_tracked(cluster):
     from mlflow.tracking import MlflowClient
 
-    r = cluster.fusionpipe("submit", "--address", cluster.dashboard, "--mlflow-uri", cluster.mlflow, "--follow",
-                           "--json", "--", *_train_args(cluster, cluster.root / "shared", "two-nodes"))
+    r = cluster.fusionpipe(
+        "submit",
+        "--address",
+        cluster.dashboard,
+        "--mlflow-uri",
+        cluster.mlflow,
+        "--follow",
+        "--json",
+        "--",
+        *_train_args(cluster, cluster.root / "shared", "two-nodes"),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)
     assert out["status"] == "SUCCEEDED" and out["entrypoint"].startswith("python -m pipelines.cli train")
@@ -236,8 +334,17 @@ def test_two_worker_training_job_succeeds_and_is_tracked(cluster):
 
 
 def test_failing_job_exits_nonzero_with_its_log(cluster):
-    r = cluster.fusionpipe("submit", "--address", cluster.dashboard, "--follow", "--",
-                           "fusionpipe", "train", "--config", "nonexistent.yaml")
+    r = cluster.fusionpipe(
+        "submit",
+        "--address",
+        cluster.dashboard,
+        "--follow",
+        "--",
+        "fusionpipe",
+        "train",
+        "--config",
+        "nonexistent.yaml",
+    )
     assert r.returncode == 1
     assert "FAILED" in r.stderr and "--- last lines of its log ---" in r.stderr
     tail = r.stderr.split("--- last lines of its log ---", 1)[1]
@@ -247,8 +354,16 @@ def test_failing_job_exits_nonzero_with_its_log(cluster):
 def test_checkpoint_path_one_node_cannot_see_is_refused(cluster):
     if not cluster.isolated_node:
         pytest.skip("no mount namespaces here (unshare -m + tmpfs): both nodes see every path")
-    r = cluster.fusionpipe("submit", "--address", cluster.dashboard, "--mlflow-uri", cluster.mlflow, "--follow", "--",
-                           *_train_args(cluster, cluster.root / "node-local", "not-shared"))
+    r = cluster.fusionpipe(
+        "submit",
+        "--address",
+        cluster.dashboard,
+        "--mlflow-uri",
+        cluster.mlflow,
+        "--follow",
+        "--",
+        *_train_args(cluster, cluster.root / "node-local", "not-shared"),
+    )
     assert r.returncode == 1
     tail = r.stderr.split("--- last lines of its log ---", 1)[1]
     assert f"checkpoint.storage_path '{cluster.root / 'node-local'}' is a local path" in tail
@@ -261,8 +376,9 @@ def test_stopped_training_job_is_aborted_and_its_run_closed(cluster):
     args = _train_args(cluster, cluster.root / "shared", "stop-me")
     args[args.index("train.epochs=1")] = "train.epochs=50"
     args[args.index("tracking.experiment=cluster")] = "tracking.experiment=cluster-stop"
-    r = cluster.fusionpipe("submit", "--address", cluster.dashboard, "--mlflow-uri", cluster.mlflow, "--json", "--",
-                           *args)
+    r = cluster.fusionpipe(
+        "submit", "--address", cluster.dashboard, "--mlflow-uri", cluster.mlflow, "--json", "--", *args
+    )
     assert r.returncode == 0, r.stderr
     job = json.loads(r.stdout)["submission_id"]
     client = MlflowClient(tracking_uri=cluster.mlflow)
@@ -274,8 +390,11 @@ def test_stopped_training_job_is_aborted_and_its_run_closed(cluster):
 
     _wait("the first epoch", training, STEP_TIMEOUT, [])
     stop = cluster.fusionpipe("jobs", "stop", job, "--wait", "--address", cluster.dashboard, "--json")
-    assert stop.returncode == 0 and json.loads(stop.stdout) == {"submission_id": job, "stop_requested": True,
-                                                                "status": "STOPPED"}
+    assert stop.returncode == 0 and json.loads(stop.stdout) == {
+        "submission_id": job,
+        "stop_requested": True,
+        "status": "STOPPED",
+    }
     logs = cluster.fusionpipe("jobs", "logs", job, "--follow", "--address", cluster.dashboard)
     assert logs.returncode == 1 and f"job {job} STOPPED" in logs.stderr
     # SIGINT (not Ray's default SIGTERM) reaches the driver: Ray Train aborts gracefully and the MLflow

@@ -1,13 +1,14 @@
 """pipelines.train.cluster.check_shared_storage with stand-in nodes (the real two-node run is in
 test_cluster_integration.py, where a node in its own mount namespace cannot see the path)."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from pipelines.train.cluster import MARKER_PREFIX, check_shared_storage, sees_marker
 from pipelines.config import ConfigError
+from pipelines.train.cluster import MARKER_PREFIX, check_shared_storage, sees_marker
 
 NODES = [{"NodeID": "a" * 56, "NodeManagerAddress": "10.0.0.1"}, {"NodeID": "b" * 56, "NodeManagerAddress": "10.0.0.2"}]
 
@@ -48,8 +49,7 @@ def test_node_without_the_path_is_named_with_what_to_set(tmp_path):
 
 def test_node_that_does_not_answer_is_reported(tmp_path):
     with pytest.raises(ConfigError, match=r"node 10.0.0.1 \(id aaaaaaaaaaaa\) did not answer within 5 s"):
-        check_shared_storage(str(tmp_path), NODES, node_views({"a" * 56: None, "b" * 56: tmp_path}, []),
-                             timeout_s=5)
+        check_shared_storage(str(tmp_path), NODES, node_views({"a" * 56: None, "b" * 56: tmp_path}, []), timeout_s=5)
 
 
 def test_uris_and_single_nodes_need_no_probe(tmp_path):

@@ -1,4 +1,5 @@
 """Job submission without a cluster: arguments, runtime_env, upload excludes, tokens, probes, errors."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,14 @@ def _closed_port() -> int:
 @pytest.fixture
 def no_ray_env(monkeypatch, tmp_path):
     """No address or token leaks in from the developer's shell; HOME without ~/.ray/auth_token."""
-    for k in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE",
-              "MLFLOW_TRACKING_URI"):
+    for k in (
+        "RAY_ADDRESS",
+        "RAY_API_SERVER_ADDRESS",
+        "RAY_AUTH_TOKEN",
+        "RAY_AUTH_TOKEN_PATH",
+        "RAY_AUTH_MODE",
+        "MLFLOW_TRACKING_URI",
+    ):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
 
@@ -39,8 +46,9 @@ def no_ray_env(monkeypatch, tmp_path):
 class FakeDashboard:
     """A tiny HTTP server answering the two endpoints the probe reads, recording request headers."""
 
-    def __init__(self, mode: str = "token", version_status: int | None = None, echo_auth: bool = False,
-                 not_ray: bool = False) -> None:
+    def __init__(
+        self, mode: str = "token", version_status: int | None = None, echo_auth: bool = False, not_ray: bool = False
+    ) -> None:
         self.seen: list[dict[str, str]] = []
         fake = self
 
@@ -97,6 +105,7 @@ def dashboard():
 
 # --- arguments -------------------------------------------------------------------------------------
 
+
 def test_address_forms():
     assert js.normalize_address("10.0.0.5:8265") == "http://10.0.0.5:8265"
     assert js.normalize_address("https://head.example.com:8443/") == "https://head.example.com:8443"
@@ -107,7 +116,9 @@ def test_address_forms():
 
 
 def test_entrypoint_runs_the_uploaded_code_as_a_module_and_keeps_quoting():
-    ep = js.build_entrypoint(["fusionpipe", "train", "--config", "configs/smoke.yaml", "--set", "tracking.run_name=a b"])
+    ep = js.build_entrypoint(
+        ["fusionpipe", "train", "--config", "configs/smoke.yaml", "--set", "tracking.run_name=a b"]
+    )
     assert ep == "python -m pipelines.cli train --config configs/smoke.yaml --set 'tracking.run_name=a b'"
     assert shlex.split(ep)[-1] == "tracking.run_name=a b"
     with pytest.raises(js.JobSpecError, match="only fusionpipe commands"):
@@ -124,15 +135,23 @@ def test_env_items_are_parsed_and_ray_secrets_refused():
     env, warnings = js.parse_env(["MLFLOW_TRACKING_TOKEN=abc"])
     assert env == {"MLFLOW_TRACKING_TOKEN": "abc"}
     assert len(warnings) == 1 and "MLFLOW_TRACKING_TOKEN" in warnings[0] and "abc" not in warnings[0]
-    for bad, msg in [("RAY_AUTH_TOKEN=x", "their own Ray token"), ("RAY_ADDRESS=h:1", "their own Ray token"),
-                     ("1A=x", "KEY=VALUE"), ("NOEQUALS", "KEY=VALUE")]:
+    for bad, msg in [
+        ("RAY_AUTH_TOKEN=x", "their own Ray token"),
+        ("RAY_ADDRESS=h:1", "their own Ray token"),
+        ("1A=x", "KEY=VALUE"),
+        ("NOEQUALS", "KEY=VALUE"),
+    ]:
         with pytest.raises(js.JobSpecError, match=msg):
             js.parse_env([bad])
 
 
 def test_runtime_env_forwards_tracking_but_never_tokens_or_local_stores():
-    environ = {"MLFLOW_TRACKING_URI": "sqlite:///mlflow.db", "AWS_REGION": "eu-west-1", "RAY_AUTH_TOKEN": TOKEN,
-               "AWS_SECRET_ACCESS_KEY": "hidden"}
+    environ = {
+        "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db",
+        "AWS_REGION": "eu-west-1",
+        "RAY_AUTH_TOKEN": TOKEN,
+        "AWS_SECRET_ACCESS_KEY": "hidden",
+    }
     renv = js.build_runtime_env({"EXTRA": "1"}, None, environ)
     assert renv["working_dir"] == str(REPO_ROOT)
     ev = renv["env_vars"]
@@ -157,18 +176,36 @@ def _zip_names(root: Path, excludes: list[str], out: Path) -> set[str]:
 def test_ray_packaging_skips_everything_rayignore_names(tmp_path):
     """Ray's own zipper, on a tree with everything that must stay home, keeps only code and configs."""
     root = tmp_path / "repo"
-    files = ["pipelines/train/driver.py", "configs/smoke.yaml", "dvc.lock", "data/shards/smoke/manifest.json",
-             ".venv/bin/python", "mlflow.db", ".dvc/cache/files/md5/ab/cdef", ".dvc/config", "ray_results/run/x.pt",
-             "outputs/train.json", "pipelines/__pycache__/train.cpython-311.pyc", ".git/HEAD", "mlruns/0/meta.yaml",
-             "datasets/data.py"]
+    files = [
+        "pipelines/train/driver.py",
+        "configs/smoke.yaml",
+        "dvc.lock",
+        "data/shards/smoke/manifest.json",
+        ".venv/bin/python",
+        "mlflow.db",
+        ".dvc/cache/files/md5/ab/cdef",
+        ".dvc/config",
+        "ray_results/run/x.pt",
+        "outputs/train.json",
+        "pipelines/__pycache__/train.cpython-311.pyc",
+        ".git/HEAD",
+        "mlruns/0/meta.yaml",
+        "datasets/data.py",
+    ]
     for f in files:
         (root / f).parent.mkdir(parents=True, exist_ok=True)
         (root / f).write_text("x")
     (root / ".rayignore").write_text((REPO_ROOT / ".rayignore").read_text())
     names = _zip_names(root, js.excludes(root), tmp_path / "pkg.zip")
     kept = {n for n in names if not n.endswith("/")}
-    assert kept == {"pipelines/train/driver.py", "configs/smoke.yaml", "dvc.lock", ".dvc/config", "datasets/data.py",
-                    ".rayignore"}
+    assert kept == {
+        "pipelines/train/driver.py",
+        "configs/smoke.yaml",
+        "dvc.lock",
+        ".dvc/config",
+        "datasets/data.py",
+        ".rayignore",
+    }
     # .rayignore alone (no runtime_env excludes) already keeps the data and stores out.
     names = _zip_names(root, [], tmp_path / "pkg2.zip")
     assert not any(n.startswith(("data/", ".venv/", "ray_results/", ".dvc/cache/")) or n == "mlflow.db" for n in names)
@@ -177,16 +214,23 @@ def test_ray_packaging_skips_everything_rayignore_names(tmp_path):
 def test_the_real_repository_uploads_small_and_without_data(tmp_path):
     names = _zip_names(REPO_ROOT, js.excludes(), tmp_path / "repo.zip")
     assert {"pipelines/train/driver.py", "pipelines/cli/main.py", "jobs/submit.py", "configs/smoke.yaml"} <= names
-    assert not [n for n in names if n.startswith(("data/", ".venv/", ".git/", "ray_results/", "outputs/"))
-                or n.endswith((".db", ".pyc"))]
+    assert not [
+        n
+        for n in names
+        if n.startswith(("data/", ".venv/", ".git/", "ray_results/", "outputs/")) or n.endswith((".db", ".pyc"))
+    ]
     assert (tmp_path / "repo.zip").stat().st_size < 5 * 2**20
 
 
 def test_config_is_checked_here_and_added_to_the_command(tmp_path):
     cmd = js.check_config(REPO_ROOT / "configs/smoke.yaml", ["fusionpipe", "train", "--set", "train.epochs=1"])
     assert cmd == ["fusionpipe", "train", "--set", "train.epochs=1", "--config", "configs/smoke.yaml"]
-    assert js.check_config(REPO_ROOT / "configs/smoke.yaml", []) == ["fusionpipe", "train", "--config",
-                                                                     "configs/smoke.yaml"]
+    assert js.check_config(REPO_ROOT / "configs/smoke.yaml", []) == [
+        "fusionpipe",
+        "train",
+        "--config",
+        "configs/smoke.yaml",
+    ]
     same = ["fusionpipe", "train", "--config", "configs/smoke.yaml"]
     assert js.check_config(REPO_ROOT / "configs/smoke.yaml", same) == same
     from pipelines.config import ConfigError
@@ -202,6 +246,7 @@ def test_config_is_checked_here_and_added_to_the_command(tmp_path):
 
 
 # --- tokens ----------------------------------------------------------------------------------------
+
 
 def test_token_precedence_matches_ray(tmp_path):
     home = tmp_path / "home"
@@ -230,7 +275,9 @@ def test_redact_hides_token_and_url_passwords():
 
 def test_token_cluster_without_token_is_a_clear_error(dashboard):
     d = dashboard(mode="token")
-    with pytest.raises(js.ClusterError, match="requires an authentication token and none was found: set RAY_AUTH_TOKEN"):
+    with pytest.raises(
+        js.ClusterError, match="requires an authentication token and none was found: set RAY_AUTH_TOKEN"
+    ):
         js.probe(d.url, None, 5)
 
 
@@ -270,6 +317,7 @@ def test_something_else_on_the_port_is_named(dashboard):
 
 # --- unreachable addresses in bounded time --------------------------------------------------------
 
+
 def test_refused_connection_is_reported_at_once():
     t0 = time.monotonic()
     with pytest.raises(js.ClusterError, match="cannot reach the Ray dashboard at http://127.0.0.1:.*refused"):
@@ -289,10 +337,24 @@ def test_silent_server_times_out_in_bounded_time():
 
 # --- the CLI ---------------------------------------------------------------------------------------
 
+
 def test_cli_unreachable_address_exits_3_quickly(no_ray_env):
     t0 = time.monotonic()
-    r = CliRunner().invoke(cli, ["submit", "--address", f"127.0.0.1:{_closed_port()}", "--timeout", "2", "--",
-                                 "fusionpipe", "train", "--config", "configs/smoke.yaml"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "submit",
+            "--address",
+            f"127.0.0.1:{_closed_port()}",
+            "--timeout",
+            "2",
+            "--",
+            "fusionpipe",
+            "train",
+            "--config",
+            "configs/smoke.yaml",
+        ],
+    )
     assert r.exit_code == 3, r.output
     assert "cannot reach the Ray dashboard" in r.output and time.monotonic() - t0 < 10
 
@@ -301,13 +363,29 @@ def test_cli_bad_input_fails_before_any_network(no_ray_env):
     port = _closed_port()  # exit 2 (bad input), not 3 (cluster): nothing was contacted
     r = CliRunner().invoke(cli, ["submit", "--address", f"127.0.0.1:{port}", "--", "python", "x.py"])
     assert r.exit_code == 2 and "only fusionpipe commands" in r.output
-    r = CliRunner().invoke(cli, ["submit", "--address", f"127.0.0.1:{port}", "--config", "configs/smoke.yaml", "--",
-                                 "fusionpipe", "train", "--set", "optim.lr=-1", "--set", "bogus.key=1"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "submit",
+            "--address",
+            f"127.0.0.1:{port}",
+            "--config",
+            "configs/smoke.yaml",
+            "--",
+            "fusionpipe",
+            "train",
+            "--set",
+            "optim.lr=-1",
+            "--set",
+            "bogus.key=1",
+        ],
+    )
     assert r.exit_code == 2 and "optim.lr" in r.output and "bogus" in r.output
     r = CliRunner().invoke(cli, ["submit", "--", "fusionpipe", "train"])
     assert r.exit_code == 2 and "no cluster address" in r.output
-    r = CliRunner().invoke(cli, ["submit", "--address", f"127.0.0.1:{port}", "--env", "RAY_AUTH_TOKEN=x", "--",
-                                 "fusionpipe", "train"])
+    r = CliRunner().invoke(
+        cli, ["submit", "--address", f"127.0.0.1:{port}", "--env", "RAY_AUTH_TOKEN=x", "--", "fusionpipe", "train"]
+    )
     assert r.exit_code == 2 and "RAY_AUTH_TOKEN" in r.output
 
 
@@ -361,8 +439,22 @@ class FakeJobClient:
 def test_follow_streams_redacted_log_and_failed_job_exits_1_with_tail(no_ray_env, monkeypatch):
     monkeypatch.setattr(js, "JobClient", FakeJobClient)
     monkeypatch.setattr(js.time, "sleep", lambda s: None)
-    r = CliRunner().invoke(cli, ["submit", "--address", "http://head:8265", "--follow", "--entrypoint-num-gpus", "1",
-                                 "--", "fusionpipe", "train", "--config", "configs/smoke.yaml"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "submit",
+            "--address",
+            "http://head:8265",
+            "--follow",
+            "--entrypoint-num-gpus",
+            "1",
+            "--",
+            "fusionpipe",
+            "train",
+            "--config",
+            "configs/smoke.yaml",
+        ],
+    )
     assert r.exit_code == 1, r.output
     sub = FakeJobClient.submitted[-1]
     assert sub["entrypoint"] == "python -m pipelines.cli train --config configs/smoke.yaml" and sub["num_gpus"] == 1
@@ -376,8 +468,8 @@ def test_job_env_carries_the_git_commit_for_runs_in_the_upload(tmp_path, monkeyp
     import subprocess
 
     from jobs.submit import build_runtime_env
-    from tests import REPO_ROOT
     from pipelines.track.tracker import GIT_COMMIT_ENV, GIT_DIRTY_ENV, git_info
+    from tests import REPO_ROOT
 
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
     env = build_runtime_env({}, environ={})["env_vars"]
@@ -395,16 +487,47 @@ def test_logs_and_a_tracking_password_are_kept_out_of_output(no_ray_env, monkeyp
     # job's tail), like the streamed log.
     client = object.__new__(js.JobClient)
     client.url, client.token = "http://head:8265", js.Token(TOKEN, "$RAY_AUTH_TOKEN")
-    client.client = type("Inner", (), {"get_job_logs": lambda self, job_id: f"token {TOKEN} uri http://u:pw@m:5000\n"})()
+    client.client = type(
+        "Inner", (), {"get_job_logs": lambda self, job_id: f"token {TOKEN} uri http://u:pw@m:5000\n"}
+    )()
     assert client.logs("raysubmit_x") == "token *** uri http://u:***@m:5000\n"
     # A tracking URI with a password still reaches the job, with a warning that the dashboard shows it.
     monkeypatch.setattr(js, "JobClient", FakeJobClient)
-    r = CliRunner().invoke(cli, ["submit", "--address", "http://head:8265", "--mlflow-uri", "http://u:pw@m:5000",
-                                 "--", "fusionpipe", "train", "--config", "configs/smoke.yaml"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "submit",
+            "--address",
+            "http://head:8265",
+            "--mlflow-uri",
+            "http://u:pw@m:5000",
+            "--",
+            "fusionpipe",
+            "train",
+            "--config",
+            "configs/smoke.yaml",
+        ],
+    )
     assert FakeJobClient.submitted[-1]["runtime_env"]["env_vars"]["MLFLOW_TRACKING_URI"] == "http://u:pw@m:5000"
-    assert "warning: MLFLOW_TRACKING_URI carries a password" in r.stderr and "pw" not in r.stderr.replace("password", "")
-    r = CliRunner().invoke(cli, ["submit", "--address", "http://head:8265", "--json", "--", "fusionpipe", "train",
-                                 "--config", "configs/smoke.yaml", "--set", "tracking.uri=http://u:pw@m:5000"])
+    assert "warning: MLFLOW_TRACKING_URI carries a password" in r.stderr and "pw" not in r.stderr.replace(
+        "password", ""
+    )
+    r = CliRunner().invoke(
+        cli,
+        [
+            "submit",
+            "--address",
+            "http://head:8265",
+            "--json",
+            "--",
+            "fusionpipe",
+            "train",
+            "--config",
+            "configs/smoke.yaml",
+            "--set",
+            "tracking.uri=http://u:pw@m:5000",
+        ],
+    )
     assert "warning: the command carries a URL with a password" in r.stderr
     assert json.loads(r.stdout)["entrypoint"].endswith("tracking.uri=http://u:***@m:5000")  # printed redacted
 
@@ -428,13 +551,16 @@ def test_a_request_the_cluster_refuses_is_bad_input_not_an_unreachable_cluster()
     with pytest.raises(js.JobSpecError, match=r"^Ray cluster at http://head:8265: Job raysubmit_nope does not exist$"):
         with client.errors():
             raise RuntimeError("Request failed with status code 404: Job raysubmit_nope does not exist.")
-    body = ("Traceback (most recent call last):\n  File \"job_manager.py\", line 554\nValueError: Job with "
-            f"submission_id x already exists. Please use a different submission_id. {TOKEN}\n")
+    body = (
+        'Traceback (most recent call last):\n  File "job_manager.py", line 554\nValueError: Job with '
+        f"submission_id x already exists. Please use a different submission_id. {TOKEN}\n"
+    )
     with pytest.raises(js.JobSpecError) as e:
         with client.errors():
             raise RuntimeError(f"Request failed with status code 400: {body}.")
-    assert str(e.value).startswith("Ray cluster at http://head:8265: ValueError: Job with submission_id x already "
-                                   "exists") and TOKEN not in str(e.value)
+    assert str(e.value).startswith(
+        "Ray cluster at http://head:8265: ValueError: Job with submission_id x already exists"
+    ) and TOKEN not in str(e.value)
     with pytest.raises(js.ClusterError, match="status code 500"):  # the cluster's own failure stays exit 3
         with client.errors():
             raise RuntimeError("Request failed with status code 500: No available agent to submit job.")

@@ -1,4 +1,5 @@
 """One Ray cluster and one tiny synthetic dataset for every pipeline test in the session."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,8 +15,9 @@ def smoke_shards(tmp_path_factory) -> Path:
     from datasets.writer import write_dataset
 
     out = tmp_path_factory.mktemp("data") / "smoke"
-    write_dataset(SyntheticSource(num_train=16, num_val=8, height=64, width=80, seed=3), out, shard_size=4,
-                  progress=False)
+    write_dataset(
+        SyntheticSource(num_train=16, num_val=8, height=64, width=80, seed=3), out, shard_size=4, progress=False
+    )
     return out
 
 
@@ -40,9 +42,15 @@ def tiny_config(tmp_path, smoke_shards):
     from tests import REPO_ROOT
 
     def make(*overrides: str):
-        return load_config(REPO_ROOT / "configs" / "smoke.yaml", [
-            f"data.shards={smoke_shards}", "tracking.experiment=test",
-            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"checkpoint.storage_path={tmp_path}/ray", *overrides,
-        ])
+        return load_config(
+            REPO_ROOT / "configs" / "smoke.yaml",
+            [
+                f"data.shards={smoke_shards}",
+                "tracking.experiment=test",
+                f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                f"checkpoint.storage_path={tmp_path}/ray",
+                *overrides,
+            ],
+        )
 
     return make

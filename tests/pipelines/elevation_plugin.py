@@ -4,6 +4,7 @@
 Importing it registers the task with fusion (channels, loss, metric, Δm direction) and its targets
 with the shard format (a 16-bit PNG in millimetres). Ray workers import it again from the config.
 """
+
 from __future__ import annotations
 
 from typing import Any

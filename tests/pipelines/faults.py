@@ -4,6 +4,7 @@
 The hooks are pickled by reference and run in Ray workers, which import this module again: the
 repository root is on their path, as for the config plugin ``tests.pipelines.elevation_plugin``.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """``pipelines.analysis.compare`` and ``fusionpipe compare`` on small sqlite MLflow stores filled by hand."""
+
 from __future__ import annotations
 
 import json
@@ -16,20 +17,36 @@ CODE1 = {"git.commit": C1, "git.dirty": "false"}
 T0 = 1_700_000_000_000
 # name: (params, tags, {metric: values per epoch}, training seconds)
 RUNS = {
-    "mtl": ({"model.name": "mtinet", "train.epochs": "3", "train.lr": "0.01", "model.heads": "2"},
-            {"fusionpipe.model": "mtinet", "data.manifest_digest": D1, **CODE1},
-            {"val/semseg/miou": [0.30, 0.50, 0.45], "val/depth/rmse": [1.0, 0.8, 0.9], "train/loss/total": [3, 2, 1]},
-            60.5),
-    "st_semseg": ({"model.name": "single_task", "train.epochs": "3", "train.lr": "0.01"},
-                  {"fusionpipe.model": "single_task", "data.manifest_digest": D1, **CODE1},
-                  {"val/semseg/miou": [0.20, 0.40, 0.40]}, 30.0),
-    "st_depth": ({"model.name": "single_task", "train.epochs": "3", "train.lr": "0.01"},
-                 {"fusionpipe.model": "single_task", "data.manifest_digest": D1, **CODE1},
-                 {"val/depth/rmse": [1.2, 1.0, 1.1]}, 31.25),
-    "mtl_newdata": ({"model.name": "mtinet", "train.epochs": "3", "train.lr": "0.02"},
-                    {"fusionpipe.model": "mtinet", "data.manifest_digest": D2, "git.commit": C2,
-                     "git.dirty": "true", "plugin.my_tasks.sha256": P},
-                    {"val/semseg/miou": [0.1, 0.2, 0.3], "val/depth/rmse": [2.0, 1.5, 1.6]}, 90.0),
+    "mtl": (
+        {"model.name": "mtinet", "train.epochs": "3", "train.lr": "0.01", "model.heads": "2"},
+        {"fusionpipe.model": "mtinet", "data.manifest_digest": D1, **CODE1},
+        {"val/semseg/miou": [0.30, 0.50, 0.45], "val/depth/rmse": [1.0, 0.8, 0.9], "train/loss/total": [3, 2, 1]},
+        60.5,
+    ),
+    "st_semseg": (
+        {"model.name": "single_task", "train.epochs": "3", "train.lr": "0.01"},
+        {"fusionpipe.model": "single_task", "data.manifest_digest": D1, **CODE1},
+        {"val/semseg/miou": [0.20, 0.40, 0.40]},
+        30.0,
+    ),
+    "st_depth": (
+        {"model.name": "single_task", "train.epochs": "3", "train.lr": "0.01"},
+        {"fusionpipe.model": "single_task", "data.manifest_digest": D1, **CODE1},
+        {"val/depth/rmse": [1.2, 1.0, 1.1]},
+        31.25,
+    ),
+    "mtl_newdata": (
+        {"model.name": "mtinet", "train.epochs": "3", "train.lr": "0.02"},
+        {
+            "fusionpipe.model": "mtinet",
+            "data.manifest_digest": D2,
+            "git.commit": C2,
+            "git.dirty": "true",
+            "plugin.my_tasks.sha256": P,
+        },
+        {"val/semseg/miou": [0.1, 0.2, 0.3], "val/depth/rmse": [2.0, 1.5, 1.6]},
+        90.0,
+    ),
 }
 
 
@@ -44,8 +61,12 @@ def _fill(uri: str, experiment: str, runs: dict) -> dict[str, str]:
         start = T0 + i * 1_000_000
         run = client.create_run(exp_id, run_name=name, start_time=start)
         items = [Metric(k, float(v), start + step, step) for k, vs in metrics.items() for step, v in enumerate(vs)]
-        client.log_batch(run.info.run_id, metrics=items, params=[Param(k, v) for k, v in params.items()],
-                         tags=[RunTag(k, v) for k, v in tags.items()])
+        client.log_batch(
+            run.info.run_id,
+            metrics=items,
+            params=[Param(k, v) for k, v in params.items()],
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        )
         client.set_terminated(run.info.run_id, end_time=start + int(seconds * 1000))
         ids[name] = run.info.run_id
     return ids
@@ -59,9 +80,19 @@ def store(tmp_path_factory):
 
 
 def test_metric_direction():
-    assert [metric_direction(k) for k in ("val/semseg/miou", "val/depth/rmse", "normals/mean", "val/depth/abs_rel",
-                                          "val/normals/median", "train/loss/total", "val/edge/odsF", "val/x/acc")] \
-        == ["higher", "lower", "lower", "lower", "lower", "lower", "higher", "higher"]
+    assert [
+        metric_direction(k)
+        for k in (
+            "val/semseg/miou",
+            "val/depth/rmse",
+            "normals/mean",
+            "val/depth/abs_rel",
+            "val/normals/median",
+            "train/loss/total",
+            "val/edge/odsF",
+            "val/x/acc",
+        )
+    ] == ["higher", "lower", "lower", "lower", "lower", "lower", "higher", "higher"]
 
 
 def test_table_rows(store):
@@ -71,12 +102,21 @@ def test_table_rows(store):
     assert result["metric"] == "val/semseg/miou"
     row = result["runs"][0]
     assert row == {
-        "run_id": ids["mtl"], "run_name": "mtl", "model": "mtinet",
-        "params.model.heads": "2", "params.model.name": "mtinet", "params.train.lr": "0.01",
-        "final.val/depth/rmse": 0.9, "best.val/depth/rmse": 0.8,
-        "final.val/semseg/miou": 0.45, "best.val/semseg/miou": 0.5,
-        "training_s": 60.5, "data_version": "a" * 12,
-        "code.git.commit": "1" * 12, "code.git.dirty": "false", "code.plugin.my_tasks.sha256": None,
+        "run_id": ids["mtl"],
+        "run_name": "mtl",
+        "model": "mtinet",
+        "params.model.heads": "2",
+        "params.model.name": "mtinet",
+        "params.train.lr": "0.01",
+        "final.val/depth/rmse": 0.9,
+        "best.val/depth/rmse": 0.8,
+        "final.val/semseg/miou": 0.45,
+        "best.val/semseg/miou": 0.5,
+        "training_s": 60.5,
+        "data_version": "a" * 12,
+        "code.git.commit": "1" * 12,
+        "code.git.dirty": "false",
+        "code.plugin.my_tasks.sha256": None,
     }
     assert result["differing_code"] == ["git.commit", "git.dirty", "plugin.my_tasks.sha256"]
     assert result["runs"][3]["code.git.commit"] == "2" * 12 and result["runs"][3]["code.git.dirty"] == "true"
@@ -152,8 +192,11 @@ def test_errors_name_the_bad_input(store):
         compare(uri, experiment="nope")
     with pytest.raises(CompareError, match="unknown run id 'deadbeef'"):
         compare(uri, run_ids=[ids["mtl"], "deadbeef"])
-    with pytest.raises(CompareError, match=r"no run has metric 'val/edge/odsF' \(existing: train/loss/total, "
-                                           r"val/depth/rmse, val/semseg/miou\)"):
+    with pytest.raises(
+        CompareError,
+        match=r"no run has metric 'val/edge/odsF' \(existing: train/loss/total, "
+        r"val/depth/rmse, val/semseg/miou\)",
+    ):
         compare(uri, experiment="exp", metric="val/edge/odsF")
     with pytest.raises(CompareError, match="KEY=VALUE, got 'single_task'"):
         compare(uri, experiment="exp", baseline_tag="single_task")
@@ -166,17 +209,21 @@ def test_errors_name_the_bad_input(store):
 def test_cli_human_and_json(store):
     uri, ids = store
     runner = CliRunner()
-    res = runner.invoke(compare_cmd, ["--experiment", "exp", "--tracking-uri", uri,
-                                      "--baseline-tag", "fusionpipe.model=single_task"])
+    res = runner.invoke(
+        compare_cmd, ["--experiment", "exp", "--tracking-uri", uri, "--baseline-tag", "fusionpipe.model=single_task"]
+    )
     assert res.exit_code == 0, res.output
     assert "warning: runs used 2 different data versions (aaaaaaaaaaaa: 3 run(s); bbbbbbbbbbbb: 1 run(s))" in res.stderr
     lines = res.stdout.splitlines()
     assert lines[0].startswith("| run_id | run_name | model | params.model.heads |")
-    assert lines[2] == (f"| {ids['mtl']} | mtl | mtinet | 2 | mtinet | 0.01 | 0.9 | 0.8 | 0.45 | 0.5 | 60.5 "
-                        "| aaaaaaaaaaaa | 111111111111 | false |  | +15.34% |")
+    assert lines[2] == (
+        f"| {ids['mtl']} | mtl | mtinet | 2 | mtinet | 0.01 | 0.9 | 0.8 | 0.45 | 0.5 | 60.5 "
+        "| aaaaaaaaaaaa | 111111111111 | false |  | +15.34% |"
+    )
     assert f"delta_m {ids['mtl']}: +15.34% (semseg/miou +12.50%, depth/rmse +18.18%)" in res.stdout
-    res = runner.invoke(compare_cmd, ["--run-ids", ids["mtl"], "--run-ids", ids["st_semseg"],
-                                      "--tracking-uri", uri, "--json"])
+    res = runner.invoke(
+        compare_cmd, ["--run-ids", ids["mtl"], "--run-ids", ids["st_semseg"], "--tracking-uri", uri, "--json"]
+    )
     assert res.exit_code == 0 and res.stderr == ""
     obj = json.loads(res.stdout)
     assert [r["run_name"] for r in obj["runs"]] == ["mtl", "st_semseg"] and obj["files"] == []
@@ -190,9 +237,15 @@ def test_many_runs_page_and_skip_history(tmp_path, monkeypatch):
     import pipelines.analysis.compare as cmp
 
     n = 100
-    runs = {f"r{i:03d}": ({"model.name": "mtinet", "train.lr": str(i % 3)}, {"data.manifest_digest": D1},
-                          {"val/semseg/miou": [i / 200, i / 100], "val/depth/rmse": [1 + i / 100]}, 1.0)
-            for i in range(n)}
+    runs = {
+        f"r{i:03d}": (
+            {"model.name": "mtinet", "train.lr": str(i % 3)},
+            {"data.manifest_digest": D1},
+            {"val/semseg/miou": [i / 200, i / 100], "val/depth/rmse": [1 + i / 100]},
+            1.0,
+        )
+        for i in range(n)
+    }
     uri = f"sqlite:///{tmp_path}/m.db"
     _fill(uri, "big", runs)
     monkeypatch.setattr(cmp, "PAGE_SIZE", 30)  # four pages
@@ -220,11 +273,17 @@ def test_sweep_trials_are_selected_by_parent_and_parents_are_not_rows(tmp_path):
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/sweep.db"
-    runs = {"sweep": ({"sweep.metric": "val/semseg/miou"}, {"fusionpipe.kind": "sweep"},
-                      {"best/val/semseg/miou": [0.5]}, 10.0),
-            "t1": ({"optim.lr": "0.01"}, {}, {"val/semseg/miou": [0.2, 0.5]}, 5.0),
-            "t2": ({"optim.lr": "0.001"}, {}, {"val/semseg/miou": [0.1]}, 2.0),
-            "solo": ({"optim.lr": "0.1"}, {}, {"val/semseg/miou": [0.3, 0.4]}, 5.0)}
+    runs = {
+        "sweep": (
+            {"sweep.metric": "val/semseg/miou"},
+            {"fusionpipe.kind": "sweep"},
+            {"best/val/semseg/miou": [0.5]},
+            10.0,
+        ),
+        "t1": ({"optim.lr": "0.01"}, {}, {"val/semseg/miou": [0.2, 0.5]}, 5.0),
+        "t2": ({"optim.lr": "0.001"}, {}, {"val/semseg/miou": [0.1]}, 2.0),
+        "solo": ({"optim.lr": "0.1"}, {}, {"val/semseg/miou": [0.3, 0.4]}, 5.0),
+    }
     ids = _fill(uri, "sw", runs)
     client = MlflowClient(tracking_uri=uri)
     for trial in ("t1", "t2"):
@@ -245,8 +304,14 @@ def test_nan_epochs_never_win_best_and_json_stays_strict(tmp_path):
     assert best_value([(0, 0.5), (1, float("nan")), (2, 0.7)], "val/semseg/miou") == 0.7
     assert best_value([(0, float("nan"))], "val/edge/odsF") is None
     uri = f"sqlite:///{tmp_path}/m.db"
-    ids = _fill(uri, "nan", {"a": ({"model.name": "mtinet"}, {}, {"val/edge/odsF": [float("nan"), 0.4, 0.3]}, 1.0),
-                             "b": ({"model.name": "padnet"}, {}, {"val/edge/odsF": [0.2, float("nan")]}, 1.0)})
+    ids = _fill(
+        uri,
+        "nan",
+        {
+            "a": ({"model.name": "mtinet"}, {}, {"val/edge/odsF": [float("nan"), 0.4, 0.3]}, 1.0),
+            "b": ({"model.name": "padnet"}, {}, {"val/edge/odsF": [0.2, float("nan")]}, 1.0),
+        },
+    )
     result = compare(uri, run_ids=[ids["a"], ids["b"]], out=tmp_path / "cmp")
     assert [r["best.val/edge/odsF"] for r in result["runs"]] == [0.4, 0.2]
     # A NaN final value is null in compare.json and in --json, which strict parsers accept.
@@ -259,11 +324,18 @@ def test_nan_epochs_never_win_best_and_json_stays_strict(tmp_path):
 
 def test_a_zero_reference_metric_is_a_clean_error(tmp_path):
     uri = f"sqlite:///{tmp_path}/m.db"
-    ids = _fill(uri, "zero", {"mtl": ({"model.name": "mtinet"}, {}, {"val/edge/odsF": [0.3]}, 1.0),
-                              "ref": ({"model.name": "single_task"}, {"fusionpipe.model": "single_task"},
-                                      {"val/edge/odsF": [0.0]}, 1.0)})
-    out = CliRunner().invoke(compare_cmd, ["--tracking-uri", uri, "--experiment", "zero", "--json",
-                                           "--baseline-tag", "fusionpipe.model=single_task"])
+    ids = _fill(
+        uri,
+        "zero",
+        {
+            "mtl": ({"model.name": "mtinet"}, {}, {"val/edge/odsF": [0.3]}, 1.0),
+            "ref": ({"model.name": "single_task"}, {"fusionpipe.model": "single_task"}, {"val/edge/odsF": [0.0]}, 1.0),
+        },
+    )
+    out = CliRunner().invoke(
+        compare_cmd,
+        ["--tracking-uri", uri, "--experiment", "zero", "--json", "--baseline-tag", "fusionpipe.model=single_task"],
+    )
     assert out.exit_code == 2
     assert f"run {ids['mtl']}: delta_m: baseline 'edge/odsF' is 0" in json.loads(out.stdout)["error"]
 
@@ -271,10 +343,13 @@ def test_a_zero_reference_metric_is_a_clean_error(tmp_path):
 def test_an_unreachable_store_exits_3_without_the_password(monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-    out = CliRunner().invoke(compare_cmd, ["--tracking-uri", "http://alice:s3cr3t@127.0.0.1:9", "--experiment", "x",
-                                           "--json"])
+    out = CliRunner().invoke(
+        compare_cmd, ["--tracking-uri", "http://alice:s3cr3t@127.0.0.1:9", "--experiment", "x", "--json"]
+    )
     assert out.exit_code == 3 and "s3cr3t" not in out.output
-    assert json.loads(out.stdout)["error"].startswith("MLflow tracking store: API request to http://alice:***@127.0.0.1:9")
+    assert json.loads(out.stdout)["error"].startswith(
+        "MLflow tracking store: API request to http://alice:***@127.0.0.1:9"
+    )
 
 
 @pytest.mark.parametrize("how", [["--run-ids", "abc"], ["--sweep", "abc"]])
@@ -287,7 +362,13 @@ def test_a_dead_store_is_not_an_unknown_run(monkeypatch, how):
 
 def test_a_nan_reference_metric_is_a_clean_error(tmp_path):
     uri = f"sqlite:///{tmp_path}/m.db"
-    ids = _fill(uri, "nanref", {"mtl": ({"model.name": "mtinet"}, {}, {"val/edge/odsF": [0.3]}, 1.0),
-                                "ref": ({"model.name": "single_task"}, {}, {"val/edge/odsF": [float("nan")]}, 1.0)})
+    ids = _fill(
+        uri,
+        "nanref",
+        {
+            "mtl": ({"model.name": "mtinet"}, {}, {"val/edge/odsF": [0.3]}, 1.0),
+            "ref": ({"model.name": "single_task"}, {}, {"val/edge/odsF": [float("nan")]}, 1.0),
+        },
+    )
     with pytest.raises(CompareError, match=r"val/edge/odsF is NaN or infinite, so delta_m is undefined"):
         compare(uri, run_ids=[ids["mtl"]], baseline_runs=[ids["ref"]])

@@ -4,6 +4,7 @@ Each test fails when the internal a workaround relies on changed or went away, o
 has become unnecessary; the version test fails on any upgrade, so that every workaround is re-checked
 then (see the module docstring of pipelines.compat).
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -24,7 +25,8 @@ def test_the_installed_versions_are_those_the_workarounds_were_written_for(packa
     installed = importlib.metadata.version(package)
     assert installed == compat.WRITTEN_FOR[package], (
         f"{package} {installed} is installed, pipelines/compat.py was written for {compat.WRITTEN_FOR[package]}: "
-        "re-check every workaround there against the new version, then update WRITTEN_FOR")
+        "re-check every workaround there against the new version, then update WRITTEN_FOR"
+    )
 
 
 def test_importing_compat_imports_neither_ray_nor_mlflow():

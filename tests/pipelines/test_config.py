@@ -56,6 +56,14 @@ def test_the_model_section_has_the_model_configs_keys_and_bounds():
     with pytest.raises(ConfigError, match=r"model.output_stride: .*8, 16 or 32 \(got 4\)"):
         load_config(None, ["model.output_stride=4"])
     cfg = load_config(None, ["model.name=padnet", "data.tasks=[semseg, edge]", "model.options={channels: 16}"])
-    assert model_config(cfg, 5) == {"name": "padnet", "tasks": ["semseg", "edge"], "modalities": ["rgb"],
-                                    "num_classes": 5, "backbone": "resnet18", "width": 1.0, "output_stride": 32,
-                                    "pretrained": None, "options": {"channels": 16, "fuse": True}}
+    assert model_config(cfg, 5) == {
+        "name": "padnet",
+        "tasks": ["semseg", "edge"],
+        "modalities": ["rgb"],
+        "num_classes": 5,
+        "backbone": "resnet18",
+        "width": 1.0,
+        "output_stride": 32,
+        "pretrained": None,
+        "options": {"channels": 16, "fuse": True},
+    }

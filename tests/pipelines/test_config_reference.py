@@ -1,4 +1,5 @@
 """docs/config.md is written from the config's typed sections; it must be current and complete."""
+
 import re
 
 from pydantic import BaseModel
@@ -39,10 +40,20 @@ def test_a_stale_reference_is_found(tmp_path, monkeypatch, capsys):
 
 def test_rows_give_type_bounds_default_and_meaning():
     rows = {r.split(" | ")[0].strip("| `"): r for r in config_reference.render().splitlines() if r.startswith("| `")}
-    assert set(rows) == {key for key, _ in _sections(ExperimentConfig)} - {"synthetic", "data", "model", "loss", "optim",
-                                                                          "train", "tracking", "checkpoint", "failure"}
-    assert rows["optim.lr"] == ("| `optim.lr` | number (> 0) | `0.001` | learning rate after warm-up, before the "
-                                "schedule decays it |")
+    assert set(rows) == {key for key, _ in _sections(ExperimentConfig)} - {
+        "synthetic",
+        "data",
+        "model",
+        "loss",
+        "optim",
+        "train",
+        "tracking",
+        "checkpoint",
+        "failure",
+    }
+    assert rows["optim.lr"] == (
+        "| `optim.lr` | number (> 0) | `0.001` | learning rate after warm-up, before the schedule decays it |"
+    )
     assert rows["optim.clip_grad_norm"].startswith("| `optim.clip_grad_norm` | number (> 0), or `null` | `null` |")
     assert rows["optim.name"].startswith("| `optim.name` | one of `adam`, `adamw`, `sgd` | `adam` |")
     assert rows["data.tasks"].startswith('| `data.tasks` | list of strings (at least 1 item) | `["semseg", "depth"]` |')
@@ -67,7 +78,9 @@ def test_types_are_put_in_words_and_unknown_ones_refused():
         names: list[Literal["a", "b"]] = Field(default_factory=list, max_length=3, description="which")
 
     rows = config_reference._rows(Demo.model_fields, "demo.")
-    assert rows == ["| `demo.size` | [integer (> 0), integer (> 0)], or `null` | `null` | H\\|W |",
-                    "| `demo.names` | list, each one of `a`, `b` (at most 3 items) | `[]` | which |"]
+    assert rows == [
+        "| `demo.size` | [integer (> 0), integer (> 0)], or `null` | `null` | H\\|W |",
+        "| `demo.names` | list, each one of `a`, `b` (at most 3 items) | `[]` | which |",
+    ]
     with pytest.raises(TypeError, match="no words for the type <class 'pathlib.Path'>"):
         config_reference._type_name(Path)

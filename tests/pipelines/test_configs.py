@@ -1,4 +1,5 @@
 """Every shipped config (configs/**.yaml, params.yaml) validates, builds, and its loss runs."""
+
 from pathlib import Path
 
 import pytest
@@ -6,12 +7,13 @@ import torch
 
 from fusion import build_model
 from fusion.losses import MultiTaskLoss
-from pipelines.config import load_config
+from pipelines.config import load_config, model_config
 from tests import REPO_ROOT
-from pipelines.config import model_config
 
 # Experiment configs (sweep specs under configs/sweeps/ are tested in test_sweep.py).
-CONFIGS = sorted(p for p in (REPO_ROOT / "configs").rglob("*.yaml") if "sweeps" not in p.parts) + [REPO_ROOT / "params.yaml"]
+CONFIGS = sorted(p for p in (REPO_ROOT / "configs").rglob("*.yaml") if "sweeps" not in p.parts) + [
+    REPO_ROOT / "params.yaml"
+]
 
 
 def test_every_registered_model_has_a_synthetic_config():
@@ -30,9 +32,12 @@ def test_config_builds_and_trains_one_step(path):
         mcfg["width"] = 0.125  # the GPU-sized nets' structure, at a CPU-test size
     model = build_model(mcfg)
     x = {"rgb": torch.randn(2, 3, 64, 64), "depth": torch.rand(2, 1, 64, 64) * 5}
-    targets = {"semseg": torch.randint(0, 13, (2, 64, 64)), "depth": torch.rand(2, 1, 64, 64) * 5,
-               "normals": torch.nn.functional.normalize(torch.randn(2, 3, 64, 64), dim=1),
-               "edge": (torch.rand(2, 1, 64, 64) > 0.9).float()}
+    targets = {
+        "semseg": torch.randint(0, 13, (2, 64, 64)),
+        "depth": torch.rand(2, 1, 64, 64) * 5,
+        "normals": torch.nn.functional.normalize(torch.randn(2, 3, 64, 64), dim=1),
+        "edge": (torch.rand(2, 1, 64, 64) > 0.9).float(),
+    }
     out = model({m: x[m] for m in cfg.data.modalities})
     loss, parts = MultiTaskLoss(mcfg["tasks"], cfg.loss.weights, ohem=cfg.loss.ohem)(out, targets, model)
     loss.backward()

@@ -1,4 +1,5 @@
 """What a training run prints: its epoch line, and the Ray lines it keeps off the console."""
+
 import logging
 import os
 from types import SimpleNamespace
@@ -11,12 +12,22 @@ from pipelines.train.worker import epoch_line
 
 
 def test_epoch_line_shows_loss_checkpoint_metric_headlines_and_speed():
-    metrics = {"train/loss/total": 10.19118, "val/semseg/miou": 0.19495, "val/depth/rmse": 0.95633,
-               "val/normals/mean": 28.8907, "val/edge/odsF": 0.65131, "val/semseg/pixel_acc": 0.71,
-               "train/samples_per_s": 11.0707, "train/epoch_s": 53.47, "lr": 0.0014}
+    metrics = {
+        "train/loss/total": 10.19118,
+        "val/semseg/miou": 0.19495,
+        "val/depth/rmse": 0.95633,
+        "val/normals/mean": 28.8907,
+        "val/edge/odsF": 0.65131,
+        "val/semseg/pixel_acc": 0.71,
+        "train/samples_per_s": 11.0707,
+        "train/epoch_s": 53.47,
+        "lr": 0.0014,
+    }
     line = epoch_line(metrics, epoch=3, epochs=12, checkpoint_metric="val/semseg/miou")
-    assert line == ("epoch 4/12  loss 10.1912  val/semseg/miou 0.1950  val/depth/rmse 0.9563  "
-                    "val/normals/mean 28.8907  val/edge/odsF 0.6513  11.1 samples/s  53 s")
+    assert line == (
+        "epoch 4/12  loss 10.1912  val/semseg/miou 0.1950  val/depth/rmse 0.9563  "
+        "val/normals/mean 28.8907  val/edge/odsF 0.6513  11.1 samples/s  53 s"
+    )
 
 
 def test_epoch_line_puts_a_non_headline_checkpoint_metric_first_and_skips_absent_tasks():
@@ -46,8 +57,9 @@ def test_local_ray_starts_without_the_preemption_watcher_unless_the_user_asks(mo
 
     seen = {}
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(
-        kw, watcher=os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")))
+    monkeypatch.setattr(
+        ray, "init", lambda **kw: seen.update(kw, watcher=os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"))
+    )
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", raising=False)
     if user_value is not None:

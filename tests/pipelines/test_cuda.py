@@ -4,6 +4,7 @@ One Ray Train worker on the GPU with bf16 autocast: NCCL as the process group, m
 tensors, a checkpoint resumed onto the GPU (optimizer state included), and ``evaluate`` on CUDA against
 the same checkpoint on the CPU.
 """
+
 from __future__ import annotations
 
 import math
@@ -11,8 +12,7 @@ import math
 import pytest
 import torch
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
 def test_one_gpu_run_with_amp_resumes_on_the_gpu_and_evaluates_as_on_the_cpu(ray_cluster, tiny_config):
@@ -21,8 +21,13 @@ def test_one_gpu_run_with_amp_resumes_on_the_gpu_and_evaluates_as_on_the_cpu(ray
     from pipelines.analysis.evaluate import run_evaluate
     from pipelines.train.driver import run_training
 
-    common = ("train.workers=1", "train.use_gpu=true", "train.amp=true", "train.preview_every=1",
-              "tracking.log_model=false")
+    common = (
+        "train.workers=1",
+        "train.use_gpu=true",
+        "train.amp=true",
+        "train.preview_every=1",
+        "tracking.log_model=false",
+    )
     first = run_training(tiny_config(*common, "train.epochs=1"), run_name="gpu")
     cfg = tiny_config(*common, "train.epochs=3")
     second = run_training(cfg, run_name="gpu")
@@ -48,7 +53,6 @@ def test_one_gpu_run_with_amp_resumes_on_the_gpu_and_evaluates_as_on_the_cpu(ray
     assert on_gpu["metrics"]["semseg/miou"] == pytest.approx(on_cpu["metrics"]["semseg/miou"], abs=0.02)
     assert on_gpu["metrics"]["depth/rmse"] == pytest.approx(on_cpu["metrics"]["depth/rmse"], rel=0.02)
     assert on_gpu["metrics"]["normals/mean"] == pytest.approx(on_cpu["metrics"]["normals/mean"], rel=0.02)
-
 
 
 def test_adam_on_gpu_parameters_is_the_fused_kernel(tiny_config):

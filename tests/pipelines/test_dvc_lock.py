@@ -1,6 +1,7 @@
 """dvc.lock pins the data stage's code: every file dependency's hash is that of the file in the tree,
 so `dvc status` after a checkout says the data is current (a stale hash would rebuild it, or hide that
 the code changed)."""
+
 import hashlib
 from pathlib import Path
 
@@ -30,14 +31,22 @@ def test_the_train_and_evaluate_stages_depend_on_all_the_code_they_run():
 
     stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
     # A fresh interpreter: the modules the two commands load, not what other tests imported.
-    code = ("import sys, pipelines.cli.run, pipelines.train.driver, pipelines.train.worker, "
-            "pipelines.analysis.evaluate\n"
-            "print('\\n'.join(getattr(m, '__file__', '') or '' for m in list(sys.modules.values())))")
-    files = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
-                           check=True).stdout.split()
+    code = (
+        "import sys, pipelines.cli.run, pipelines.train.driver, pipelines.train.worker, "
+        "pipelines.analysis.evaluate\n"
+        "print('\\n'.join(getattr(m, '__file__', '') or '' for m in list(sys.modules.values())))"
+    )
+    files = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     packages = {"datasets", "fusion", "pipelines", "jobs", "plugins"}
-    ours = {rel for rel in (Path(f).resolve().relative_to(REPO_ROOT) for f in files
-                            if Path(f).resolve().is_relative_to(REPO_ROOT)) if rel.parts[0] in packages}
+    ours = {
+        rel
+        for rel in (
+            Path(f).resolve().relative_to(REPO_ROOT) for f in files if Path(f).resolve().is_relative_to(REPO_ROOT)
+        )
+        if rel.parts[0] in packages
+    }
     assert any(p.parts[0] == "pipelines" for p in ours) and any(p.parts[0] == "fusion" for p in ours)
     for name in ("train", "evaluate"):
         deps = [Path(d) for d in stages[name]["deps"]]

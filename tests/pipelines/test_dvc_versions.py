@@ -1,6 +1,7 @@
 """Dataset versions end to end, in temporary git repositories: `dvc push`, then a fresh clone at any
 revision gets byte-identical shards back with `dvc pull`; a config's ``data.rev`` reads the data of a
 revision through DVC, and its MLflow tags name that revision's data."""
+
 import hashlib
 import os
 import shutil
@@ -13,11 +14,10 @@ import pytest
 import yaml
 
 from datasets.manifest import manifest_digest
-from pipelines.track import data_versions
 from pipelines.config import ConfigError, load_config
+from pipelines.track import data_versions
+from pipelines.track.data_versions import DataRevError, data_version, resolve_data_rev
 from tests import REPO_ROOT
-from pipelines.track.data_versions import DataRevError, resolve_data_rev
-from pipelines.track.data_versions import data_version
 
 pytestmark = [
     pytest.mark.integration,
@@ -26,8 +26,7 @@ pytestmark = [
 
 SHARDS = "data/shards/synthetic"
 TINY = {"num_train": 4, "num_val": 2, "height": 16, "width": 16, "seed": 0, "shard_size": 2}
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-       "DVC_NO_ANALYTICS": "1"}
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
 
 
 def run(*cmd: str, cwd: Path) -> str:
@@ -41,13 +40,25 @@ def dvc(*args: str, cwd: Path) -> str:
 
 
 def git(*args: str, cwd: Path) -> str:
-    return run("git", "-c", "user.name=fusionpipe-test", "-c", "user.email=test@example.invalid",
-               "-c", "commit.gpgsign=false", *args, cwd=cwd).strip()
+    return run(
+        "git",
+        "-c",
+        "user.name=fusionpipe-test",
+        "-c",
+        "user.email=test@example.invalid",
+        "-c",
+        "commit.gpgsign=false",
+        *args,
+        cwd=cwd,
+    ).strip()
 
 
 def file_shas(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def build_version(project: Path, tag: str, **synthetic: int) -> dict[str, str]:
@@ -85,8 +96,13 @@ def test_fresh_clone_pull_restores_each_version(versioned, tag):
     assert not shards.exists() and not (clone / ".dvc" / "cache").exists()
     dvc("pull", cwd=clone)
     assert file_shas(shards) == versioned.shas[tag]  # byte-identical to what was built at that revision
-    verify = subprocess.run([sys.executable, "-m", "pipelines.cli", "data", "verify", SHARDS, "--json"],
-                            cwd=clone, env=ENV, capture_output=True, text=True)
+    verify = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "data", "verify", SHARDS, "--json"],
+        cwd=clone,
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     assert verify.returncode == 0 and '"ok": true' in verify.stdout, verify.stdout + verify.stderr
     mtimes = {p: p.stat().st_mtime_ns for p in shards.rglob("*") if p.is_file()}
     assert "up to date" in dvc("status", "data", cwd=clone)
@@ -161,8 +177,12 @@ def test_rev_that_git_would_read_as_an_option_is_a_config_error():
 
 
 def test_revs_cache_is_ignored_by_git_and_dvc():
-    assert subprocess.run(["git", "check-ignore", "-q", "data/revs/0123456789ab/data/shards/x/manifest.json"],
-                          cwd=REPO_ROOT).returncode == 0
+    assert (
+        subprocess.run(
+            ["git", "check-ignore", "-q", "data/revs/0123456789ab/data/shards/x/manifest.json"], cwd=REPO_ROOT
+        ).returncode
+        == 0
+    )
     assert "data/revs/" in (REPO_ROOT / ".dvcignore").read_text().splitlines()
 
 
@@ -185,6 +205,7 @@ def test_train_and_tune_resolve_data_rev_before_validating(versioned, monkeypatc
         def stop(arg, *rest):
             seen[what] = arg
             raise _Stop
+
         return stop
 
     monkeypatch.setattr(train, "validate_experiment", capture("train"))

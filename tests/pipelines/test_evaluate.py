@@ -1,9 +1,10 @@
 """`fusionpipe evaluate --device`: which device a name means, and clear errors for the rest."""
+
 import pytest
 import torch
 
-from pipelines.config import ConfigError
 from pipelines.analysis.evaluate import resolve_device
+from pipelines.config import ConfigError
 
 
 def test_auto_takes_the_gpu_when_there_is_one(monkeypatch):
@@ -42,9 +43,11 @@ def test_reference_metrics_are_taken_at_the_best_epoch(tmp_path):
     runs = []
     for tag in ("1", None):
         run = client.create_run(exp, tags={"fusionpipe.best_epoch": tag} if tag else {})
-        client.log_batch(run.info.run_id, metrics=[
-            Metric("val/semseg/miou", v, 0, step) for step, v in enumerate([0.1, 0.5, 0.3])] + [
-            Metric("train/loss/total", 1.0, 0, 0)])
+        client.log_batch(
+            run.info.run_id,
+            metrics=[Metric("val/semseg/miou", v, 0, step) for step, v in enumerate([0.1, 0.5, 0.3])]
+            + [Metric("train/loss/total", 1.0, 0, 0)],
+        )
         runs.append(run.info.run_id)
     assert run_metrics(runs[0], uri) == {"semseg/miou": 0.5}  # the best epoch, as the evaluated checkpoint
     assert run_metrics(runs[1], uri) == {"semseg/miou": 0.3}  # no tag: the latest value
@@ -56,13 +59,15 @@ def test_references_are_checked_before_the_evaluation(tmp_path, smoke_shards):
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
+    from pipelines.analysis.evaluate import reference_metrics
     from pipelines.config import load_config
     from tests import REPO_ROOT
-    from pipelines.analysis.evaluate import reference_metrics
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cfg = load_config(REPO_ROOT / "configs" / "smoke.yaml", [f"data.shards={smoke_shards}", f"tracking.uri={uri}",
-                                                             "data.tasks=[semseg, depth]"])
+    cfg = load_config(
+        REPO_ROOT / "configs" / "smoke.yaml",
+        [f"data.shards={smoke_shards}", f"tracking.uri={uri}", "data.tasks=[semseg, depth]"],
+    )
     client = MlflowClient(tracking_uri=uri)
     exp = client.create_experiment("refs")
 
@@ -89,14 +94,19 @@ def test_a_bad_summary_file_is_named(tmp_path):
 
     from click.testing import CliRunner
 
-    from tests import REPO_ROOT
     from pipelines.cli.run import evaluate
+    from tests import REPO_ROOT
 
-    for text, why in (("not json", "not a train summary"), ('{"best_checkpoint": null}', "no 'best_checkpoint'"),
-                      ("[1, 2]", "not a train summary")):
+    for text, why in (
+        ("not json", "not a train summary"),
+        ('{"best_checkpoint": null}', "no 'best_checkpoint'"),
+        ("[1, 2]", "not a train summary"),
+    ):
         (tmp_path / "s.json").write_text(text)
-        out = CliRunner().invoke(evaluate, ["--config", str(REPO_ROOT / "configs" / "smoke.yaml"),
-                                            "--summary", str(tmp_path / "s.json"), "--json"])
+        out = CliRunner().invoke(
+            evaluate,
+            ["--config", str(REPO_ROOT / "configs" / "smoke.yaml"), "--summary", str(tmp_path / "s.json"), "--json"],
+        )
         assert out.exit_code == 2 and f"--summary {tmp_path / 's.json'}: {why}" in json.loads(out.stdout)["error"]
 
 
@@ -104,14 +114,24 @@ def test_a_bad_summary_file_is_named(tmp_path):
 def test_a_dead_store_is_not_a_missing_run(monkeypatch, smoke_shards, how):
     from click.testing import CliRunner
 
-    from tests import REPO_ROOT
     from pipelines.cli.run import evaluate
+    from tests import REPO_ROOT
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-    out = CliRunner().invoke(evaluate, ["--config", str(REPO_ROOT / "configs" / "smoke.yaml"), "--set",
-                                        f"data.shards={smoke_shards}", "--set",
-                                        "tracking.uri=http://alice:s3cr3t@127.0.0.1:9", *how, "--json"])
+    out = CliRunner().invoke(
+        evaluate,
+        [
+            "--config",
+            str(REPO_ROOT / "configs" / "smoke.yaml"),
+            "--set",
+            f"data.shards={smoke_shards}",
+            "--set",
+            "tracking.uri=http://alice:s3cr3t@127.0.0.1:9",
+            *how,
+            "--json",
+        ],
+    )
     assert out.exit_code == 3, out.output
     assert "not found" not in out.output and "s3cr3t" not in out.output
 
@@ -121,16 +141,16 @@ def test_evaluate_and_its_baselines_read_at_the_configs_resize(tmp_path, smoke_s
 
     import datasets.loader
     from fusion import build_model
-    from pipelines.checkpoints import save_checkpoint
-    from pipelines.config import load_config
-    from tests import REPO_ROOT
     from pipelines.analysis import evaluate as evaluate_module
     from pipelines.analysis.evaluate import run_evaluate
-    from pipelines.config import model_config
+    from pipelines.checkpoints import save_checkpoint
+    from pipelines.config import load_config, model_config
+    from tests import REPO_ROOT
 
-    cfg = load_config(REPO_ROOT / "configs" / "smoke.yaml", [f"data.shards={smoke_shards}",
-                                                             f"tracking.uri=sqlite:///{tmp_path}/m.db",
-                                                             "data.augment.resize=[32, 40]"])
+    cfg = load_config(
+        REPO_ROOT / "configs" / "smoke.yaml",
+        [f"data.shards={smoke_shards}", f"tracking.uri=sqlite:///{tmp_path}/m.db", "data.augment.resize=[32, 40]"],
+    )
     classes = json.loads((smoke_shards / "manifest.json").read_text())["classes"]
     mcfg = model_config(cfg.resolved_paths(), len(classes))
     save_checkpoint(tmp_path / "ck", build_model(mcfg), {"epoch": 0, "model_config": mcfg, "classes": classes})
@@ -154,15 +174,16 @@ def test_the_default_split_is_the_configs_val_split(tmp_path, smoke_shards):
     import json
 
     from fusion import build_model
-    from pipelines.checkpoints import save_checkpoint
-    from pipelines.config import load_config
-    from tests import REPO_ROOT
     from pipelines.analysis.evaluate import run_evaluate
-    from pipelines.config import model_config
+    from pipelines.checkpoints import save_checkpoint
+    from pipelines.config import load_config, model_config
+    from tests import REPO_ROOT
 
     def cfg(*overrides):
-        return load_config(REPO_ROOT / "configs" / "smoke.yaml", [
-            f"data.shards={smoke_shards}", f"tracking.uri=sqlite:///{tmp_path}/m.db", *overrides])
+        return load_config(
+            REPO_ROOT / "configs" / "smoke.yaml",
+            [f"data.shards={smoke_shards}", f"tracking.uri=sqlite:///{tmp_path}/m.db", *overrides],
+        )
 
     classes = json.loads((smoke_shards / "manifest.json").read_text())["classes"]
     mcfg = model_config(cfg().resolved_paths(), len(classes))

@@ -1,4 +1,5 @@
 """Training-step behaviour without Ray: non-finite losses, schedules, validation before start."""
+
 import math
 
 import pytest
@@ -30,12 +31,21 @@ class _Bad(nn.Module):
 
 
 def test_nan_loss_names_the_task():
-    batch = {"inputs": {"rgb": torch.ones(2, 3, 4, 4)},
-             "targets": {"semseg": torch.zeros(2, 4, 4, dtype=torch.long), "depth": torch.ones(2, 1, 4, 4)}}
+    batch = {
+        "inputs": {"rgb": torch.ones(2, 3, 4, 4)},
+        "targets": {"semseg": torch.zeros(2, 4, 4, dtype=torch.long), "depth": torch.ones(2, 1, 4, 4)},
+    }
     model = _Bad()
     with pytest.raises(NonFiniteLossError, match=r"epoch 3, batch 0: task\(s\) depth"):
-        train_epoch(model, [batch], MultiTaskLoss(["semseg", "depth"]), torch.optim.SGD(model.parameters(), 0.1),
-                    None, torch.device("cpu"), epoch=3)
+        train_epoch(
+            model,
+            [batch],
+            MultiTaskLoss(["semseg", "depth"]),
+            torch.optim.SGD(model.parameters(), 0.1),
+            None,
+            torch.device("cpu"),
+            epoch=3,
+        )
 
 
 class _Scale(nn.Module):
@@ -49,11 +59,14 @@ class _Scale(nn.Module):
 
 def test_epoch_losses_are_means_over_batches_and_samples_are_counted():
     # Per-batch depth L1 losses of 1, 2 and 6 (targets 1, predictions 2/3/7): the epoch reports 3.
-    batches = [{"inputs": {"rgb": torch.full((n, 3, 4, 4), v)}, "targets": {"depth": torch.ones(n, 1, 4, 4)}}
-               for v, n in [(2.0, 2), (3.0, 3), (7.0, 2)]]
+    batches = [
+        {"inputs": {"rgb": torch.full((n, 3, 4, 4), v)}, "targets": {"depth": torch.ones(n, 1, 4, 4)}}
+        for v, n in [(2.0, 2), (3.0, 3), (7.0, 2)]
+    ]
     model = _Scale()
-    out = train_epoch(model, batches, MultiTaskLoss(["depth"]), torch.optim.SGD(model.parameters(), 0.0), None,
-                      torch.device("cpu"))
+    out = train_epoch(
+        model, batches, MultiTaskLoss(["depth"]), torch.optim.SGD(model.parameters(), 0.0), None, torch.device("cpu")
+    )
     assert out["train/loss/depth"] == pytest.approx(3.0, rel=1e-12)
     assert out["train/loss/total"] == pytest.approx(3.0, rel=1e-12)
     assert out["train/samples_per_s"] == pytest.approx(7 / out["train/epoch_s"])
@@ -70,8 +83,9 @@ def test_nccl_reduces_cpu_tensors_through_the_current_gpu(monkeypatch):
 def test_sync_batchnorm_converts_every_bn_and_keeps_the_state_names():
     from fusion import build_model
 
-    model = build_model({"name": "cen", "tasks": ["semseg"], "modalities": ["rgb", "depth"], "width": 0.125,
-                         "num_classes": 3})
+    model = build_model(
+        {"name": "cen", "tasks": ["semseg"], "modalities": ["rgb", "depth"], "width": 0.125, "num_classes": 3}
+    )
     state = model.state_dict()
     n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert with_sync_batchnorm(model, enabled=True, world_size=1) is model
@@ -93,9 +107,12 @@ def test_sync_batchnorm_needs_gpu_workers():
 
 
 def test_losses_see_float32_outputs_whatever_autocast_produced():
-    out = {"semseg": torch.ones(1, 2, dtype=torch.bfloat16, requires_grad=True),
-           "aux": {"scale_0": {"depth": torch.ones(1, dtype=torch.float16)}, "ids": torch.ones(1, dtype=torch.long)},
-           "alpha": torch.ones(1, dtype=torch.float64), "per_modality": [torch.ones(1, dtype=torch.bfloat16)]}
+    out = {
+        "semseg": torch.ones(1, 2, dtype=torch.bfloat16, requires_grad=True),
+        "aux": {"scale_0": {"depth": torch.ones(1, dtype=torch.float16)}, "ids": torch.ones(1, dtype=torch.long)},
+        "alpha": torch.ones(1, dtype=torch.float64),
+        "per_modality": [torch.ones(1, dtype=torch.bfloat16)],
+    }
     got = float32_outputs(out)
     assert got["semseg"].dtype == torch.float32 and got["semseg"].requires_grad  # still in the graph
     assert got["aux"]["scale_0"]["depth"].dtype == torch.float32
@@ -110,14 +127,21 @@ def test_gradient_accumulation_equals_one_step_on_the_whole_batch():
     rgb = torch.rand(4, 3, 4, 4, generator=g) * 3
     depth = torch.rand(4, 1, 4, 4, generator=g) + 0.5
     whole = [{"inputs": {"rgb": rgb}, "targets": {"depth": depth}}]
-    halves = [{"inputs": {"rgb": rgb[i:i + 2]}, "targets": {"depth": depth[i:i + 2]}} for i in (0, 2)]
+    halves = [{"inputs": {"rgb": rgb[i : i + 2]}, "targets": {"depth": depth[i : i + 2]}} for i in (0, 2)]
     results = []
     for batches, accum in ((whole, 1), (halves, 2)):
         model = _Scale()
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         steps = []
-        train_epoch(model, batches, MultiTaskLoss(["depth"]), opt, lambda s, seen=steps: seen.append(s) or 0.1,
-                    torch.device("cpu"), grad_accum=accum)
+        train_epoch(
+            model,
+            batches,
+            MultiTaskLoss(["depth"]),
+            opt,
+            lambda s, seen=steps: seen.append(s) or 0.1,
+            torch.device("cpu"),
+            grad_accum=accum,
+        )
         results.append((model.w.detach().clone(), steps))
     (w_whole, steps_whole), (w_accum, steps_accum) = results
     assert not torch.equal(w_whole, torch.ones(1))  # the step moved the weight
@@ -130,8 +154,13 @@ def test_a_last_shorter_accumulation_group_steps_on_its_own_mean(length):
     # Three batches, grad_accum 2: a step on the mean of batches 0-1, then one on batch 2 alone (its
     # gradient was dropped before). SGD without momentum, so each step is w -= lr * grad.
     g = torch.Generator().manual_seed(1)
-    batches = [{"inputs": {"rgb": torch.rand(2, 3, 4, 4, generator=g) * 3},
-                "targets": {"depth": torch.rand(2, 1, 4, 4, generator=g) + 0.5}} for _ in range(3)]
+    batches = [
+        {
+            "inputs": {"rgb": torch.rand(2, 3, 4, 4, generator=g) * 3},
+            "targets": {"depth": torch.rand(2, 1, 4, 4, generator=g) + 0.5},
+        }
+        for _ in range(3)
+    ]
     crit = MultiTaskLoss(["depth"])
 
     def grad(model, group):
@@ -158,6 +187,7 @@ def test_accumulation_under_ddp_needs_the_batch_count():
     class _DDPLike(_Scale):
         def no_sync(self):
             from contextlib import nullcontext
+
             return nullcontext()
 
     model = _DDPLike()
@@ -166,18 +196,20 @@ def test_accumulation_under_ddp_needs_the_batch_count():
     with pytest.raises(ValueError, match="grad_accum > 1 under DDP needs num_batches"):
         train_epoch(model, iter([batch]), MultiTaskLoss(["depth"]), opt, None, torch.device("cpu"), grad_accum=2)
     with pytest.raises(RuntimeError, match="ended after 1 batches, inside a gradient accumulation group"):
-        train_epoch(model, iter([batch]), MultiTaskLoss(["depth"]), opt, None, torch.device("cpu"), grad_accum=2,
-                    num_batches=2)
+        train_epoch(
+            model, iter([batch]), MultiTaskLoss(["depth"]), opt, None, torch.device("cpu"), grad_accum=2, num_batches=2
+        )
     with pytest.raises(RuntimeError, match="more than num_batches = 1 batches"):
-        train_epoch(model, iter([batch, batch]), MultiTaskLoss(["depth"]), opt, None, torch.device("cpu"),
-                    num_batches=1)
+        train_epoch(
+            model, iter([batch, batch]), MultiTaskLoss(["depth"]), opt, None, torch.device("cpu"), num_batches=1
+        )
 
 
 def test_poly_and_cosine_schedules():
     poly = load_config(None, ["optim.schedule=poly", "optim.warmup_epochs=1"])
     assert lr_factor(poly, 0, 100, 10) == pytest.approx(0.1)
     assert lr_factor(poly, 10, 100, 10) == pytest.approx(1.0)
-    assert lr_factor(poly, 55, 100, 10) == pytest.approx(0.5 ** 0.9)
+    assert lr_factor(poly, 55, 100, 10) == pytest.approx(0.5**0.9)
     cos = load_config(None, ["optim.schedule=cosine"])
     assert lr_factor(cos, 50, 100, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
 
@@ -190,7 +222,7 @@ def test_lr_at_is_the_base_lr_times_the_schedule_over_the_runs_steps():
     assert lr_at(0, cfg, 10) == pytest.approx(0.002)
     assert lr_at(9, cfg, 10) == pytest.approx(0.02)
     assert lr_at(10, cfg, 10) == pytest.approx(0.02)
-    assert lr_at(55, cfg, 10) == pytest.approx(0.02 * 0.5 ** 0.9)
+    assert lr_at(55, cfg, 10) == pytest.approx(0.02 * 0.5**0.9)
     assert lr_at(100, cfg, 10) == 0.0 and lr_at(120, cfg, 10) == 0.0  # the end of the schedule, and past it
     const = load_config(None, ["optim.lr=0.02", "optim.schedule=constant"])
     assert {lr_at(s, const, 7) for s in range(0, 200, 13)} == {0.02}
@@ -200,15 +232,24 @@ def test_invalid_experiment_lists_every_problem_before_ray(smoke_shards, tmp_pat
     from datasets.writer import write_dataset
     from tests.conftest import ToySource
 
-    cfg = load_config(None, [f"data.shards={smoke_shards}", "model.name=nosuchnet", "data.tasks=[semseg]",
-                             "checkpoint.metric=val/depth/rmse", "train.batch_size=64"])
+    cfg = load_config(
+        None,
+        [
+            f"data.shards={smoke_shards}",
+            "model.name=nosuchnet",
+            "data.tasks=[semseg]",
+            "checkpoint.metric=val/depth/rmse",
+            "train.batch_size=64",
+        ],
+    )
     with pytest.raises(ConfigError) as e:
         validate_experiment(cfg)
     msg = str(e.value)
     assert "unknown model 'nosuchnet'" in msg and "checkpoint.metric" in msg and "training samples" in msg
     # A bad model option is listed beside the data's problems, not only once they are fixed.
-    cfg = load_config(None, [f"data.shards={smoke_shards}", "model.name=mtinet", "model.options={nosuch: 1}",
-                             "train.batch_size=64"])
+    cfg = load_config(
+        None, [f"data.shards={smoke_shards}", "model.name=mtinet", "model.options={nosuch: 1}", "train.batch_size=64"]
+    )
     with pytest.raises(ConfigError) as e:
         validate_experiment(cfg)
     assert "training samples" in str(e.value) and "unknown option(s) nosuch" in str(e.value)
@@ -227,14 +268,26 @@ def test_invalid_experiment_lists_every_problem_before_ray(smoke_shards, tmp_pat
 
 def test_settings_that_would_train_nothing_without_deep_supervision_are_refused(smoke_shards):
     base = [f"data.shards={smoke_shards}", "loss.deep_supervision=false", "train.batch_size=2"]
-    with pytest.raises(ConfigError, match=r"loss.deep_supervision is false, but model mtinet learns its "
-                                          r"auxiliary_tasks \['edge', 'normals'\] only through their aux losses"):
-        validate_experiment(load_config(None, [*base, "model.name=mtinet",
-                                               "model.options={auxiliary_tasks: [normals, edge]}"]))
-    cen = [*base, "model.name=cen", "data.tasks=[semseg]", "data.modalities=[rgb, depth]",
-           "checkpoint.metric=val/semseg/miou"]
-    with pytest.raises(ConfigError, match=r"model cen trains its per-modality predictions only through their aux "
-                                          r"losses: with detach_ensemble"):
+    with pytest.raises(
+        ConfigError,
+        match=r"loss.deep_supervision is false, but model mtinet learns its "
+        r"auxiliary_tasks \['edge', 'normals'\] only through their aux losses",
+    ):
+        validate_experiment(
+            load_config(None, [*base, "model.name=mtinet", "model.options={auxiliary_tasks: [normals, edge]}"])
+        )
+    cen = [
+        *base,
+        "model.name=cen",
+        "data.tasks=[semseg]",
+        "data.modalities=[rgb, depth]",
+        "checkpoint.metric=val/semseg/miou",
+    ]
+    with pytest.raises(
+        ConfigError,
+        match=r"model cen trains its per-modality predictions only through their aux "
+        r"losses: with detach_ensemble",
+    ):
         validate_experiment(load_config(None, cen))
     validate_experiment(load_config(None, [*cen, "model.options={detach_ensemble: false}"]))  # the ensemble trains
     validate_experiment(load_config(None, [*base, "model.name=mtinet"]))  # aux heads unused: DDP is told
@@ -256,9 +309,15 @@ def test_the_best_checkpoint_is_never_one_with_a_nan_score():
     from pipelines.track.run_record import best_checkpoint
 
     nan, good, worse, last = "nan", "good", "worse", "last"
-    result = SimpleNamespace(checkpoint=last, metrics={"epoch": 3},
-                             best_checkpoints=[(nan, {"val/m": float("nan"), "epoch": 0}),
-                                               (good, {"val/m": 0.5, "epoch": 1}), (worse, {"val/m": 0.2, "epoch": 2})])
+    result = SimpleNamespace(
+        checkpoint=last,
+        metrics={"epoch": 3},
+        best_checkpoints=[
+            (nan, {"val/m": float("nan"), "epoch": 0}),
+            (good, {"val/m": 0.5, "epoch": 1}),
+            (worse, {"val/m": 0.2, "epoch": 2}),
+        ],
+    )
     assert best_checkpoint(result, "val/m", "max")[0] == good
     assert best_checkpoint(result, "val/m", "min")[0] == worse
     result.best_checkpoints = [(nan, {"val/m": float("inf"), "epoch": 0})]
@@ -314,7 +373,9 @@ def test_a_resume_runs_at_the_configs_hyperparameters_with_the_checkpoints_momen
     used = []
     opt2.register_step_pre_hook(lambda o, args, kwargs: used.append(o.param_groups[0]["lr"]))
     train_epoch(model2, [batch] * 2, MultiTaskLoss(["depth"]), opt2, schedule(1e-5), torch.device("cpu"), first_step=3)
-    assert used == pytest.approx([1e-5 / 4, 1e-5 / 5])  # the schedule goes on at the restored step, from the config's base
+    assert used == pytest.approx(
+        [1e-5 / 4, 1e-5 / 5]
+    )  # the schedule goes on at the restored step, from the config's base
 
 
 def _lambdalr_factor(cfg, step, total_steps, steps_per_epoch):
@@ -341,8 +402,7 @@ def _lambdalr_learning_rates(cfg, steps_per_epoch, resume_after=None):
 
     def make():
         opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=cfg.optim.lr)
-        return opt, torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: _lambdalr_factor(cfg, s, total, steps_per_epoch))
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lambdalr_factor(cfg, s, total, steps_per_epoch))
 
     opt, sched = make()
     used, logged = [], []
@@ -362,13 +422,19 @@ def _lambdalr_learning_rates(cfg, steps_per_epoch, resume_after=None):
 
 
 @pytest.mark.parametrize("resume_after", [None, 0, 1])
-@pytest.mark.parametrize("options", [
-    ["optim.schedule=poly"], ["optim.schedule=poly", "optim.warmup_epochs=1"],
-    ["optim.schedule=poly", "optim.warmup_epochs=2", "optim.poly_power=2.5"],
-    ["optim.schedule=cosine"], ["optim.schedule=cosine", "optim.warmup_epochs=1"],
-    ["optim.schedule=constant"], ["optim.schedule=constant", "optim.warmup_epochs=3"],
-    ["optim.schedule=poly", "optim.warmup_epochs=5"],  # warm-up longer than the run
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["optim.schedule=poly"],
+        ["optim.schedule=poly", "optim.warmup_epochs=1"],
+        ["optim.schedule=poly", "optim.warmup_epochs=2", "optim.poly_power=2.5"],
+        ["optim.schedule=cosine"],
+        ["optim.schedule=cosine", "optim.warmup_epochs=1"],
+        ["optim.schedule=constant"],
+        ["optim.schedule=constant", "optim.warmup_epochs=3"],
+        ["optim.schedule=poly", "optim.warmup_epochs=5"],  # warm-up longer than the run
+    ],
+)
 def test_lr_at_gives_the_learning_rates_of_the_lambdalr_schedule_it_replaced(options, resume_after):
     import functools
 
@@ -394,8 +460,16 @@ def test_lr_at_gives_the_learning_rates_of_the_lambdalr_schedule_it_replaced(opt
     model = _Scale()
     opt = optimizer(model)
     for epoch in range(cfg.train.epochs):
-        train_epoch(model, [batch] * spe, MultiTaskLoss(["depth"]), opt, schedule, torch.device("cpu"), epoch=epoch,
-                    first_step=epoch * spe)
+        train_epoch(
+            model,
+            [batch] * spe,
+            MultiTaskLoss(["depth"]),
+            opt,
+            schedule,
+            torch.device("cpu"),
+            epoch=epoch,
+            first_step=epoch * spe,
+        )
         if epoch == resume_after:
             saved = {"optimizer": opt.state_dict()}
             opt = optimizer(model)
@@ -428,8 +502,9 @@ def test_a_checkpoint_with_the_lambdalr_state_resumes_as_it_did(tmp_path):
     old_opt = make_optimizer(cfg, old)
     old_sched = torch.optim.lr_scheduler.LambdaLR(old_opt, lambda s: _lambdalr_factor(cfg, s, total, spe))
     lambdalr_epoch(old, old_opt, old_sched)
-    save_checkpoint(tmp_path, old, {"epoch": 0}, {"optimizer": old_opt.state_dict(),
-                                                  "scheduler": old_sched.state_dict()})
+    save_checkpoint(
+        tmp_path, old, {"epoch": 0}, {"optimizer": old_opt.state_dict(), "scheduler": old_sched.state_dict()}
+    )
     state = load_train_state(tmp_path)
     assert "scheduler" in state and "initial_lr" in state["optimizer"]["param_groups"][0]
     for _ in (1, 2):  # the LambdaLR run goes on
@@ -465,8 +540,16 @@ def test_under_ddp_the_last_shorter_group_steps_when_the_batch_count_is_known():
     batch = {"inputs": {"rgb": torch.full((1, 3, 2, 2), 2.0)}, "targets": {"depth": torch.ones(1, 1, 2, 2)}}
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     steps = []
-    train_epoch(model, iter([batch] * 3), MultiTaskLoss(["depth"]), opt, lambda s, seen=steps: seen.append(s) or 0.1,
-                torch.device("cpu"), grad_accum=2, num_batches=3)
+    train_epoch(
+        model,
+        iter([batch] * 3),
+        MultiTaskLoss(["depth"]),
+        opt,
+        lambda s, seen=steps: seen.append(s) or 0.1,
+        torch.device("cpu"),
+        grad_accum=2,
+        num_batches=3,
+    )
     assert steps == [0, 1]  # groups of 2 + 1: two steps
 
 

@@ -1,4 +1,5 @@
 """The model logged to MLflow at the end of a run loads without pickle and serves any batch size."""
+
 import mlflow
 import mlflow.pytorch
 import numpy as np
@@ -14,8 +15,17 @@ from pipelines.track.tracker import Tracker
 @pytest.fixture
 def logged_model(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is relative to the working directory
-    mcfg = {"name": "mtl_baseline", "tasks": ["semseg", "depth"], "modalities": ["rgb", "depth"], "num_classes": 4,
-            "backbone": "resnet18", "width": 0.125, "output_stride": 32, "pretrained": None, "options": {"fusion": "early"}}
+    mcfg = {
+        "name": "mtl_baseline",
+        "tasks": ["semseg", "depth"],
+        "modalities": ["rgb", "depth"],
+        "num_classes": 4,
+        "backbone": "resnet18",
+        "width": 0.125,
+        "output_stride": 32,
+        "pretrained": None,
+        "options": {"fusion": "early"},
+    }
     torch.manual_seed(0)
     model = build_model(mcfg).eval()
     save_checkpoint(tmp_path / "ckpt", model, {"model_config": mcfg, "epoch": 0})

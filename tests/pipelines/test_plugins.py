@@ -1,5 +1,6 @@
 """Config plugins: a module listed in ``plugins`` registers a new task, and the whole pipeline (config,
 converter, shards, Ray Train workers, MLflow, evaluate) then knows it."""
+
 from __future__ import annotations
 
 import hashlib
@@ -40,8 +41,11 @@ def no_elevation():
 
 
 def test_plugins_are_imported_before_the_config_is_checked(no_elevation):
-    with pytest.raises(ConfigError, match=r"data.tasks: .*unknown task\(s\) \['elevation'\]; known: .*"
-                                          r"\(a module listed in plugins can register more\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"data.tasks: .*unknown task\(s\) \['elevation'\]; known: .*"
+        r"\(a module listed in plugins can register more\)",
+    ):
         load_config(None, ["data.tasks=[semseg, elevation]"])
     cfg = load_config(None, [f"plugins=[{PLUGIN}]", "data.tasks=[semseg, elevation]"])
     assert cfg.plugins == [PLUGIN] and cfg.data.tasks == ["semseg", "elevation"]
@@ -51,12 +55,18 @@ def test_plugins_are_imported_before_the_config_is_checked(no_elevation):
     assert ExperimentConfig.model_validate(cfg.model_dump(mode="json")).data.tasks == ["semseg", "elevation"]
 
 
-@pytest.mark.parametrize("plugins, match", [
-    ("[tests.pipelines.no_such_plugin]", r"plugins: cannot import 'tests.pipelines.no_such_plugin': "
-                                         r"ModuleNotFoundError"),
-    ("tests.pipelines.elevation_plugin", r"plugins must be a list of module names, got 'tests.pipelines"),
-    ("[fusion.tasks, '']", r"plugins must be a list of module names"),
-])
+@pytest.mark.parametrize(
+    "plugins, match",
+    [
+        (
+            "[tests.pipelines.no_such_plugin]",
+            r"plugins: cannot import 'tests.pipelines.no_such_plugin': "
+            r"ModuleNotFoundError",
+        ),
+        ("tests.pipelines.elevation_plugin", r"plugins must be a list of module names, got 'tests.pipelines"),
+        ("[fusion.tasks, '']", r"plugins must be a list of module names"),
+    ],
+)
 def test_a_plugin_that_cannot_be_imported_is_a_config_error(plugins, match, no_elevation):
     with pytest.raises(ConfigError, match=match):
         load_config(None, [f"plugins={plugins}"])
@@ -66,8 +76,11 @@ def test_a_plugin_whose_registration_fails_names_itself(elevation, tmp_path, mon
     # A second plugin that registers the same task again: its import fails inside register_task.
     (tmp_path / "elevation_again.py").write_text("from tests.pipelines.elevation_plugin import register\nregister()\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(ConfigError, match=r"plugins: cannot import 'elevation_again': ValueError: "
-                                           r"register_task: task 'elevation' is already registered"):
+    with pytest.raises(
+        ConfigError,
+        match=r"plugins: cannot import 'elevation_again': ValueError: "
+        r"register_task: task 'elevation' is already registered",
+    ):
         load_config(None, ["plugins=[elevation_again]"])
     sys.modules.pop("elevation_again", None)
 
@@ -79,8 +92,11 @@ def test_a_task_without_a_shard_member_is_an_experiment_problem(tmp_path, smoke_
     register_task(Task("slope", 1, lambda **_: None, lambda **_: None))
     try:
         cfg = load_config(None, [f"data.shards={smoke_shards}", "data.tasks=[semseg, slope]"])
-        with pytest.raises(ConfigError, match=r"data.tasks: no shard member is registered for task\(s\) \['slope'\]; "
-                                              r"register one with datasets.codec.register_member"):
+        with pytest.raises(
+            ConfigError,
+            match=r"data.tasks: no shard member is registered for task\(s\) \['slope'\]; "
+            r"register one with datasets.codec.register_member",
+        ):
             validate_experiment(cfg)
     finally:
         TASK_REGISTRY.pop("slope")
@@ -99,8 +115,20 @@ def test_data_build_imports_plugins_for_their_members(tmp_path, no_elevation):
     for stem in ("a", "b"):
         Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(folder / "images" / f"{stem}.png")
         np.save(folder / "elevation" / f"{stem}.npy", np.full((4, 5), 1.25, np.float32))
-    args = ["data", "build", "folder", "--root", str(folder), "--val-fraction", "0", "--out", str(tmp_path / "ds"),
-            "--workers", "1", "--json"]
+    args = [
+        "data",
+        "build",
+        "folder",
+        "--root",
+        str(folder),
+        "--val-fraction",
+        "0",
+        "--out",
+        str(tmp_path / "ds"),
+        "--workers",
+        "1",
+        "--json",
+    ]
     # Without the plugin, elevation/ is not a member: only the images are written.
     out = CliRunner().invoke(cli, args)
     assert out.exit_code == 0, out.output
@@ -123,9 +151,34 @@ def test_the_installed_command_finds_a_plugin_in_the_directory_it_runs_from(tmp_
     (tmp_path / "my_tasks.py").write_text("from pathlib import Path\nPath('imported.txt').write_text('yes')\n")
     exe = Path(sys.executable).with_name("fusionpipe")
     env = {**os.environ, "PYTHONPATH": ""}
-    out = subprocess.run([str(exe), "data", "build", "synthetic", "--plugin", "my_tasks", "--out", "ds",
-                          "--num-train", "1", "--num-val", "0", "--height", "16", "--width", "16", "--workers", "1",
-                          "--json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            str(exe),
+            "data",
+            "build",
+            "synthetic",
+            "--plugin",
+            "my_tasks",
+            "--out",
+            "ds",
+            "--num-train",
+            "1",
+            "--num-val",
+            "0",
+            "--height",
+            "16",
+            "--width",
+            "16",
+            "--workers",
+            "1",
+            "--json",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "imported.txt").read_text() == "yes" and (tmp_path / "ds" / "manifest.json").is_file()
 
@@ -148,18 +201,32 @@ def test_compare_leaves_unknown_tasks_out_of_delta_m_until_their_plugin_is_impor
     without = compare(uri, experiment="exp", baseline_runs=refs)
     assert without["delta_m_left_out"] == ["elevation"]
     assert without["delta_m"][ids["mtl"]]["terms"] == {"semseg/miou": pytest.approx(25.0)}
-    human = CliRunner().invoke(compare_cmd, ["--experiment", "exp", "--tracking-uri", uri, *sum(
-        (["--baseline-runs", r] for r in refs), [])])
+    human = CliRunner().invoke(
+        compare_cmd, ["--experiment", "exp", "--tracking-uri", uri, *sum((["--baseline-runs", r] for r in refs), [])]
+    )
     assert human.exit_code == 0 and "warning: task(s) elevation are not registered here" in human.stderr
-    out = CliRunner().invoke(compare_cmd, ["--experiment", "exp", "--tracking-uri", uri, "--plugin", PLUGIN, "--json",
-                                           *sum((["--baseline-runs", r] for r in refs), [])])
+    out = CliRunner().invoke(
+        compare_cmd,
+        [
+            "--experiment",
+            "exp",
+            "--tracking-uri",
+            uri,
+            "--plugin",
+            PLUGIN,
+            "--json",
+            *sum((["--baseline-runs", r] for r in refs), []),
+        ],
+    )
     assert out.exit_code == 0, out.output
     import json
 
     result = json.loads(out.stdout)
     assert "delta_m_left_out" not in result
-    assert result["delta_m"][ids["mtl"]]["terms"] == {"semseg/miou": pytest.approx(25.0),
-                                                      "elevation/rmse": pytest.approx(20.0)}
+    assert result["delta_m"][ids["mtl"]]["terms"] == {
+        "semseg/miou": pytest.approx(25.0),
+        "elevation/rmse": pytest.approx(20.0),
+    }
     assert result["delta_m"][ids["mtl"]]["delta_m"] == pytest.approx(22.5)
 
 
@@ -198,10 +265,16 @@ def test_a_plugin_task_trains_on_ray_and_is_tracked_and_evaluated(ray_cluster, t
 
     folder = write_elevation_folder(tmp_path / "raw")
     shards = tmp_path / "shards"
-    write_dataset(FolderSource(root=str(folder), classes=str(folder / "classes.yaml")), shards, shard_size=4,
-                  progress=False)
-    cfg = tiny_config(f"plugins=[{PLUGIN}]", f"data.shards={shards}", "data.tasks=[semseg, elevation]",
-                      "train.epochs=1", "tracking.log_model=false")
+    write_dataset(
+        FolderSource(root=str(folder), classes=str(folder / "classes.yaml")), shards, shard_size=4, progress=False
+    )
+    cfg = tiny_config(
+        f"plugins=[{PLUGIN}]",
+        f"data.shards={shards}",
+        "data.tasks=[semseg, elevation]",
+        "train.epochs=1",
+        "tracking.log_model=false",
+    )
     summary = run_training(cfg, run_name="elevation")  # the workers import the plugin from the config
     client = MlflowClient(tracking_uri=cfg.resolved_paths().tracking.uri)
     run = client.get_run(summary["mlflow_run_id"])
@@ -252,8 +325,9 @@ def test_plugin_tags_hash_a_module_a_package_and_name_what_has_no_source(tmp_pat
             sys.modules.pop(name, None)
 
 
-def test_a_resume_with_changed_plugin_code_warns_and_is_tagged(tmp_path, tiny_config, smoke_shards, monkeypatch,
-                                                               capsys):
+def test_a_resume_with_changed_plugin_code_warns_and_is_tagged(
+    tmp_path, tiny_config, smoke_shards, monkeypatch, capsys
+):
     from mlflow.tracking import MlflowClient
 
     from pipelines.track.run_record import open_mlflow_run
@@ -302,9 +376,9 @@ def test_the_plugins_directory_is_a_dvc_dependency_of_train_and_evaluate(monkeyp
     assert cfg.plugins == ["plugins"] and sys.modules["plugins"].__file__ == str(REPO_ROOT / "plugins" / "__init__.py")
 
 
-def test_resume_records_plugin_code_of_an_older_run_quietly_and_drops_removed_plugins(tmp_path, tiny_config,
-                                                                                      smoke_shards, monkeypatch,
-                                                                                      capsys):
+def test_resume_records_plugin_code_of_an_older_run_quietly_and_drops_removed_plugins(
+    tmp_path, tiny_config, smoke_shards, monkeypatch, capsys
+):
     from mlflow.tracking import MlflowClient
 
     from pipelines.track.run_record import open_mlflow_run

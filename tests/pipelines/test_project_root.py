@@ -1,5 +1,6 @@
 """Relative paths in a config are read from the project the user runs in (the current directory, or
 $FUSIONPIPE_PROJECT_ROOT), never from where the package's source files happen to be installed."""
+
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,9 @@ def elsewhere(tmp_path, monkeypatch):
 
 
 def test_relative_config_paths_resolve_against_the_current_directory(elsewhere):
-    cfg = load_config(None, ["data.shards=data/x", "checkpoint.storage_path=runs", "tracking.uri=null"]).resolved_paths()
+    cfg = load_config(
+        None, ["data.shards=data/x", "checkpoint.storage_path=runs", "tracking.uri=null"]
+    ).resolved_paths()
     assert project_root() == elsewhere
     assert cfg.data.shards == str(elsewhere / "data" / "x")
     assert cfg.checkpoint.storage_path == str(elsewhere / "runs")

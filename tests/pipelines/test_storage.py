@@ -3,6 +3,7 @@
 The object store is an in-memory fsspec filesystem behind pyarrow (what Ray Train writes through),
 and ``file://`` URIs, which take the same URI code paths as ``s3://`` without a network.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,10 @@ def test_small_files_on_a_path_and_a_uri(tmp_path):
     assert not list((tmp_path / "local" / "run").glob(".*"))  # no temp file left behind
     assert join("s3://bucket/ray_results/", "run", "x.json") == "s3://bucket/ray_results/run/x.json"
     # A MinIO store is named with a query: the parts go on the path, the query stays.
-    assert join("s3://b/r?endpoint_override=minio:9000", "run", "x.json") == \
-        "s3://b/r/run/x.json?endpoint_override=minio:9000"
+    assert (
+        join("s3://b/r?endpoint_override=minio:9000", "run", "x.json")
+        == "s3://b/r/run/x.json?endpoint_override=minio:9000"
+    )
 
 
 def test_a_checkpoint_on_an_object_store_is_named_with_its_scheme():
@@ -57,8 +60,11 @@ def _memory_checkpoint(tmp_path: Path, key: str, epoch: int, miou: float):
 
     from pipelines.checkpoints import save_checkpoint
 
-    local = save_checkpoint(tmp_path / f"local-{epoch}", torch.nn.Linear(2, 2),
-                            {"epoch": epoch, "metrics": {"val/semseg/miou": miou, "epoch": epoch}})
+    local = save_checkpoint(
+        tmp_path / f"local-{epoch}",
+        torch.nn.Linear(2, 2),
+        {"epoch": epoch, "metrics": {"val/semseg/miou": miou, "epoch": epoch}},
+    )
     fs = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(MemoryFileSystem()))
     fs.create_dir(key, recursive=True)
     pyarrow.fs.copy_files(str(local), key, source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=fs)
@@ -66,16 +72,24 @@ def _memory_checkpoint(tmp_path: Path, key: str, epoch: int, miou: float):
 
 
 def test_a_run_whose_checkpoints_are_on_an_object_store_finishes_and_logs_them(tmp_path):
-    from pipelines.track.tracker import Tracker
     from pipelines.track.run_record import finish_run
+    from pipelines.track.tracker import Tracker
 
-    cfg = load_config(None, ["checkpoint.storage_path=s3://bucket/ray_results", "tracking.log_model=false",
-                             f"tracking.uri=sqlite:///{tmp_path}/m.db"])
+    cfg = load_config(
+        None,
+        [
+            "checkpoint.storage_path=s3://bucket/ray_results",
+            "tracking.log_model=false",
+            f"tracking.uri=sqlite:///{tmp_path}/m.db",
+        ],
+    )
     best = _memory_checkpoint(tmp_path, "/bucket/ray_results/r/checkpoint_000000", 0, 0.5)
     last = _memory_checkpoint(tmp_path, "/bucket/ray_results/r/checkpoint_000001", 1, 0.25)
-    result = SimpleNamespace(checkpoint=last, metrics={"val/semseg/miou": 0.25, "epoch": 1},
-                             best_checkpoints=[(best, {"val/semseg/miou": 0.5, "epoch": 0}),
-                                               (last, {"val/semseg/miou": 0.25, "epoch": 1})])
+    result = SimpleNamespace(
+        checkpoint=last,
+        metrics={"val/semseg/miou": 0.25, "epoch": 1},
+        best_checkpoints=[(best, {"val/semseg/miou": 0.5, "epoch": 0}), (last, {"val/semseg/miou": 0.25, "epoch": 1})],
+    )
     tracker = Tracker.create_run(cfg.tracking.uri, "e", "r", {})
     summary = finish_run(cfg, tracker, result, "r", False)
     assert summary["best_checkpoint"] == "s3://bucket/ray_results/r/checkpoint_000000"
@@ -86,8 +100,9 @@ def test_a_run_whose_checkpoints_are_on_an_object_store_finishes_and_logs_them(t
     assert run.info.status == "FINISHED"
     assert run.data.tags["fusionpipe.best_checkpoint"] == summary["best_checkpoint"]
     assert run.data.tags["fusionpipe.best_epoch"] == "0"
-    logged = json.loads(Path(client.download_artifacts(tracker.run_id, "checkpoints/best/meta.json",
-                                                       str(tmp_path / "dl"))).read_text())
+    logged = json.loads(
+        Path(client.download_artifacts(tracker.run_id, "checkpoints/best/meta.json", str(tmp_path / "dl"))).read_text()
+    )
     assert logged["epoch"] == 0
 
 
@@ -95,8 +110,14 @@ def test_the_run_state_file_lives_beside_checkpoints_on_a_uri(tmp_path, smoke_sh
     from pipelines.track.run_record import open_mlflow_run
 
     storage = f"file://{tmp_path}/store"
-    cfg = load_config(None, [f"data.shards={smoke_shards}", f"tracking.uri=sqlite:///{tmp_path}/m.db",
-                             f"checkpoint.storage_path={storage}"]).resolved_paths()
+    cfg = load_config(
+        None,
+        [
+            f"data.shards={smoke_shards}",
+            f"tracking.uri=sqlite:///{tmp_path}/m.db",
+            f"checkpoint.storage_path={storage}",
+        ],
+    ).resolved_paths()
     assert cfg.checkpoint.storage_path == storage  # a URI is not made a local path
     manifest = json.loads((smoke_shards / "manifest.json").read_text())
     first, resumed = open_mlflow_run(cfg, "r", manifest)
@@ -109,33 +130,44 @@ def test_the_run_state_file_lives_beside_checkpoints_on_a_uri(tmp_path, smoke_sh
 
 def test_evaluate_reads_a_checkpoint_given_as_a_uri(tmp_path, smoke_shards):
     from fusion import build_model
-    from pipelines.checkpoints import save_checkpoint
-    from tests import REPO_ROOT
     from pipelines.analysis.evaluate import run_evaluate
+    from pipelines.checkpoints import save_checkpoint
     from pipelines.config import model_config
+    from tests import REPO_ROOT
 
-    cfg = load_config(REPO_ROOT / "configs" / "smoke.yaml", [f"data.shards={smoke_shards}",
-                                                             f"tracking.uri=sqlite:///{tmp_path}/m.db"])
+    cfg = load_config(
+        REPO_ROOT / "configs" / "smoke.yaml", [f"data.shards={smoke_shards}", f"tracking.uri=sqlite:///{tmp_path}/m.db"]
+    )
     manifest = json.loads((smoke_shards / "manifest.json").read_text())
     mcfg = model_config(cfg.resolved_paths(), len(manifest["classes"]))
     torch.manual_seed(0)
-    save_checkpoint(tmp_path / "store" / "ck", build_model(mcfg), {"epoch": 4, "model_config": mcfg,
-                                                                   "classes": manifest["classes"]})
+    save_checkpoint(
+        tmp_path / "store" / "ck", build_model(mcfg), {"epoch": 4, "model_config": mcfg, "classes": manifest["classes"]}
+    )
     by_uri = run_evaluate(cfg, checkpoint=f"file://{tmp_path}/store/ck")
     by_path = run_evaluate(cfg, checkpoint=str(tmp_path / "store" / "ck"))
     assert by_uri["epoch"] == 4 and by_uri["metrics"] == by_path["metrics"]
 
 
 def test_when_the_last_checkpoint_is_the_best_it_is_fetched_once(tmp_path, caplog):
-    from pipelines.track.tracker import Tracker
     from pipelines.track.run_record import finish_run
+    from pipelines.track.tracker import Tracker
 
-    cfg = load_config(None, ["checkpoint.storage_path=s3://bucket/ray_results", "tracking.log_model=false",
-                             f"tracking.uri=sqlite:///{tmp_path}/m.db"])
+    cfg = load_config(
+        None,
+        [
+            "checkpoint.storage_path=s3://bucket/ray_results",
+            "tracking.log_model=false",
+            f"tracking.uri=sqlite:///{tmp_path}/m.db",
+        ],
+    )
     last = _memory_checkpoint(tmp_path, "/bucket/ray_results/r/checkpoint_000000", 0, 0.5)
     # Ray's Result hands out the same Checkpoint object as the last and the best one.
-    result = SimpleNamespace(checkpoint=last, metrics={"val/semseg/miou": 0.5, "epoch": 0},
-                             best_checkpoints=[(last, {"val/semseg/miou": 0.5, "epoch": 0})])
+    result = SimpleNamespace(
+        checkpoint=last,
+        metrics={"val/semseg/miou": 0.5, "epoch": 0},
+        best_checkpoints=[(last, {"val/semseg/miou": 0.5, "epoch": 0})],
+    )
     downloads = []
     original = type(last).to_directory
     type(last).to_directory = lambda self, *a, **k: downloads.append(self.path) or original(self, *a, **k)
@@ -149,8 +181,8 @@ def test_when_the_last_checkpoint_is_the_best_it_is_fetched_once(tmp_path, caplo
 
 
 def test_an_error_a_retry_cannot_fix_is_recorded_beside_checkpoints_on_a_uri(tmp_path):
-    from pipelines.train.steps import NonFiniteLossError
     from pipelines.storage import remove
+    from pipelines.train.steps import NonFiniteLossError
     from pipelines.train.worker import fatal_path, train_loop_per_worker
 
     storage = f"file://{tmp_path}/store"

@@ -1,4 +1,5 @@
 """The sweep spec: shapes, bounds, reserved fields, and validation against the base config (no Ray)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import ConfigError, ExperimentConfig, load_config
-from tests import REPO_ROOT
 from pipelines.tune.spec import candidate_values, grid_size, load_sweep, trial_raw_config, tune_domain, validate_sweep
+from tests import REPO_ROOT
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -35,14 +36,17 @@ def test_trial_config_applies_values_and_fixed_settings():
     assert base["optim"]["lr"] == 0.002  # the base is not modified
 
 
-@pytest.mark.parametrize("space, message", [
-    ("optim.lr: {uniform: [0.1, 0.01]}", r"space.optim.lr.uniform: low 0.1 must be < high 0.01"),
-    ("optim.lr: {loguniform: [0, 0.01]}", r"space.optim.lr.loguniform: low 0 must be > 0"),
-    ("optim.lr: {normal: [0, 1]}", r"space.optim.lr: expected one of"),
-    ("optim.lr: {choice: []}", r"space.optim.lr.choice: expected a non-empty list"),
-    ("train.batch_size: {randint: [1.5, 4]}", r"space.train.batch_size.randint: bounds must be integers"),
-    ("train.epochs: {choice: [1, 2]}", r"space.train.epochs: set by the sweep itself"),
-])
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ("optim.lr: {uniform: [0.1, 0.01]}", r"space.optim.lr.uniform: low 0.1 must be < high 0.01"),
+        ("optim.lr: {loguniform: [0, 0.01]}", r"space.optim.lr.loguniform: low 0 must be > 0"),
+        ("optim.lr: {normal: [0, 1]}", r"space.optim.lr: expected one of"),
+        ("optim.lr: {choice: []}", r"space.optim.lr.choice: expected a non-empty list"),
+        ("train.batch_size: {randint: [1.5, 4]}", r"space.train.batch_size.randint: bounds must be integers"),
+        ("train.epochs: {choice: [1, 2]}", r"space.train.epochs: set by the sweep itself"),
+    ],
+)
 def test_bad_distributions_name_the_field(tmp_path, space, message):
     with pytest.raises(ConfigError, match=message):
         load_sweep(_write(tmp_path, f"space:\n  {space}\n"))
@@ -50,7 +54,9 @@ def test_bad_distributions_name_the_field(tmp_path, space, message):
 
 def test_bad_spec_keys_and_scheduler(tmp_path):
     with pytest.raises(ConfigError, match=r"scheduler: Value error, grace_period 5 > max_epochs 3"):
-        load_sweep(_write(tmp_path, "scheduler: {max_epochs: 3, grace_period: 5}\nspace: {optim.lr: {choice: [0.1]}}\n"))
+        load_sweep(
+            _write(tmp_path, "scheduler: {max_epochs: 3, grace_period: 5}\nspace: {optim.lr: {choice: [0.1]}}\n")
+        )
     with pytest.raises(ConfigError, match=r"metirc: unknown key"):
         load_sweep(_write(tmp_path, "metirc: val/semseg/miou\nspace: {optim.lr: {choice: [0.1]}}\n"))
     with pytest.raises(ConfigError, match=r"no such sweep file"):
@@ -59,8 +65,13 @@ def test_bad_spec_keys_and_scheduler(tmp_path):
 
 def test_values_are_checked_against_the_base_config(tmp_path):
     base = load_config(REPO_ROOT / "configs" / "smoke.yaml").model_dump(mode="json")
-    spec = load_sweep(_write(tmp_path, "space:\n  optim.lrr: {choice: [0.1]}\n  optim.lr: {uniform: [-1, 0.1]}\n"
-                                       "  loss.weights.semseg: {choice: [1.0, -2.0]}\n"))
+    spec = load_sweep(
+        _write(
+            tmp_path,
+            "space:\n  optim.lrr: {choice: [0.1]}\n  optim.lr: {uniform: [-1, 0.1]}\n"
+            "  loss.weights.semseg: {choice: [1.0, -2.0]}\n",
+        )
+    )
     with pytest.raises(ConfigError) as e:
         validate_sweep(base, spec)
     text = str(e.value)
@@ -83,8 +94,11 @@ def test_candidates_domains_and_grid_size(tmp_path):
     assert isinstance(tune_domain({"loguniform": [1e-4, 1e-2]}), Float)
     assert isinstance(tune_domain({"randint": [2, 8]}), Integer)
     assert tune_domain({"grid": [1, 2]}) == {"grid_search": [1, 2]}
-    spec = load_sweep(_write(tmp_path, "num_samples: 2\nspace:\n  a.b: {grid: [1, 2, 3]}\n  c.d: {grid: [x, y]}\n"
-                                       "  e.f: {choice: [1]}\n"))
+    spec = load_sweep(
+        _write(
+            tmp_path, "num_samples: 2\nspace:\n  a.b: {grid: [1, 2, 3]}\n  c.d: {grid: [x, y]}\n  e.f: {choice: [1]}\n"
+        )
+    )
     assert grid_size(spec) == 6
 
 
@@ -126,8 +140,11 @@ def test_url_passwords_are_redacted_in_logged_params():
 def test_a_continuous_range_on_an_integer_field_is_refused(tmp_path):
     base = load_config(REPO_ROOT / "configs" / "smoke.yaml").model_dump(mode="json")
     spec = load_sweep(_write(tmp_path, "space:\n  train.batch_size: {uniform: [2, 8]}\n"))
-    with pytest.raises(ConfigError, match=r"space.train.batch_size = 3.88\d*: train.batch_size: .*fractional part "
-                                          r"\(a uniform range draws fractions: use randint"):
+    with pytest.raises(
+        ConfigError,
+        match=r"space.train.batch_size = 3.88\d*: train.batch_size: .*fractional part "
+        r"\(a uniform range draws fractions: use randint",
+    ):
         validate_sweep(base, spec)
 
 
@@ -135,9 +152,14 @@ def test_every_candidate_is_checked_as_a_whole_experiment(tmp_path, smoke_shards
     from pipelines.tune.driver import _check_candidates
 
     base = load_config(REPO_ROOT / "configs" / "smoke.yaml", [f"data.shards={smoke_shards}"]).model_dump(mode="json")
-    spec = load_sweep(_write(tmp_path, "space:\n  train.batch_size: {choice: [2, 64]}\n"
-                                       "  data.tasks: {choice: [[semseg, depth], [depth]]}\n"
-                                       "  optim.lr: {choice: [0.01, 0.001]}\n"))
+    spec = load_sweep(
+        _write(
+            tmp_path,
+            "space:\n  train.batch_size: {choice: [2, 64]}\n"
+            "  data.tasks: {choice: [[semseg, depth], [depth]]}\n"
+            "  optim.lr: {choice: [0.01, 0.001]}\n",
+        )
+    )
     validate_sweep(base, spec)  # every value fits the schema
     with pytest.raises(ConfigError) as e:
         _check_candidates(base, spec)
@@ -152,8 +174,11 @@ def test_a_misspelt_metric_is_refused_before_the_sweep(tmp_path, smoke_shards):
 
     base = load_config(REPO_ROOT / "configs" / "smoke.yaml", [f"data.shards={smoke_shards}"]).model_dump(mode="json")
     spec = load_sweep(_write(tmp_path, "metric: val/semseg/mIoU\nspace:\n  optim.lr: {choice: [0.01]}\n"))
-    with pytest.raises(ConfigError, match=r"checkpoint.metric: no metric 'val/semseg/mIoU'; semseg has "
-                                          r"val/semseg/mean_acc, val/semseg/miou, val/semseg/pixel_acc"):
+    with pytest.raises(
+        ConfigError,
+        match=r"checkpoint.metric: no metric 'val/semseg/mIoU'; semseg has "
+        r"val/semseg/mean_acc, val/semseg/miou, val/semseg/pixel_acc",
+    ):
         validate_experiment(validate_sweep(base, spec))
 
 
@@ -161,9 +186,9 @@ def test_no_tracking_password_in_the_best_config_or_the_pickled_callback(tmp_pat
     import ray.cloudpickle
     import yaml
 
+    from pipelines.tune import callback as callback_module
     from pipelines.tune import driver as tune
     from pipelines.tune import trials
-    from pipelines.tune import callback as callback_module
     from pipelines.tune.callback import SweepCallback
 
     uri = "http://alice:s3cr3t@mlflow.example:5000"
@@ -176,8 +201,10 @@ def test_no_tracking_password_in_the_best_config_or_the_pickled_callback(tmp_pat
     assert loaded["tracking"]["uri"] is None and loaded["optim"]["lr"] == 0.003 and best_raw == loaded
     # Without a password the URI is kept as given.
     plain = {**base, "tracking": {**base["tracking"], "uri": "http://mlflow.example:5000"}}
-    assert yaml.safe_load(tune.best_config(best, spec, plain, tmp_path / "b.yaml")[1])["tracking"]["uri"] == \
-        "http://mlflow.example:5000"
+    assert (
+        yaml.safe_load(tune.best_config(best, spec, plain, tmp_path / "b.yaml")[1])["tracking"]["uri"]
+        == "http://mlflow.example:5000"
+    )
 
     # Tune pickles its callbacks into tuner.pkl: the sweep's callback holds no URI and reads the driver's.
     monkeypatch.setattr(trials, "_DRIVER", {})
@@ -185,6 +212,8 @@ def test_no_tracking_password_in_the_best_config_or_the_pickled_callback(tmp_pat
     callback = SweepCallback(str(tmp_path), spec.model_dump(mode="json"))
     assert b"s3cr3t" not in ray.cloudpickle.dumps(callback)
     seen = []
-    monkeypatch.setattr(callback_module, "close_stopped_trial", lambda d, s, trial, u, failed: seen.append((d, s.name, u, failed)))
+    monkeypatch.setattr(
+        callback_module, "close_stopped_trial", lambda d, s, trial, u, failed: seen.append((d, s.name, u, failed))
+    )
     ray.cloudpickle.loads(ray.cloudpickle.dumps(callback)).on_trial_error(0, [], object())
     assert seen == [(tmp_path, spec.name, uri, True)]

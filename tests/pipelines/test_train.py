@@ -1,4 +1,5 @@
 """End-to-end Ray Train runs: tracking, resume, recovery from a dead worker, evaluate."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,8 +33,9 @@ def test_two_worker_run_is_tracked_completely(ray_cluster, tiny_config, smoke_sh
 
     smoke = flatten(load_config(REPO_ROOT / "configs" / "smoke.yaml").model_dump(mode="json"))
     moved = {"data.shards", "tracking.uri", "tracking.experiment", "checkpoint.storage_path"}
-    assert {k: _param_value(v) for k, v in smoke.items() if k not in moved} == \
-        {k: v for k, v in run.data.params.items() if k in smoke and k not in moved}
+    assert {k: _param_value(v) for k, v in smoke.items() if k not in moved} == {
+        k: v for k, v in run.data.params.items() if k in smoke and k not in moved
+    }
     assert run.data.params["model.name"] == "mtinet" and run.data.params["train.workers"] == "2"
     assert run.data.tags["data.manifest_digest"] == manifest_digest(smoke_shards)
     import subprocess
@@ -43,8 +45,16 @@ def test_two_worker_run_is_tracked_completely(ray_cluster, tiny_config, smoke_sh
     (dataset_input,) = run.inputs.dataset_inputs  # the shards, as an MLflow dataset input of the run
     assert dataset_input.dataset.digest == manifest_digest(smoke_shards)[:32]
     assert {(t.key, t.value) for t in dataset_input.tags} == {("mlflow.data.context", "train")}
-    for key in ("train/loss/total", "train/loss/semseg", "val/semseg/miou", "val/depth/rmse", "val/normals/mean",
-                "val/edge/odsF", "lr", "train/samples_per_s"):
+    for key in (
+        "train/loss/total",
+        "train/loss/semseg",
+        "val/semseg/miou",
+        "val/depth/rmse",
+        "val/normals/mean",
+        "val/edge/odsF",
+        "lr",
+        "train/samples_per_s",
+    ):
         assert _steps(client, run.info.run_id, key) == [0, 1], key
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"checkpoints", "previews", "config.yaml"} <= artifacts
@@ -75,15 +85,27 @@ def test_ddp_without_deep_supervision_and_a_short_accumulation_group(ray_cluster
     # two ranks 4 batches, grad_accum 3 groups them as 3 + 1: the last group all-reduces and steps too.
     from pipelines.train.steps import lr_factor
 
-    cfg = tiny_config("loss.deep_supervision=false", "train.batch_size=2", "optim.grad_accum=3", "train.epochs=2",
-                      "tracking.log_model=false", "train.preview_every=0", "optim.warmup_epochs=2")
+    cfg = tiny_config(
+        "loss.deep_supervision=false",
+        "train.batch_size=2",
+        "optim.grad_accum=3",
+        "train.epochs=2",
+        "tracking.log_model=false",
+        "train.preview_every=0",
+        "optim.warmup_epochs=2",
+    )
     summary = run_training(cfg, run_name="no-deep-supervision")
     client = MlflowClient(tracking_uri=cfg.resolved_paths().tracking.uri)
     run = client.get_run(summary["mlflow_run_id"])
     assert run.info.status == "FINISHED" and summary["epochs"] == 2
     losses = [k for k in run.data.metrics if k.startswith("train/loss/")]
-    assert sorted(losses) == ["train/loss/depth", "train/loss/edge", "train/loss/normals", "train/loss/semseg",
-                              "train/loss/total"]  # no per-scale (aux) terms
+    assert sorted(losses) == [
+        "train/loss/depth",
+        "train/loss/edge",
+        "train/loss/normals",
+        "train/loss/semseg",
+        "train/loss/total",
+    ]  # no per-scale (aux) terms
     # Two optimizer steps per epoch (ceil(4 / 3)): after epoch 0 the warm-up is at step 3 of 4, 0.75.
     lr = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "lr")}
     assert lr[0] == pytest.approx(cfg.optim.lr * 0.75, rel=1e-9) == cfg.optim.lr * lr_factor(cfg, 2, 4, 2)
@@ -155,8 +177,12 @@ def test_nan_loss_fails_the_run_once_keeps_good_checkpoints_and_resumes(ray_clus
     # Resuming with another optimizer is refused as a checkpoint error, not retried, and the recorded
     # NaN of the first attempt does not leak into this one.
     with pytest.raises(CheckpointError, match=r"trained with optim.name 'adam', the config says 'sgd'"):
-        run_training(tiny_config("failure.max_failures=1", "tracking.log_model=false", "train.preview_every=0",
-                                 "optim.name=sgd"), run_name="diverged")
+        run_training(
+            tiny_config(
+                "failure.max_failures=1", "tracking.log_model=false", "train.preview_every=0", "optim.name=sgd"
+            ),
+            run_name="diverged",
+        )
     # The same config resumes from the kept checkpoint and finishes the same MLflow run.
     summary = run_training(cfg, run_name="diverged")
     assert summary["resumed"] and summary["mlflow_run_id"] == run.info.run_id and summary["epochs"] == 2

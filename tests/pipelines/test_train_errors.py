@@ -1,5 +1,6 @@
 """How a training worker's tracking-store failure reaches the user: as a store error (exit 3) without
 the URI's password, however Ray wraps it (no Ray started here)."""
+
 from __future__ import annotations
 
 import json

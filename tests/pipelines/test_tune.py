@@ -1,4 +1,5 @@
 """A real (tiny) Ray Tune sweep: ASHA stops trials early, nested MLflow runs, resume of a failed trial."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,12 +15,24 @@ pytestmark = pytest.mark.integration
 
 def test_sweep_stops_early_nests_runs_and_resumes_a_failed_trial(ray_cluster, smoke_shards, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    overrides = [f"data.shards={smoke_shards}", "train.batch_size=2", "train.preview_every=0",
-                 f"tracking.uri={uri}", "tracking.experiment=sweeps", f"checkpoint.storage_path={tmp_path}/ray"]
+    overrides = [
+        f"data.shards={smoke_shards}",
+        "train.batch_size=2",
+        "train.preview_every=0",
+        f"tracking.uri={uri}",
+        "tracking.experiment=sweeps",
+        f"checkpoint.storage_path={tmp_path}/ray",
+    ]
     sweep = REPO_ROOT / "configs" / "sweeps" / "smoke.yaml"
     # The first trial dies at the start of its second epoch (once): the sweep goes on without it.
-    first = run_tune(REPO_ROOT / "configs" / "smoke.yaml", sweep, overrides, name="tiny", verbose=0,
-                     epoch_hooks=[ExitOnce(epoch=1, rank=0, marker=f"{tmp_path}/failed-once")])
+    first = run_tune(
+        REPO_ROOT / "configs" / "smoke.yaml",
+        sweep,
+        overrides,
+        name="tiny",
+        verbose=0,
+        epoch_hooks=[ExitOnce(epoch=1, rank=0, marker=f"{tmp_path}/failed-once")],
+    )
 
     assert first["num_trials"] == 4 and not first["resumed"]
     assert len(first["errored"]) == 1 and (tmp_path / "failed-once").is_file()
@@ -35,8 +48,9 @@ def test_sweep_stops_early_nests_runs_and_resumes_a_failed_trial(ray_cluster, sm
     parent = client.get_run(first["parent_run_id"])
     assert parent.data.tags["fusionpipe.kind"] == "sweep" and parent.info.status == "FAILED"
     assert parent.data.params["sweep.scheduler.name"] == "asha"
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
     assert len(children) == 4
     by_trial = {c.data.tags["fusionpipe.trial_id"]: c for c in children}
     assert set(by_trial) == set(rows)
@@ -62,8 +76,9 @@ def test_sweep_stops_early_nests_runs_and_resumes_a_failed_trial(ray_cluster, sm
     second = run_tune(REPO_ROOT / "configs" / "smoke.yaml", sweep, overrides, name="tiny", verbose=0)
     assert second["resumed"] and second["errored"] == [] and second["parent_run_id"] == first["parent_run_id"]
     assert {r["trial_id"] for r in second["trials"]} == set(rows)
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
     assert len(children) == 4
     for c in children:
         if c.info.run_id in ended:
@@ -81,7 +96,8 @@ def test_sweep_stops_early_nests_runs_and_resumes_a_failed_trial(ray_cluster, sm
     assert parent.data.metrics["best/val/semseg/miou"] == pytest.approx(max(values))
     assert parent.data.tags["fusionpipe.best_run_id"] == best["mlflow_run_id"]
     assert {"sweep.yaml", "base_config.yaml", "best_config.yaml", "trials.json"} <= {
-        a.path for a in client.list_artifacts(parent.info.run_id)}
+        a.path for a in client.list_artifacts(parent.info.run_id)
+    }
     cfg = load_config(second["best_config_path"])
     assert cfg.optim.lr == pytest.approx(best["params"]["optim.lr"])
     assert cfg.loss.weights["depth"] == best["params"]["loss.weights.depth"]

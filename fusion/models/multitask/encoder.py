@@ -13,6 +13,7 @@ modalities reach the task layers:
   returns CEN's ℓ1 term on the exchange BN scales times ``cen_l1_weight``. ResNet backbones only;
   depth is replicated to the shared 3-channel stem.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,7 +51,9 @@ class FusionOptions:
 
 def front_end_tasks(cfg: ModelConfig, auxiliary_tasks: list[str]) -> list[str]:
     """``cfg.tasks`` followed by the auxiliary tasks (predicted at the front end only)."""
-    problems = [f"auxiliary task {a!r} is unknown (known: {', '.join(TASKS)})" for a in auxiliary_tasks if a not in TASKS]
+    problems = [
+        f"auxiliary task {a!r} is unknown (known: {', '.join(TASKS)})" for a in auxiliary_tasks if a not in TASKS
+    ]
     problems += [f"auxiliary task {a!r} is already in tasks {cfg.tasks}" for a in auxiliary_tasks if a in cfg.tasks]
     if len(set(auxiliary_tasks)) != len(auxiliary_tasks):
         problems.append(f"duplicate auxiliary task in {auxiliary_tasks}")
@@ -58,8 +61,9 @@ def front_end_tasks(cfg: ModelConfig, auxiliary_tasks: list[str]) -> list[str]:
         raise ValueError(f"model {cfg.name!r}: " + "; ".join(problems))
     front = list(cfg.tasks) + list(auxiliary_tasks)
     if len(front) < 2:
-        raise ValueError(f"model {cfg.name!r} distils between tasks and needs at least two (tasks + "
-                         f"auxiliary_tasks), got {front}")
+        raise ValueError(
+            f"model {cfg.name!r} distils between tasks and needs at least two (tasks + auxiliary_tasks), got {front}"
+        )
     return front
 
 
@@ -72,39 +76,52 @@ class MultiTaskEncoder(nn.Module):
         if fusion not in FUSIONS:
             raise ValueError(f"model {cfg.name!r}: option fusion must be one of {FUSIONS}, got {fusion!r}")
         if fusion == "none" and len(cfg.modalities) != 1:
-            raise ValueError(f"model {cfg.name!r}: modalities {cfg.modalities} need option fusion 'early' or 'cen' "
-                             f"(fusion 'none' takes exactly one modality)")
+            raise ValueError(
+                f"model {cfg.name!r}: modalities {cfg.modalities} need option fusion 'early' or 'cen' "
+                f"(fusion 'none' takes exactly one modality)"
+            )
         if fusion == "cen" and sorted(cfg.modalities) != ["depth", "rgb"]:
             raise ValueError(f"model {cfg.name!r}: fusion 'cen' needs modalities rgb and depth, got {cfg.modalities}")
         self.name = cfg.name
         self.modalities = list(cfg.modalities)
         self.fusion = fusion
         if opts.cen_threshold < 0 or opts.cen_l1_weight < 0:
-            raise ValueError(f"model {cfg.name!r}: options cen_threshold and cen_l1_weight must be >= 0, got "
-                             f"{opts.cen_threshold} and {opts.cen_l1_weight}")
+            raise ValueError(
+                f"model {cfg.name!r}: options cen_threshold and cen_l1_weight must be >= 0, got "
+                f"{opts.cen_threshold} and {opts.cen_l1_weight}"
+            )
         self.cen_l1_weight = opts.cen_l1_weight
         if fusion == "cen":
             if cfg.backbone not in RESNET_SPECS:
-                raise ValueError(f"model {cfg.name!r}: fusion 'cen' needs a ResNet backbone "
-                                 f"({', '.join(RESNET_SPECS)}), got {cfg.backbone!r}")
+                raise ValueError(
+                    f"model {cfg.name!r}: fusion 'cen' needs a ResNet backbone "
+                    f"({', '.join(RESNET_SPECS)}), got {cfg.backbone!r}"
+                )
             resnet = build_backbone(cfg.backbone, 3, cfg.width, cfg.output_stride, pretrained=cfg.pretrained)
             self.backbone = CENBackbone(resnet, len(self.modalities), opts.cen_threshold)
         else:
             in_channels = sum(MODALITY_CHANNELS[m] for m in self.modalities)
-            self.backbone = build_backbone(cfg.backbone, in_channels=in_channels, width=cfg.width,
-                                           output_stride=cfg.output_stride, pretrained=cfg.pretrained)
+            self.backbone = build_backbone(
+                cfg.backbone,
+                in_channels=in_channels,
+                width=cfg.width,
+                output_stride=cfg.output_stride,
+                pretrained=cfg.pretrained,
+            )
         self.channels: list[int] = list(self.backbone.channels)
         self.strides: list[int] = list(self.backbone.strides)
 
     def check_inputs(self, inputs: dict[str, Tensor]) -> None:
         for m in self.modalities:
             if m not in inputs:
-                raise KeyError(f"model {self.name!r}: input has no modality {m!r} (needs {self.modalities}, "
-                               f"got {sorted(inputs)})")
+                raise KeyError(
+                    f"model {self.name!r}: input has no modality {m!r} (needs {self.modalities}, got {sorted(inputs)})"
+                )
             x = inputs[m]
             if x.dim() != 4 or x.shape[1] != MODALITY_CHANNELS[m]:
-                raise ValueError(f"model {self.name!r}: input {m!r} must be B×{MODALITY_CHANNELS[m]}×H×W, "
-                                 f"got {tuple(x.shape)}")
+                raise ValueError(
+                    f"model {self.name!r}: input {m!r} must be B×{MODALITY_CHANNELS[m]}×H×W, got {tuple(x.shape)}"
+                )
 
     def forward(self, inputs: dict[str, Tensor]) -> list[Tensor]:
         self.check_inputs(inputs)
@@ -134,8 +151,10 @@ class MultiTaskModel(nn.Module):
     def needs_aux_losses(self) -> str | None:
         """Why the model cannot train without its aux losses (``loss.deep_supervision`` false), or None."""
         if self.auxiliary_tasks:
-            return (f"learns its auxiliary_tasks {self.auxiliary_tasks} only through their aux losses (they are "
-                    "never final outputs); drop them")
+            return (
+                f"learns its auxiliary_tasks {self.auxiliary_tasks} only through their aux losses (they are "
+                "never final outputs); drop them"
+            )
         return None
 
     def input_size(self, inputs: dict[str, Tensor]) -> torch.Size:

@@ -1,5 +1,6 @@
 """Blocks shared by PAD-Net and MTI-Net: squeeze-and-excitation, spatial attention, multi-modal
 distillation, the feature propagation module and per-task refinement."""
+
 from __future__ import annotations
 
 import torch
@@ -21,8 +22,9 @@ class SqueezeExcitation(nn.Module):
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__()
         hidden = max(1, channels // reduction)
-        self.gate = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels),
-                                  nn.Sigmoid())
+        self.gate = nn.Sequential(
+            nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels), nn.Sigmoid()
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.gate(x.mean(dim=(2, 3)))[:, :, None, None]
@@ -51,10 +53,12 @@ class MultiModalDistillation(nn.Module):
     def __init__(self, tasks: list[str], source_tasks: list[str], channels: int) -> None:
         super().__init__()
         self.tasks = list(tasks)
-        self.messages = nn.ModuleDict({
-            t: nn.ModuleDict({s: SpatialAttention(channels, channels) for s in source_tasks if s != t})
-            for t in self.tasks
-        })
+        self.messages = nn.ModuleDict(
+            {
+                t: nn.ModuleDict({s: SpatialAttention(channels, channels) for s in source_tasks if s != t})
+                for t in self.tasks
+            }
+        )
 
     def forward(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
         out = {}
@@ -66,8 +70,9 @@ class MultiModalDistillation(nn.Module):
         return out
 
 
-def residual_blocks(in_channels: int, out_channels: int, num_blocks: int = 2, bottleneck: bool = False
-                    ) -> nn.Sequential:
+def residual_blocks(
+    in_channels: int, out_channels: int, num_blocks: int = 2, bottleneck: bool = False
+) -> nn.Sequential:
     """``num_blocks`` ResNet blocks, the first projecting ``in_channels`` to ``out_channels``.
 
     Basic blocks (two 3×3 convs) as MTI-Net's official code, or bottlenecks (1×1, 3×3 at a quarter
@@ -109,8 +114,9 @@ class FeaturePropagation(nn.Module):
         self.tasks = list(tasks)
         self.softmax = softmax
         shared = len(self.tasks) * channels
-        self.non_linear = nn.Sequential(residual_blocks(shared, max(1, shared // 4)),
-                                        nn.Conv2d(max(1, shared // 4), shared, 1))
+        self.non_linear = nn.Sequential(
+            residual_blocks(shared, max(1, shared // 4)), nn.Conv2d(max(1, shared // 4), shared, 1)
+        )
         self.reduction = residual_blocks(shared, channels, num_blocks=1)
         self.se = nn.ModuleDict({t: SqueezeExcitation(channels) for t in self.tasks})
 
@@ -137,16 +143,26 @@ class InitialPrediction(nn.Module):
     ``(features, predictions)``, both keyed by task.
     """
 
-    def __init__(self, out_channels: dict[str, int], in_channels: int, channels: int,
-                 propagated_channels: int = 0, bottleneck: bool = False) -> None:
+    def __init__(
+        self,
+        out_channels: dict[str, int],
+        in_channels: int,
+        channels: int,
+        propagated_channels: int = 0,
+        bottleneck: bool = False,
+    ) -> None:
         super().__init__()
-        self.refine = nn.ModuleDict({
-            t: residual_blocks(in_channels + propagated_channels, channels, bottleneck=bottleneck) for t in out_channels
-        })
+        self.refine = nn.ModuleDict(
+            {
+                t: residual_blocks(in_channels + propagated_channels, channels, bottleneck=bottleneck)
+                for t in out_channels
+            }
+        )
         self.predict = nn.ModuleDict({t: nn.Conv2d(channels, c, 1) for t, c in out_channels.items()})
 
-    def forward(self, x: Tensor, propagated: dict[str, Tensor] | None = None
-                ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def forward(
+        self, x: Tensor, propagated: dict[str, Tensor] | None = None
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         feats, preds = {}, {}
         for t, refine in self.refine.items():
             inp = x if propagated is None else torch.cat([x, upsample_to(propagated[t], x.shape[-2:])], dim=1)

@@ -16,6 +16,7 @@ of adjacent channels), see ``FeaturePropagation``. Per-scale task features have 
 channels at that scale, as in the paper with HRNet-18 (18, 36, 72, 144); with ResNet backbones
 (64-512) the distillation at the coarse scales is much larger.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -44,18 +45,21 @@ class MTINet(MultiTaskModel):
         super().__init__(cfg, opts, cfg.tasks)
         ch = self.encoder.channels
         if len(ch) != 4:
-            raise ValueError(f"model {cfg.name!r}: MTI-Net needs a backbone with 4 scales; "
-                             f"{cfg.backbone!r} gives {len(ch)}")
+            raise ValueError(
+                f"model {cfg.name!r}: MTI-Net needs a backbone with 4 scales; {cfg.backbone!r} gives {len(ch)}"
+            )
         self.num_scales = len(ch)
         coarsest = self.num_scales - 1
-        self.initial = nn.ModuleList([
-            InitialPrediction(out_channels, ch[s], ch[s], propagated_channels=0 if s == coarsest else ch[s + 1])
-            for s in range(self.num_scales)
-        ])
+        self.initial = nn.ModuleList(
+            [
+                InitialPrediction(out_channels, ch[s], ch[s], propagated_channels=0 if s == coarsest else ch[s + 1])
+                for s in range(self.num_scales)
+            ]
+        )
         # FPM at scales 1..3 feeds the next finer scale; scale 0 has none to feed.
-        self.propagation = nn.ModuleDict({
-            str(s): FeaturePropagation(front, ch[s], softmax=opts.fpm_softmax) for s in range(1, self.num_scales)
-        })
+        self.propagation = nn.ModuleDict(
+            {str(s): FeaturePropagation(front, ch[s], softmax=opts.fpm_softmax) for s in range(1, self.num_scales)}
+        )
         self.distillation = nn.ModuleList([MultiModalDistillation(self.tasks, front, c) for c in ch])
         self.heads = nn.ModuleDict({t: MultiScaleHead(ch, out_channels[t], opts.head_channels) for t in self.tasks})
         self.aux_weights = {f"scale_{s}": float(opts.deep_supervision_weight) for s in range(self.num_scales)}
@@ -81,7 +85,9 @@ def build_mtinet(cfg: ModelConfig) -> MTINet:
     cfg.validate()
     opts = parse_options(MTINetOptions, cfg.options, cfg.name)
     if opts.fpm_softmax not in FPM_SOFTMAX:
-        raise ValueError(f"model {cfg.name!r}: option fpm_softmax must be one of {FPM_SOFTMAX}, got {opts.fpm_softmax!r}")
+        raise ValueError(
+            f"model {cfg.name!r}: option fpm_softmax must be one of {FPM_SOFTMAX}, got {opts.fpm_softmax!r}"
+        )
     if opts.head_channels is not None and opts.head_channels < 1:
         raise ValueError(f"model {cfg.name!r}: option head_channels must be >= 1, got {opts.head_channels}")
     return MTINet(cfg, opts)

@@ -6,6 +6,7 @@ backbone scales, as the official code's ``HighResolutionHead`` for HRNet; for Re
 official code uses DeepLab-v3+ ASPP heads, here the same HRNetV2 head keeps the comparison with
 MTI-Net (whose aggregation uses it) like for like.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,9 +30,9 @@ class MultiTaskBaseline(MultiTaskModel):
     def __init__(self, cfg: ModelConfig, opts: BaselineOptions) -> None:
         out_channels = task_out_channels(cfg, cfg.tasks)
         super().__init__(cfg, opts, cfg.tasks)
-        self.heads = nn.ModuleDict({
-            t: MultiScaleHead(self.encoder.channels, c, opts.head_channels) for t, c in out_channels.items()
-        })
+        self.heads = nn.ModuleDict(
+            {t: MultiScaleHead(self.encoder.channels, c, opts.head_channels) for t, c in out_channels.items()}
+        )
 
     def forward(self, inputs: dict[str, Tensor]) -> dict:
         feats = self.encoder(inputs)

@@ -13,6 +13,7 @@ head of two bottlenecks and a 1×1 conv predicts it. Auxiliary tasks (option ``a
 are predicted at the front end only, as the paper's intermediate tasks. ``channels`` (256 in the
 paper) is scaled with the config's ``width`` like the backbone and rounded to a multiple of 4.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -42,14 +43,21 @@ class PADNet(MultiTaskModel):
         super().__init__(cfg, opts, cfg.tasks)
         channels = 4 * max(2, scale_channels(opts.channels, cfg.width) // 4)
         concat = sum(self.encoder.channels)
-        self.fuse = nn.Sequential(nn.Conv2d(concat, concat, 1, bias=False), nn.BatchNorm2d(concat),
-                                  nn.ReLU(inplace=True)) if opts.fuse else nn.Identity()
+        self.fuse = (
+            nn.Sequential(nn.Conv2d(concat, concat, 1, bias=False), nn.BatchNorm2d(concat), nn.ReLU(inplace=True))
+            if opts.fuse
+            else nn.Identity()
+        )
         self.initial = InitialPrediction(out_channels, concat, channels, bottleneck=True)
         self.distillation = MultiModalDistillation(self.tasks, front, channels)
-        self.heads = nn.ModuleDict({
-            t: nn.Sequential(residual_blocks(channels, channels, bottleneck=True), nn.Conv2d(channels, out_channels[t], 1))
-            for t in self.tasks
-        })
+        self.heads = nn.ModuleDict(
+            {
+                t: nn.Sequential(
+                    residual_blocks(channels, channels, bottleneck=True), nn.Conv2d(channels, out_channels[t], 1)
+                )
+                for t in self.tasks
+            }
+        )
         self.aux_weights = {"initial": float(opts.deep_supervision_weight)}
 
     def forward(self, inputs: dict[str, Tensor]) -> dict:
