@@ -84,7 +84,7 @@ def _record_resume(tracker: Any, cfg: ExperimentConfig, run_name: str, plugins: 
         tracker.client.delete_tag(tracker.run_id, key)
 
 
-def open_mlflow_run(
+def open_run(
     cfg: ExperimentConfig, run_name: str, manifest: dict[str, Any], extra_tags: dict[str, str] | None = None
 ) -> tuple[Any, bool]:
     """Re-open the MLflow run recorded for ``run_name``, or create one with params, tags and inputs."""

@@ -26,7 +26,7 @@ from pipelines.compat import LOCAL_RAY_ENV, interruptible_trainer_cls
 from pipelines.config import ConfigError, ExperimentConfig, model_config
 from pipelines.storage import remove
 from pipelines.track.data_versions import resolve_data_rev
-from pipelines.track.run_record import finish_run, open_mlflow_run
+from pipelines.track.run_record import finish_run, open_run
 from pipelines.track.tracker import check_store_for_cluster
 from pipelines.train.cluster import alive_nodes, check_shared_storage
 from pipelines.train.worker import EpochHook, fatal_path, read_fatal, train_loop_per_worker
@@ -143,8 +143,6 @@ def run_training(
     ``epoch_hooks`` run in every worker at the start of every epoch (:class:`pipelines.train.worker.EpochHook`).
     ``close_on_error=False`` leaves the MLflow run open when training raises, for a caller that closes it.
     """
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-
     cfg = resolve_data_rev(cfg)
     manifest = validate_experiment(cfg)
     cfg = cfg.resolved_paths()
@@ -152,17 +150,39 @@ def run_training(
     init_ray(cfg)
     check_store_for_cluster(cfg.tracking.uri, len(alive_nodes()))
     check_shared_storage(cfg.checkpoint.storage_path)
-    tracker, resumed = open_mlflow_run(cfg, run_name, manifest, extra_tags)
+    tracker, resumed = open_run(cfg, run_name, manifest, extra_tags)
     fatal = fatal_path(cfg.checkpoint.storage_path, run_name)
     remove(fatal)  # an earlier attempt's error; the config may have been fixed since
-    mcfg = model_config(cfg, len(manifest["classes"]))
-    trainer = interruptible_trainer_cls()(
+    trainer = _trainer(cfg, run_name, manifest, tracker.run_id, callbacks, epoch_hooks)
+    result = _fit(trainer, tracker, fatal, close_on_error)
+    try:
+        return finish_run(cfg, tracker, result, run_name, resumed)
+    except BaseException as e:
+        # Training is over and its checkpoints are kept; the run failed (or was interrupted) in what
+        # follows (the artifact store, the model export): it must not stay RUNNING.
+        if close_on_error:
+            tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+
+
+def _trainer(
+    cfg: ExperimentConfig,
+    run_name: str,
+    manifest: dict[str, Any],
+    mlflow_run_id: str,
+    callbacks: list[Any] | None,
+    epoch_hooks: Sequence[EpochHook],
+) -> Any:
+    """The Ray Train run of ``cfg`` (resolved paths): every rank runs :func:`train_loop_per_worker`."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+
+    return interruptible_trainer_cls()(
         train_loop_per_worker,
         train_loop_config={
             "cfg": cfg.model_dump(mode="json"),
-            "model_config": mcfg,
+            "model_config": model_config(cfg, len(manifest["classes"])),
             "classes": manifest["classes"],
-            "mlflow_run_id": tracker.run_id,
+            "mlflow_run_id": mlflow_run_id,
             "tracking_uri": cfg.tracking.uri,
             "epoch_hooks": list(epoch_hooks),
             "run_name": run_name,
@@ -187,6 +207,11 @@ def run_training(
             ),
         ),
     )
+
+
+def _fit(trainer: Any, tracker: Any, fatal: str, close_on_error: bool) -> Any:
+    """``trainer.fit()``; on failure the MLflow run is ended (FAILED, or KILLED after Ctrl-C) and the
+    worker's own error is raised, not Ray's wrapper around it."""
     try:
         result = trainer.fit()
     except BaseException as e:
@@ -197,17 +222,10 @@ def run_training(
             raise KeyboardInterrupt from e  # Ray Train aborted the run on Ctrl-C: report it as such
         recorded = read_fatal(fatal)
         if recorded is not None:
-            raise recorded from e  # the worker's own error, not Ray's wrapper around it
+            raise recorded from e
         raise
     if trainer.interrupted:
         if close_on_error:
             tracker.end("KILLED")
         raise KeyboardInterrupt
-    try:
-        return finish_run(cfg, tracker, result, run_name, resumed)
-    except BaseException as e:
-        # Training is over and its checkpoints are kept; the run failed (or was interrupted) in what
-        # follows (the artifact store, the model export): it must not stay RUNNING.
-        if close_on_error:
-            tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-        raise
+    return result

@@ -330,7 +330,7 @@ def test_a_resume_with_changed_plugin_code_warns_and_is_tagged(
 ):
     from mlflow.tracking import MlflowClient
 
-    from pipelines.track.run_record import open_mlflow_run
+    from pipelines.track.run_record import open_run
 
     plugin = tmp_path / "plug_resume.py"
     plugin.write_text("X = 1\n")
@@ -339,18 +339,18 @@ def test_a_resume_with_changed_plugin_code_warns_and_is_tagged(
     try:
         cfg = tiny_config("plugins=[plug_resume]").resolved_paths()
         manifest = json.loads((smoke_shards / "manifest.json").read_text())
-        tracker, resumed = open_mlflow_run(cfg, "r", manifest)
+        tracker, resumed = open_run(cfg, "r", manifest)
         client = MlflowClient(tracking_uri=cfg.tracking.uri)
         tags = client.get_run(tracker.run_id).data.tags
         assert not resumed and tags["plugin.plug_resume.sha256"] == hashlib.sha256(b"X = 1\n").hexdigest()
 
-        again, resumed = open_mlflow_run(cfg, "r", manifest)  # the same code: nothing to say
+        again, resumed = open_run(cfg, "r", manifest)  # the same code: nothing to say
         assert resumed and again.run_id == tracker.run_id
         assert "fusionpipe.plugins_changed" not in client.get_run(tracker.run_id).data.tags
         assert "plug_resume" not in capsys.readouterr().err
 
         plugin.write_text("X = 2\n")
-        open_mlflow_run(cfg, "r", manifest)
+        open_run(cfg, "r", manifest)
         err = capsys.readouterr().err
         assert "warning: run 'r': the code of plugin(s) plug_resume changed" in err
         tags = client.get_run(tracker.run_id).data.tags
@@ -381,7 +381,7 @@ def test_resume_records_plugin_code_of_an_older_run_quietly_and_drops_removed_pl
 ):
     from mlflow.tracking import MlflowClient
 
-    from pipelines.track.run_record import open_mlflow_run
+    from pipelines.track.run_record import open_run
 
     for name in ("plug_a", "plug_b"):
         (tmp_path / f"{name}.py").write_text(f"NAME = {name!r}\n")
@@ -390,17 +390,17 @@ def test_resume_records_plugin_code_of_an_older_run_quietly_and_drops_removed_pl
     manifest = json.loads((smoke_shards / "manifest.json").read_text())
     try:
         both = tiny_config("plugins=[plug_a, plug_b]").resolved_paths()
-        tracker, _ = open_mlflow_run(both, "r", manifest)
+        tracker, _ = open_run(both, "r", manifest)
         client = MlflowClient(tracking_uri=both.tracking.uri)
         for key in [k for k in client.get_run(tracker.run_id).data.tags if k.startswith("plugin.")]:
             client.delete_tag(tracker.run_id, key)  # as a run started before plugin code was tagged
         capsys.readouterr()
-        open_mlflow_run(both, "r", manifest)
+        open_run(both, "r", manifest)
         tags = client.get_run(tracker.run_id).data.tags
         assert "warning" not in capsys.readouterr().err and "fusionpipe.plugins_changed" not in tags
         assert tags["plugin.plug_a.sha256"] == hashlib.sha256(b"NAME = 'plug_a'\n").hexdigest()
         # plug_b is dropped: a change on record, and its tags go.
-        open_mlflow_run(tiny_config("plugins=[plug_a]").resolved_paths(), "r", manifest)
+        open_run(tiny_config("plugins=[plug_a]").resolved_paths(), "r", manifest)
         tags = client.get_run(tracker.run_id).data.tags
         assert "plug_b" in capsys.readouterr().err and tags["fusionpipe.plugins_changed"] == "plug_b"
         assert "plugin.plug_b.sha256" not in tags and "plugin.plug_b.path" not in tags

@@ -107,7 +107,7 @@ def test_a_run_whose_checkpoints_are_on_an_object_store_finishes_and_logs_them(t
 
 
 def test_the_run_state_file_lives_beside_checkpoints_on_a_uri(tmp_path, smoke_shards):
-    from pipelines.track.run_record import open_mlflow_run
+    from pipelines.track.run_record import open_run
 
     storage = f"file://{tmp_path}/store"
     cfg = load_config(
@@ -120,11 +120,11 @@ def test_the_run_state_file_lives_beside_checkpoints_on_a_uri(tmp_path, smoke_sh
     ).resolved_paths()
     assert cfg.checkpoint.storage_path == storage  # a URI is not made a local path
     manifest = json.loads((smoke_shards / "manifest.json").read_text())
-    first, resumed = open_mlflow_run(cfg, "r", manifest)
+    first, resumed = open_run(cfg, "r", manifest)
     assert not resumed
     state = json.loads((tmp_path / "store" / "r" / "fusionpipe-run.json").read_text())
     assert state["mlflow_run_id"] == first.run_id
-    again, resumed = open_mlflow_run(cfg, "r", manifest)  # a resubmitted job finds the same MLflow run
+    again, resumed = open_run(cfg, "r", manifest)  # a resubmitted job finds the same MLflow run
     assert resumed and again.run_id == first.run_id
 
 
