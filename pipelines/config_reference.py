@@ -32,6 +32,8 @@ INTRO = """\
 fusion/config.py): edit the fields' descriptions there, then run it again. A test fails while this file
 is stale. -->
 
+Every key of an experiment config, section by section, with its type, bounds, default and meaning.
+
 One YAML file per experiment (`configs/*.yaml`, `params.yaml` for the main job), read by
 `fusionpipe train`, `evaluate` and `tune`. Every key is optional: a missing one takes the default
 below. `--set key=value` overrides any key, the value parsed as YAML (`--set optim.lr=3e-4`,

@@ -1,7 +1,7 @@
 """Analytic ray casting of a box-shaped room holding boxes, vertical cylinders and spheres.
 
 World frame: metres, z up, the room is the axis-aligned box ``[0, Lx] x [0, Ly] x [0, Lz]``
-seen from inside. Camera frame (shared/ARCHITECTURE.md): x right, y down, z forward. A rotation
+seen from inside. Camera frame (docs/data-format.md): x right, y down, z forward. A rotation
 ``R`` (3x3, columns = camera axes in world coordinates) maps camera to world directions.
 
 Every pixel's ray is ``d_c = ((u - cx) / fx, (v - cy) / fy, 1)``, deliberately *not* normalised:

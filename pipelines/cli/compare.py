@@ -21,7 +21,9 @@ from pipelines.cli.output import emit, fail, tracking_store_errors
     help="compare the trials of a `fusionpipe tune` sweep (its parent run id)",
 )
 @click.option(
-    "--tracking-uri", default=None, help="MLflow store (default: MLFLOW_TRACKING_URI or sqlite:///<repo>/mlflow.db)"
+    "--tracking-uri",
+    default=None,
+    help="MLflow store (default: MLFLOW_TRACKING_URI or sqlite:///<project root>/mlflow.db)",
 )
 @click.option(
     "--metric", default=None, help="metric for curves.png, e.g. val/semseg/miou (default: first known val metric)"

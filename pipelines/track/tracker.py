@@ -1,7 +1,7 @@
 """MLflow tracking: one writer (rank 0 or the driver), batched requests, reproducibility tags.
 
 Conventions (docs/training-internals.md, "The MLflow record"): the default store is
-``sqlite:///<repo>/mlflow.db`` (absolute, so every local worker writes the same file); params are
+``sqlite:///<project root>/mlflow.db`` (absolute, so every local worker writes the same file); params are
 the flattened config; tags carry the git commit and dirty flag, the data version (manifest digest,
 DVC hash and, for ``data.rev``, the data's git commit), the hash of each config plugin's code and the
 Ray job id; metrics are logged per

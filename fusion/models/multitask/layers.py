@@ -34,7 +34,7 @@ class SpatialAttention(nn.Module):
     """PAD-Net's attention-guided message (Xu et al., CVPR 2018, Sec. 3.3, eq. 4) in the form of the
     official MTI-Net code's ``SABlock``: ``conv(x) * sigmoid(conv'(x))`` on the sending task's features
     ``x``, both 3×3 without bias. The PAD-Net paper's gate reads the receiving task's features instead;
-    the official code (and the project's issue) gate with the sender's (docs/models.md)."""
+    the official code gates with the sender's, and so does this one (docs/models.md)."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
