@@ -10,6 +10,7 @@ atomic by itself).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -90,14 +91,31 @@ def copy_to_local(uri: str, dest: Path) -> Path:
 
 def checkpoint_uri(storage_path: str, checkpoint_path: str) -> str:
     """Where a Ray checkpoint is, as the user names the storage: Ray's ``Checkpoint.path`` on an object
-    store is the path inside it (``BUCKET/ray_results/...``), without the scheme."""
+    store is the path inside it (``BUCKET/ray_results/...``), without the scheme.
+
+    The URI keeps the storage path's credentials (``s3://KEY:SECRET@BUCKET/...``, a secret query
+    parameter), so it opens as the storage path does: redact it
+    (``pipelines.track.redact.redact_url_password``) before writing it anywhere."""
     if not is_uri(storage_path) or is_uri(checkpoint_path):
         return checkpoint_path
     u = urlsplit(storage_path)
     if u.scheme == "file":
         return checkpoint_path
     key = checkpoint_path.lstrip("/")
-    # An object store's bucket is the URI's host and the first part of Ray's path (s3, gs); a filesystem
-    # with a host (hdfs://namenode:8020/dir) has a path of its own under that host.
-    where = key if key.startswith(f"{u.netloc}/") else f"{u.netloc}/{key}"
-    return f"{u.scheme}://{where}" + (f"?{u.query}" if u.query else "")
+    # An object store's bucket is the URI's host (after any userinfo: s3://KEY:SECRET@BUCKET) and the first
+    # part of Ray's path (s3, gs); a filesystem with a host (hdfs://namenode:8020/dir) has a path of its own
+    # under that host.
+    userinfo, host = _authority(storage_path)
+    where = key if key.startswith(f"{host}/") else f"{host}/{key}"
+    return f"{u.scheme}://{userinfo}{'@' if userinfo else ''}{where}" + (f"?{u.query}" if u.query else "")
+
+
+def _authority(uri: str) -> tuple[str, str]:
+    """(userinfo, host) of ``uri``. The userinfo runs to the last "@" before the query: a secret may hold
+    an "@", and an AWS secret key an unencoded "/" (``s3://KEY:SE/CRET@BUCKET``), which ``urlsplit`` reads
+    as the start of the path. ``pipelines.track.redact`` finds the userinfo it hides the same way."""
+    head = re.split(r"[?#]", uri.split("://", 1)[1], maxsplit=1)[0]
+    at = head.rfind("@")
+    if at > 0 and ("/" not in head[:at] or ":" in head[:at].split("/", 1)[0]):
+        return head[:at], head[at + 1 :].split("/", 1)[0]
+    return "", head.split("/", 1)[0]

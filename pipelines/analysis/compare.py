@@ -28,6 +28,7 @@ from datasets.manifest import write_atomic
 from fusion.metrics.multitask import DELTA_M_DIRECTIONS, delta_m
 from fusion.tasks import TASKS
 from pipelines.jsonio import dumps
+from pipelines.track.redact import redact_value
 from pipelines.track.tracker import run_not_found
 
 AUTO_BEST_MAX_RUNS = 50
@@ -313,6 +314,9 @@ def compare(
                 f"no compared run shares a metric of {sorted(DELTA_M_DIRECTIONS)} with the "
                 f"reference runs {sorted(ref_ids)}{hint}"
             )
+    # Params and tags of runs logged before their values were redacted may still hold credentials in a
+    # URI (checkpoint.storage_path s3://KEY:SECRET@...): none reaches the table, the files or the output.
+    result = redact_value(result)
     if out is not None:
         curves = histories if histories is not None else fetch_histories(client, runs, [metric])
         out = Path(out)

@@ -20,12 +20,12 @@ from datasets.transforms import build_transform
 from fusion import build_model
 from fusion.metrics import DELTA_M_DIRECTIONS, MetricSet, delta_m
 from pipelines.analysis.compare import union_of_references
-from pipelines.checkpoints import check_compatible, load_model_state, read_meta
+from pipelines.checkpoints import CheckpointError, check_compatible, load_model_state, read_meta
 from pipelines.config import ConfigError, ExperimentConfig, model_config
 from pipelines.jsonio import dumps
 from pipelines.storage import copy_to_local, is_uri
 from pipelines.track.data_versions import resolve_data_rev
-from pipelines.track.redact import redact_url_password
+from pipelines.track.redact import redact_url_password, restore_secrets
 from pipelines.track.tracker import run_not_found
 from pipelines.train.driver import validate_experiment
 from pipelines.train.steps import evaluate
@@ -201,7 +201,12 @@ def run_evaluate(
         if checkpoint is None:
             ckpt = _download_checkpoint(run_id, cfg.tracking.uri, tmp)  # type: ignore[arg-type]
         elif is_uri(checkpoint):  # a checkpoint on an object store (checkpoint.storage_path s3://...)
-            ckpt = copy_to_local(checkpoint, Path(tmp) / "checkpoint")
+            # A URI from a summary or a tag has its credentials hidden (s3://KEY:***@BUCKET/...): those of
+            # the config's storage path are put back when it names the same store.
+            try:
+                ckpt = copy_to_local(restore_secrets(checkpoint, cfg.checkpoint.storage_path), Path(tmp) / "checkpoint")
+            except CheckpointError as e:  # it names the URI: not with the credentials put back
+                raise CheckpointError(redact_url_password(str(e))) from None
         else:
             ckpt = Path(checkpoint)
         meta = read_meta(ckpt)
@@ -231,7 +236,7 @@ def run_evaluate(
     )
     flat = {k[len("val/") :]: v for k, v in metrics.items()}
     result: dict[str, Any] = {
-        "checkpoint": str(checkpoint) if checkpoint else f"runs:/{run_id}/checkpoints/best",
+        "checkpoint": redact_url_password(str(checkpoint)) if checkpoint else f"runs:/{run_id}/checkpoints/best",
         "epoch": meta.get("epoch"),
         "split": split,
         "num_samples": len(stream),

@@ -24,7 +24,7 @@ from pipelines.jsonio import dumps
 from pipelines.storage import checkpoint_uri, join, read_text, write_text
 from pipelines.track.data_versions import data_version
 from pipelines.track.export import log_final_model
-from pipelines.track.redact import redact_url_password
+from pipelines.track.redact import redact_url_password, redact_value
 from pipelines.track.tracker import (
     PARAM_MAX,
     Tracker,
@@ -151,8 +151,9 @@ def finish_run(cfg: ExperimentConfig, tracker: Any, result: Any, run_name: str, 
     if result.checkpoint is None:
         raise RuntimeError(f"run {run_name}: training produced no checkpoint")
     best_ckpt, best_metrics = best_checkpoint(result, cfg.checkpoint.metric, cfg.checkpoint.mode)
-    best_at = checkpoint_uri(cfg.checkpoint.storage_path, best_ckpt.path)
-    last_at = checkpoint_uri(cfg.checkpoint.storage_path, result.checkpoint.path)
+    # Written to tags and the summary: without the storage path's credentials (s3://KEY:***@BUCKET/...).
+    best_at = redact_url_password(checkpoint_uri(cfg.checkpoint.storage_path, best_ckpt.path))
+    last_at = redact_url_password(checkpoint_uri(cfg.checkpoint.storage_path, result.checkpoint.path))
     # as_directory: the directory itself on a local or mounted storage path, a downloaded copy from an
     # object store (Ray's Checkpoint.path there is a key inside the bucket, not a local path).
     with contextlib.ExitStack() as stack:
@@ -207,8 +208,8 @@ def write_outputs(
         p.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(p, text.encode())
 
-    if summary_path:
-        put(summary_path, dumps(summary, indent=2, sort_keys=True) + "\n")  # NaN -> null: strict JSON
+    if summary_path:  # NaN -> null: strict JSON; no credential of any URI in it
+        put(summary_path, dumps(redact_value(summary), indent=2, sort_keys=True) + "\n")
     if history_path:
         tracker = Tracker(tracking_uri or summary["tracking_uri"], summary["mlflow_run_id"])
         keys = sorted(k for k in tracker.client.get_run(tracker.run_id).data.metrics if k != "epoch")

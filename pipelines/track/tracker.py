@@ -18,7 +18,7 @@ from typing import Any
 
 from pipelines.compat import ray_job_submission_id
 from pipelines.config import ConfigError, project_root
-from pipelines.track.redact import redact_url_password  # noqa: F401 (re-exported)
+from pipelines.track.redact import redact_url_password, redact_value
 
 PARAM_MAX = 6000  # MLflow's limit on a param value
 BATCH_METRICS = 1000  # MLflow's limit per log_batch request
@@ -174,7 +174,7 @@ class Tracker:
         client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(experiment)
         exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
-        run = client.create_run(exp_id, run_name=run_name, tags=tags)
+        run = client.create_run(exp_id, run_name=run_name, tags=redact_value(tags))
         return cls(uri, run.info.run_id)
 
     def log_params(self, params: dict[str, Any]) -> None:
@@ -198,7 +198,9 @@ class Tracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in sorted(tags.items())])
+        # A tag naming a place (a checkpoint URI) never carries its credentials.
+        tags = {k: redact_url_password(str(v)) for k, v in tags.items()}
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in sorted(tags.items())])
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
@@ -241,12 +243,10 @@ def changes_tag(changes: dict[str, Any], limit: int) -> str:
 
 
 def redacted_config(cfg: Any) -> dict[str, Any]:
-    """``cfg.model_dump(mode="json")`` with the tracking URI's password replaced: what may be stored in an
-    artifact or file (the run itself keeps the real URI in memory)."""
-    data = cfg.model_dump(mode="json")
-    if isinstance(data.get("tracking"), dict) and isinstance(data["tracking"].get("uri"), str):
-        data["tracking"]["uri"] = redact_url_password(data["tracking"]["uri"])
-    return data
+    """``cfg.model_dump(mode="json")`` with the credentials of every URI-valued field hidden
+    (``tracking.uri``, ``checkpoint.storage_path``, any other): what may be stored in an artifact or file
+    (the run itself keeps the real values in memory)."""
+    return redact_value(cfg.model_dump(mode="json"))
 
 
 def _param_value(v: Any) -> str:

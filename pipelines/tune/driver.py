@@ -43,6 +43,7 @@ from pipelines.config import (
     set_fields,
 )
 from pipelines.track.data_versions import data_version, resolve_data_rev
+from pipelines.track.redact import redact_value, strip_secrets
 from pipelines.track.tracker import (
     Tracker,
     check_store_for_cluster,
@@ -158,7 +159,9 @@ def _open_parent_run(
     tracker = Tracker.create_run(uri, experiment, spec.name, tags)
     tracker.log_params(flatten({"sweep": spec.model_dump(mode="json")}))
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "sweep.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+        (Path(tmp) / "sweep.yaml").write_text(
+            yaml.safe_dump(redact_value(spec.model_dump(mode="json")), sort_keys=False)
+        )
         (Path(tmp) / "base_config.yaml").write_text(yaml.safe_dump(redacted_config(base), sort_keys=False))
         tracker.log_artifacts(tmp)
     state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -413,7 +416,7 @@ def _finish(
     )
     with tempfile.TemporaryDirectory() as tmp:
         p = Path(tmp) / "trials.json"
-        p.write_text(json.dumps(rows, indent=2, sort_keys=True))
+        p.write_text(json.dumps(redact_value(rows), indent=2, sort_keys=True))
         parent.log_artifact(p)
     parent.end("FAILED" if errored else "FINISHED")
     return summary
@@ -442,6 +445,15 @@ def best_config(
             f"# tracking.uri ({redact_url_password(given_uri)}) holds a password and is left out: "
             "set MLFLOW_TRACKING_URI to it.\n"
         )
+    # Any other field with credentials in a URI (checkpoint.storage_path s3://KEY:SECRET@BUCKET/...) keeps
+    # the place it names without them: the run then reads them from the environment.
+    for key, value in flatten(best_raw).items():
+        if redact_value(value) != value:
+            best_raw = set_fields(best_raw, [(key, strip_secrets(value))])
+            header += (
+                f"# {key} ({redact_url_password(str(value))}) holds credentials, left out here: provide them on "
+                f"the nodes (environment, instance role) or give them with --set {key}=...\n"
+            )
     ExperimentConfig.model_validate(best_raw)  # what `fusionpipe train --config` will load
     return best_raw, header + yaml.safe_dump(best_raw, sort_keys=False)
 

@@ -372,3 +372,27 @@ def test_a_nan_reference_metric_is_a_clean_error(tmp_path):
     )
     with pytest.raises(CompareError, match=r"val/edge/odsF is NaN or infinite, so delta_m is undefined"):
         compare(uri, run_ids=[ids["mtl"]], baseline_runs=[ids["ref"]])
+
+
+def test_credentials_in_the_params_of_older_runs_reach_no_table_file_or_output(tmp_path):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    secret = "s3://AKIAKEY:SECRETKEY@bucket/rr"  # logged before params were redacted
+    tags = {"fusionpipe.model": "mtinet", "data.manifest_digest": D1, **CODE1}
+    runs = {
+        "old": (
+            {"model.name": "mtinet", "checkpoint.storage_path": secret},
+            tags,
+            {"val/semseg/miou": [0.1, 0.2]},
+            9.0,
+        ),
+        "new": ({"model.name": "mtinet", "checkpoint.storage_path": "/mnt/rr"}, tags, {"val/semseg/miou": [0.3]}, 9.0),
+    }
+    _fill(uri, "creds", runs)
+    result = compare(uri, experiment="creds", out=tmp_path / "out")
+    shown = {row["run_name"]: row["params.checkpoint.storage_path"] for row in result["runs"]}
+    assert shown == {"old": "s3://AKIAKEY:***@bucket/rr", "new": "/mnt/rr"}
+    for name in ("compare.csv", "compare.json"):
+        text = (tmp_path / "out" / name).read_text()
+        assert "s3://AKIAKEY:***@bucket/rr" in text and "SECRETKEY" not in text
+    r = CliRunner().invoke(compare_cmd, ["--tracking-uri", uri, "--experiment", "creds"])
+    assert r.exit_code == 0 and "SECRETKEY" not in r.output

@@ -44,6 +44,108 @@ def test_a_checkpoint_on_an_object_store_is_named_with_its_scheme():
     assert checkpoint_uri("hdfs://namenode:8020/r", "/r/c") == "hdfs://namenode:8020/r/c"  # a host, then its path
 
 
+def test_a_storage_path_with_credentials_names_each_checkpoint_with_its_bucket_once():
+    import pyarrow.fs
+
+    from pipelines.track.redact import redact_url_password
+
+    # What Ray Train's checkpoint paths look like for such a storage path: pyarrow's path, bucket first.
+    _, path = pyarrow.fs.FileSystem.from_uri("s3://KEY:SECRET@bucket/rr?region=us-east-1")
+    assert path == "bucket/rr"
+    creds = "s3://KEY:SECRET@bucket/rr"
+    assert checkpoint_uri(creds, "bucket/rr/run/checkpoint_1") == "s3://KEY:SECRET@bucket/rr/run/checkpoint_1"
+    assert (
+        checkpoint_uri(creds + "?region=us-east-1", path + "/run/c")
+        == "s3://KEY:SECRET@bucket/rr/run/c?region=us-east-1"
+    )
+    assert checkpoint_uri("s3://KEY:p@ss@bucket/rr", "bucket/rr/c") == "s3://KEY:p@ss@bucket/rr/c"  # "@" in a secret
+    assert checkpoint_uri("s3://KEY:SE/CRET@bucket/rr", "bucket/rr/c") == "s3://KEY:SE/CRET@bucket/rr/c"  # and "/"
+    assert checkpoint_uri("s3://bucket/rr", "bucket/rr/c") == "s3://bucket/rr/c"
+    assert checkpoint_uri("gs://bucket/rr", "bucket/rr/c") == "gs://bucket/rr/c"
+    assert checkpoint_uri("/local/rr", "/local/rr/c") == "/local/rr/c"
+    assert join(creds, "run", "x.json") == "s3://KEY:SECRET@bucket/rr/run/x.json"
+    # Where it is written, it is redacted.
+    assert redact_url_password(checkpoint_uri(creds, "bucket/rr/c")) == "s3://KEY:***@bucket/rr/c"
+
+
+def test_a_redacted_checkpoint_uri_gets_the_storage_paths_credentials_back():
+    from pipelines.track.redact import redact_url_password, restore_secrets
+
+    storage = "s3://KEY:SE%2FCRET@bucket/rr?endpoint_override=minio:9000&secret_key=XYZ"
+    full = checkpoint_uri(storage, "bucket/rr/run/c")
+    shown = redact_url_password(full)
+    assert shown == "s3://KEY:***@bucket/rr/run/c?endpoint_override=minio:9000&secret_key=***"
+    assert restore_secrets(shown, storage) == full
+    assert restore_secrets(shown, "s3://KEY:SE%2FCRET@other/rr") == shown  # another bucket: left alone
+    assert restore_secrets(shown, "s3://OTHERKEY:X@bucket/rr") == shown  # another access key
+    assert restore_secrets("s3://bucket/rr/c", storage) == "s3://bucket/rr/c"  # nothing hidden
+
+
+def test_credentials_in_the_storage_path_reach_no_param_tag_summary_or_artifact(tmp_path):
+    import yaml
+
+    from pipelines.config import flatten
+    from pipelines.track.run_record import finish_run, write_outputs
+    from pipelines.track.tracker import Tracker, redacted_config
+
+    storage = "s3://AKIAKEY:SECRET/KEY@bucket/ray_results?region=us-east-1&X-Amz-Security-Token=TOKENVALUE"
+    shown = "s3://AKIAKEY:***@bucket/ray_results"
+    cfg = load_config(
+        None,
+        [f"checkpoint.storage_path={storage}", "tracking.log_model=false", f"tracking.uri=sqlite:///{tmp_path}/m.db"],
+    )
+    best = _memory_checkpoint(tmp_path, "/bucket/ray_results/r/checkpoint_000000", 0, 0.5)
+    last = _memory_checkpoint(tmp_path, "/bucket/ray_results/r/checkpoint_000001", 1, 0.25)
+    result = SimpleNamespace(
+        checkpoint=last,
+        metrics={"val/semseg/miou": 0.25, "epoch": 1},
+        best_checkpoints=[(best, {"val/semseg/miou": 0.5, "epoch": 0}), (last, {"val/semseg/miou": 0.25, "epoch": 1})],
+    )
+    tracker = Tracker.create_run(cfg.tracking.uri, "e", "r", {"fusionpipe.storage": storage})
+    tracker.log_params(flatten(cfg.model_dump(mode="json")))
+    summary = finish_run(cfg, tracker, result, "r", False)
+    query = "?region=us-east-1&X-Amz-Security-Token=***"
+    assert summary["best_checkpoint"] == f"{shown}/r/checkpoint_000000{query}"
+    assert summary["last_checkpoint"] == f"{shown}/r/checkpoint_000001{query}"
+    write_outputs(summary, str(tmp_path / "summary.json"), None)
+    run = MlflowClient(tracking_uri=cfg.tracking.uri).get_run(tracker.run_id)
+    assert run.data.tags["fusionpipe.best_checkpoint"] == summary["best_checkpoint"]
+    assert run.data.tags["fusionpipe.storage"] == shown + query
+    assert run.data.params["checkpoint.storage_path"] == shown + query
+    config_artifact = yaml.safe_dump(redacted_config(cfg))  # what open_run logs as config.yaml
+    assert yaml.safe_load(config_artifact)["checkpoint"]["storage_path"] == shown + query
+    written = [json.dumps([run.data.tags, run.data.params, summary]), (tmp_path / "summary.json").read_text()]
+    for text in [*written, config_artifact]:
+        assert "SECRET" not in text and "TOKENVALUE" not in text and "bucket/bucket" not in text
+
+
+def test_evaluate_opens_a_redacted_uri_with_the_configs_credentials_and_reports_it_redacted(
+    tmp_path, smoke_shards, monkeypatch
+):
+    from pipelines.analysis import evaluate as ev
+    from pipelines.checkpoints import CheckpointError
+
+    opened = []
+
+    def missing(uri, dest):
+        opened.append(uri)
+        raise CheckpointError(f"{uri}: no such checkpoint directory")
+
+    monkeypatch.setattr(ev, "copy_to_local", missing)
+    cfg = load_config(
+        None,
+        [
+            f"data.shards={smoke_shards}",
+            f"tracking.uri=sqlite:///{tmp_path}/m.db",
+            "checkpoint.storage_path=s3://KEY:SECRET@bucket/rr",
+        ],
+    )
+    with pytest.raises(CheckpointError) as e:
+        ev.run_evaluate(cfg, checkpoint="s3://KEY:***@bucket/rr/r/checkpoint_000003")
+    assert opened == ["s3://KEY:SECRET@bucket/rr/r/checkpoint_000003"]
+    assert str(e.value) == "s3://KEY:***@bucket/rr/r/checkpoint_000003: no such checkpoint directory"
+
+
 def test_copy_to_local_names_a_missing_checkpoint(tmp_path):
     from pipelines.checkpoints import CheckpointError
 

@@ -217,3 +217,27 @@ def test_no_tracking_password_in_the_best_config_or_the_pickled_callback(tmp_pat
     )
     ray.cloudpickle.loads(ray.cloudpickle.dumps(callback)).on_trial_error(0, [], object())
     assert seen == [(tmp_path, spec.name, uri, True)]
+
+
+def test_credentials_in_a_storage_uri_are_left_out_of_the_best_config_and_the_params(tmp_path):
+    import yaml
+
+    from pipelines.track.tracker import _param_value
+    from pipelines.tune import driver as tune
+
+    storage = "s3://AKIAKEY:SECRETKEY@bucket/rr?region=us-east-1&X-Amz-Security-Token=TOKENVALUE"
+    base = load_config(REPO_ROOT / "configs" / "smoke.yaml", [f"checkpoint.storage_path={storage}"])
+    spec = load_sweep(REPO_ROOT / "configs" / "sweeps" / "smoke.yaml")
+    best = {"trial_id": "t1", "params": {"optim.lr": 0.003}, "best_metric": 0.5, "best_epoch": 2}
+    best_raw, text = tune.best_config(best, spec, base.model_dump(mode="json"), tmp_path / "best_config.yaml")
+    assert "SECRETKEY" not in text and "TOKENVALUE" not in text
+    assert (
+        yaml.safe_load(text)["checkpoint"]["storage_path"]
+        == "s3://bucket/rr?region=us-east-1"
+        == (best_raw["checkpoint"]["storage_path"])
+    )
+    assert (
+        "# checkpoint.storage_path (s3://AKIAKEY:***@bucket/rr?region=us-east-1&X-Amz-Security-Token=***) "
+        "holds credentials, left out here" in text
+    )
+    assert _param_value(storage) == "s3://AKIAKEY:***@bucket/rr?region=us-east-1&X-Amz-Security-Token=***"
