@@ -10,7 +10,10 @@ A thin layer over ``ray.job_submission.JobSubmissionClient`` that adds what the 
   only when ``RAY_AUTH_MODE=token`` is set locally, which a laptop submitting to a cluster rarely
   has. The token never appears in output: every message is redacted;
 * the runtime environment of a fusionpipe job: the repository as ``working_dir`` minus
-  ``.rayignore``, telemetry off, and the tracking/storage settings that are not secrets.
+  ``.rayignore``, telemetry off, and the tracking/storage settings that are not secrets;
+* what that upload holds, file by file (:func:`upload_plan`, the same walk Ray's job client makes),
+  without credentials: :data:`CREDENTIAL_PATTERNS` are always excluded, and a file that looks like a
+  private key or an AWS credentials file refuses the submission (:func:`check_upload`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.compat import ray_working_dir_files
 from pipelines.config import load_config, project_root
 from pipelines.track.redact import redact_url_password
 from pipelines.track.tracker import GIT_COMMIT_ENV, GIT_DIRTY_ENV, git_info, is_local_store
@@ -60,6 +64,66 @@ REFUSED_ENV = (AUTH_TOKEN_ENV, AUTH_TOKEN_PATH_ENV, "RAY_AUTH_MODE", *ADDRESS_EN
 SECRET_LIKE = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE_KEY|ACCESS_KEY", re.IGNORECASE)
 # Excluded even if .rayignore is edited away: uploading these would be slow, large, or leak data.
 ALWAYS_EXCLUDE = ("/data", "/.venv", "/.git", "/.dvc/cache", "/ray_results", "mlflow.db")
+#: Files and directories that hold credentials, never uploaded with a job whatever .rayignore says
+#: (.gitignore syntax; a pattern without "/" matches at any depth). docs/cluster.md lists them.
+CREDENTIAL_PATTERNS = (
+    # environment files, private keys and certificate stores
+    ".env",
+    ".env.*",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    "*.jks",
+    "*.keystore",
+    "*.ppk",
+    "*.keytab",
+    "id_rsa*",
+    "id_dsa*",
+    "id_ecdsa*",
+    "id_ed25519*",
+    # credential directories of ssh, gpg, cloud and cluster tools
+    ".ssh",
+    ".gnupg",
+    ".aws",
+    ".azure",
+    ".kube",
+    ".docker",
+    "**/.config/gcloud",
+    # credential files of tools
+    "**/.dvc/config.local",
+    ".netrc",
+    "_netrc",
+    ".pgpass",
+    ".git-credentials",
+    ".pypirc",
+    ".npmrc",
+    ".boto",
+    ".s3cfg",
+    ".htpasswd",
+    "kubeconfig",
+    "auth_token",
+    "*credentials.json",
+    "client_secret*.json",
+    "service-account*.json",
+    "service_account*.json",
+    "secrets.json",
+    "secrets.toml",
+    "secrets.yaml",
+    "secrets.yml",
+    "*.tfstate",
+    "*.tfstate.backup",
+)
+# What a file that is uploaded must not contain: a PEM, OpenSSH or PGP private key, a PuTTY key, or an
+# AWS credentials-file line with a secret key.
+SECRET_CONTENT = (
+    (re.compile(rb"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"), "a private key"),
+    (re.compile(rb"PuTTY-User-Key-File-\d+:"), "a PuTTY private key"),
+    (
+        re.compile(rb"(?im)^[ \t]*aws_secret_access_key[ \t]*[=:][ \t]*[\"']?[A-Za-z0-9/+]{40}[\"']?[ \t]*$"),
+        "an AWS secret access key",
+    ),
+)
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
@@ -355,19 +419,90 @@ def read_rayignore(root: Path | None = None) -> list[str]:
 
 
 def excludes(root: Path | None = None) -> list[str]:
+    """The runtime_env ``excludes``: ``.rayignore``'s lines, then :data:`ALWAYS_EXCLUDE` and
+    :data:`CREDENTIAL_PATTERNS` last, so that no ``!pattern`` in .rayignore brings them back (in
+    .gitignore syntax the last matching line wins)."""
     root = root or project_root()
-    return list(dict.fromkeys([*ALWAYS_EXCLUDE, *read_rayignore(root)]))
+    ours = [*ALWAYS_EXCLUDE, *CREDENTIAL_PATTERNS]
+    return [line for line in dict.fromkeys(read_rayignore(root)) if line not in ours] + ours
+
+
+@dataclass(frozen=True)
+class Upload:
+    """What a job's ``working_dir`` upload holds: ``files`` as (relative path, bytes), sorted."""
+
+    root: Path
+    files: list[tuple[str, int]]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(size for _, size in self.files)
+
+
+def upload_plan(root: Path | None = None) -> Upload:
+    """Every file ``fusionpipe submit`` uploads from ``root``, as Ray's job client will pack it: the
+    runtime_env :func:`excludes`, Ray's default excludes, and each ``.gitignore``/``.rayignore`` in the
+    tree (:func:`pipelines.compat.ray_working_dir_files`)."""
+    root = (root or project_root()).absolute()
+    return Upload(root, [(rel, (root / rel).stat().st_size) for rel in ray_working_dir_files(root, excludes(root))])
+
+
+def _credential_spec() -> Any:
+    from pathspec import PathSpec
+
+    return PathSpec.from_lines("gitignore", CREDENTIAL_PATTERNS)
+
+
+def secret_files(upload: Upload) -> list[tuple[str, str]]:
+    """The files of ``upload`` that look like credentials, as (relative path, why): a link to a file
+    the credential patterns name (the pattern matched the link's name, not its target), or content
+    that :data:`SECRET_CONTENT` matches."""
+    spec = _credential_spec()
+    root = upload.root.resolve()
+    found: list[tuple[str, str]] = []
+    for rel, _ in upload.files:
+        path = upload.root / rel
+        target = path.resolve()
+        if target != root / rel:  # a link, or under one: Ray packs what it points to
+            try:
+                named = target.relative_to(root).as_posix()
+            except ValueError:
+                named = target.as_posix().lstrip("/")
+            if spec.match_file(named):
+                found.append((rel, f"a link to {target}"))
+                continue
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise JobSpecError(f"{path}: cannot be read to check it before uploading it: {e.strerror}") from None
+        for pattern, what in SECRET_CONTENT:
+            if pattern.search(data):
+                found.append((rel, f"holds {what}"))
+                break
+    return found
+
+
+def check_upload(upload: Upload) -> None:
+    """Refuse an upload with a file that looks like credentials (:func:`secret_files`), naming each one
+    and how to leave it out."""
+    found = secret_files(upload)
+    if not found:
+        return
+    listed = "; ".join(f"{rel} ({why})" for rel, why in found)
+    lines = "".join(f"\n  /{rel}" for rel, _ in found)
+    raise JobSpecError(
+        f"refusing to upload {len(found)} file(s) from {upload.root} that look like credentials: {listed}. "
+        "A job's working directory is stored on the cluster, readable by every job there; keep secrets on "
+        "the nodes (instance role, mounted secret). If the job does not need them, add to "
+        f"{upload.root / '.rayignore'}:{lines}"
+    )
 
 
 def is_uploaded(path: Path, root: Path | None = None) -> bool:
-    """Whether ``path`` (inside ``root``) survives the working_dir excludes."""
-    root = root or project_root()
-    from pathspec import PathSpec
-
-    rel = path.resolve().relative_to(root.resolve()).as_posix()
-    spec = PathSpec.from_lines("gitignore", excludes(root))
-    parts = rel.split("/")
-    return not any(spec.match_file("/".join(parts[:i])) for i in range(1, len(parts) + 1))
+    """Whether ``path`` (inside ``root``) is in the job's upload (:func:`upload_plan`)."""
+    root = (root or project_root()).resolve()
+    rel = path.resolve().relative_to(root).as_posix()
+    return rel in ray_working_dir_files(root, excludes(root))
 
 
 def parse_env(items: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -437,7 +572,10 @@ def check_config(config: Path, command: list[str], working_dir: Path | None = No
             "job cannot read it; keep configs in the repository (e.g. configs/)"
         ) from None
     if not is_uploaded(path, working_dir):
-        raise JobSpecError(f"--config {config}: excluded from the upload by .rayignore, so the job cannot read it")
+        raise JobSpecError(
+            f"--config {config}: excluded from the upload (by .rayignore, .gitignore or a credential pattern), "
+            "so the job cannot read it"
+        )
     given = option_values(command, "--config")
     if not given:
         return [*command, "--config", rel]
@@ -447,6 +585,7 @@ def check_config(config: Path, command: list[str], working_dir: Path | None = No
 
 
 def job_metadata(command: list[str]) -> dict[str, str]:
-    meta = {"fusionpipe.command": shlex.join(command)[:1000]}
+    # Shown in the dashboard, and informational only: without the credentials of any URI in it.
+    meta = {"fusionpipe.command": redact_url_password(shlex.join(command))[:1000]}
     meta.update(git_info())
     return meta

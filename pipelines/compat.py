@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 #: The versions the workarounds below were written for and checked against.
@@ -123,3 +124,35 @@ def mlflow_dataset_entity(dataset: Any) -> Any:
     builds.
     """
     return dataset._to_mlflow_entity()
+
+
+def ray_working_dir_files(working_dir: str | os.PathLike[str], excludes: list[str]) -> list[str]:
+    """The files Ray's job client packs when ``working_dir`` (a local directory) is submitted with
+    ``runtime_env["excludes"] = excludes``: relative POSIX paths, sorted.
+
+    Ray 2.60.0 has no public way to ask what a ``working_dir`` upload will hold. Its job client
+    (``SubmissionClient._upload_working_dir_if_needed``) adds the default excludes
+    (``ray_constants.get_runtime_env_default_excludes()``: ``.git``, ``.venv``, ``venv``, ``__pycache__``,
+    or ``$RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES``) to ``excludes``, reads ``.gitignore`` unless
+    ``RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1``, and zips with ``packaging._zip_files``, which walks the tree with
+    the private ``_dir_travel`` (a ``.gitignore`` and ``.rayignore`` in any directory apply below it) and
+    packs every file and empty directory that no exclude matches (links followed). This walks the tree
+    the same way, with the same matchers, and keeps the files.
+    """
+    from ray._private import ray_constants
+    from ray._private.runtime_env.packaging import _dir_travel, _get_excludes
+
+    include_gitignore = os.environ.get(ray_constants.RAY_RUNTIME_ENV_IGNORE_GITIGNORE, "0") != "1"
+    root = Path(working_dir).absolute()
+    files: list[str] = []
+
+    def handler(path: Path) -> None:
+        if path.is_file():
+            files.append(path.relative_to(root).as_posix())
+
+    excludes = ray_constants.get_runtime_env_default_excludes() + list(excludes)
+    # Ray's packaging logger notes every ignore file it reads (INFO); this one is quiet below WARNING.
+    quiet = logging.getLogger(f"{__name__}.ray_packaging")
+    quiet.setLevel(logging.WARNING)
+    _dir_travel(root, [_get_excludes(root, excludes)], handler, include_gitignore=include_gitignore, logger=quiet)
+    return sorted(files)

@@ -545,6 +545,33 @@ def test_redaction_covers_every_userinfo_shape_and_every_printed_error(capsys):
     assert "s3cret" not in out + err and json.loads(out)["error"].startswith("API request to http://alice:***@m:5000")
 
 
+def test_redaction_hides_object_store_keys_and_query_string_secrets():
+    from pipelines.track.redact import redact_url_password as r
+    from pipelines.track.redact import redact_value, strip_secrets
+
+    assert r("s3://AKIAKEY:SECRETKEY@bucket/rr") == "s3://AKIAKEY:***@bucket/rr"
+    assert r("s3://AKIAKEY:wJalr/K7MDENG@bucket/rr") == "s3://AKIAKEY:***@bucket/rr"  # an unencoded "/"
+    signed = "https://b.s3.amazonaws.com/k?X-Amz-Algorithm=AWS4&X-Amz-Credential=AKIA%2F1&X-Amz-Signature=ab12"
+    assert r(signed) == "https://b.s3.amazonaws.com/k?X-Amz-Algorithm=AWS4&X-Amz-Credential=***&X-Amz-Signature=***"
+    assert r("s3://b/r?access_key=AK&secret_key=SK&session_token=ST&region=eu") == (
+        "s3://b/r?access_key=***&secret_key=***&session_token=***&region=eu"
+    )
+    assert (
+        r("https://acct.blob.core.windows.net/c?sv=2022&sig=abc%3D")
+        == "https://acct.blob.core.windows.net/c?sv=2022&sig=***"
+    )
+    assert r("https://x/cb#access_token=abc&state=1") == "https://x/cb#access_token=***&state=1"
+    assert r('{"a": "http://u:pw@h", "b": "x@y", "c": "https://registry.npmjs.org/@scope/pkg"}') == (
+        '{"a": "http://u:***@h", "b": "x@y", "c": "https://registry.npmjs.org/@scope/pkg"}'
+    )
+    assert redact_value({"a": ["s3://K:S@b", 1, None], "b": {"c": "gs://b/r?key=K"}}) == {
+        "a": ["s3://K:***@b", 1, None],
+        "b": {"c": "gs://b/r?key=***"},
+    }
+    assert strip_secrets("s3://K:S@b/r?secret_key=S&region=eu") == "s3://b/r?region=eu"
+    assert strip_secrets("s3://b/r?secret_key=S") == "s3://b/r"
+
+
 def test_a_request_the_cluster_refuses_is_bad_input_not_an_unreachable_cluster():
     client = object.__new__(js.JobClient)
     client.url, client.token = "http://head:8265", js.Token(TOKEN, "$RAY_AUTH_TOKEN")
@@ -564,3 +591,150 @@ def test_a_request_the_cluster_refuses_is_bad_input_not_an_unreachable_cluster()
     with pytest.raises(js.ClusterError, match="status code 500"):  # the cluster's own failure stays exit 3
         with client.errors():
             raise RuntimeError("Request failed with status code 500: No available agent to submit job.")
+
+
+# --- what is uploaded: never credentials ----------------------------------------------------------
+
+# Built at run time, so that this file does not itself look like a key to the upload check.
+PEM_KEY = (
+    "-----BEGIN "
+    + "OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\n-----END OPENSSH PRIVATE KEY-----\n"
+)
+CODE = {
+    "pipelines/x.py": "print('hi')\n",
+    "configs/smoke.yaml": "train: {epochs: 1}\n",
+    "docs/keys.md": "A `-----BEGIN ... PRIVATE KEY-----` block is refused; so is aws_secret_access_key = <40 chars>.\n",
+    "environment.yaml": "name: env\n",  # not .env
+    "keys.py": "KEY_NAMES = ['a']\n",  # not *.key
+}
+CREDENTIALS = [
+    ".env",
+    ".env.production",
+    "services/api/.env",
+    "tls/server.pem",
+    "tls/server.key",
+    "certs/client.p12",
+    "certs/client.pfx",
+    "id_rsa",
+    "keys/id_ed25519",
+    "keys/id_ed25519.pub",
+    "id_ecdsa",
+    ".netrc",
+    ".pgpass",
+    ".dvc/config.local",
+    ".aws/credentials",
+    ".aws/config",
+    ".ssh/config",
+    ".gnupg/private-keys-v1.d/x.key",
+    "gcp/credentials.json",
+    "gcp/application_default_credentials.json",
+    ".git-credentials",
+    ".pypirc",
+    "kubeconfig",
+    ".kube/config",
+    "deploy/secrets.yaml",
+]
+
+
+def _tree(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+def test_credential_files_are_never_uploaded_whatever_rayignore_says(tmp_path):
+    from tests.pipelines.test_compat import packaged_by_ray_job_client
+
+    rayignore = "/data\n!.env\n!*.pem\n!.aws/\n!/id_rsa\n"  # a .rayignore that tries to bring them back
+    root = _tree(tmp_path / "repo", {**CODE, **dict.fromkeys(CREDENTIALS, "secret\n"), ".rayignore": rayignore})
+    (root / ".dvc" / "config").write_text("[core]\n    remote = s3\n")
+    expected = {*CODE, ".rayignore", ".dvc/config"}
+    upload = js.upload_plan(root)
+    assert {rel for rel, _ in upload.files} == expected
+    assert dict(upload.files)["pipelines/x.py"] == len(CODE["pipelines/x.py"])
+    assert upload.total_bytes == sum((root / rel).stat().st_size for rel in expected)
+    # What Ray's job client packs and uploads with these excludes is exactly that list.
+    assert packaged_by_ray_job_client(root, js.excludes(root)) == expected
+    # The credential patterns come after .rayignore's lines: no "!pattern" there re-includes them.
+    ex = js.excludes(root)
+    assert ex[-len(js.CREDENTIAL_PATTERNS) :] == list(js.CREDENTIAL_PATTERNS) and ex.index("!.env") < ex.index(".env")
+    assert not js.is_uploaded(root / ".env", root) and not js.is_uploaded(root / "tls/server.pem", root)
+    assert js.is_uploaded(root / "configs/smoke.yaml", root)
+    assert js.secret_files(upload) == []
+
+
+def test_the_real_repository_upload_is_what_ray_packs_and_holds_no_credentials():
+    from tests.pipelines.test_compat import packaged_by_ray_job_client
+
+    upload = js.upload_plan(REPO_ROOT)
+    names = {rel for rel, _ in upload.files}
+    assert names == packaged_by_ray_job_client(REPO_ROOT, js.excludes(REPO_ROOT))
+    assert js.secret_files(upload) == []
+    assert not js.is_uploaded(REPO_ROOT / ".env", REPO_ROOT)
+
+
+def test_a_file_that_looks_like_a_key_refuses_the_submission_until_excluded(tmp_path):
+    aws_line = "aws_secret_access_key = " + "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY" + "\n"
+    sa = json.dumps({"type": "service_account", "private_key": PEM_KEY.replace("OPENSSH ", "")})
+    root = _tree(
+        tmp_path / "repo",
+        {**CODE, "notes/deploy.txt": "ssh in with:\n" + PEM_KEY, "my-project-1a2b.json": sa, "ops/creds.ini": aws_line},
+    )
+    home = _tree(tmp_path / "home", {".aws/credentials": "[default]\n"})
+    (root / "cloud").symlink_to(home / ".aws" / "credentials")  # its name says nothing; its target does
+    found = dict(js.secret_files(js.upload_plan(root)))
+    assert found == {
+        "notes/deploy.txt": "holds a private key",
+        "my-project-1a2b.json": "holds a private key",
+        "ops/creds.ini": "holds an AWS secret access key",
+        "cloud": f"a link to {home / '.aws' / 'credentials'}",
+    }
+    with pytest.raises(js.JobSpecError) as e:
+        js.check_upload(js.upload_plan(root))
+    message = str(e.value)
+    assert message.startswith(f"refusing to upload 4 file(s) from {root} that look like credentials: cloud (a link")
+    assert "notes/deploy.txt (holds a private key)" in message and f"add to {root / '.rayignore'}:" in message
+    assert "\n  /notes/deploy.txt" in message and "b3BlbnNzaC" not in message and "wJalr" not in message
+    # Excluded as the message says, the same tree uploads.
+    (root / ".rayignore").write_text("".join(f"/{rel}\n" for rel in found))
+    js.check_upload(js.upload_plan(root))
+    assert "notes/deploy.txt" not in {rel for rel, _ in js.upload_plan(root).files}
+
+
+def test_cli_dry_run_lists_every_file_and_the_size_and_contacts_no_cluster(tmp_path, monkeypatch, no_ray_env):
+    from tests.pipelines.test_compat import packaged_by_ray_job_client
+
+    root = _tree(tmp_path / "repo", {**CODE, ".env": "TOKEN=x\n", "id_rsa": PEM_KEY})
+    monkeypatch.setenv("FUSIONPIPE_PROJECT_ROOT", str(root))
+    monkeypatch.setattr(js, "JobClient", None)  # any attempt to connect fails the test
+    r = CliRunner().invoke(cli, ["submit", "--dry-run", "--json", "--", "fusionpipe", "train", "--config", "c.yaml"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    paths = [f["path"] for f in out["upload"]["files"]]
+    assert set(paths) == packaged_by_ray_job_client(root, js.excludes(root)) == set(CODE)
+    assert paths == sorted(paths) and out["upload"]["count"] == len(CODE)
+    assert out["upload"]["bytes"] == sum(len(t.encode()) for t in CODE.values())
+    assert out["dry_run"] is True and out["working_dir"] == str(root)
+    assert out["entrypoint"] == "python -m pipelines.cli train --config c.yaml"
+    r = CliRunner().invoke(cli, ["submit", "--dry-run", "--", "fusionpipe", "train"])
+    assert r.exit_code == 0 and "dry run: nothing submitted" in r.stdout
+    assert f"upload:      {root}: {len(CODE)} files" in r.stdout
+    assert "pipelines/x.py" in r.stdout and ".env" not in r.stdout.replace("environment.yaml", "")
+
+
+def test_cli_refuses_a_key_before_any_network_exit_2(tmp_path, monkeypatch, no_ray_env):
+    root = _tree(tmp_path / "repo", {**CODE, "notes/deploy.txt": PEM_KEY})
+    monkeypatch.setenv("FUSIONPIPE_PROJECT_ROOT", str(root))
+    for extra in (["--dry-run"], ["--address", f"127.0.0.1:{_closed_port()}"]):
+        r = CliRunner().invoke(cli, ["submit", *extra, "--json", "--", "fusionpipe", "train"])
+        assert r.exit_code == 2, r.output
+        error = json.loads(r.stdout)["error"]
+        assert "look like credentials: notes/deploy.txt (holds a private key)" in error and ".rayignore" in error
+
+
+def test_job_metadata_carries_the_command_without_credentials():
+    meta = js.job_metadata(
+        ["fusionpipe", "train", "--set", "checkpoint.storage_path=s3://AKIA123:wJalr/K7MDENG@bucket/rr"]
+    )
+    assert meta["fusionpipe.command"].endswith("checkpoint.storage_path=s3://AKIA123:***@bucket/rr")

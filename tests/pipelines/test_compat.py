@@ -140,3 +140,75 @@ def test_a_meta_dataset_converts_to_the_entity_that_log_inputs_takes(tmp_path):
     # The client still takes entities only: the private conversion is still needed.
     annotation = str(inspect.signature(MlflowClient.log_inputs).parameters["datasets"].annotation)
     assert "DatasetInput" in annotation and DatasetInput(entity).dataset is entity
+
+
+def packaged_by_ray_job_client(working_dir, excludes) -> set[str]:
+    """The files of the package Ray's job client builds and uploads for ``working_dir``: its own upload
+    path (``JobSubmissionClient._upload_working_dir_if_needed``), with the HTTP request captured instead
+    of sent."""
+    import io
+    import zipfile
+    from types import SimpleNamespace
+
+    from ray.job_submission import JobSubmissionClient
+
+    client = object.__new__(JobSubmissionClient)
+    sent = []
+    client._package_exists = lambda uri: False
+    client._do_request = lambda method, endpoint, data=None, **kw: sent.append(data) or SimpleNamespace(status_code=200)
+    client._upload_working_dir_if_needed({"working_dir": str(working_dir), "excludes": list(excludes)})
+    (package,) = sent
+    with zipfile.ZipFile(io.BytesIO(package)) as z:
+        return {n for n in z.namelist() if not n.endswith("/")}
+
+
+@pytest.mark.parametrize("ignore_gitignore", ["0", "1"])
+def test_the_working_dir_listing_is_what_rays_job_client_uploads(tmp_path, monkeypatch, ignore_gitignore):
+    monkeypatch.setenv("RAY_RUNTIME_ENV_IGNORE_GITIGNORE", ignore_gitignore)
+    monkeypatch.delenv("RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES", raising=False)
+    root = tmp_path / "repo"
+    files = {
+        "a.py": "x",
+        "pkg/b.py": "x",
+        "pkg/.gitignore": "generated.txt\n",
+        "pkg/generated.txt": "x",
+        "pkg/sub/.rayignore": "*.log\n!keep.log\n",
+        "pkg/sub/run.log": "x",
+        "pkg/sub/keep.log": "x",
+        "pkg/sub/c.py": "x",
+        ".gitignore": "/outputs/\n",
+        "outputs/o.json": "x",
+        "venv/bin/python": "x",  # Ray's default excludes
+        "pkg/__pycache__/b.pyc": "x",
+        ".git/HEAD": "x",
+        "big/blob.bin": "x",  # the runtime_env excludes
+        "x/y/blob.bin": "x",
+    }
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    (root / "empty").mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "o.py").write_text("x")
+    (root / "linked").symlink_to(outside)  # Ray follows links
+    excludes = ["/big", "blob.bin"]
+    listed = compat.ray_working_dir_files(root, excludes)
+    assert listed == sorted(listed)
+    assert set(listed) == packaged_by_ray_job_client(root, excludes)
+    expected = {"a.py", "pkg/b.py", "pkg/.gitignore", "pkg/sub/.rayignore", "pkg/sub/keep.log", "pkg/sub/c.py"}
+    expected |= {".gitignore", "linked/o.py"}
+    if ignore_gitignore == "1":
+        expected |= {"pkg/generated.txt", "outputs/o.json"}
+    assert set(listed) == expected
+    # The private walk it reuses still has the signature it calls.
+    from ray._private.runtime_env import packaging
+
+    assert list(inspect.signature(packaging._dir_travel).parameters) == [
+        "path",
+        "excludes",
+        "handler",
+        "include_gitignore",
+        "logger",
+    ]
+    assert list(inspect.signature(packaging._get_excludes).parameters) == ["path", "excludes"]
