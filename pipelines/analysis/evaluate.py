@@ -209,7 +209,7 @@ def run_evaluate(
                 raise CheckpointError(redact_url_password(str(e))) from None
         else:
             ckpt = Path(checkpoint)
-        meta = read_meta(ckpt)
+        meta = read_meta(ckpt, require=("model_config",))
         want = model_config(cfg, len(manifest["classes"]))
         check_compatible(meta["model_config"], want, str(ckpt))
         model = build_model(meta["model_config"])

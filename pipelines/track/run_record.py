@@ -17,7 +17,7 @@ from typing import Any
 
 from datasets.inspect import read_samples
 from datasets.manifest import write_atomic
-from pipelines.checkpoints import read_meta
+from pipelines.checkpoints import CorruptCheckpointError, read_meta, verify_checkpoint
 from pipelines.compat import mlflow_dataset_entity
 from pipelines.config import ExperimentConfig, flatten
 from pipelines.jsonio import dumps
@@ -136,33 +136,62 @@ def _log_dataset_input(tracker: Any, cfg: ExperimentConfig, manifest: dict[str, 
 def best_checkpoint(result: Any, metric: str, mode: str) -> tuple[Any, dict[str, Any]]:
     """The best of Ray's kept checkpoints by ``metric`` (a NaN or infinite score never wins), else the
     last one."""
+    return ranked_checkpoints(result, metric, mode)[0]
+
+
+def ranked_checkpoints(result: Any, metric: str, mode: str) -> list[tuple[Any, dict[str, Any]]]:
+    """Ray's kept checkpoints with a finite ``metric``, best first (the first kept of equal scores
+    first), then the last checkpoint."""
     scored = [
         (c, m)
         for c, m in (result.best_checkpoints or [])
         if isinstance(m.get(metric), (int, float)) and math.isfinite(m[metric])
     ]
-    if not scored:
-        return result.checkpoint, result.metrics
-    return (max if mode == "max" else min)(scored, key=lambda cm: cm[1][metric])
+    scored.sort(key=lambda cm: cm[1][metric], reverse=mode == "max")  # a stable sort, also reversed
+    return [*scored, (result.checkpoint, result.metrics)]
+
+
+def _intact_best(
+    stack: contextlib.ExitStack, result: Any, cfg: ExperimentConfig, run_name: str, last_dir: str
+) -> tuple[Any, dict[str, Any], str]:
+    """The best of Ray's kept checkpoints (:func:`ranked_checkpoints`) whose files are intact, its metrics
+    and its local directory. One that is damaged (a checkpoint of an earlier attempt of the run, corrupted
+    since, that Ray keeps for its score) is passed over with a warning; the last checkpoint, checked by
+    the caller, ends the list."""
+    for ckpt, metrics in ranked_checkpoints(result, cfg.checkpoint.metric, cfg.checkpoint.mode):
+        if ckpt is result.checkpoint or ckpt.path == result.checkpoint.path:
+            # Ray's Result hands out one Checkpoint object for the last and, when it scored best, the
+            # best checkpoint: one download, one directory.
+            return ckpt, metrics, last_dir
+        d = stack.enter_context(ckpt.as_directory())
+        try:
+            verify_checkpoint(d)
+        except CorruptCheckpointError as e:
+            where = redact_url_password(checkpoint_uri(cfg.checkpoint.storage_path, ckpt.path))
+            print(
+                f"warning: run {run_name!r}: checkpoint {where} scored best but is corrupt ({e}); "
+                "the best intact checkpoint is logged as the best",
+                file=sys.stderr,
+            )
+            continue
+        return ckpt, metrics, d
+    raise AssertionError("ranked_checkpoints ends with the last checkpoint")
 
 
 def finish_run(cfg: ExperimentConfig, tracker: Any, result: Any, run_name: str, resumed: bool) -> dict[str, Any]:
     """Log the best and last checkpoints and the final model, close the MLflow run; the run summary."""
     if result.checkpoint is None:
         raise RuntimeError(f"run {run_name}: training produced no checkpoint")
-    best_ckpt, best_metrics = best_checkpoint(result, cfg.checkpoint.metric, cfg.checkpoint.mode)
-    # Written to tags and the summary: without the storage path's credentials (s3://KEY:***@BUCKET/...).
-    best_at = redact_url_password(checkpoint_uri(cfg.checkpoint.storage_path, best_ckpt.path))
-    last_at = redact_url_password(checkpoint_uri(cfg.checkpoint.storage_path, result.checkpoint.path))
     # as_directory: the directory itself on a local or mounted storage path, a downloaded copy from an
     # object store (Ray's Checkpoint.path there is a key inside the bucket, not a local path).
     with contextlib.ExitStack() as stack:
-        best_dir = stack.enter_context(best_ckpt.as_directory())
-        # Ray's Result hands out one Checkpoint object for the last and, when it scored best, the best
-        # checkpoint: one download, one directory.
-        same = best_ckpt is result.checkpoint or best_ckpt.path == result.checkpoint.path
-        last_dir = best_dir if same else stack.enter_context(result.checkpoint.as_directory())
-        last_meta = read_meta(last_dir)
+        last_dir = stack.enter_context(result.checkpoint.as_directory())
+        # This attempt's own newest checkpoint: damaged, it is an error (CorruptCheckpointError).
+        last_meta = verify_checkpoint(last_dir, require=("metrics",))
+        best_ckpt, best_metrics, best_dir = _intact_best(stack, result, cfg, run_name, last_dir)
+        # Written to tags and the summary: without the storage path's credentials (s3://KEY:***@BUCKET/...).
+        best_at = redact_url_password(checkpoint_uri(cfg.checkpoint.storage_path, best_ckpt.path))
+        last_at = redact_url_password(checkpoint_uri(cfg.checkpoint.storage_path, result.checkpoint.path))
         tracker.log_artifacts(best_dir, "checkpoints/best")
         tracker.log_artifacts(last_dir, "checkpoints/last")
         tracker.set_tags(
@@ -174,7 +203,7 @@ def finish_run(cfg: ExperimentConfig, tracker: Any, result: Any, run_name: str, 
         )
         if cfg.tracking.log_model:
             h, w = _sample_hw(cfg)
-            log_final_model(tracker, best_dir, read_meta(best_dir), (h, w))
+            log_final_model(tracker, best_dir, read_meta(best_dir, require=("model_config",)), (h, w))
     tracker.end("FINISHED")
     # meta.json stores a NaN metric (nothing to measure) as null: it is NaN again here.
     final = {k: math.nan if v is None else v for k, v in last_meta["metrics"].items() if k.startswith("val/")}

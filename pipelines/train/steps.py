@@ -70,7 +70,7 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, train_state: Mapping[
     settings = optimizer_settings(optimizer)
     try:
         optimizer.load_state_dict(train_state["optimizer"])
-    except (ValueError, KeyError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # the last two: not an optimizer state at all
         raise CheckpointError(f"{where}: the optimizer state does not fit this config's optimizer: {e}") from e
     keep_settings(optimizer, settings)
 

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pipelines.checkpoints import CheckpointError, read_meta
+from pipelines.checkpoints import CheckpointError, verify_checkpoint
 from pipelines.track.run_record import RUN_STATE
 from pipelines.track.tracker import Tracker
 from pipelines.tune.spec import SweepSpec
@@ -28,14 +28,17 @@ def trial_state(sweep_dir: Path, sweep: str, trial_id: str) -> dict[str, Any] | 
 
 
 def scan_checkpoints(run_dir: Path) -> list[dict[str, Any]]:
-    """Every complete checkpoint of a Ray Train run directory, as ``{"path", "epoch", "metrics"}``."""
+    """Every complete, intact checkpoint of a Ray Train run directory, as ``{"path", "epoch", "metrics"}``:
+    each file verified (:func:`pipelines.checkpoints.verify_checkpoint`), so that a damaged one is never
+    logged as the trial's best or last."""
     found = []
     for d in sorted(run_dir.glob("checkpoint_*")):
         try:
-            meta = read_meta(d)
-        except CheckpointError:
-            continue  # a checkpoint being written when the trial was stopped
-        found.append({"path": str(d), "epoch": int(meta["epoch"]), "metrics": meta.get("metrics", {})})
+            meta = verify_checkpoint(d)
+        except CheckpointError as e:  # being written when the trial was stopped, or damaged since
+            log.warning("checkpoint %s left out: %s", d, e)
+            continue
+        found.append({"path": str(d), "epoch": meta["epoch"], "metrics": meta.get("metrics", {})})
     return found
 
 
