@@ -181,6 +181,14 @@ class TrackingSection(_Section):
     log_model: bool = Field(
         True, description="at the end, log the best checkpoint's model to MLflow (`mlflow.pytorch`, with its signature)"
     )
+    max_outage_s: float = Field(
+        600.0,
+        ge=0,
+        description="how long training rides through an outage of the tracking store: rank 0 keeps the "
+        "epochs' metrics (in memory and in each checkpoint) and sends them again every epoch and at the end; "
+        "a store still unreachable this many seconds after the first failed request fails the run (exit 3). "
+        "`0`: fail at the first failed request",
+    )
 
 
 class CheckpointSection(_Section):

@@ -6,13 +6,22 @@ the flattened config; tags carry the git commit and dirty flag, the data version
 DVC hash and, for ``data.rev``, the data's git commit), the hash of each config plugin's code and the
 Ray job id; metrics are logged per
 epoch with ``step = epoch``.
+
+Metrics ride through an outage of the tracking store (:meth:`Tracker.log_metrics`): a batch the store
+does not take stays buffered, in order, and is sent again with the next epoch's and at the end of the
+run (:meth:`Tracker.flush`), for at most ``tracking.max_outage_s`` seconds of one outage.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import math
 import os
 import subprocess
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +32,34 @@ from pipelines.track.redact import redact_url_password, redact_value
 PARAM_MAX = 6000  # MLflow's limit on a param value
 BATCH_METRICS = 1000  # MLflow's limit per log_batch request
 GIT_COMMIT_ENV, GIT_DIRTY_ENV = "FUSIONPIPE_GIT_COMMIT", "FUSIONPIPE_GIT_DIRTY"
+
+log = logging.getLogger(__name__)
+
+# MLflow's own retries of one HTTP request (MLFLOW_HTTP_REQUEST_MAX_RETRIES, default 7 with backoff
+# factor 2) sleep about four minutes against a server that is down. For the buffered metric batches and
+# the previews the tracker does the waiting itself, between epochs: MLflow tries a request twice at
+# once, and a server that accepts but never answers costs at most ATTEMPT_TIMEOUT_S (unless
+# MLFLOW_HTTP_REQUEST_TIMEOUT is set). MLflow reads these variables at every request.
+ATTEMPT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+ATTEMPT_TIMEOUT_S = 30
+RETRY_INTERVAL_MAX_S = 10.0  # the longest wait between two tries of the end-of-run flush
+# MLflow error codes of a store that is down, overloaded or timing out (a request MLflow could not send,
+# or a 5xx/429 after its retries, is INTERNAL_ERROR); any other code is the request's fault and is
+# raised at once.
+TRANSIENT_ERROR_CODES = frozenset(
+    {
+        "INTERNAL_ERROR",
+        "TEMPORARILY_UNAVAILABLE",
+        "IO_ERROR",
+        "SERVICE_UNDER_MAINTENANCE",
+        "WORKSPACE_TEMPORARILY_UNAVAILABLE",
+        "DEADLINE_EXCEEDED",
+        "REQUEST_LIMIT_EXCEEDED",
+        "RESOURCE_EXHAUSTED",
+        "ABORTED",
+        "COULD_NOT_ACQUIRE_LOCK",
+    }
+)
 
 
 def is_local_store(uri: str) -> bool:
@@ -158,14 +195,76 @@ def run_not_found(e: Exception) -> bool:
     return getattr(e, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
 
 
+def is_transient(e: BaseException) -> bool:
+    """Whether ``e`` says the tracking store cannot be reached right now (a refused connection, a
+    timeout, a 5xx or 429 after MLflow's retries), so the same request may succeed later; a request the
+    store refused for its content or credentials is not."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+
+    if isinstance(e, RequestException):
+        return True
+    return isinstance(e, MlflowException) and getattr(e, "error_code", None) in TRANSIENT_ERROR_CODES
+
+
+@contextlib.contextmanager
+def _quick_attempt() -> Iterator[None]:
+    """MLflow tries the requests made inside twice at once instead of backing off for minutes
+    (:data:`ATTEMPT_ENV`), and urllib3 does not log its retry (the tracker's own warning says what
+    happened); the environment and the log level are restored after."""
+    names = [*ATTEMPT_ENV, "MLFLOW_HTTP_REQUEST_TIMEOUT"]
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ.update(ATTEMPT_ENV)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(ATTEMPT_TIMEOUT_S))
+    pool_log = logging.getLogger("urllib3.connectionpool")
+    level = pool_log.level
+    pool_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        pool_log.setLevel(level)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _short(e: BaseException, limit: int = 300) -> str:
+    text = redact_url_password(f"{type(e).__name__}: {e}".replace("\n", " "))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class Tracker:
-    """A thin, batching wrapper over ``MlflowClient`` bound to one run."""
+    """A thin, batching wrapper over ``MlflowClient`` bound to one run.
 
-    def __init__(self, uri: str, run_id: str) -> None:
-        from mlflow.tracking import MlflowClient
+    :meth:`log_metrics` never loses a metric to a store that is briefly away: the batch is buffered and
+    sent again, in order, by every later :meth:`log_metrics` and by :meth:`flush`. One outage may last
+    ``max_outage_s`` seconds (from the first failed request); a request that fails after that raises
+    :class:`TrackingStoreError`. Rank 0 is the only writer of a run's metrics, from one thread.
+    """
 
-        self.client = MlflowClient(tracking_uri=uri)
+    def __init__(
+        self,
+        uri: str,
+        run_id: str,
+        *,
+        max_outage_s: float = 600.0,
+        client: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if client is None:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri=uri)
+        self.client = client
         self.uri, self.run_id = uri, run_id
+        self.max_outage_s = max_outage_s
+        self._clock, self._sleep = clock, sleep
+        self._pending: list[Any] = []  # mlflow.entities.Metric, in the order they were logged
+        self._down_since: float | None = None  # the clock at the first failed request of this outage
+        self._last_error = ""
 
     @classmethod
     def create_run(cls, uri: str, experiment: str, run_name: str, tags: dict[str, str]) -> Tracker:
@@ -186,14 +285,100 @@ class Tracker:
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        import time
-
+        """Buffer ``metrics`` at ``step`` (timestamped now) and send everything buffered, in order, in
+        ``log_batch`` requests of at most :data:`BATCH_METRICS`. A store that cannot be reached keeps
+        them buffered for the next call; see :meth:`flush`."""
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        items = [Metric(_metric_key(k), float(v), ts, step) for k, v in sorted(metrics.items())]
-        for i in range(0, len(items), BATCH_METRICS):
-            self.client.log_batch(self.run_id, metrics=items[i : i + BATCH_METRICS])
+        self._pending += [Metric(_metric_key(k), float(v), ts, step) for k, v in sorted(metrics.items())]
+        self.flush()
+
+    @property
+    def store_down(self) -> bool:
+        """Whether the last request to the store failed and metrics wait for it."""
+        return self._down_since is not None
+
+    def unlogged(self) -> list[list[Any]]:
+        """The buffered metrics as ``[key, value, timestamp, step]`` lists (a NaN value is ``None``), in
+        order: what a checkpoint keeps so a resumed worker can send them (:meth:`requeue`)."""
+        return [[m.key, None if math.isnan(m.value) else m.value, m.timestamp, m.step] for m in self._pending]
+
+    def requeue(self, entries: Iterable[list[Any]], skip_steps: Iterable[int] = ()) -> None:
+        """Buffer metrics that :meth:`unlogged` returned in an earlier process, except those at
+        ``skip_steps`` (steps the store already holds), and try to send them."""
+        from mlflow.entities import Metric
+
+        skip = set(skip_steps)
+        back = [
+            Metric(str(k), math.nan if v is None else float(v), int(ts), int(step))
+            for k, v, ts, step in entries
+            if int(step) not in skip
+        ]
+        if back:
+            self._pending[:0] = back
+            self.flush()
+
+    def flush(self, wait: bool = False) -> None:
+        """Send the buffered metrics. Without ``wait``, one try: a store that cannot be reached keeps
+        them buffered (a warning when the outage starts, another when it ends saying how many were sent).
+        With ``wait`` (the end of a run), try again every few seconds until the store takes them.
+        Either way, a failure more than ``max_outage_s`` seconds into one outage raises
+        :class:`TrackingStoreError` (URI password hidden); a request the store refuses for another reason
+        than being unreachable raises at once."""
+        interval = 1.0
+        announced = False
+        while self._pending:
+            try:
+                self._send()
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                self._failed(e)
+                if not wait:
+                    return
+                remaining = self._down_since + self.max_outage_s - self._clock()  # type: ignore[operator]
+                if not announced:
+                    log.warning(
+                        f"waiting up to {max(0.0, remaining):.0f} s more for the MLflow tracking store to take "
+                        f"{len(self._pending)} buffered metrics before the run ends"
+                    )
+                    announced = True
+                self._sleep(max(0.0, min(interval, remaining)))
+                interval = min(2 * interval, RETRY_INTERVAL_MAX_S)
+
+    def _send(self) -> None:
+        sent = 0
+        with _quick_attempt():
+            while self._pending:
+                chunk = self._pending[:BATCH_METRICS]
+                self.client.log_batch(self.run_id, metrics=chunk)
+                del self._pending[: len(chunk)]
+                sent += len(chunk)
+        if self._down_since is not None:
+            log.warning(
+                f"MLflow tracking store {redact_url_password(self.uri)} is reachable again after "
+                f"{self._clock() - self._down_since:.0f} s: sent {sent} buffered metrics"
+            )
+            self._down_since = None
+
+    def _failed(self, e: BaseException) -> None:
+        now = self._clock()
+        self._last_error = _short(e)
+        if self._down_since is None:
+            self._down_since = now
+            log.warning(
+                f"MLflow tracking store {redact_url_password(self.uri)} cannot be reached ({self._last_error}); "
+                f"training goes on and the metrics are buffered, retried every epoch and at the end of the "
+                f"run for up to {self.max_outage_s:g} s (tracking.max_outage_s)"
+            )
+        if now - self._down_since >= self.max_outage_s:
+            steps = sorted({m.step for m in self._pending})
+            raise TrackingStoreError(
+                f"{redact_url_password(self.uri)} unreachable for "
+                f"{now - self._down_since:.0f} s (tracking.max_outage_s: {self.max_outage_s:g}); "
+                f"{len(self._pending)} metrics of step(s) {steps} not logged; last error: {self._last_error}"
+            )
 
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -204,6 +389,23 @@ class Tracker:
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_optional_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> bool:
+        """:meth:`log_artifact` for what a run can do without (a preview image): skipped, with a warning,
+        while the store is down or when the upload fails because it cannot be reached; whether it was
+        logged."""
+        if self.store_down:
+            log.warning(f"{Path(path).name} not logged: the MLflow tracking store cannot be reached")
+            return False
+        try:
+            with _quick_attempt():
+                self.log_artifact(path, artifact_path)
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            log.warning(f"{Path(path).name} not logged: {_short(e)}")
+            return False
+        return True
 
     def log_artifacts(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(path), artifact_path)

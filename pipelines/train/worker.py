@@ -195,6 +195,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     lr_schedule = functools.partial(lr_at, cfg=cfg, steps_per_epoch=steps_per_epoch)
 
     start_epoch = 0
+    unlogged: list[list[Any]] = []  # metrics the tracking store had not taken when the checkpoint was written
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as cdir:
@@ -214,6 +215,7 @@ def _train_loop(config: dict[str, Any]) -> None:
             # The moments are the checkpoint's; lr, weight decay, ... the config's.
             load_optimizer_state(optimizer, load_train_state(cdir), str(cdir))
             start_epoch = int(meta["epoch"]) + 1
+            unlogged = meta.get("unlogged_metrics") or []
     # Without deep supervision the aux heads (MTI-Net's and PAD-Net's initial predictions, ANN's stage-4
     # head, ...) get no gradient, and DDP must be told, or its second step fails waiting for them.
     unused_aux = not cfg.loss.deep_supervision and bool(getattr(model, "aux_weights", None))
@@ -226,10 +228,11 @@ def _train_loop(config: dict[str, Any]) -> None:
             f"{steps_per_epoch} steps per epoch, from epoch {start_epoch + 1} of {cfg.train.epochs}"
         )
 
-        tracker = Tracker(config["tracking_uri"], run_id)
+        tracker = Tracker(config["tracking_uri"], run_id, max_outage_s=cfg.tracking.max_outage_s)
         # A worker that dies right after ray.train.report can take the report with it, so a retry may
         # redo an epoch whose metrics are already in MLflow: those steps are not logged again.
         already_logged = tracker.logged_steps("train/loss/total")
+        tracker.requeue(unlogged, skip_steps=already_logged)
     num_classes = mcfg["num_classes"]
     hooks: list[EpochHook] = list(config.get("epoch_hooks") or [])
     for epoch in range(start_epoch, cfg.train.epochs):
@@ -279,6 +282,8 @@ def _train_loop(config: dict[str, Any]) -> None:
                     "modalities": d.modalities,
                     "classes": config["classes"],
                     "optimizer": cfg.optim.name,
+                    # Buffered while the tracking store is down: a retry or resume from here sends them.
+                    "unlogged_metrics": tracker.unlogged() if tracker is not None else [],
                 }
                 save_checkpoint(tmp, model, meta, {"optimizer": optimizer.state_dict()})
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
@@ -291,6 +296,8 @@ def _train_loop(config: dict[str, Any]) -> None:
             every = cfg.train.preview_every
             if every and (epoch % every == every - 1 or epoch == cfg.train.epochs - 1):
                 _log_preview(tracker, model, val_stream, mcfg["tasks"], epoch, device, predict)
+    if tracker is not None:
+        tracker.flush(wait=True)  # what an outage of the tracking store left buffered, within its bound
 
 
 def _log_preview(
@@ -303,4 +310,4 @@ def _log_preview(
     outputs = predict(model, inputs)
     with tempfile.TemporaryDirectory() as tmp:
         path = preview_grid(inputs, targets, outputs, tasks, Path(tmp) / f"epoch_{epoch:04d}.png")
-        tracker.log_artifact(path, "previews")
+        tracker.log_optional_artifact(path, "previews")
