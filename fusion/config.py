@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fusion.tasks import TASK_REGISTRY, TASKS
 
@@ -55,7 +55,12 @@ class ModelFields(BaseModel):
     backbone: str = Field(
         "resnet18", description="`resnet18`, `resnet34`, `resnet50`, `resnet101`, `hrnet18`, `hrnet32` or `hrnet48`"
     )
-    width: float = Field(1.0, gt=0, description="channel-width multiplier (tiny CPU configs use less than 1)")
+    width: float = Field(
+        1.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="channel-width multiplier, a finite number (tiny CPU configs use less than 1)",
+    )
     output_stride: Literal[8, 16, 32] = Field(
         32, description="ResNet output stride: 8 and 16 dilate the last stages; HRNets take 32 only"
     )
@@ -68,6 +73,13 @@ class ModelFields(BaseModel):
         default_factory=dict,
         description="the model's own options, checked when the model is built ([models.md](models.md))",
     )
+
+    @field_validator("width", mode="before")
+    @classmethod
+    def _width_is_a_number(cls, v: Any) -> Any:
+        if isinstance(v, bool):  # pydantic would take `true` as 1.0
+            raise ValueError("expected a number, not a boolean")
+        return v
 
 
 class ModelConfig(ModelFields):

@@ -4,6 +4,10 @@ Sections (docs/config.md): ``data``, ``model``, ``loss``, ``optim``, ``train``,
 ``tracking``, ``checkpoint``, ``failure``, and the optional top-level ``plugins``: modules that
 register tasks, shard members or models, imported before anything else is checked. Unknown keys
 and bad values are errors that list every problem at once. ``--set a.b=c`` overrides any field (values parsed as YAML, like ``dvc exp run -S``).
+
+Types are strict where a coerced value would be silently wrong: counts are whole numbers (``2``, never
+``2.0``, ``"2"`` or ``true``), switches are booleans (never ``1`` or ``"yes"`` in quotes), and every float
+is finite (no ``.inf`` or ``.nan``) and not a boolean.
 """
 
 from __future__ import annotations
@@ -13,10 +17,22 @@ import importlib
 import os
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from datasets.transforms import AugmentConfig
 from fusion.config import TASKS, ModalityList, ModelFields, TaskList
@@ -36,8 +52,24 @@ class ConfigError(ValueError):
     """An invalid experiment config; the message lists every problem with its field path."""
 
 
+def _not_a_bool(value: Any) -> Any:
+    # pydantic's float takes `true` as 1.0: a switch written where a number belongs is a mistake.
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not a boolean")
+    return value
+
+
+#: A finite float, given as a number (an int is fine) or as text YAML leaves unparsed (``1e-3``), never a
+#: boolean, ``.inf`` or ``.nan``.
+Real = Annotated[float, BeforeValidator(_not_a_bool), AllowInfNan(False)]
+#: A count, a seed or another whole number: an int as YAML and JSON write it, never ``2.0``, ``"2"`` or ``true``.
+Count = StrictInt
+#: A switch: ``true`` or ``false``, never ``1`` or ``"true"``.
+Switch = StrictBool
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DataSection(_Section):
@@ -70,8 +102,8 @@ class DataSection(_Section):
         default_factory=AugmentConfig,
         description="augmentation, see [augmentation.md](augmentation.md); only `hflip: 0.5` is on by default",
     )
-    loader_workers: int = Field(1, ge=0, description="DataLoader worker processes per training worker")
-    shuffle_buffer: int = Field(
+    loader_workers: Count = Field(1, ge=0, description="DataLoader worker processes per training worker")
+    shuffle_buffer: Count = Field(
         128,
         ge=0,
         description="encoded training samples held for shuffling, per "
@@ -82,7 +114,7 @@ class DataSection(_Section):
         description="a corrupt sample: `raise` stops naming the "
         "shard, key and member; `skip` drops it and logs a warning",
     )
-    edge_max_dist: float = Field(
+    edge_max_dist: Real = Field(
         0.0075,
         gt=0,
         lt=1,
@@ -107,13 +139,13 @@ class ModelSection(ModelFields):
 
 
 class LossSection(_Section):
-    weights: dict[str, float] = Field(default_factory=dict, description="per-task weight, default 1")
-    deep_supervision: bool = Field(
+    weights: dict[str, Real] = Field(default_factory=dict, description="per-task weight, default 1")
+    deep_supervision: Switch = Field(
         True,
         description="also train on the model's intermediate (`aux`) "
         "predictions, e.g. MTI-Net's scales, CEN's per-modality outputs, ANN's stage-4 head",
     )
-    ohem: bool = Field(False, description="online hard example mining for the semseg cross-entropy")
+    ohem: Switch = Field(False, description="online hard example mining for the semseg cross-entropy")
 
     @field_validator("weights")
     @classmethod
@@ -129,34 +161,36 @@ class LossSection(_Section):
 
 class OptimSection(_Section):
     name: Literal["adam", "adamw", "sgd"] = Field("adam", description="the optimizer")
-    lr: float = Field(1e-3, gt=0, description="learning rate after warm-up, before the schedule decays it")
-    weight_decay: float = Field(1e-4, ge=0, description="weight decay (decoupled for `adamw`)")
-    momentum: float = Field(0.9, ge=0, lt=1, description="momentum, `sgd` only")
+    lr: Real = Field(1e-3, gt=0, description="learning rate after warm-up, before the schedule decays it")
+    weight_decay: Real = Field(1e-4, ge=0, description="weight decay (decoupled for `adamw`)")
+    momentum: Real = Field(0.9, ge=0, lt=1, description="momentum, `sgd` only")
     schedule: Literal["poly", "cosine", "constant"] = Field(
         "poly", description="decay per optimizer step after warm-up: `poly` is lr × (1 − t)^poly_power"
     )
-    poly_power: float = Field(0.9, gt=0, description="exponent of the `poly` schedule")
-    warmup_epochs: int = Field(0, ge=0, description="epochs of linear warm-up, from lr / (warm-up steps) up to lr")
-    grad_accum: int = Field(1, ge=1, description="batches per optimizer step (the mean of their gradients)")
-    clip_grad_norm: float | None = Field(
+    poly_power: Real = Field(0.9, gt=0, description="exponent of the `poly` schedule")
+    warmup_epochs: Count = Field(0, ge=0, description="epochs of linear warm-up, from lr / (warm-up steps) up to lr")
+    grad_accum: Count = Field(1, ge=1, description="batches per optimizer step (the mean of their gradients)")
+    clip_grad_norm: Real | None = Field(
         None, gt=0, description="clip the gradients' global L2 norm to this (`null`: no clipping)"
     )
 
 
 class TrainSection(_Section):
-    epochs: int = Field(10, ge=1, description="epochs to train (a resumed run continues up to this)")
-    batch_size: int = Field(8, ge=1, description="per training worker")
-    workers: int = Field(2, ge=1, description="Ray Train workers (DDP ranks)")
-    cpus_per_worker: float = Field(1, gt=0, description="CPUs Ray reserves for each worker")
-    use_gpu: bool = Field(False, description="one GPU per worker (NCCL between workers)")
-    amp: bool = Field(False, description="bf16 autocast on GPU")
-    sync_batchnorm: bool = Field(
+    epochs: Count = Field(10, ge=1, description="epochs to train (a resumed run continues up to this)")
+    batch_size: Count = Field(8, ge=1, description="per training worker")
+    workers: Count = Field(2, ge=1, description="Ray Train workers (DDP ranks)")
+    cpus_per_worker: Real = Field(1, gt=0, description="CPUs Ray reserves for each worker")
+    use_gpu: Switch = Field(False, description="one GPU per worker (NCCL between workers)")
+    amp: Switch = Field(False, description="bf16 autocast on GPU")
+    sync_batchnorm: Switch = Field(
         False,
         description="GPU workers: BatchNorm statistics over the global batch (SyncBatchNorm), not each worker's share",
     )
-    seed: int = Field(0, description="seeds the model's initialisation, the shuffling and the augmentation")
-    preview_every: int = Field(5, ge=0, description="epochs between prediction previews (0 = off)")
-    torch_threads: int | None = Field(None, ge=1, description="intra-op threads per worker (default: cpus_per_worker)")
+    seed: Count = Field(0, description="seeds the model's initialisation, the shuffling and the augmentation")
+    preview_every: Count = Field(5, ge=0, description="epochs between prediction previews (0 = off)")
+    torch_threads: Count | None = Field(
+        None, ge=1, description="intra-op threads per worker (default: cpus_per_worker)"
+    )
 
     @model_validator(mode="after")
     def _sync_bn_on_gpu(self) -> TrainSection:
@@ -169,16 +203,25 @@ class TrackingSection(_Section):
     uri: str | None = Field(
         None,
         description="MLflow tracking URI; it wins over `MLFLOW_TRACKING_URI` "
-        "(`null`: that variable, else `sqlite:///<project root>/mlflow.db`)",
+        "(`null`: that variable, else `sqlite:///<project root>/mlflow.db`): `sqlite:///PATH`, "
+        "`http(s)://HOST:PORT`, a database URI (`postgresql://`, `mysql://`, `mssql://`) or a directory",
     )
     experiment: str = Field("fusionpipe", description="MLflow experiment")
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str | None) -> str | None:
+        if v is not None:
+            check_tracking_uri(v)
+        return v
+
     run_name: str | None = Field(
         None,
         description="the Ray Train and MLflow run name; a name that already has a "
         "run under the same `checkpoint.storage_path` resumes it "
         "(`null`: `<model>-<date>-<time>`)",
     )
-    log_model: bool = Field(
+    log_model: Switch = Field(
         True, description="at the end, log the best checkpoint's model to MLflow (`mlflow.pytorch`, with its signature)"
     )
     max_outage_s: float = Field(
@@ -197,13 +240,13 @@ class CheckpointSection(_Section):
         description="where Ray Train writes checkpoints: a path (on a "
         "multi-node cluster, one every node mounts) or an `s3://`/`gs://` URI; a relative path is read from the project root",
     )
-    keep: int = Field(2, ge=1, description="best K checkpoints kept (plus the last)")
+    keep: Count = Field(2, ge=1, description="best K checkpoints kept (plus the last)")
     metric: str = Field("val/semseg/miou", description="the metric that ranks checkpoints (`val/<task>/<name>`)")
     mode: Literal["max", "min"] = Field("max", description="whether a higher (`max`) or lower `metric` is better")
 
 
 class FailureSection(_Section):
-    max_failures: int = Field(
+    max_failures: Count = Field(
         0,
         ge=-1,
         description="times Ray Train restarts the worker group from the last checkpoint after a failure (-1: no limit)",
@@ -213,12 +256,12 @@ class FailureSection(_Section):
 class SyntheticBuildSection(_Section):
     """How dvc.yaml's data stage builds ``data.shards`` with ``fusionpipe data build synthetic``."""
 
-    num_train: int = Field(600, ge=1, description="samples in the train split")
-    num_val: int = Field(150, ge=1, description="samples in the val split")
-    height: int = Field(120, ge=16, le=4096, description="image height in pixels")
-    width: int = Field(160, ge=16, le=4096, description="image width in pixels")
-    seed: int = Field(0, ge=0, description="the dataset's seed")
-    shard_size: int = Field(100, ge=1, description="samples per tar shard")
+    num_train: Count = Field(600, ge=1, description="samples in the train split")
+    num_val: Count = Field(150, ge=1, description="samples in the val split")
+    height: Count = Field(120, ge=16, le=4096, description="image height in pixels")
+    width: Count = Field(160, ge=16, le=4096, description="image width in pixels")
+    seed: Count = Field(0, ge=0, description="the dataset's seed")
+    shard_size: Count = Field(100, ge=1, description="samples per tar shard")
 
 
 def import_plugins(names: Any) -> None:
@@ -309,22 +352,100 @@ def _abs(p: str, base: Path) -> Path:
     return path if path.is_absolute() else (base / path).resolve()
 
 
+#: Schemes of the tracking stores MLflow has built in (a database scheme may name a driver: ``postgresql+psycopg2``).
+TRACKING_SCHEMES = (
+    "sqlite",
+    "http",
+    "https",
+    "postgresql",
+    "mysql",
+    "mssql",
+    "file",
+    "databricks",
+    "databricks-uc",
+    "uc",
+)
+
+
+def check_tracking_uri(uri: str) -> str:
+    """``uri`` when it has the form of an MLflow tracking store; else a ValueError that says what is wrong
+    (the caller names the URI and where it came from).
+
+    Checked before MLflow sees the URI: MLflow fails on a malformed ``sqlite:`` URI with a SQLAlchemy
+    traceback, retries one with an empty path for a minute, and reports an unknown scheme like an
+    unreachable store. A scheme registered by an installed MLflow plugin (entry point group
+    ``mlflow.tracking_store``) is accepted; a path without a scheme is MLflow's file store.
+    """
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if not uri.strip() or uri != uri.strip():
+        raise ValueError("must not be empty or start or end with spaces")
+    if scheme == "sqlite":
+        path = uri[len("sqlite:///") :].split("?", 1)[0] if uri.startswith("sqlite:///") else ""
+        if not path or path == ":memory:":
+            raise ValueError(
+                "not a sqlite store: write sqlite:///RELATIVE/PATH.db or sqlite:////ABSOLUTE/PATH.db (a file)"
+            )
+    elif scheme in ("http", "https"):
+        if not parts.hostname:
+            raise ValueError(f"names no tracking server: write {scheme}://HOST or {scheme}://HOST:PORT")
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number in 0..65535
+        except ValueError:
+            raise ValueError(f"the port of {parts.netloc.rpartition('@')[2]!r} is not a number in 0..65535") from None
+    elif scheme and scheme.split("+", 1)[0] not in TRACKING_SCHEMES and scheme not in _plugin_schemes():
+        raise ValueError(
+            f"unknown tracking store scheme {scheme!r}: use sqlite:///PATH.db, http(s)://HOST:PORT (a tracking "
+            "server), a database URI (postgresql://, mysql://, mssql://) or a directory path"
+        )
+    return uri
+
+
+def _plugin_schemes() -> set[str]:
+    from importlib.metadata import entry_points
+
+    return {ep.name for ep in entry_points(group="mlflow.tracking_store")}
+
+
 def resolve_tracking_uri(uri: str | None, base: Path | None = None) -> str:
     """``None`` -> ``sqlite:///<base>/mlflow.db``; a relative sqlite path is made absolute against ``base``
-    (default :func:`project_root`)."""
+    (default :func:`project_root`). A malformed URI (:func:`check_tracking_uri`) is a ConfigError that
+    names it and where it came from."""
+    source = "tracking URI"
+    if not uri and os.environ.get("MLFLOW_TRACKING_URI"):
+        source = "MLFLOW_TRACKING_URI"
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    try:
+        check_tracking_uri(uri)
+    except ValueError as e:
+        raise ConfigError(f"{source} {uri!r}: {e}") from None
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return "sqlite:///" + str(_abs(uri[len("sqlite:///") :], base or project_root()))
     return uri
+
+
+#: What a strict field says in place of pydantic's wording, for the types users most often get wrong.
+_STRICT_MESSAGES = {
+    "int_type": "expected a whole number, like 2 (not 2.0, '2' or true)",
+    "bool_type": "expected true or false, unquoted (not 1 or 'true')",
+    "finite_number": "expected a finite number (not .inf or .nan)",
+}
+
+
+def describe_error(err: Any) -> str:
+    """One pydantic error (an item of ``ValidationError.errors()``) in the words of a config problem."""
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "value_error":  # a validator's own message, without pydantic's "Value error, "
+        return str(err["ctx"]["error"])
+    return _STRICT_MESSAGES.get(err["type"], err["msg"])
 
 
 def _format_errors(e: ValidationError, source: str) -> str:
     lines = [f"{source}: {e.error_count()} problem(s):"]
     for err in e.errors():
         loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+        msg = describe_error(err)
         lines.append(
             f"  - {loc}: {msg}"
             + (
@@ -343,7 +464,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected key=value")
-        pairs.append((key, yaml.safe_load(value)))
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            detail = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(
+                f"--set {item!r}: value {value!r} is not valid YAML ({detail}); quote a text value: {key}='\"...\"'"
+            ) from None
+        pairs.append((key, parsed))
     return set_fields(raw, pairs)
 
 

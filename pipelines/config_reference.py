@@ -40,6 +40,8 @@ below. `--set key=value` overrides any key, the value parsed as YAML (`--set opt
 `--set data.tasks=[semseg,depth]`). The whole file is checked before anything starts: an unknown
 key or a bad value is an error, and the message lists every problem with its key. `plugins` are
 imported first, so the tasks, members and models they register are known to the rest of the check.
+Nothing is coerced: an integer is written as one (`2`, not `2.0`, `"2"` or `true`), a boolean as `true`
+or `false` (not `1` or `"true"`), and a number is finite (not `.inf` or `.nan`) and not a boolean.
 """
 
 

@@ -29,7 +29,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipelines.config import ConfigError, ExperimentConfig, _format_errors, read_yaml_mapping, set_fields
+from pipelines.config import (
+    ConfigError,
+    ExperimentConfig,
+    _format_errors,
+    describe_error,
+    read_yaml_mapping,
+    set_fields,
+)
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 # Fields a sweep may not vary: the scheduler owns the epoch budget, the sweep owns names and storage.
@@ -160,7 +167,8 @@ def load_sweep(path: str | Path) -> SweepSpec:
 
 def candidate_values(dist: dict[str, Any]) -> list[Any]:
     """Every value worth validating: each listed value, or both ends of a range and, for a continuous
-    range, a fractional value inside it (an integer field accepts 4.0 but not the 4.29 a trial draws)."""
+    range, a fractional value inside it (a float such as the 4.29 a trial draws, which a whole-number
+    field refuses)."""
     kind, arg = next(iter(dist.items()))
     if kind in ("choice", "grid"):
         return list(arg)
@@ -222,11 +230,10 @@ def validate_sweep(base: dict[str, Any], spec: SweepSpec) -> ExperimentConfig:
                 ExperimentConfig.model_validate(trial_raw_config(base, spec, {key: value}))
             except ValidationError as e:
                 detail = "; ".join(
-                    f"{'.'.join(str(x) for x in err['loc']) or '(top level)'}: "
-                    f"{'unknown key' if err['type'] == 'extra_forbidden' else err['msg']}"
+                    f"{'.'.join(str(x) for x in err['loc']) or '(top level)'}: {describe_error(err)}"
                     + (
                         " (a uniform range draws fractions: use randint for a whole number)"
-                        if err["type"] == "int_from_float"
+                        if err["type"] in ("int_type", "int_from_float") and isinstance(err.get("input"), float)
                         else ""
                     )
                     for err in e.errors()
