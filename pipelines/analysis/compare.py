@@ -43,6 +43,21 @@ class CompareError(ValueError):
     """Bad input to ``compare``: unknown experiment, run id or metric, or unusable baselines."""
 
 
+def require_store(uri: str, error: type[Exception] = CompareError) -> None:
+    """Refuse a sqlite tracking store whose file does not exist, with ``error`` naming the path: on its
+    first request MLflow creates the file, its directories and an empty database, and a command that
+    only reads must not leave a new store behind a typo. Other stores are left to MLflow (a server
+    that does not answer is exit 3)."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///") :].split("?", 1)[0])
+    if not path.is_file():
+        raise error(
+            f"no MLflow tracking store at {path} (tracking URI {uri}): the file does not exist, and reading "
+            "does not create one; check the path, or record a run there first (fusionpipe train)"
+        )
+
+
 def metric_direction(key: str) -> str:
     """'higher' or 'lower' for a metric key with or without the ``val/`` prefix."""
     name = key[len("val/") :] if key.startswith("val/") else key
@@ -250,6 +265,7 @@ def compare(
     """
     from mlflow.tracking import MlflowClient
 
+    require_store(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri)
     runs = fetch_runs(client, experiment, run_ids, sweep)
     if not runs:

@@ -19,7 +19,7 @@ from datasets.manifest import write_atomic
 from datasets.transforms import build_transform
 from fusion import build_model
 from fusion.metrics import DELTA_M_DIRECTIONS, MetricSet, delta_m
-from pipelines.analysis.compare import union_of_references
+from pipelines.analysis.compare import require_store, union_of_references
 from pipelines.checkpoints import CheckpointError, check_compatible, load_model_state, read_meta
 from pipelines.config import ConfigError, ExperimentConfig, model_config
 from pipelines.jsonio import dumps
@@ -35,6 +35,7 @@ def _download_checkpoint(run_id: str, uri: str, dest: str) -> Path:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    require_store(uri, error=ConfigError)  # a read: no store is created for --run-id
     client = MlflowClient(tracking_uri=uri)
     try:
         client.get_run(run_id)
@@ -84,6 +85,7 @@ def run_metrics(run_id: str, uri: str) -> dict[str, float]:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    require_store(uri, error=ConfigError)  # a read: no store is created for --baseline-run
     client = MlflowClient(tracking_uri=uri)
     try:
         run = client.get_run(run_id)

@@ -78,11 +78,21 @@ def compare(
     """Compare MLflow runs: params that differ, final and best val metrics, training time, data version."""
     from pipelines.analysis.compare import CompareError, markdown_table
     from pipelines.analysis.compare import compare as run_compare
-    from pipelines.config import import_plugins, resolve_tracking_uri
+    from pipelines.config import ConfigError, check_tracking_uri, import_plugins, resolve_tracking_uri
 
     try:
         import_plugins(list(plugins))
     except ValueError as e:
+        fail(str(e), as_json, code=2)
+        return
+    try:
+        if tracking_uri is not None:
+            try:
+                check_tracking_uri(tracking_uri)
+            except ValueError as e:
+                raise ConfigError(f"--tracking-uri {tracking_uri!r}: {e}") from None
+        uri = resolve_tracking_uri(tracking_uri)
+    except ConfigError as e:
         fail(str(e), as_json, code=2)
         return
     if sum([bool(experiment), bool(run_ids), bool(sweep)]) != 1:
@@ -91,7 +101,7 @@ def compare(
         fail("give at most one of --baseline-runs and --baseline-tag", as_json, code=2)
     try:
         result = run_compare(
-            resolve_tracking_uri(tracking_uri),
+            uri,
             experiment=experiment,
             run_ids=run_ids,
             metric=metric,

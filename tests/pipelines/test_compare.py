@@ -396,3 +396,45 @@ def test_credentials_in_the_params_of_older_runs_reach_no_table_file_or_output(t
         assert "s3://AKIAKEY:***@bucket/rr" in text and "SECRETKEY" not in text
     r = CliRunner().invoke(compare_cmd, ["--tracking-uri", uri, "--experiment", "creds"])
     assert r.exit_code == 0 and "SECRETKEY" not in r.output
+
+
+def test_mlflow_creates_a_missing_sqlite_store_on_a_read(tmp_path):
+    """Why compare and evaluate check first: a mere read through MLflow creates the file, its directories
+    and an empty database."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path / "typo" / "dir" / "x.db"
+    assert [e.name for e in MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()] == ["Default"]
+    assert db.is_file()
+
+
+@pytest.mark.parametrize("how", [["--experiment", "e"], ["--run-ids", "abc"], ["--sweep", "abc"]])
+def test_compare_refuses_a_sqlite_store_that_does_not_exist_and_creates_nothing(tmp_path, how):
+    db = tmp_path / "typo" / "dir" / "x.db"
+    out = CliRunner().invoke(compare_cmd, ["--tracking-uri", f"sqlite:///{db}", *how, "--json"])
+    assert out.exit_code == 2, out.output
+    assert json.loads(out.stdout)["error"].startswith(
+        f"no MLflow tracking store at {db} (tracking URI sqlite:///{db}): the file does not exist"
+    )
+    assert not (tmp_path / "typo").exists()
+    with pytest.raises(CompareError, match=f"no MLflow tracking store at {db}"):
+        compare(f"sqlite:///{db}", experiment="e")
+    assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.parametrize(
+    "uri, why",
+    [
+        ("sqlite:/x.db", "not a sqlite store: write sqlite:///RELATIVE/PATH.db"),
+        ("sqlite://x.db", "not a sqlite store"),
+        ("foo://bar", "unknown tracking store scheme 'foo'"),
+        ("http://", "names no tracking server"),
+        ("http://alice:s3cr3t@h:port", "the port of 'h:port' is not a number"),
+    ],
+)
+def test_compare_names_a_malformed_tracking_uri(tmp_path, uri, why):
+    out = CliRunner().invoke(compare_cmd, ["--tracking-uri", uri, "--experiment", "e", "--json"])
+    assert out.exit_code == 2, out.output
+    shown = uri.replace("s3cr3t", "***")
+    assert json.loads(out.stdout)["error"].startswith(f"--tracking-uri {shown!r}: {why}")
+    assert "s3cr3t" not in out.output and "Traceback" not in out.output
