@@ -6,10 +6,12 @@ files, and the NYUDv2 constants (40-class names, Kinect RGB intrinsics).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,22 +130,39 @@ def read_lines(path: Path, what: str) -> list[str]:
     return lines
 
 
-def read_rgb(path: Path) -> np.ndarray:
+@contextlib.contextmanager
+def _image_errors(path: Path) -> Iterator[None]:
+    """Pillow's errors while reading ``path`` as a SourceError naming it.
+
+    An image with more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` (a decompression bomb: a small file
+    that decodes to gigabytes) is refused here, both where Pillow only warns (up to twice the limit,
+    ``DecompressionBombWarning``, made an error in this block) and where it raises
+    (``DecompressionBombError``). The warning filter is process-wide for the block; the writer's workers
+    are processes, not threads.
+    """
     try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise SourceError(
+            f"{path}: image refused as a possible decompression bomb: {e} (PIL.Image.MAX_IMAGE_PIXELS = "
+            f"{Image.MAX_IMAGE_PIXELS})"
+        ) from None
     except OSError as e:
         raise SourceError(f"{path}: not a readable image: {e}") from e
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    with _image_errors(path), Image.open(path) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
 def read_png(path: Path) -> tuple[np.ndarray, str]:
     """The raw pixel array of a PNG and its PIL mode (no conversion)."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return np.asarray(img).copy(), img.mode
-    except OSError as e:
-        raise SourceError(f"{path}: not a readable image: {e}") from e
+    with _image_errors(path), Image.open(path) as img:
+        img.load()
+        return np.asarray(img).copy(), img.mode
 
 
 def read_label_png(path: Path) -> np.ndarray:

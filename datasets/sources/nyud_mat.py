@@ -74,14 +74,17 @@ def _split_indices(path: Path, num_frames: int) -> dict[str, list[int]]:
     c.require_file(path, "nyud-mat option splits_mat")
     try:
         mat = scipy.io.loadmat(path)
-    except (ValueError, NotImplementedError, OSError) as e:
-        raise SourceError(f"{path}: not a readable MATLAB v5 .mat file: {e}") from e
+    except Exception as e:  # noqa: BLE001 - scipy's parser fails on foreign bytes with almost any exception type
+        raise SourceError(
+            f"{path}: option splits_mat is not a readable MATLAB v5 .mat file ({type(e).__name__}: {e}); "
+            "give the NYUDv2 release's splits.mat, which holds trainNdxs and testNdxs"
+        ) from None
     out: dict[str, list[int]] = {}
     for split, name in _SPLIT_KEYS:
         if name not in mat:
             raise SourceError(f"{path}: variable {name!r} is missing")
         idx = np.asarray(mat[name]).ravel()
-        if idx.size == 0 or not np.all(np.equal(np.mod(idx, 1), 0)):
+        if idx.dtype.kind not in "iuf" or idx.size == 0 or not np.all(np.equal(np.mod(idx, 1), 0)):
             raise SourceError(f"{path}: variable {name!r} must hold integer frame indices")
         idx = idx.astype(np.int64)
         bad = idx[(idx < 1) | (idx > num_frames)]

@@ -42,7 +42,7 @@ def _import_plugins(plugins: tuple[str, ...], as_json: bool) -> None:
     try:
         import_plugins(list(plugins))
     except ValueError as e:
-        fail(str(e), as_json)
+        fail(str(e), as_json, code=2)
 
 
 def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -83,8 +83,8 @@ def _write(
     try:
         source = source_factory()
         manifest = write_dataset(source, out, shard_size=shard_size, workers=workers)
-    except (SourceError, ValueError, FileNotFoundError, FileExistsError) as e:
-        fail(str(e), as_json)
+    except (SourceError, ValueError, FileNotFoundError, FileExistsError) as e:  # the input or the output path
+        fail(str(e), as_json, code=2)
         return
     splits = {k: v["num_samples"] for k, v in manifest["splits"].items()}
     shards = sum(len(v["shards"]) for v in manifest["splits"].values())

@@ -399,3 +399,88 @@ def test_folder_class_file_errors(tmp_path):
     (tmp_path / "classes.yaml").write_text("classes: [x, y]\nignore_index: 1\n")
     with pytest.raises(SourceError, match=r"classes\.yaml.*ignore_index"):
         FolderSource(root=str(tmp_path), classes=str(tmp_path / "classes.yaml"))
+
+
+# ---------------------------------------------------------------- hostile files
+@pytest.mark.parametrize("variant", ["warning", "error"])
+@pytest.mark.parametrize("member", ["images", "semseg"])
+def test_a_decompression_bomb_is_a_source_error_naming_the_file(tmp_path, monkeypatch, variant, member):
+    write_folder(tmp_path)
+    bad = tmp_path / member / "a.png"
+    if member == "semseg":  # the only image over the limit: twice as high and wide as its rgb
+        png(bad, np.zeros((2 * H, 2 * W), np.uint8))
+    with Image.open(bad) as img:
+        pixels = img.width * img.height
+    src = FolderSource(root=str(tmp_path), classes=str(tmp_path / "classes.yaml"), val_fraction=0.0)
+    # Pillow warns above MAX_IMAGE_PIXELS and raises above twice it; the rgb (H×W) stays under both.
+    limit = pixels // 2 + 1 if variant == "warning" else pixels // 3
+    assert (pixels > 2 * limit) == (variant == "error") and pixels > limit
+    assert member == "images" or limit >= H * W
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+    with pytest.raises(SourceError) as e:
+        src.load("train", "a")
+    assert str(e.value).startswith(
+        f"{bad}: image refused as a possible decompression bomb: Image size ({pixels} pixels)"
+    )
+    assert str(e.value).endswith(f"(PIL.Image.MAX_IMAGE_PIXELS = {limit})")
+
+
+def test_data_build_exits_2_naming_a_decompression_bomb(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from pipelines.cli.main import cli
+
+    root = tmp_path / "src"
+    write_folder(root)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", H * W // 2 + 1)  # the warning variant
+    args = ["--root", str(root), "--classes", str(root / "classes.yaml"), "--workers", "1", "--json"]
+    out = CliRunner().invoke(cli, ["data", "build", "folder", "--out", str(tmp_path / "ds"), *args])
+    assert out.exit_code == 2, out.output
+    error = json.loads(out.stdout)["error"]
+    assert error.startswith(f"{root / 'images'}") and "decompression bomb" in error
+    assert not (tmp_path / "ds").exists()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"trainNdxs = [1 3]\ntestNdxs = [2]\n" * 8,  # text
+        b"",  # empty
+        b"\x89PNG\r\n\x1a\n" + bytes(200),  # another format
+        b"\x00" * 200,  # zeros
+        "truncated",  # the head of a real v5 .mat
+        "mangled",  # a real v5 header, then garbage
+        "cell",  # a real .mat whose variables hold text
+    ],
+)
+def test_a_splits_file_that_is_not_a_mat_is_named(tmp_path, content):
+    write_mat(tmp_path)
+    spl = tmp_path / "splits.txt"
+    good = (tmp_path / "splits.mat").read_bytes()
+    if content == "truncated":
+        content = good[: len(good) // 2]
+    elif content == "mangled":
+        content = good[:128] + bytes(range(256)) * 2
+    elif content == "cell":
+        scipy.io.savemat(tmp_path / "cell.mat", {"trainNdxs": np.array(["a", "b"]), "testNdxs": np.array(["c"])})
+        content = (tmp_path / "cell.mat").read_bytes()
+    spl.write_bytes(content)
+    with pytest.raises(SourceError) as e:
+        NyudMatSource(mat=str(tmp_path / "labeled.mat"), splits_mat=str(spl))
+    assert str(e.value).startswith(f"{spl}: ")
+    assert "not a readable MATLAB v5 .mat file" in str(e.value) or "must hold integer frame indices" in str(e.value)
+
+
+def test_data_build_exits_2_naming_a_splits_file_that_is_not_a_mat(tmp_path):
+    from click.testing import CliRunner
+
+    from pipelines.cli.main import cli
+
+    write_mat(tmp_path)
+    (tmp_path / "splits.txt").write_text("1\n3\n")
+    args = ["--mat", str(tmp_path / "labeled.mat"), "--splits-mat", str(tmp_path / "splits.txt"), "--json"]
+    out = CliRunner().invoke(cli, ["data", "build", "nyud-mat", "--out", str(tmp_path / "ds"), *args])
+    assert out.exit_code == 2, out.output
+    assert json.loads(out.stdout)["error"].startswith(
+        f"{tmp_path / 'splits.txt'}: option splits_mat is not a readable MATLAB v5 .mat file"
+    )
