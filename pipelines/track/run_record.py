@@ -19,7 +19,7 @@ from datasets.inspect import read_samples
 from datasets.manifest import write_atomic
 from pipelines.checkpoints import CorruptCheckpointError, read_meta, verify_checkpoint
 from pipelines.compat import mlflow_dataset_entity
-from pipelines.config import ExperimentConfig, flatten
+from pipelines.config import ConfigError, ExperimentConfig, flatten
 from pipelines.jsonio import dumps
 from pipelines.storage import checkpoint_uri, join, read_text, write_text
 from pipelines.track.data_versions import data_version
@@ -35,6 +35,7 @@ from pipelines.track.tracker import (
     plugin_tags,
     ray_job_tags,
     redacted_config,
+    run_not_found,
 )
 
 RUN_STATE = "fusionpipe-run.json"
@@ -43,6 +44,43 @@ RUN_STATE = "fusionpipe-run.json"
 def _run_state(storage: str, run_name: str) -> str:
     """The run-state file's location: a path, or a URI on an object store (pipelines.storage)."""
     return join(storage, run_name, RUN_STATE)
+
+
+def _start_over(state: str, run_name: str) -> str:
+    """How to go on when a run-state file cannot be used (the end of the error that says why)."""
+    run_dir = state[: -len(RUN_STATE)].rstrip("/")
+    return (
+        f"To start a new MLflow run under run name {run_name!r}, delete {state} (checkpoints already in "
+        f"{run_dir} belong to the old MLflow run and are refused then: with checkpoints there, delete "
+        "that directory too, or use another run name)"
+    )
+
+
+def read_run_state(state: str, run_name: str) -> dict[str, Any] | None:
+    """The run-state file at ``state`` (``{"mlflow_run_id": ..., "tracking_uri": ...}``), or None when
+    there is none. A file that is not one (cut short, overwritten, not JSON) is a ConfigError that
+    names it and says how to go on."""
+    try:
+        text = read_text(state)
+    except UnicodeDecodeError as e:
+        text, problem = "", f"not text: {e.reason} at byte {e.start}"
+    else:
+        if text is None:
+            return None
+        try:
+            info = json.loads(text)
+        except ValueError as e:
+            problem = f"not valid JSON: {e}"
+        else:
+            run_id = info.get("mlflow_run_id") if isinstance(info, dict) else None
+            if isinstance(run_id, str) and run_id.strip():
+                return info
+            problem = 'no "mlflow_run_id" string in it'
+    raise ConfigError(
+        f"{state}: corrupt run-state file ({problem}); it records which MLflow run run name {run_name!r} "
+        f'continues. Write {{"mlflow_run_id": "<id>"}} into it to resume that run (the MLflow run tagged '
+        f"fusionpipe.run_name={run_name}). {_start_over(state, run_name)}."
+    )
 
 
 def _record_resume(tracker: Any, cfg: ExperimentConfig, run_name: str, plugins: dict[str, str]) -> None:
@@ -91,10 +129,21 @@ def open_run(
     state = _run_state(cfg.checkpoint.storage_path, run_name)
     uri = cfg.tracking.uri
     plugins = plugin_tags(cfg.plugins)
-    state_text = read_text(state)
-    if state_text is not None:
-        info = json.loads(state_text)
+    info = read_run_state(state, run_name)
+    if info is not None:
         tracker = Tracker(uri, info["mlflow_run_id"])
+        try:
+            tracker.client.get_run(tracker.run_id)
+        except Exception as e:  # noqa: BLE001 - only "no such run" is the input's fault (exit 2)
+            if not run_not_found(e):
+                raise  # the store failed: exit 3
+            recorded = info.get("tracking_uri")
+            where = f" (it was recorded in {recorded})" if recorded and recorded != redact_url_password(uri) else ""
+            raise ConfigError(
+                f"{state}: names MLflow run {tracker.run_id!r}, which the tracking store "
+                f"{redact_url_password(uri)} does not have{where}. To resume it, set tracking.uri to the store "
+                f"that holds it. {_start_over(state, run_name)}."
+            ) from None
         tracker.client.update_run(tracker.run_id, status="RUNNING")
         _record_resume(tracker, cfg, run_name, plugins)
         return tracker, True
