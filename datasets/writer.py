@@ -4,7 +4,9 @@ Rebuilds are byte-identical: members are written in sorted order with a fixed mt
 mode, PNG encoding is deterministic, and the manifest carries no timestamps. The build goes to a
 temporary sibling directory that is renamed into place only once the manifest is written, so an
 interrupted build never leaves a directory that looks complete, and an existing dataset at the
-destination survives a failed rebuild untouched.
+destination survives a failed rebuild untouched. A build that was killed (no chance to clean up) leaves
+its hidden ``.NAME.tmp-PID`` directory behind: the next build of the same output removes those whose
+process is gone (:func:`clean_up_killed_builds`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hashlib
 import io
 import multiprocessing as mp
 import os
+import re
 import shutil
 import sys
 from collections.abc import Iterator
@@ -113,6 +116,57 @@ def build_manifest(source: Source, splits: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (one of another user counts)."""
+    if pid <= 0:  # os.kill(0, ...) would mean this process group
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:  # no process has such an id
+        return False
+    return True
+
+
+def clean_up_killed_builds(out: Path) -> list[Path]:
+    """Remove what builds of ``out`` that were killed left beside it; returns what was removed or restored.
+
+    Only directories named as :func:`write_dataset` names them (``.NAME.tmp-PID``: a build's output so far;
+    ``.NAME.old-PID``: the dataset a build was replacing) count, and only those whose process ``PID`` no
+    longer runs on this machine: a build still running keeps its own. A ``.NAME.old-PID`` is the previous
+    dataset, moved aside in the instant before the new one took its place: when ``out`` is missing, the
+    build was killed in that instant, and the previous dataset is put back instead of removed.
+    """
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)-(\d+)")
+    try:
+        entries = sorted(out.parent.iterdir())
+    except OSError:  # no parent yet: nothing was left there
+        return []
+    done = []
+    for path in entries:
+        m = pattern.fullmatch(path.name)
+        if not m or path.is_symlink() or not path.is_dir():
+            continue
+        pid = int(m.group(2))
+        if pid == os.getpid() or _process_alive(pid):
+            continue
+        try:
+            if m.group(1) == "old" and not out.exists():
+                os.replace(path, out)
+                note = f"restored {out} from {path.name}"
+            else:
+                shutil.rmtree(path)
+                note = f"removed {path}"
+        except FileNotFoundError:  # another build of the same output cleaned it up first
+            continue
+        print(f"{note}, left by a build of {out.name} (process {pid}) that was killed", file=sys.stderr)
+        done.append(path)
+    return done
+
+
 def write_dataset(
     source: Source,
     out: str | os.PathLike[str],
@@ -124,6 +178,7 @@ def write_dataset(
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     out = Path(out)
+    clean_up_killed_builds(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not (out / mf.MANIFEST).is_file():

@@ -1,12 +1,18 @@
 import json
+import os
+import shutil
+import subprocess
+import sys
 import tarfile
+import time
 
 import numpy as np
 import pytest
 
 from datasets.manifest import ManifestError, load_manifest, manifest_digest, verify
 from datasets.sources.base import SourceError
-from datasets.writer import write_dataset
+from datasets.writer import clean_up_killed_builds, write_dataset
+from tests import REPO_ROOT
 from tests.conftest import ToySource
 
 
@@ -104,3 +110,91 @@ def test_a_directory_that_is_not_a_dataset_is_never_replaced(tmp_path, toy_sourc
     write_dataset(toy_source, tmp_path / "empty", shard_size=4, progress=False)
     write_dataset(toy_source, tmp_path / "empty", shard_size=4, progress=False)
     assert verify(tmp_path / "empty").ok
+
+
+_SLOW_BUILD = """
+import pathlib, sys, time
+from datasets.writer import write_dataset
+from tests.conftest import ToySource
+
+class Slow(ToySource):
+    def load(self, split, key):
+        if key == "train0003":  # two samples are in the temp directory: say so, and hang until killed
+            pathlib.Path(sys.argv[2]).touch()
+            time.sleep(120)
+        return super().load(split, key)
+
+write_dataset(Slow(), sys.argv[1], shard_size=2, progress=False)
+"""
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_the_next_build_removes_what_a_killed_build_left(tmp_path, capsys):
+    out, started = tmp_path / "ds", tmp_path / "started"
+    build = subprocess.Popen([sys.executable, "-c", _SLOW_BUILD, str(out), str(started)], cwd=REPO_ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists():
+            assert build.poll() is None and time.monotonic() < deadline, "the build did not start"
+            time.sleep(0.1)
+    finally:
+        build.kill()  # SIGKILL: no chance to clean up
+        build.wait()
+    left = tmp_path / f".ds.tmp-{build.pid}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [left.name, "started"]
+    assert (left / "train" / "shard-000000.tar").is_file() and not out.exists()
+    manifest = write_dataset(ToySource(), out, shard_size=2, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "started"]
+    assert f"removed {left}, left by a build of ds (process {build.pid}) that was killed" in capsys.readouterr().err
+    # The same shards as a build that nothing interrupted.
+    assert manifest == write_dataset(ToySource(), tmp_path / "clean", shard_size=2, progress=False)
+    assert manifest_digest(out) == manifest_digest(tmp_path / "clean") and verify(out).ok
+
+
+def test_only_dead_builds_of_the_same_output_are_cleaned_up(tmp_path):
+    out = tmp_path / "ds"
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        dead, other_dead = _dead_pid(), _dead_pid()
+        keep = [
+            tmp_path / f".ds.tmp-{live.pid}",  # a build still running
+            tmp_path / f".ds.tmp-{os.getpid()}x",  # not the pattern
+            tmp_path / ".ds.tmp-",
+            tmp_path / f".dsx.tmp-{dead}",  # another output's
+            tmp_path / f"ds.tmp-{dead}",  # not hidden: not a name the writer uses
+        ]
+        for d in keep:
+            (d / "train").mkdir(parents=True)
+        (tmp_path / f".ds.old-{other_dead}").write_text("a file, not a build's directory")
+        target = tmp_path / "target"
+        (target / "train").mkdir(parents=True)
+        (tmp_path / f".ds.tmp-{other_dead}").symlink_to(target)  # a link is never followed
+        (tmp_path / f".ds.tmp-{dead}" / "train").mkdir(parents=True)
+        assert clean_up_killed_builds(out) == [tmp_path / f".ds.tmp-{dead}"]
+        assert all((d / "train").is_dir() for d in keep) and (target / "train").is_dir()
+        assert (tmp_path / f".ds.old-{other_dead}").is_file() and not (tmp_path / f".ds.tmp-{dead}").exists()
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_a_build_killed_while_swapping_datasets_gets_the_previous_one_back(tmp_path, toy_source):
+    out = tmp_path / "ds"
+    write_dataset(toy_source, out, shard_size=4, progress=False)
+    before = manifest_digest(out)
+    dead = _dead_pid()
+    # Killed between moving the old dataset aside and moving the new one in (writer._replace_dir).
+    os.replace(out, tmp_path / f".ds.old-{dead}")
+    (tmp_path / f".ds.tmp-{dead}" / "train").mkdir(parents=True)
+    assert sorted(p.name for p in clean_up_killed_builds(out)) == [f".ds.old-{dead}", f".ds.tmp-{dead}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+    assert manifest_digest(out) == before and verify(out).ok
+    # Killed after the new one was in place: the old one is only removed.
+    shutil.copytree(out, tmp_path / f".ds.old-{dead}")
+    assert clean_up_killed_builds(out) == [tmp_path / f".ds.old-{dead}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"] and manifest_digest(out) == before
