@@ -12,17 +12,27 @@ is verified, a member that ends early or an archive cut before its end-of-archiv
 :class:`TarFormatError`. It yields regular files only (directories, links and devices are
 skipped: a shard never holds them) and applies pax ``path`` and GNU ``././@LongLink`` names to the
 member that follows. Nothing is extracted to disk, so member names cannot escape anywhere.
+
+The bytes are untrusted: a header's size is checked against what the file still holds *before*
+anything is allocated, so a forged size (octal or GNU base-256, up to 2**95) is a
+:class:`TarFormatError` naming the member's offset, never a ``MemoryError`` or ``OverflowError``.
+Names are decoded as UTF-8 with ``surrogateescape`` (never an exception); callers that need clean
+names (the shard reader does) check them. :class:`TarFormatError` is the only exception this module
+raises for bad bytes; errors of the file object itself (``OSError``) pass through.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
 _REGULAR = (b"0", b"\0", b"7")  # regular file, old-style regular file, contiguous file
 _PAX_LOCAL, _PAX_GLOBAL, _GNU_LONGNAME = b"x", b"g", b"L"
+_CHUNK = 1 << 20  # reads of a stream of unknown length: allocation grows with the bytes that exist
 
 
 class TarFormatError(ValueError):
@@ -76,12 +86,53 @@ def _pax_path(records: bytes, offset: int) -> str | None:
     return path
 
 
-def iter_tar(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
+def remaining_bytes(f: BinaryIO) -> int | None:
+    """Bytes left to read in ``f`` (a regular file or a seekable stream), or ``None`` when unknown."""
+    try:
+        st = os.fstat(f.fileno())
+        if stat.S_ISREG(st.st_mode):
+            return max(0, st.st_size - f.tell())
+    except (AttributeError, OSError, ValueError):  # no file descriptor (BytesIO, a wrapper)
+        pass
+    try:
+        if f.seekable():
+            here = f.tell()
+            end = f.seek(0, os.SEEK_END)
+            f.seek(here)
+            return max(0, end - here)
+    except (AttributeError, OSError, ValueError):
+        pass
+    return None
+
+
+def _read_exact(read: Any, size: int) -> bytes:
+    """Up to ``size`` bytes from a stream of unknown length, in chunks, so a forged size allocates
+    no more than the stream really holds."""
+    if size <= _CHUNK:
+        return read(size)
+    parts: list[bytes] = []
+    left = size
+    while left:
+        part = read(min(left, _CHUNK))
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def iter_tar(f: BinaryIO, size: int | None = None) -> Iterator[tuple[str, bytes]]:
     """Yield ``(member name, data)`` for every regular file of the tar archive read from ``f``.
 
-    Raises :class:`TarFormatError` for a bad checksum, a bad number field, a truncated member or
-    a missing end-of-archive marker; the message gives the byte offset.
+    ``size`` is the number of bytes ``f`` holds from its current position; by default it is taken
+    from the file (``fstat``, or a seek to the end), and for a stream whose length cannot be known
+    member data is read in bounded chunks. A member whose header declares more bytes than remain is
+    an error before anything is allocated.
+
+    Raises :class:`TarFormatError` for a bad checksum, a bad number field, a size beyond the end of
+    the file, a truncated member or a missing end-of-archive marker; the message gives the byte offset.
     """
+    total = remaining_bytes(f) if size is None else size
     offset = 0
     long_name: str | None = None
     read = f.read
@@ -95,19 +146,24 @@ def iter_tar(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
             return  # end of archive (the second zero block and any padding need not be read)
         if not _checksum_ok(header, offset):
             raise TarFormatError(f"header at byte {offset}: checksum mismatch (not a tar file, or corrupt)")
-        size = _number(header[124:136], "size", offset)
-        if size < 0:
-            raise TarFormatError(f"header at byte {offset}: negative size {size}")
-        kind = header[156:157]
-        data = read(size)
-        if len(data) < size:
+        size_field = _number(header[124:136], "size", offset)
+        if size_field < 0:
+            raise TarFormatError(f"header at byte {offset}: negative size {size_field}")
+        pad = -size_field % BLOCK
+        if total is not None and offset + BLOCK + size_field > total:
             raise TarFormatError(
-                f"member at byte {offset} is cut short: {len(data)} of {size} bytes before the end of the file"
+                f"member at byte {offset} is cut short: its header declares {size_field} bytes, the file holds "
+                f"{max(0, total - offset - BLOCK)} after the header (a truncated file or a forged size)"
             )
-        pad = -size % BLOCK
+        kind = header[156:157]
+        data = read(size_field) if total is not None else _read_exact(read, size_field)
+        if len(data) < size_field:
+            raise TarFormatError(
+                f"member at byte {offset} is cut short: {len(data)} of {size_field} bytes before the end of the file"
+            )
         if pad and len(read(pad)) < pad:
             raise TarFormatError(f"member at byte {offset}: archive ends inside its padding")
-        header_offset, offset = offset, offset + BLOCK + size + pad
+        header_offset, offset = offset, offset + BLOCK + size_field + pad
         if kind == _PAX_LOCAL:
             long_name = _pax_path(data, header_offset) or long_name
             continue

@@ -106,3 +106,56 @@ def test_signed_checksum_of_old_writers_is_accepted():
     data[148:156] = b"%06o\0 " % (signed + 1)
     with pytest.raises(TarFormatError, match="checksum"):
         list(iter_tar(io.BytesIO(bytes(data))))
+
+
+def _forge_size(data: bytearray, field: bytes) -> bytes:
+    data[124:136] = field
+    data[148:156] = b"%06o\0 " % (sum(data[:148]) + sum(data[156:512]) + 256)
+    return bytes(data)
+
+
+class _Stream:
+    """A stream of unknown length (no file descriptor, not seekable)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._buf = io.BytesIO(data)
+
+    def read(self, n: int = -1) -> bytes:
+        return self._buf.read(n)
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        b"77777777777\0",  # 8 GiB in octal
+        b"\x80" + (2**86).to_bytes(11, "big"),  # GNU base-256: beyond any index (OverflowError in read)
+        b"%011o\0" % 70001,  # a little more than the file holds
+    ],
+)
+def test_a_forged_size_is_refused_before_anything_is_allocated(tmp_path, field):
+    data = _forge_size(bytearray(_tar(MEMBERS[:1], tarfile.USTAR_FORMAT)), field)
+    path = tmp_path / "forged.tar"
+    path.write_bytes(data)
+    with (
+        open(path, "rb") as f,
+        pytest.raises(TarFormatError, match=r"member at byte 0 is cut short: its header declares"),
+    ):
+        list(iter_tar(f))
+    with pytest.raises(TarFormatError, match=r"its header declares \d+ bytes, the file holds \d+ after the header"):
+        list(iter_tar(io.BytesIO(data)))
+    # A stream of unknown length is read in bounded chunks: it ends, and says so.
+    with pytest.raises(TarFormatError, match="cut short"):
+        list(iter_tar(_Stream(data)))
+
+
+def test_a_stream_of_unknown_length_reads_the_same_members():
+    data = _tar(MEMBERS, tarfile.PAX_FORMAT)
+    assert list(iter_tar(_Stream(data))) == MEMBERS
+
+
+def test_names_that_are_not_utf8_do_not_raise():
+    data = bytearray(_tar([("k.rgb.png", b"x")], tarfile.USTAR_FORMAT))
+    data[0:1] = b"\xff"  # k.rgb.png -> \xff.rgb.png
+    data[148:156] = b"%06o\0 " % (sum(data[:148]) + sum(data[156:512]) + 256)
+    [(name, payload)] = list(iter_tar(io.BytesIO(bytes(data))))
+    assert name.encode("utf-8", "surrogateescape") == b"\xff.rgb.png" and payload == b"x"
