@@ -16,15 +16,25 @@ Each map is a :class:`Member` of one kind (``MEMBERS``); :func:`register_member`
 new task, and everything below, augmentation and ``to_tensors`` follow its kind.
 
 On disk (tar members) depth is a 16-bit PNG in millimetres, normals are 8-bit with
-``n = c / 255 * 2 - 1``, edges are 0/255. Decoding is strict: a depth PNG that is not 16-bit,
-a map whose size differs from the RGB image, or a member this format does not know is an error
+``n = c / 255 * 2 - 1``, edges are 0/255. Decoding is strict: a PNG whose bit depth and colour type
+are not those of its member's kind (a 16-bit or grayscale ``rgb.png``, an 8-bit ``depth.png``), a
+map whose size differs from the RGB image, or a member this format does not know is an error
 naming the member. Pickle-based members are never decoded.
+
+Member bytes are untrusted. Before Pillow sees a PNG, :func:`check_png` walks its chunks: it
+verifies every chunk's CRC-32 (zlib and Pillow do not check the CRCs of image data, so a flipped bit
+would otherwise decode to different pixels), the header's bit depth and colour type, and that the
+image data can hold the declared size (deflate expands at most 1032-fold), so a forged header cannot
+make the decoder allocate more than the member's bytes can fill. ``meta.json`` must be a UTF-8 JSON
+object. Every failure is a :class:`ShardFormatError`.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import struct
+import zlib
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -223,64 +233,164 @@ def encode_sample(sample: dict[str, Any]) -> dict[str, bytes]:
     return out
 
 
-def decode_member(name: str, data: bytes, where: str = "") -> Any:
-    """Decode one member by its file name (``rgb.png``, ``depth.png``, ``meta.json``, ...)."""
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# What each kind is stored as: (PNG bit depth, PNG colour type); colour type 0 = grayscale, 2 = RGB.
+PNG_FORMAT: dict[str, tuple[int, int]] = {
+    "rgb": (8, 2),
+    "normals": (8, 2),
+    "scalar16": (16, 0),
+    "labels": (8, 0),
+    "binary": (8, 0),
+    "gray": (8, 0),
+}
+_PNG_COLOUR = {0: ("L", 1), 2: ("RGB", 3), 3: ("P", 1), 4: ("LA", 2), 6: ("RGBA", 4)}  # mode, channels
+_PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+# Deflate emits at least 2 bits per 258-byte match: no zlib stream inflates more than 1032-fold.
+DEFLATE_MAX_RATIO = 1032
+
+
+def png_mode(bit_depth: int, colour_type: int) -> str:
+    """Pillow's name for a PNG's pixel format: ``L``, ``I;16``, ``RGB``, ``RGB;16``, ``P``, ..."""
+    mode = _PNG_COLOUR.get(colour_type, (f"colour type {colour_type}", 1))[0]
+    if bit_depth == 16:
+        return "I;16" if colour_type == 0 else f"{mode};16"
+    if bit_depth < 8:
+        return "1" if (colour_type, bit_depth) == (0, 1) else f"{mode};{bit_depth}"
+    return mode
+
+
+def _expected(member: Member) -> str:
+    if member.kind == "scalar16":
+        unit = f" in {member.unit}" if member.unit else f" (one unit = {member.scale:g})"
+        return f"a 16-bit PNG{unit}"
+    return "8-bit RGB" if member.kind in ("rgb", "normals") else "8-bit grayscale"
+
+
+def check_png(data: bytes, name: str, member: Member, where: str = "", crc: bool = True) -> None:
+    """Raise :class:`ShardFormatError` unless ``data`` is a whole PNG in ``member``'s pixel format.
+
+    Walks the chunks (signature, lengths, IHDR first, IEND last and nothing after it), compares the
+    header's bit depth and colour type with the member's kind, bounds the declared pixel data by what
+    its IDAT bytes can inflate to, and with ``crc`` verifies every chunk's CRC-32. Cheap next to the
+    decode: one ``zlib.crc32`` pass over bytes already in memory.
+    """
+    loc = f"{where}: " if where else ""
+    bad = f"{loc}member {name!r} is not a valid PNG"
+    view = memoryview(data)
+    if view[:8] != PNG_SIGNATURE:
+        raise ShardFormatError(f"{bad}: no PNG signature")
+    pos, end = 8, len(view)
+    ihdr: tuple[int, int, int, int, int, int, int] | None = None
+    idat = 0
+    while True:
+        if pos + 12 > end:
+            raise ShardFormatError(f"{bad}: cut short at byte {pos} (no IEND chunk)")
+        length, ctype = struct.unpack_from(">I4s", view, pos)
+        if length > end - pos - 12:
+            raise ShardFormatError(
+                f"{bad}: chunk {ctype!r} at byte {pos} declares {length} bytes, {end - pos - 12} remain"
+            )
+        if not ctype.isalpha():
+            raise ShardFormatError(f"{bad}: chunk type {ctype!r} at byte {pos} is not 4 letters")
+        if crc:
+            (stored,) = struct.unpack_from(">I", view, pos + 8 + length)
+            if zlib.crc32(view[pos + 4 : pos + 8 + length]) != stored:
+                raise ShardFormatError(
+                    f"{loc}member {name!r}: CRC mismatch in its {ctype.decode()} chunk at byte {pos} (corrupt bytes)"
+                )
+        body = view[pos + 8 : pos + 8 + length]
+        if ihdr is None:
+            if ctype != b"IHDR" or length != 13:
+                raise ShardFormatError(f"{bad}: the first chunk is {ctype!r} ({length} bytes), not a 13-byte IHDR")
+            ihdr = struct.unpack_from(">IIBBBBB", body)
+        elif ctype == b"IHDR":
+            raise ShardFormatError(f"{bad}: a second IHDR chunk at byte {pos}")
+        elif ctype == b"IDAT":
+            idat += length
+        elif ctype == b"IEND":
+            if pos + 12 != end:
+                raise ShardFormatError(f"{bad}: {end - pos - 12} stray bytes after its IEND chunk")
+            break
+        elif ctype[0:1].isupper() and ctype != b"PLTE":
+            raise ShardFormatError(f"{bad}: unknown critical chunk {ctype!r} at byte {pos}")
+        pos += 12 + length
+    width, height, depth, colour, compression, filtering, interlace = ihdr
+    if not (0 < width < 2**31 and 0 < height < 2**31) or compression or filtering or interlace > 1:
+        raise ShardFormatError(
+            f"{bad}: bad IHDR (size {width}x{height}, methods {compression}/{filtering}/{interlace})"
+        )
+    if depth not in _PNG_DEPTHS.get(colour, ()):
+        raise ShardFormatError(f"{bad}: bit depth {depth} with colour type {colour}")
+    if (depth, colour) != PNG_FORMAT[member.kind]:
+        raise ShardFormatError(
+            f"{loc}member {name!r} is {png_mode(depth, colour)} ({depth}-bit); {member.name} must be {_expected(member)}"
+        )
+    channels = _PNG_COLOUR[colour][1]
+    raw = height * (1 + (width * channels * depth + 7) // 8)  # filter byte + packed pixels per row
+    if raw > DEFLATE_MAX_RATIO * idat + 1024:
+        raise ShardFormatError(
+            f"{bad}: its header declares {width}x{height} ({raw} bytes of pixel data), more than its {idat} bytes "
+            "of image data can hold"
+        )
+
+
+def decode_member(name: str, data: bytes, where: str = "", verify: bool = True) -> Any:
+    """Decode one member by its file name (``rgb.png``, ``depth.png``, ``meta.json``, ...).
+
+    ``verify=False`` skips the PNG CRC check (and nothing else): for measuring what it costs.
+    """
     loc = f"{where}: " if where else ""
     base, _, ext = name.rpartition(".")
     if ext in PICKLE_EXTS:
         raise ShardFormatError(f"{loc}member {name!r} is a pickle-capable format; refusing to decode it")
     if name == "meta.json":
         try:
-            return json.loads(data)
-        except json.JSONDecodeError as e:
+            meta = json.loads(data)
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, nesting too deep
             raise ShardFormatError(f"{loc}member 'meta.json' is not valid JSON: {e}") from e
+        if not isinstance(meta, dict):
+            raise ShardFormatError(f"{loc}member 'meta.json' must hold a JSON object, got {type(meta).__name__}")
+        return meta
     if ext != "png" or base not in MEMBERS:
         hint = f" ({PLUGIN_HINT})" if ext == "png" and base.isidentifier() else ""
         raise ShardFormatError(f"{loc}unknown member {name!r}{hint}")
     member = MEMBERS[base]
+    check_png(data, name, member, where, crc=verify)
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=("PNG",))
         img.load()
+        arr = np.asarray(img)
     except Exception as e:  # PIL raises many types for corrupt data
         raise ShardFormatError(f"{loc}member {name!r} is not a readable PNG: {e}") from e
+    want = (img.height, img.width, 3) if member.channels == 3 else (img.height, img.width)
+    if arr.shape != want:  # the header was checked; this is Pillow disagreeing with it
+        raise ShardFormatError(f"{loc}member {name!r} decodes to shape {arr.shape}, expected {want}")
     if member.kind == "rgb":
-        if img.mode != "RGB":
-            img = img.convert("RGB")
-        return np.array(img)
+        return np.array(arr, dtype=np.uint8)
     if member.kind == "scalar16":
-        if img.mode not in ("I;16", "I;16B", "I;16L", "I"):
-            unit = f" in {member.unit}" if member.unit else f" (one unit = {member.scale:g})"
-            raise ShardFormatError(
-                f"{loc}member {name!r} is {img.mode} ({'8-bit' if img.mode in ('L', 'P', 'RGB') else img.mode}); "
-                f"{base} must be a 16-bit PNG{unit}"
-            )
-        units = np.asarray(img).astype(np.float32)
-        return units * np.float32(member.scale)
+        return arr.astype(np.float32) * np.float32(member.scale)
     if member.kind == "normals":
-        if img.mode != "RGB":
-            raise ShardFormatError(f"{loc}member {name!r} must be 8-bit RGB, got mode {img.mode}")
-        return decode_normals(np.asarray(img))
-    if img.mode != "L":
-        raise ShardFormatError(f"{loc}member {name!r} must be 8-bit grayscale, got mode {img.mode}")
-    arr = np.array(img)
+        return decode_normals(arr)
     if member.kind == "binary":
         return (arr > 127).astype(np.uint8)
-    return arr
+    return np.array(arr, dtype=np.uint8)
 
 
-def decode_sample(members: dict[str, bytes], where: str = "", only: Collection[str] | None = None) -> dict[str, Any]:
+def decode_sample(
+    members: dict[str, bytes], where: str = "", only: Collection[str] | None = None, verify: bool = True
+) -> dict[str, Any]:
     """``{member file name: bytes}`` -> sample dict, checking that all maps share the RGB size.
 
     With ``only``, maps not named there are left undecoded (``meta`` is always decoded), so a reader
     that needs ``rgb`` and ``semseg`` neither pays for the other maps nor needs a plugin for a member
-    it does not use. A pickle-capable member is refused either way.
+    it does not use. A pickle-capable member is refused either way. ``verify`` as in :func:`decode_member`.
     """
     sample: dict[str, Any] = {}
     for name in sorted(members):
         key = name.split(".", 1)[0]
         if only is not None and key != "meta" and key not in only and name.rpartition(".")[2] not in PICKLE_EXTS:
             continue
-        sample[key] = decode_member(name, members[name], where)
+        sample[key] = decode_member(name, members[name], where, verify)
     maps = [k for k in sample if k != "meta"]
     if maps:  # every decoded map has the size of rgb, or of the first map when rgb was not decoded
         ref = "rgb" if "rgb" in sample else maps[0]

@@ -1,4 +1,10 @@
-"""``fusionpipe data inspect``: counts, class histogram, depth range, and a picture grid."""
+"""``fusionpipe data inspect``: counts, class histogram, depth range, and a picture grid.
+
+Shards are read through :func:`datasets.shards.iter_shard` with their manifest entries and every
+member is decoded, so what inspect reads passes the loader's checks (size, keys, PNG CRCs and
+formats, and, for each shard read to its end, sample count and sha256); a bad shard is a
+:class:`~datasets.shards.ShardReadError`, a bad member a :class:`~datasets.codec.ShardFormatError`.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from datasets.codec import MEMBERS, decode_sample
-from datasets.loader import iter_shard
-from datasets.manifest import load_manifest, manifest_digest
+from datasets.manifest import ManifestError, load_manifest, manifest_digest
+from datasets.shards import iter_shard
 
 # A fixed, well-separated palette (class id -> colour); 255 (ignore) is black.
 _PALETTE = np.array(
@@ -88,7 +94,7 @@ def _panel(sample: dict[str, Any], column: str, shape: tuple[int, int]) -> np.nd
 
 def check_split(root: Path, manifest: dict[str, Any], split: str | None) -> None:
     if split is not None and split not in manifest["splits"]:
-        raise ValueError(f"{root}: no split {split!r}; splits: {', '.join(manifest['splits'])}")
+        raise ManifestError(f"{root}: no split {split!r}; splits: {', '.join(manifest['splits'])}")
 
 
 def read_samples(root: Path, split: str, count: int) -> list[dict[str, Any]]:
@@ -96,7 +102,7 @@ def read_samples(root: Path, split: str, count: int) -> list[dict[str, Any]]:
     check_split(root, m, split)
     out: list[dict[str, Any]] = []
     for shard in m["splits"][split]["shards"]:
-        for key, members in iter_shard(root / shard["path"]):
+        for key, members in iter_shard(root / shard["path"], shard):
             out.append(decode_sample(members, f"{shard['path']} key {key!r}"))
             if len(out) == count:
                 return out
@@ -146,7 +152,7 @@ def inspect_dataset(
         hist = np.zeros(256, np.int64)
         dmin, dmax, dsum, dvalid, dtotal, seen = np.inf, 0.0, 0.0, 0, 0, 0
         for shard in info["shards"]:
-            for key, members in iter_shard(root / shard["path"]):
+            for key, members in iter_shard(root / shard["path"], shard):
                 if max_samples is not None and seen >= max_samples:
                     break
                 s = decode_sample(members, f"{shard['path']} key {key!r}")

@@ -139,14 +139,15 @@ def build_synthetic(
 @click.argument("root", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def verify(root: Path, as_json: bool) -> None:
-    """Check every shard against the manifest; exit 0 iff all match."""
+    """Check every shard against the manifest (size, tar structure, keys, sample count, sha256); exit 0
+    iff all match, 1 if any does not, 2 if the manifest itself is missing or malformed."""
     from datasets.manifest import ManifestError
-    from datasets.manifest import verify as verify_ds
+    from datasets.shards import verify as verify_ds
 
     try:
         result = verify_ds(root)
     except ManifestError as e:
-        fail(str(e), as_json)
+        fail(str(e), as_json, code=2)
         return
     human = (
         f"ok: {result.checked} shard(s) match {root / 'manifest.json'}"
@@ -182,20 +183,23 @@ def inspect(
     as_json: bool,
     plugins: tuple[str, ...],
 ) -> None:
-    """Counts, class histogram, depth range; optionally a picture grid."""
+    """Counts, class histogram, depth range; optionally a picture grid. Exit 2 on a malformed manifest,
+    a bad shard or member, or an unknown split."""
     from datasets.inspect import draw_grid, inspect_dataset, read_samples
-    from datasets.loader import ShardReadError
     from datasets.manifest import ManifestError
+    from datasets.shards import ShardReadError
 
     _import_plugins(plugins, as_json)
     try:
         report = inspect_dataset(root, split=split, max_samples=max_samples)
         if grid is not None:
-            first = split or next(iter(report["splits"]))
+            first = split or next(iter(report["splits"]), None)
+            if first is None:
+                raise ValueError(f"{root}: the manifest lists no split to draw")
             draw_grid(read_samples(root, first, grid_samples), grid)
             report["grid"] = str(grid)
-    except (ManifestError, ShardReadError, ValueError) as e:  # a bad sample is a ValueError
-        fail(str(e), as_json)
+    except (ManifestError, ShardReadError, ValueError) as e:  # a bad member (ShardFormatError) is a ValueError
+        fail(str(e), as_json, code=2)
         return
     lines = [f"{report['name']} ({report['source']}), manifest digest {report['manifest_digest'][:16]}"]
     for name, s in report["splits"].items():

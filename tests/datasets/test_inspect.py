@@ -59,9 +59,11 @@ def test_inspect_names_an_unknown_split_and_a_truncated_shard(toy_dataset, tmp_p
     out = CliRunner().invoke(
         cli, ["data", "inspect", str(toy_dataset), "--split", "nope", "--grid", str(tmp_path / "g.png"), "--json"]
     )
-    assert out.exit_code == 1 and "no split 'nope'; splits: train, val" in json.loads(out.stdout)["error"]
+    assert out.exit_code == 2 and "no split 'nope'; splits: train, val" in json.loads(out.stdout)["error"]
     assert not (tmp_path / "g.png").exists()
     shard = toy_dataset / "val" / "shard-000001.tar"
+    size = shard.stat().st_size
     shard.write_bytes(shard.read_bytes()[:2000])
     out = CliRunner().invoke(cli, ["data", "inspect", str(toy_dataset), "--json"])
-    assert out.exit_code == 1 and "val/shard-000001.tar: corrupt or truncated" in json.loads(out.stdout)["error"]
+    error = json.loads(out.stdout)["error"]
+    assert out.exit_code == 2 and f"val/shard-000001.tar: 2000 bytes, the manifest says {size} (truncated" in error

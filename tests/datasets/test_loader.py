@@ -9,6 +9,7 @@ import torch
 from datasets.loader import ShardReadError, ShardStream, iter_shard, make_loader
 from datasets.writer import write_dataset
 from tests.conftest import ToySource
+from tests.datasets.shard_edits import rewrite_member
 
 TASKS = ["semseg", "depth", "normals", "edge"]
 
@@ -117,19 +118,6 @@ def test_missing_task_member_is_refused_up_front(toy_dataset, tmp_path):
         _stream(tmp_path / "nn")
 
 
-def _rewrite_member(root, shard, key, member, data):
-    path = root / shard
-    out = io.BytesIO()
-    with tarfile.open(path) as src, tarfile.open(fileobj=out, mode="w") as dst:
-        for ti in src.getmembers():
-            payload = src.extractfile(ti).read()
-            if ti.name == f"{key}.{member}":
-                payload = data
-                ti.size = len(payload)
-            dst.addfile(ti, io.BytesIO(payload))
-    path.write_bytes(out.getvalue())
-
-
 def _complete(reader, path):
     """The samples ``reader`` yields from ``path`` before it raises."""
     out = []
@@ -150,13 +138,13 @@ def _png8(arr):
 
 
 def test_8bit_depth_error_names_shard_key_member(toy_dataset):
-    _rewrite_member(toy_dataset, "val/shard-000000.tar", "val0001", "depth.png", _png8(np.zeros((12, 16), np.uint8)))
+    rewrite_member(toy_dataset, "val/shard-000000.tar", "val0001", "depth.png", _png8(np.zeros((12, 16), np.uint8)))
     with pytest.raises(ShardReadError, match=r"val/shard-000000.tar key 'val0001'.*depth.png.*8-bit"):
         _ids(make_loader(_stream(toy_dataset)))
 
 
 def test_class_id_out_of_range_and_skip_policy(toy_dataset, caplog):
-    _rewrite_member(toy_dataset, "val/shard-000001.tar", "val0004", "semseg.png", _png8(np.full((12, 16), 7, np.uint8)))
+    rewrite_member(toy_dataset, "val/shard-000001.tar", "val0004", "semseg.png", _png8(np.full((12, 16), 7, np.uint8)))
     with pytest.raises(ShardReadError, match=r"shard-000001.tar key 'val0004'.*class id 7"):
         _ids(make_loader(_stream(toy_dataset)))
     s = _stream(toy_dataset, errors="skip")
@@ -202,7 +190,7 @@ def test_too_few_samples_for_world_is_an_error(toy_dataset):
 
 
 def test_skip_policy_in_train_mode_keeps_exact_batch_counts(toy_dataset):
-    _rewrite_member(
+    rewrite_member(
         toy_dataset, "train/shard-000001.tar", "train0004", "semseg.png", _png8(np.full((12, 16), 9, np.uint8))
     )
     s = ShardStream(
@@ -237,7 +225,7 @@ def test_a_bad_meta_json_names_the_shard_and_key_and_can_be_skipped(toy_dataset,
 
     split = "train" if train else "val"
     key = f"{split}0001"
-    _rewrite_member(
+    rewrite_member(
         toy_dataset,
         f"{split}/shard-000000.tar",
         key,
