@@ -1,8 +1,8 @@
 """Shard loader throughput per DataLoader worker at 240x320 with augmentation, in one process.
 
-Three ways to turn the same encoded samples (a synthetic dataset built into a temp dir) into
+Four ways to turn the same encoded samples (a synthetic dataset built into a temp dir) into
 tensors, each with the same augmentation (hflip 0.5, scale (0.75, 1.25), crop 240x320) and the
-same ``to_tensors``:
+same ``to_tensors``, and the loader's integrity checks alone:
 
 * ``loader`` — ``ShardStream(train=True, num_workers=0)`` through ``make_loader`` (batch 8): file
   reads, tar parsing, decoding, sample checks, shuffle buffer, transform, ``to_tensors``, collate.
@@ -19,10 +19,17 @@ same ``to_tensors``:
   ``depth.png``, ...), read by a map-style ``Dataset`` that opens each file and decodes it with
   ``codec.decode_member``, through a shuffled DataLoader (batch 8, ``num_workers=0``): the layout
   the shards replace (target ``loader_vs_loose_files`` >= 1.0).
+* ``loader_unverified`` — ``loader`` with ``ShardStream(verify=False)``: without the shard sha256
+  and PNG CRC checks that training and evaluation always run. ``verified_vs_unverified`` is the loader's
+  rate with the checks over its rate without them: the throughput left after paying for integrity
+  (target >= 0.95, i.e. a cost of at most 5%).
+* ``integrity_checks`` — the checks alone, for a second, low-noise estimate of their cost: sha256
+  of every shard's bytes and CRC-32 of every PNG member the loader decodes, over bytes in memory.
+  ``integrity_cpu_share`` is their CPU time per sample over the loader's.
 
-Measurement: the three methods run in rounds (one pass each per round, interleaved, in reverse
+Measurement: the methods run in rounds (one pass each per round, interleaved, in reverse
 order on odd rounds, the first round discarded as warm-up), so a change in machine load hits all
-three alike. Torch and OpenCV
+of them alike. Torch and OpenCV
 are held to one thread, and the ratios use the process's CPU time (user + system, so the read
 syscalls count): it measures the work each method does and not the time spent waiting for a core
 that other jobs hold, which makes it far less noisy than wall time on a shared machine. Wall
@@ -35,10 +42,12 @@ methods (the loader seeds its own), which averages out over a run.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,8 +60,9 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from benchmarks._common import emit, parse_args  # noqa: E402
 from datasets.codec import decode_member, decode_sample  # noqa: E402
-from datasets.loader import ShardStream, iter_shard, make_loader  # noqa: E402
+from datasets.loader import ShardStream, make_loader  # noqa: E402
 from datasets.manifest import load_manifest  # noqa: E402
+from datasets.shards import iter_shard  # noqa: E402
 from datasets.sources.synthetic import SyntheticSource  # noqa: E402
 from datasets.transforms import SampleTransform, build_transform, to_tensors  # noqa: E402
 from datasets.writer import write_dataset  # noqa: E402
@@ -61,7 +71,7 @@ HEIGHT, WIDTH = 240, 320
 BATCH_SIZE = 8
 TASKS = ["semseg", "depth", "normals", "edge"]
 MODALITIES = ["rgb", "depth"]
-METHODS = ("loader", "decode_limit", "loose_files")
+METHODS = ("loader", "loader_unverified", "decode_limit", "loose_files", "integrity_checks")
 
 
 def augment_config(height: int, width: int) -> dict[str, Any]:
@@ -133,8 +143,9 @@ def _batch_samples(loader: DataLoader) -> int:
     return sum(batch["inputs"][next(iter(batch["inputs"]))].shape[0] for batch in loader)
 
 
-def loader_pass(root: Path, transform: SampleTransform, batch_size: int, epoch: int) -> int:
-    """One epoch of the shard loader in this process; returns the number of samples batched."""
+def loader_pass(root: Path, transform: SampleTransform, batch_size: int, epoch: int, verify: bool = True) -> int:
+    """One epoch of the shard loader in this process; returns the number of samples batched.
+    ``verify=False`` leaves out the shard sha256 and PNG CRC checks."""
     stream = ShardStream(
         root,
         "train",
@@ -144,6 +155,7 @@ def loader_pass(root: Path, transform: SampleTransform, batch_size: int, epoch: 
         train=True,
         num_workers=0,
         transform=transform,
+        verify=verify,
     )
     stream.set_epoch(epoch)
     return _batch_samples(make_loader(stream))
@@ -154,6 +166,19 @@ def decode_pass(samples: list[tuple[str, dict[str, bytes]]], transform: SampleTr
     for i, (key, members) in enumerate(samples):
         sample = transform(decode_sample(members, key), epoch * len(samples) + i)
         to_tensors(sample, TASKS, MODALITIES)
+    return len(samples)
+
+
+def integrity_pass(shard_bytes: list[bytes], samples: list[tuple[str, dict[str, bytes]]]) -> int:
+    """What verification adds to the loader: sha256 of every shard, CRC-32 of every PNG member it
+    decodes (the bytes a PNG's chunk CRCs cover, within its few chunk headers); returns the samples."""
+    needed = {f"{m}.png" for m in {*TASKS, *MODALITIES}}
+    for data in shard_bytes:
+        hashlib.sha256(data).hexdigest()
+    for _, members in samples:
+        for name, data in members.items():
+            if name in needed:
+                zlib.crc32(data)
     return len(samples)
 
 
@@ -181,10 +206,13 @@ def measure(
     transform = build_transform(augment_config(height, width), train=True)
     samples = read_members(root)
     dataset = LooseFiles(write_loose(samples, loose_root), transform, TASKS, MODALITIES)
+    shard_bytes = [(root / s["path"]).read_bytes() for s in load_manifest(root)["splits"]["train"]["shards"]]
     passes: dict[str, Callable[[int], int]] = {
         "loader": lambda r: loader_pass(root, transform, batch_size, r),
+        "loader_unverified": lambda r: loader_pass(root, transform, batch_size, r, verify=False),
         "decode_limit": lambda r: decode_pass(samples, transform, r),
         "loose_files": lambda r: loose_pass(dataset, batch_size, r),
+        "integrity_checks": lambda r: integrity_pass(shard_bytes, samples),
     }
     timings: dict[str, list[tuple[int, float, float]]] = {m: [] for m in METHODS}
     for r in range(rounds):
@@ -206,7 +234,8 @@ def measure(
                 "width": width,
                 "dataset_samples": len(samples),
                 "shards": shard_count,
-                "batch_size": None if method == "decode_limit" else batch_size,
+                "batch_size": batch_size if method.startswith("loader") or method == "loose_files" else None,
+                "verify": method == "loader" if method.startswith("loader") else None,
                 "num_workers": 0,
                 "timed_rounds": rounds - 1,
                 "samples": n,
@@ -221,7 +250,8 @@ def measure(
 
 
 def ratios(results: list[dict[str, Any]]) -> dict[str, float]:
-    """The issue's target ratios from CPU-time rates: loader / decode limit and loader / loose files."""
+    """The target ratios from CPU-time rates: loader / decode limit, loader / loose files, verified
+    loader / unverified loader, and the checks' CPU time per sample over the loader's."""
     rate = {r["name"]: r["samples_per_s_cpu"] for r in results}
     missing = [m for m in METHODS if m not in rate]
     if missing:
@@ -232,6 +262,8 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, float]:
     return {
         "loader_vs_decode_limit": round(rate["loader"] / rate["decode_limit"], 4),
         "loader_vs_loose_files": round(rate["loader"] / rate["loose_files"], 4),
+        "verified_vs_unverified": round(rate["loader"] / rate["loader_unverified"], 4),
+        "integrity_cpu_share": round(rate["loader"] / rate["integrity_checks"], 4),
     }
 
 

@@ -10,6 +10,7 @@ from benchmarks.loader import (
     augment_config,
     build_shards,
     decode_pass,
+    integrity_pass,
     loader_pass,
     measure,
     ratios,
@@ -57,12 +58,32 @@ def test_loose_files_hold_the_shard_bytes_and_give_the_decode_loop_tensors(shard
 def test_passes_process_every_sample_once_per_epoch(shards):
     transform = build_transform(augment_config(H, W), train=True)
     assert loader_pass(shards, transform, batch_size=4, epoch=0) == N
+    assert loader_pass(shards, transform, batch_size=4, epoch=0, verify=False) == N
     assert decode_pass(read_members(shards), transform, epoch=0) == N
+    assert integrity_pass([b"shard"], read_members(shards)) == N
+
+
+def test_the_unverified_pass_skips_the_checks_and_the_verified_one_runs_them(shards, tmp_path):
+    import shutil
+
+    from datasets.shards import ShardReadError
+
+    root = tmp_path / "copy"
+    shutil.copytree(shards, root)
+    shard = root / "train/shard-000000.tar"
+    data = bytearray(shard.read_bytes())
+    data[data.index(b'"source":"synthetic"') + 12] ^= 0x01  # valid JSON still: only the sha256 can tell
+    shard.write_bytes(bytes(data))
+    transform = build_transform(augment_config(H, W), train=True)
+    assert loader_pass(root, transform, batch_size=4, epoch=0, verify=False) == N
+    with pytest.raises(ShardReadError, match="sha256"):
+        loader_pass(root, transform, batch_size=4, epoch=0)
 
 
 def test_measure_reports_every_method_and_ratios_come_from_its_rates(shards, tmp_path):
     results = measure(shards, tmp_path / "loose", H, W, rounds=2, batch_size=4)
     assert [r["name"] for r in results] == list(METHODS)
+    assert [r["verify"] for r in results] == [True, False, None, None, None]
     for r in results:
         assert r["samples"] == N and r["timed_rounds"] == 1 and r["dataset_samples"] == N and r["shards"] == 2
         assert (r["height"], r["width"], r["num_workers"]) == (H, W, 0)
@@ -72,22 +93,36 @@ def test_measure_reports_every_method_and_ratios_come_from_its_rates(shards, tmp
         assert len(r["round_samples_per_s_cpu"]) == 1
     rate = {r["name"]: r["samples_per_s_cpu"] for r in results}
     got = ratios(results)
-    assert set(got) == {"loader_vs_decode_limit", "loader_vs_loose_files"}
+    assert set(got) == {
+        "loader_vs_decode_limit",
+        "loader_vs_loose_files",
+        "verified_vs_unverified",
+        "integrity_cpu_share",
+    }
     assert all(math.isfinite(v) and v > 0 for v in got.values())
     assert got["loader_vs_decode_limit"] == pytest.approx(rate["loader"] / rate["decode_limit"], abs=1e-4)
     assert got["loader_vs_loose_files"] == pytest.approx(rate["loader"] / rate["loose_files"], abs=1e-4)
+    assert got["verified_vs_unverified"] == pytest.approx(rate["loader"] / rate["loader_unverified"], abs=1e-4)
+    assert got["integrity_cpu_share"] == pytest.approx(rate["loader"] / rate["integrity_checks"], abs=1e-4)
 
 
 def test_ratios_on_hand_made_rates_and_bad_input():
     results = [
         {"name": "loader", "samples_per_s_cpu": 60.0},
+        {"name": "loader_unverified", "samples_per_s_cpu": 62.5},
         {"name": "decode_limit", "samples_per_s_cpu": 80.0},
         {"name": "loose_files", "samples_per_s_cpu": 40.0},
+        {"name": "integrity_checks", "samples_per_s_cpu": 3000.0},
     ]
-    assert ratios(results) == {"loader_vs_decode_limit": 0.75, "loader_vs_loose_files": 1.5}
+    assert ratios(results) == {
+        "loader_vs_decode_limit": 0.75,
+        "loader_vs_loose_files": 1.5,
+        "verified_vs_unverified": 0.96,
+        "integrity_cpu_share": 0.02,
+    }
     with pytest.raises(ValueError, match="loose_files"):
-        ratios(results[:2])
+        ratios(results[:3])
     with pytest.raises(ValueError, match="decode_limit"):
-        ratios([results[0], {"name": "decode_limit", "samples_per_s_cpu": 0.0}, results[2]])
+        ratios([*results[:2], {"name": "decode_limit", "samples_per_s_cpu": 0.0}, *results[3:]])
     with pytest.raises(ValueError, match="rounds"):
         measure(Path("unused"), Path("unused"), H, W, rounds=1)
