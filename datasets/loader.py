@@ -138,6 +138,12 @@ class ShardStream(IterableDataset):
                     f"{world_size * batch_size}; no full batch per rank"
                 )
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy for a spawned DataLoader worker: without a shard read in progress (a generator)."""
+        state = dict(self.__dict__)
+        state.update(_reader=None, _reading=None, _reading_used=0, _buffer=[])
+        return state
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 

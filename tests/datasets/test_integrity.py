@@ -271,3 +271,12 @@ def test_a_forged_member_size_in_a_shard_is_a_named_error_and_skip_skips_the_sha
     s = _stream(toy_dataset, errors="skip")
     ids, error = _read(s)
     assert error is None and ids == ["val/val0003", "val/val0004", "val/val0005"] and s.bad_shards == 1
+
+
+def test_a_stream_stopped_inside_a_shard_can_still_be_pickled_for_a_spawned_worker(toy_dataset):
+    import pickle
+
+    s = _stream(toy_dataset)
+    next(iter(s))  # a shard read in progress: a generator, which pickle cannot copy
+    copy = pickle.loads(pickle.dumps(s))
+    assert [item["id"] for item in copy] == [f"val/val000{i}" for i in range(6)]
