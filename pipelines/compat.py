@@ -60,6 +60,25 @@ def interruptible_trainer_cls() -> type:
     return InterruptibleTrainer
 
 
+def ray_start_address() -> str | None:
+    """The cluster address in Ray's address file on this machine, else None.
+
+    Ray 2.60.0: ``ray start`` writes its cluster's address to ``<temp>/ray/ray_current_cluster`` (``<temp>``:
+    ``$RAY_TMPDIR``, else ``$TMPDIR``, else /tmp), and the file outlives a head that was killed.
+    ``ray.init()`` without an address and without ``RAY_ADDRESS`` joins that cluster, and given ``num_cpus``
+    it then fails ("When connecting to an existing cluster, num_cpus and num_gpus must not be provided").
+    fusionpipe starts its local Ray with ``address="local"`` (public, ignores the file) and reads the file
+    only to say that the cluster it names is not used. Ray has no public API for the file: this calls the
+    internal ``ray._private.utils.read_ray_address``.
+    """
+    from ray._private.utils import read_ray_address  # lazy: see the module docstring
+
+    try:
+        return read_ray_address() or None
+    except OSError:  # unreadable: as good as absent
+        return None
+
+
 #: Ray 2.60.0: the internal module whose module-level logger writes Train V2's per-report INFO line.
 RAY_TRAIN_REPORT_LOGGER_MODULE = "ray.train.v2._internal.execution.context"
 

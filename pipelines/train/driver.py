@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -22,7 +23,7 @@ from datasets.codec import MEMBERS
 from datasets.manifest import ManifestError, load_manifest
 from fusion import build_model, list_models
 from fusion.metrics import MetricSet
-from pipelines.compat import LOCAL_RAY_ENV, interruptible_trainer_cls
+from pipelines.compat import LOCAL_RAY_ENV, interruptible_trainer_cls, ray_start_address
 from pipelines.config import ConfigError, ExperimentConfig, model_config
 from pipelines.storage import remove
 from pipelines.track.data_versions import resolve_data_rev
@@ -98,7 +99,12 @@ def validate_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def init_ray(cfg: ExperimentConfig, concurrent_runs: int = 1) -> None:
-    """Join ``RAY_ADDRESS``, or start a local Ray big enough for ``concurrent_runs`` runs of ``cfg``.
+    """Join the cluster in ``RAY_ADDRESS``, or start a local Ray big enough for ``concurrent_runs`` runs of
+    ``cfg``.
+
+    Without ``RAY_ADDRESS`` (or with ``RAY_ADDRESS=local``) the command always starts its own Ray, also
+    when a Ray started with ``ray start`` on this machine is running or left its address file behind
+    (a note on stderr names it; ``RAY_ADDRESS=auto`` joins it instead).
 
     The local Ray always has its dashboard, listening on 127.0.0.1 only: it serves Ray's state API,
     which every Train V2 run polls once a second (its placement-group cleaner frees the workers of a
@@ -109,22 +115,37 @@ def init_ray(cfg: ExperimentConfig, concurrent_runs: int = 1) -> None:
 
     if ray.is_initialized():
         return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
-    else:
-        needed = math.ceil(concurrent_runs * cfg.train.workers * cfg.train.cpus_per_worker)
-        start_local_ray(max(os.cpu_count() or 1, needed))
+    address = os.environ.get("RAY_ADDRESS")
+    if address and address != "local":
+        ray.init(address=address, log_to_driver=True)
+        return
+    needed = math.ceil(concurrent_runs * cfg.train.workers * cfg.train.cpus_per_worker)
+    other = ray_start_address()
+    if other:
+        print(
+            f"note: starting a local Ray for this command, not joining the Ray cluster at {other} that `ray start` "
+            "recorded on this machine (it may have stopped since); to run on that cluster, set RAY_ADDRESS=auto",
+            file=sys.stderr,
+        )
+    start_local_ray(max(os.cpu_count() or 1, needed))
 
 
 def start_local_ray(num_cpus: int, log_to_driver: bool = True) -> None:
-    """Start a local Ray the way every fusionpipe command does (see :func:`init_ray`): dashboard on
-    127.0.0.1, :data:`LOCAL_RAY_ENV` in the environment its processes inherit. The test suite's
-    session cluster and the benchmarks start theirs through here too."""
+    """Start a local Ray the way every fusionpipe command does (see :func:`init_ray`): a new instance
+    (``address="local"``: never the cluster a ``ray start`` on this machine recorded), dashboard on
+    127.0.0.1, :data:`LOCAL_RAY_ENV` in the environment its processes inherit. The test suite's session
+    cluster and the benchmarks start theirs through here too."""
     import ray
 
     for key, value in LOCAL_RAY_ENV.items():
         os.environ.setdefault(key, value)
-    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=log_to_driver)
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        log_to_driver=log_to_driver,
+    )
 
 
 def run_training(

@@ -11,6 +11,7 @@ import importlib.metadata
 import inspect
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -212,3 +213,35 @@ def test_the_working_dir_listing_is_what_rays_job_client_uploads(tmp_path, monke
         "logger",
     ]
     assert list(inspect.signature(packaging._get_excludes).parameters) == ["path", "excludes"]
+
+
+def test_the_address_file_ray_start_writes_is_the_one_read(tmp_path, monkeypatch):
+    from ray._private.utils import write_ray_address  # what `ray start` calls (ray/scripts/scripts.py)
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    assert compat.ray_start_address() is None
+    (tmp_path / "ray").mkdir()
+    write_ray_address("127.0.0.1:6379")
+    assert (tmp_path / "ray" / "ray_current_cluster").read_text() == "127.0.0.1:6379"
+    assert compat.ray_start_address() == "127.0.0.1:6379"
+    from ray.scripts import scripts
+
+    assert "write_ray_address(" in inspect.getsource(scripts)
+
+
+def test_ray_init_without_an_address_joins_the_cluster_in_that_file(tmp_path):
+    """Why fusionpipe passes address="local": with a (stale) address file, a plain ray.init(num_cpus=...)
+    tries to join that cluster and refuses the CPU count before it even connects."""
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text("127.0.0.1:1")
+    code = (
+        "import ray\n"
+        "try:\n    ray.init(num_cpus=1)\nexcept ValueError as e:\n    print(e)\n"
+        "else:\n    ray.shutdown()\n    print('started')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_TMPDIR"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.stdout.strip().splitlines()[-1] == (
+        "When connecting to an existing cluster, num_cpus and num_gpus must not be provided."
+    ), out.stdout + out.stderr

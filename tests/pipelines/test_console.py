@@ -2,6 +2,7 @@
 
 import logging
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -68,6 +69,8 @@ def test_local_ray_starts_without_the_preemption_watcher_unless_the_user_asks(mo
     assert LOCAL_RAY_ENV == {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
     assert seen["watcher"] == expected  # in the environment the raylet and workers inherit
     assert seen["dashboard_host"] == "127.0.0.1"
+    # A new local instance, never the cluster that a `ray start` on this machine recorded.
+    assert seen["address"] == "local" and seen["num_cpus"] == max(os.cpu_count() or 1, 2)
 
 
 def test_joining_a_cluster_leaves_the_environment_alone(monkeypatch):
@@ -81,3 +84,60 @@ def test_joining_a_cluster_leaves_the_environment_alone(monkeypatch):
     init_ray(SimpleNamespace(train=SimpleNamespace(workers=2, cpus_per_worker=1)))
     assert seen["address"] == "ray://127.0.0.1:10001"
     assert "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in os.environ
+
+
+@pytest.mark.parametrize("ray_address", [None, "local"])
+def test_a_cluster_recorded_by_ray_start_is_named_and_not_joined(monkeypatch, tmp_path, capsys, ray_address):
+    import ray
+
+    seen = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    if ray_address is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", ray_address)
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text("10.1.2.3:6379")  # its head may be long gone
+    init_ray(SimpleNamespace(train=SimpleNamespace(workers=3, cpus_per_worker=2)))
+    assert seen["address"] == "local" and seen["num_cpus"] == max(os.cpu_count() or 1, 6)
+    assert capsys.readouterr().err == (
+        "note: starting a local Ray for this command, not joining the Ray cluster at 10.1.2.3:6379 that `ray "
+        "start` recorded on this machine (it may have stopped since); to run on that cluster, set RAY_ADDRESS=auto\n"
+    )
+
+
+@pytest.mark.integration
+def test_a_stale_ray_start_address_file_does_not_stop_a_local_run():
+    """A real start: Ray's temp dir (RAY_TMPDIR, short: Ray's socket paths must fit 107 bytes) holds the
+    address file of a `ray start` head that is gone; the command's Ray starts anyway, with its CPUs."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from tests import REPO_ROOT
+
+    temp = tempfile.mkdtemp(prefix="fp", dir="/tmp")
+    try:
+        (Path(temp) / "ray").mkdir()
+        (Path(temp) / "ray" / "ray_current_cluster").write_text("127.0.0.1:1")
+        code = (
+            "import ray\n"
+            "from types import SimpleNamespace as NS\n"
+            "from pipelines.train.driver import init_ray\n"
+            "init_ray(NS(train=NS(workers=3, cpus_per_worker=1)))\n"
+            "print('CPU', ray.cluster_resources()['CPU'])\n"
+            "ray.shutdown()\n"
+        )
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env.update(RAY_TMPDIR=temp, RAY_USAGE_STATS_ENABLED="0")
+        out = subprocess.run(
+            [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert out.stdout.strip().splitlines()[-1] == f"CPU {float(max(os.cpu_count() or 1, 3))}"
+        assert "not joining the Ray cluster at 127.0.0.1:1" in out.stderr
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
