@@ -34,6 +34,10 @@ cli.add_command(jobs)
 
 
 def main() -> None:
+    # The project root (pipelines.config.project_root) is the directory the command starts in, fixed now:
+    # a submitted job's working directory can be removed by Ray while the job runs, and every process
+    # this one starts (a local Ray's workers) reads the same root.
+    os.environ.setdefault("FUSIONPIPE_PROJECT_ROOT", os.getcwd())
     cli()
 
 

@@ -47,5 +47,23 @@ def test_git_dvc_and_uploads_read_the_project_not_the_source_tree(elsewhere):
     assert dvc_hash("data/x") == "abc.dir"  # this project's dvc.lock, not the source tree's
     assert git_info() == {}  # not a git checkout, and no commit handed over by `fusionpipe submit`
     (elsewhere / ".rayignore").write_text("secret/\n")
+    for rel in ("secret/a.txt", "configs/a.yaml"):
+        (elsewhere / rel).parent.mkdir(parents=True, exist_ok=True)
+        (elsewhere / rel).write_text("x: 1\n")
     assert not is_uploaded(elsewhere / "secret" / "a.txt") and is_uploaded(elsewhere / "configs" / "a.yaml")
     assert Path.cwd().resolve() == elsewhere
+
+
+def test_the_console_script_fixes_the_project_root_when_it_starts(elsewhere):
+    """Later calls of project_root() never depend on the current directory still existing."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys, pipelines.cli.main as m\n"
+        "m.cli.add_command(__import__('click').command('where')(lambda: print(os.environ['FUSIONPIPE_PROJECT_ROOT'])))\n"
+        "sys.argv = ['fusionpipe', 'where']\n"
+        "m.main()"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, capture_output=True, text=True, check=False)
+    assert out.stdout.strip() == str(elsewhere), out.stderr
