@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,32 @@ def interruptible_trainer_cls() -> type:
             signal.signal(signal.SIGINT, handler)
 
     return InterruptibleTrainer
+
+
+def stop_on_fatal_error(recorded: Callable[[], BaseException | None]) -> Any:
+    """A Ray Train ``UserCallback`` that ends the run, without a retry, when a worker has failed and
+    ``recorded()`` returns an error (the one a worker recorded as fatal: a retry cannot fix it).
+
+    Ray 2.60.0: ``FailureConfig(max_failures=N)`` retries every worker failure, N times or, with -1,
+    forever, and has no public way to mark an error as not retryable. The controller calls
+    ``UserCallback.after_exception`` from ``WorkerGroup.poll_status`` in its control loop; an error raised
+    there fails the loop's step and becomes a ``ControllerError``, which ``DefaultFailurePolicy`` does
+    not retry (it retries a ``ControllerError`` only for a worker group that failed to start). ``fit``
+    then raises; the driver raises the recorded error in its place. ``recorded`` is pickled to the
+    controller: a module-level function or a ``functools.partial`` of one.
+    """
+    from ray.train import UserCallback  # lazy: see the module docstring
+
+    class StopOnFatalError(UserCallback):
+        def __init__(self, recorded: Callable[[], BaseException | None]) -> None:
+            self.recorded = recorded
+
+        def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
+            error = self.recorded()
+            if error is not None:
+                raise error
+
+    return StopOnFatalError(recorded)
 
 
 def ray_start_address() -> str | None:

@@ -12,6 +12,7 @@ outputs) is :mod:`pipelines.track.run_record`.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -23,7 +24,7 @@ from datasets.codec import MEMBERS
 from datasets.manifest import ManifestError, load_manifest
 from fusion import build_model, list_models
 from fusion.metrics import MetricSet
-from pipelines.compat import LOCAL_RAY_ENV, interruptible_trainer_cls, ray_start_address
+from pipelines.compat import LOCAL_RAY_ENV, interruptible_trainer_cls, ray_start_address, stop_on_fatal_error
 from pipelines.config import ConfigError, ExperimentConfig, model_config
 from pipelines.storage import remove
 from pipelines.track.data_versions import resolve_data_rev
@@ -174,7 +175,9 @@ def run_training(
     tracker, resumed = open_run(cfg, run_name, manifest, extra_tags)
     fatal = fatal_path(cfg.checkpoint.storage_path, run_name)
     remove(fatal)  # an earlier attempt's error; the config may have been fixed since
-    trainer = _trainer(cfg, run_name, manifest, tracker.run_id, callbacks, epoch_hooks)
+    # A worker's error that a retry cannot fix ends the run at once, also with failure.max_failures -1.
+    stop = stop_on_fatal_error(functools.partial(read_fatal, fatal))
+    trainer = _trainer(cfg, run_name, manifest, tracker.run_id, [*(callbacks or []), stop], epoch_hooks)
     result = _fit(trainer, tracker, fatal, close_on_error)
     try:
         return finish_run(cfg, tracker, result, run_name, resumed)

@@ -2,7 +2,8 @@
 
 The driver (:mod:`pipelines.train.driver`) hands each worker the validated config, the model config and
 the MLflow run id. A worker builds the model, its data streams and optimizer, resumes from
-``ray.train.get_checkpoint()`` when there is one, and per epoch runs the caller's epoch hooks
+``ray.train.get_checkpoint()`` when there is one (or, when that one is corrupt, from the newest intact
+checkpoint of the run: :mod:`pipelines.train.resume`), and per epoch runs the caller's epoch hooks
 (:class:`EpochHook`), trains, evaluates, reports metrics and a checkpoint to Ray, and (rank 0 only) logs
 to MLflow and prints one line.
 """
@@ -30,10 +31,12 @@ from fusion.losses import MultiTaskLoss
 from fusion.tasks import delta_m_directions
 from pipelines.checkpoints import (
     CheckpointError,
+    CorruptCheckpointError,
+    apply_model_state,
     check_compatible,
-    load_model_state,
     load_train_state,
     read_meta,
+    read_model_state,
     save_checkpoint,
     unwrap,
 )
@@ -43,6 +46,7 @@ from pipelines.storage import join, read_text, write_text
 from pipelines.track.redact import redact_url_password
 from pipelines.track.tracker import Tracker, TrackingStoreError, store_error
 from pipelines.train.previews import preview_grid
+from pipelines.train.resume import resume_from
 from pipelines.train.steps import (
     NonFiniteLossError,
     evaluate,
@@ -95,6 +99,9 @@ def epoch_line(metrics: dict[str, Any], epoch: int, epochs: int, checkpoint_metr
 
 
 FATAL = "fusionpipe-fatal.json"
+#: The MLflow tag on a run that resumed from an earlier checkpoint than its latest, which was corrupt.
+FALLBACK_TAG = "fusionpipe.resume_fallback"
+TAG_MAX = 5000  # within MLflow's limit on a tag value; a note this long has said what it must
 
 
 def fatal_path(storage: str, run_name: str) -> str:
@@ -118,17 +125,20 @@ def read_fatal(location: str) -> Exception | None:
 
 
 def _fatal_errors() -> tuple[type[Exception], ...]:
-    """The errors a retry cannot fix."""
-    return NonFiniteLossError, CheckpointError, ConfigError
+    """The errors a retry cannot fix. A corrupt checkpoint is one when no other checkpoint of the run is
+    intact (:func:`pipelines.train.resume.resume_from` falls back to one when there is)."""
+    return NonFiniteLossError, CheckpointError, CorruptCheckpointError, ConfigError
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs in every Ray Train worker.
 
-    A non-finite loss, an incompatible checkpoint or a config that does not validate on the worker
-    (a plugin this node cannot import) cannot be fixed by a retry: the worker records
-    it beside the run's checkpoints before raising, a retried worker raises it again at once instead
-    of training until it recurs, and the driver re-raises it as itself (:func:`pipelines.train.driver.run_training`).
+    A non-finite loss, an incompatible checkpoint, a run whose checkpoints are all corrupt or a config
+    that does not validate on the worker (a plugin this node cannot import) cannot be fixed by a retry:
+    the worker records it beside the run's checkpoints before raising, Ray ends the run without a retry
+    (the driver's :func:`pipelines.compat.stop_on_fatal_error` callback), a retried worker (should one
+    start before it acts) raises it again at once instead of training until it recurs, and the driver
+    re-raises it as itself (:func:`pipelines.train.driver.run_training`).
     """
     fatal = fatal_path(config["storage_path"], config["run_name"])
     earlier = read_fatal(fatal)
@@ -194,28 +204,17 @@ def _train_loop(config: dict[str, Any]) -> None:
     optimizer = make_optimizer(cfg, model)
     lr_schedule = functools.partial(lr_at, cfg=cfg, steps_per_epoch=steps_per_epoch)
 
-    start_epoch = 0
-    unlogged: list[list[Any]] = []  # metrics the tracking store had not taken when the checkpoint was written
+    start_epoch, fallback_note = 0, None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
-        with ckpt.as_directory() as cdir:
-            meta = read_meta(cdir)
-            check_compatible(meta["model_config"], mcfg, str(cdir))
-            if meta.get("mlflow_run_id") != run_id:
-                raise CheckpointError(
-                    f"{cdir}: checkpoint belongs to MLflow run {meta.get('mlflow_run_id')}, not {run_id}"
-                )
-            if meta.get("optimizer", cfg.optim.name) != cfg.optim.name:
-                raise CheckpointError(
-                    f"{cdir}: checkpoint was trained with optim.name {meta['optimizer']!r}, the "
-                    f"config says {cfg.optim.name!r}; resume with the same optimizer or use a "
-                    f"new run name"
-                )
-            load_model_state(model, cdir)
-            # The moments are the checkpoint's; lr, weight decay, ... the config's.
-            load_optimizer_state(optimizer, load_train_state(cdir), str(cdir))
-            start_epoch = int(meta["epoch"]) + 1
-            unlogged = meta.get("unlogged_metrics") or []
+        # Ray's latest checkpoint, or the newest intact one of the run when that one is corrupt.
+        resumed = resume_from(ckpt, functools.partial(_read_resume_state, mcfg=mcfg, run_id=run_id, cfg=cfg))
+        meta, model_state, train_state = resumed.value
+        apply_model_state(model, model_state, resumed.path)
+        # The moments are the checkpoint's; lr, weight decay, ... the config's.
+        load_optimizer_state(optimizer, train_state, resumed.path)
+        start_epoch = meta["epoch"] + 1
+        fallback_note = resumed.note(meta["epoch"])
     # Without deep supervision the aux heads (MTI-Net's and PAD-Net's initial predictions, ANN's stage-4
     # head, ...) get no gradient, and DDP must be told, or its second step fails waiting for them.
     unused_aux = not cfg.loss.deep_supervision and bool(getattr(model, "aux_weights", None))
@@ -230,9 +229,13 @@ def _train_loop(config: dict[str, Any]) -> None:
 
         tracker = Tracker(config["tracking_uri"], run_id, max_outage_s=cfg.tracking.max_outage_s)
         # A worker that dies right after ray.train.report can take the report with it, so a retry may
-        # redo an epoch whose metrics are already in MLflow: those steps are not logged again.
+        # redo an epoch whose metrics are already in MLflow: those steps are not logged again. So do the
+        # epochs that run again after a resume from an earlier checkpoint than the latest (which was
+        # corrupt): their metrics stay those of the first time they ran.
         already_logged = tracker.logged_steps("train/loss/total")
-        tracker.requeue(unlogged, skip_steps=already_logged)
+        if fallback_note is not None:
+            log.warning("resume: %s", fallback_note)
+            tracker.set_tags({FALLBACK_TAG: fallback_note[:TAG_MAX]})
     num_classes = mcfg["num_classes"]
     hooks: list[EpochHook] = list(config.get("epoch_hooks") or [])
     for epoch in range(start_epoch, cfg.train.epochs):
@@ -298,6 +301,26 @@ def _train_loop(config: dict[str, Any]) -> None:
                 _log_preview(tracker, model, val_stream, mcfg["tasks"], epoch, device, predict)
     if tracker is not None:
         tracker.flush(wait=True)  # what an outage of the tracking store left buffered, within its bound
+
+
+def _read_resume_state(
+    cdir: Path, mcfg: dict[str, Any], run_id: str, cfg: ExperimentConfig
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    """A checkpoint's meta, model state and training state, each verified, once it is known to be this
+    run's and to fit this config. A damaged file raises :class:`CorruptCheckpointError` (another
+    checkpoint of the run may be intact); a checkpoint of another run, model or optimizer, a
+    :class:`CheckpointError`."""
+    meta = read_meta(cdir, require=("model_config",))
+    check_compatible(meta["model_config"], mcfg, str(cdir))
+    if meta.get("mlflow_run_id") != run_id:
+        raise CheckpointError(f"{cdir}: checkpoint belongs to MLflow run {meta.get('mlflow_run_id')}, not {run_id}")
+    if meta.get("optimizer", cfg.optim.name) != cfg.optim.name:
+        raise CheckpointError(
+            f"{cdir}: checkpoint was trained with optim.name {meta['optimizer']!r}, the "
+            f"config says {cfg.optim.name!r}; resume with the same optimizer or use a "
+            f"new run name"
+        )
+    return meta, read_model_state(cdir), load_train_state(cdir)
 
 
 def _log_preview(

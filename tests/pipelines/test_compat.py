@@ -81,6 +81,43 @@ def test_the_interruptible_trainer_flags_a_sigint_and_hands_it_to_rays_handler(m
     assert trainer.interrupted is True and seen == ["the controller"]
 
 
+def test_an_error_raised_by_the_stop_callback_ends_the_run_without_a_retry():
+    import functools
+    import pickle
+    from types import SimpleNamespace
+
+    from ray import cloudpickle
+    from ray.train import FailureConfig
+    from ray.train.v2._internal.callbacks.user_callback import UserCallbackHandler
+    from ray.train.v2._internal.execution.controller.controller import TrainController
+    from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy, FailureDecision
+    from ray.train.v2._internal.execution.worker_group.worker_group import WorkerGroup
+    from ray.train.v2.api.exceptions import ControllerError, WorkerGroupError
+
+    from pipelines.checkpoints import CheckpointError
+
+    recorded: list[Exception] = []
+    stop = compat.stop_on_fatal_error(lambda: recorded[0] if recorded else None)
+    failures = {0: ValueError("rank 0 failed")}
+    stop.after_exception(None, failures)  # nothing recorded: Ray's failure policy decides
+    recorded.append(CheckpointError("no intact checkpoint"))
+    # Ray calls after_exception from the worker group's poll, with nothing in between to swallow an error...
+    with pytest.raises(CheckpointError, match="no intact checkpoint"):
+        UserCallbackHandler([stop], None).after_worker_group_poll_status(SimpleNamespace(errors=failures))
+    assert "callback.after_worker_group_poll_status(worker_group_poll_status)" in inspect.getsource(
+        WorkerGroup.poll_status
+    )
+    # ...the controller's loop step makes it a ControllerError, which is not retried, even with -1 retries,
+    # where a worker's own error is.
+    assert "training_error = ControllerError(e)" in inspect.getsource(TrainController._run_control_loop_iteration)
+    policy = DefaultFailurePolicy(FailureConfig(max_failures=-1))
+    assert policy.make_decision(ControllerError(CheckpointError("x"))) == FailureDecision.RAISE
+    assert policy.make_decision(WorkerGroupError("rank 0 failed", failures)) == FailureDecision.RETRY
+    # The callback travels to the controller pickled, with a partial of a module-level function.
+    clone = pickle.loads(cloudpickle.dumps(compat.stop_on_fatal_error(functools.partial(json.loads, "null"))))
+    clone.after_exception(None, failures)
+
+
 def test_the_per_report_line_comes_from_the_logger_that_is_silenced():
     module = importlib.import_module(compat.RAY_TRAIN_REPORT_LOGGER_MODULE)
     assert isinstance(module.logger, logging.Logger)
