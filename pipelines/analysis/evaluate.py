@@ -51,6 +51,22 @@ def _download_checkpoint(run_id: str, uri: str, dest: str) -> Path:
         raise ConfigError(f"MLflow run {run_id!r} has no checkpoints/best artifact (did it finish?): {e}") from e
 
 
+def _load_checkpoint(ckpt: Path, want: dict[str, Any], source: str | None) -> tuple[dict[str, Any], torch.nn.Module]:
+    """The checkpoint's meta and model, checked against the config's model ``want``. The errors about a
+    copy downloaded from ``source`` (an MLflow run's artifact, an object store) name ``source`` first: the
+    copy's directory is a temporary one."""
+    try:
+        meta = read_meta(ckpt, require=("model_config",))
+        check_compatible(meta["model_config"], want, str(ckpt))
+        model = build_model(meta["model_config"])
+        load_model_state(model, ckpt)
+    except CheckpointError as e:
+        if source is None:
+            raise
+        raise type(e)(f"{source} (downloaded to {ckpt}): {e}") from None
+    return meta, model
+
+
 def reference_metrics(run_ids: list[str], cfg: ExperimentConfig, num_classes: int) -> dict[str, float]:
     """The single-task reference runs' metrics for delta_m, one run per metric, checked against what
     the evaluated model will report."""
@@ -211,11 +227,14 @@ def run_evaluate(
                 raise CheckpointError(redact_url_password(str(e))) from None
         else:
             ckpt = Path(checkpoint)
-        meta = read_meta(ckpt, require=("model_config",))
         want = model_config(cfg, len(manifest["classes"]))
-        check_compatible(meta["model_config"], want, str(ckpt))
-        model = build_model(meta["model_config"])
-        load_model_state(model, ckpt)
+        downloaded = checkpoint is None or is_uri(checkpoint)
+        source = (
+            (redact_url_password(checkpoint) if checkpoint else f"runs:/{run_id}/checkpoints/best")
+            if downloaded
+            else None
+        )
+        meta, model = _load_checkpoint(ckpt, want, source)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     stream = ShardStream(
         cfg.data.shards,

@@ -574,3 +574,30 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint_of_the_run(tmp_path, 
         resume_from(ckpts[3], lambda d: (read_model_state(d), load_train_state(d)))
     assert not isinstance(e.value, CorruptCheckpointError)  # recorded as fatal: a retry cannot fix it
     assert str(e.value).count("sha256 mismatch") == 4  # one per checkpoint: the first damaged file of each
+
+
+def test_evaluate_names_the_run_whose_downloaded_checkpoint_is_corrupt(tmp_path, smoke_shards, monkeypatch):
+    from click.testing import CliRunner
+
+    from fusion import build_model
+    from pipelines.cli.run import evaluate
+    from pipelines.config import load_config, model_config
+    from pipelines.track.tracker import Tracker
+    from tests import REPO_ROOT
+
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is relative to the working directory
+    config = REPO_ROOT / "configs" / "smoke.yaml"
+    uri = f"sqlite:///{tmp_path}/m.db"
+    overrides = [f"data.shards={smoke_shards}", f"tracking.uri={uri}"]
+    classes = json.loads((smoke_shards / "manifest.json").read_text())["classes"]
+    mcfg = model_config(load_config(config, overrides).resolved_paths(), len(classes))
+    d = save_checkpoint(tmp_path / "ck", build_model(mcfg), {"epoch": 0, "model_config": mcfg, "classes": classes})
+    (d / MODEL).write_bytes((d / MODEL).read_bytes()[:-7])
+    tracker = Tracker.create_run(uri, "e", "r", {})
+    tracker.log_artifacts(d, "checkpoints/best")
+    args = ["--config", str(config), *[a for o in overrides for a in ("--set", o)], "--run-id", tracker.run_id]
+    out = CliRunner().invoke(evaluate, [*args, "--json"])
+    assert out.exit_code == 2, out.output
+    error = json.loads(out.stdout)["error"]
+    assert error.startswith(f"runs:/{tracker.run_id}/checkpoints/best (downloaded to "), error
+    assert f"{MODEL}: truncated: " in error and "Traceback" not in out.output
