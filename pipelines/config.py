@@ -111,8 +111,9 @@ class DataSection(_Section):
     )
     errors: Literal["raise", "skip"] = Field(
         "raise",
-        description="a corrupt sample: `raise` stops naming the "
-        "shard, key and member; `skip` drops it and logs a warning",
+        description="a corrupt sample or shard (a member that does not decode, a shard whose sha256 or sample "
+        "count differs from the manifest): `raise` stops naming the shard, key and member; `skip` drops it, logs a "
+        "warning and counts what was dropped ([data-format.md](data-format.md#integrity))",
     )
     edge_max_dist: Real = Field(
         0.0075,

@@ -3,14 +3,13 @@ closing the MLflow run of a trial that Tune ended from outside (ASHA stop, or a 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
 from typing import Any
 
 from pipelines.checkpoints import CheckpointError, verify_checkpoint
-from pipelines.track.run_record import RUN_STATE
+from pipelines.track.run_record import RUN_STATE, read_run_state
 from pipelines.track.tracker import Tracker
 from pipelines.tune.spec import SweepSpec
 
@@ -23,8 +22,9 @@ def trial_run_name(sweep: str, trial_id: str) -> str:
 
 
 def trial_state(sweep_dir: Path, sweep: str, trial_id: str) -> dict[str, Any] | None:
-    p = sweep_dir / "trials" / trial_run_name(sweep, trial_id) / RUN_STATE
-    return json.loads(p.read_text()) if p.is_file() else None
+    """The trial's run-state file, or None before its run started; a corrupt one is a ConfigError naming it."""
+    name = trial_run_name(sweep, trial_id)
+    return read_run_state(str(sweep_dir / "trials" / name / RUN_STATE), name)
 
 
 def scan_checkpoints(run_dir: Path) -> list[dict[str, Any]]:
