@@ -49,16 +49,6 @@ class NanHead:
                     param.fill_(float("nan"))
 
 
-def _wait_for_file(path: str | None, timeout_s: float) -> None:
-    """Return once ``path`` exists (``None``: never; the process is to be killed while it waits); raise
-    after ``timeout_s`` seconds."""
-    deadline = time.monotonic() + timeout_s
-    while path is None or not Path(path).exists():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{path or 'a kill'} did not come within {timeout_s} s")
-        time.sleep(0.05)
-
-
 def _at_training_batch(model: torch.nn.Module, batch: int, action: Callable[[], None]) -> None:
     """Run ``action`` just before the forward pass of training batch ``batch`` (0-based) of the epoch
     that is starting: the epoch's earlier batches have trained, its later ones have not."""
@@ -80,22 +70,17 @@ def _at_training_batch(model: torch.nn.Module, batch: int, action: Callable[[], 
 class SigkillOnce:
     """In ``epoch``, just before training batch ``batch``, rank ``rank`` sends itself SIGKILL (the kernel
     ends it: nothing of the process runs after), once: it writes ``marker`` first, and does nothing while
-    ``marker`` exists. With ``after``, it first waits (at most ``timeout_s`` seconds) until that file
-    exists: the test's signal that Ray Train has recorded the checkpoint reported before, which a worker
-    killed right after its report can otherwise take with it."""
+    ``marker`` exists."""
 
     epoch: int
     rank: int
     batch: int
     marker: str
-    after: str | None = None
-    timeout_s: float = 600.0
 
     def __call__(self, epoch: int, rank: int, model: torch.nn.Module) -> None:
         if epoch == self.epoch and rank == self.rank and not Path(self.marker).exists():
 
             def kill() -> None:
-                _wait_for_file(self.after, self.timeout_s)
                 Path(self.marker).write_text(f"SIGKILL at epoch {epoch} batch {self.batch} rank {rank}\n")
                 os.kill(os.getpid(), signal.SIGKILL)
 
@@ -120,6 +105,10 @@ class HoldOnce:
 
             def hold() -> None:
                 Path(self.reached).write_text(f"held at epoch {epoch} batch {self.batch} rank {rank}\n")
-                _wait_for_file(self.release, self.timeout_s)
+                deadline = time.monotonic() + self.timeout_s
+                while self.release is None or not Path(self.release).exists():
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"HoldOnce: not released or killed within {self.timeout_s} s")
+                    time.sleep(0.05)
 
             _at_training_batch(model, self.batch, hold)

@@ -8,8 +8,6 @@ MLflow server, and faults a production run can meet.
   metric step logged exactly once, and its final metrics are those of an uninterrupted run.
 * The MLflow server stops for 30 s mid-run and comes back: training goes on, the log says the store went
   away and came back, and no metric is lost.
-* The MLflow server stops, and rank 0 is SIGKILLed while it holds metrics the store has not taken: the
-  worker Ray restarts sends them from the checkpoint, and no metric is lost.
 
 Where a fault must happen at a given point, an epoch hook (``tests/pipelines/faults.py``) holds rank 0
 there and the test waits on files and on the process, never on a guess of how long something takes. The
@@ -54,7 +52,6 @@ pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
 EPOCHS = 4
 STEP_TIMEOUT = 600  # any one wait; generous for a loaded 2-core machine
-LOG_TIMEOUT = 120  # for a line a worker has written to reach the driver's stderr
 REL = 1e-5  # see the module docstring
 TIMING = {"train/samples_per_s", "train/epoch_s"}  # wall-clock measurements: differ from run to run
 # The tracker's warnings (pipelines/track/tracker.py), as rank 0's log lines reach the driver's stderr.
@@ -310,23 +307,15 @@ def test_a_killed_worker_a_killed_driver_and_a_corrupt_checkpoint_lose_at_most_o
         exp,
         name,
         hooks=[
-            (
-                "SigkillOnce",
-                {"epoch": 1, "rank": 0, "batch": 1, "marker": str(root / "worker-killed"), "after": str(root / "kill")},
-            ),
+            ("SigkillOnce", {"epoch": 1, "rank": 0, "batch": 1, "marker": str(root / "worker-killed")}),
             ("HoldOnce", {"epoch": 2, "rank": 0, "batch": 1, "reached": str(root / "held-1")}),
         ],
     )
-    # The kill waits until Ray Train has recorded epoch 0's checkpoint (a worker killed right after its
-    # report may take the report with it, and the retry would start from scratch).
-    _wait_for("the checkpoint of epoch 0", lambda: _registered(exp, name, 1), STEP_TIMEOUT, run)
-    (root / "kill").touch()
     _wait_for("rank 0 in the middle of epoch 2", (root / "held-1").exists, STEP_TIMEOUT, run)
     _wait_for("the checkpoints of epochs 0 and 1", lambda: _registered(exp, name, 2), STEP_TIMEOUT, run)
-    # The restarted worker group resumed at epoch 1 (1-based: 2); Ray forwards the workers' lines shortly.
-    _wait_for("the restarted workers' start line", lambda: "from epoch 2 of 4" in run.log(), LOG_TIMEOUT, run)
     chaos.kill(run)
     assert (root / "worker-killed").exists(), "the worker was not killed"
+    assert "from epoch 2 of 4" in run.log()  # the restarted worker group resumed at epoch 1 (1-based: 2)
     run_id = json.loads((exp.parent / "ray" / name / "fusionpipe-run.json").read_text())["mlflow_run_id"]
     history = _history(client, run_id)
     assert {k: [s for s, _ in v] for k, v in history.items()} == {k: [0, 1] for k in reference["history"]}
@@ -339,8 +328,8 @@ def test_a_killed_worker_a_killed_driver_and_a_corrupt_checkpoint_lose_at_most_o
     )
     _wait_for("rank 0 in the middle of epoch 3", (root / "held-2").exists, STEP_TIMEOUT, run)
     _wait_for("the checkpoint of epoch 2", lambda: _registered(exp, name, 3), STEP_TIMEOUT, run)
-    _wait_for("the resumed workers' start line", lambda: "from epoch 3 of 4" in run.log(), LOG_TIMEOUT, run)
     chaos.kill(run)
+    assert "from epoch 3 of 4" in run.log()
     assert [s for s, _ in _history(client, run_id)["train/loss/total"]] == [0, 1, 2]
 
     # 3. The latest checkpoint (epoch 2) is damaged (a write cut short). The same command resumes from
@@ -409,43 +398,3 @@ def test_an_mlflow_server_that_stops_for_30_s_loses_no_metric(chaos, reference):
     previews = {a.path for a in client.list_artifacts(summary["mlflow_run_id"], "previews")}
     assert "previews/epoch_0000.png" in previews and "previews/epoch_0001.png" not in previews
     assert "epoch_0001.png not logged: the MLflow tracking store cannot be reached" in log
-
-
-def test_rank_0_killed_during_an_outage_leaves_its_buffered_metrics_to_the_retried_worker(chaos, reference):
-    port = _free_port()
-    store = chaos.root / "server-kill"
-    store.mkdir()
-    server = _start_server(chaos, port, store)
-    uri = f"http://127.0.0.1:{port}"
-    exp = chaos.experiment("outage-kill", uri, "failure.max_failures=1")
-    reached, release, kill, killed = (chaos.root / f"outage-kill-{n}" for n in ("reached", "release", "kill", "killed"))
-    run = chaos.train(
-        exp,
-        "outage-kill",
-        hooks=[
-            ("HoldOnce", {"epoch": 1, "rank": 0, "batch": 0, "reached": str(reached), "release": str(release)}),
-            ("SigkillOnce", {"epoch": 2, "rank": 0, "batch": 1, "marker": str(killed), "after": str(kill)}),
-        ],
-    )
-    _wait_for("rank 0 at the start of epoch 1", reached.exists, STEP_TIMEOUT, run)
-    _stop_server(server)
-    release.touch()
-    # Epoch 1's metrics meet the stopped server: buffered, and kept in epoch 1's checkpoint. Once Ray Train
-    # has recorded that checkpoint, rank 0 dies in epoch 2, before any send could succeed; the server
-    # comes back.
-    _wait_for("the checkpoint of epoch 1", lambda: _registered(exp, "outage-kill", 2), STEP_TIMEOUT, run)
-    kill.touch()
-    _wait_for("rank 0 killed in epoch 2", killed.exists, STEP_TIMEOUT, run)
-    _start_server(chaos, port, store)
-    summary = run.finish()
-
-    # Ray restarted the workers from epoch 1's checkpoint; the new rank 0 sent epoch 1's metrics first.
-    log = run.log()
-    assert len(STORE_DOWN.findall(log)) == 1 and "from epoch 3 of 4" in log, log[-5000:]
-    sent = re.findall(r"(\d+) metrics of step\(s\) \[1\] that the MLflow tracking store had not taken", log)
-    assert sent == [str(len(reference["history"]))], log[-5000:]
-    client = MlflowClient(tracking_uri=uri)
-    assert client.get_run(summary["mlflow_run_id"]).info.status == "FINISHED" and summary["epochs"] == EPOCHS
-    history = _history(client, summary["mlflow_run_id"])
-    _assert_every_step_once(history)
-    _assert_same_values(history, reference["history"])
