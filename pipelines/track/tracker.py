@@ -316,6 +316,10 @@ class Tracker:
             if int(step) not in skip
         ]
         if back:
+            log.warning(
+                f"{len(back)} metrics of step(s) {sorted({m.step for m in back})} that the MLflow tracking store "
+                "had not taken when the checkpoint was written are sent now"
+            )
             self._pending[:0] = back
             self.flush()
 

@@ -205,6 +205,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     lr_schedule = functools.partial(lr_at, cfg=cfg, steps_per_epoch=steps_per_epoch)
 
     start_epoch, fallback_note = 0, None
+    unlogged: list[list[Any]] = []  # metrics the tracking store had not taken when the checkpoint was written
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         # Ray's latest checkpoint, or the newest intact one of the run when that one is corrupt.
@@ -215,6 +216,7 @@ def _train_loop(config: dict[str, Any]) -> None:
         load_optimizer_state(optimizer, train_state, resumed.path)
         start_epoch = meta["epoch"] + 1
         fallback_note = resumed.note(meta["epoch"])
+        unlogged = meta.get("unlogged_metrics") or []
     # Without deep supervision the aux heads (MTI-Net's and PAD-Net's initial predictions, ANN's stage-4
     # head, ...) get no gradient, and DDP must be told, or its second step fails waiting for them.
     unused_aux = not cfg.loss.deep_supervision and bool(getattr(model, "aux_weights", None))
@@ -236,6 +238,7 @@ def _train_loop(config: dict[str, Any]) -> None:
         if fallback_note is not None:
             log.warning("resume: %s", fallback_note)
             tracker.set_tags({FALLBACK_TAG: fallback_note[:TAG_MAX]})
+        tracker.requeue(unlogged, skip_steps=already_logged)
     num_classes = mcfg["num_classes"]
     hooks: list[EpochHook] = list(config.get("epoch_hooks") or [])
     for epoch in range(start_epoch, cfg.train.epochs):

@@ -223,7 +223,7 @@ def test_large_batches_are_split_and_a_failure_midway_resends_only_the_rest():
     assert {s for *_, s in client.logged} == {7} and client.requests == 2 + 2
 
 
-def test_unlogged_metrics_survive_a_checkpoint_and_skip_steps_already_stored():
+def test_unlogged_metrics_survive_a_checkpoint_and_skip_steps_already_stored(caplog):
     clock, client = Clock(), FakeClient()
     tracker = _tracker(client, clock)
     client.down = True
@@ -235,7 +235,12 @@ def test_unlogged_metrics_survive_a_checkpoint_and_skip_steps_already_stored():
     # A new process (a retried or resumed worker) with a store that already holds step 1.
     fresh = FakeClient()
     again = _tracker(fresh, Clock())
+    caplog.set_level(logging.WARNING, logger="pipelines.track.tracker")
     again.requeue(saved, skip_steps={0, 1})
+    assert _warnings(caplog)[-1] == (
+        "2 metrics of step(s) [2] that the MLflow tracking store had not taken when the checkpoint was written "
+        "are sent now"
+    )
     again.log_metrics({"train/loss/total": 0.3}, step=3)
     assert [(k, s) for k, _, _, s in fresh.logged] == [
         ("train/loss/total", 2),
