@@ -23,7 +23,8 @@ def build_backbone(
     deep_stem: bool = False,
     pretrained: str | None = None,
 ) -> Backbone:
-    """Build a backbone by name; ``pretrained`` is a local ``.pth``/``.pt`` file (never downloaded)."""
+    """Build a backbone by name; ``pretrained`` is a local ``.pth``/``.pt``/``.bin`` or ``.safetensors`` file
+    (never downloaded; ``pretrained.py``)."""
     if in_channels < 1:
         raise ValueError(f"backbone {name!r}: in_channels must be >= 1, got {in_channels}")
     if width <= 0:

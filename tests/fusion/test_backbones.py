@@ -1,9 +1,12 @@
+import json
+import struct
+
 import pytest
 import torch
 from torch import nn
 
 from fusion.backbones import BACKBONES, build_backbone, load_pretrained
-from fusion.backbones.pretrained import adapt_first_conv
+from fusion.backbones.pretrained import PretrainedError, adapt_first_conv, read_state_dict
 from fusion.heads import ConvBNReLU, MultiScaleHead, concat_scales, make_head, upsample_to
 
 
@@ -193,12 +196,86 @@ def test_pretrained_mismatch_lists_keys(tmp_path):
 
 def test_pretrained_file_errors(tmp_path):
     net = build_backbone("resnet18", width=0.25)
-    with pytest.raises(ValueError, match="safetensors"):
-        load_pretrained(net, tmp_path / "w.safetensors")
-    with pytest.raises(ValueError, match=r"expected a \.pth or \.pt file"):
-        load_pretrained(net, tmp_path / "w.bin")
-    with pytest.raises(FileNotFoundError, match="never downloaded"):
+    with pytest.raises(PretrainedError, match=r"w\.npz: expected a \.pth, \.pt, \.bin or \.safetensors file"):
+        load_pretrained(net, tmp_path / "w.npz")
+    with pytest.raises(PretrainedError, match="absent.pth: no such file .*never downloaded"):
         load_pretrained(net, tmp_path / "absent.pth")
+    (tmp_path / "pickle.bin").write_bytes(b"\x80\x04not a torch file")
+    with pytest.raises(PretrainedError, match=r"pickle\.bin: torch\.load\(weights_only=True\) cannot read it"):
+        load_pretrained(net, tmp_path / "pickle.bin")
+
+
+def test_pretrained_bin_loads_like_pth(tmp_path):
+    state = _checkpoint_like_torchvision(build_backbone("resnet18", width=0.25))
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    net = build_backbone("resnet18", width=0.25, pretrained=str(tmp_path / "pytorch_model.bin"))
+    torch.testing.assert_close(net.layer2[0].conv1.weight, state["module.layer2.0.conv1.weight"])
+
+
+def _safetensors_bytes(tensors: dict[str, tuple[str, list[int], bytes]], metadata: dict | None = None) -> bytes:
+    """A .safetensors file written by hand from its specification (no safetensors package)."""
+    header, blobs, offset = {}, [], 0
+    if metadata is not None:
+        header["__metadata__"] = metadata
+    for name, (dtype, shape, raw) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
+
+
+def test_safetensors_reads_values_dtypes_and_shapes_from_the_bytes(tmp_path):
+    f32 = struct.pack("<6f", 1.0, -2.0, 3.5, 0.0, 7.25, -0.5)
+    f16 = struct.pack("<2e", 1.5, -3.0)
+    bf16 = struct.pack("<2H", 0x3F80, 0xC040)  # 1.0 and -3.0 as bfloat16
+    i64 = struct.pack("<q", 123456789012)
+    p = tmp_path / "w.safetensors"
+    p.write_bytes(
+        _safetensors_bytes(
+            {"a": ("F32", [2, 3], f32), "b": ("F16", [2], f16), "c": ("BF16", [2], bf16), "d": ("I64", [], i64)},
+            metadata={"format": "pt"},
+        )
+    )
+    state = read_state_dict(p)
+    assert sorted(state) == ["a", "b", "c", "d"]
+    assert state["a"].dtype == torch.float32 and state["a"].tolist() == [[1.0, -2.0, 3.5], [0.0, 7.25, -0.5]]
+    assert state["b"].dtype == torch.float16 and state["b"].tolist() == [1.5, -3.0]
+    assert state["c"].dtype == torch.bfloat16 and state["c"].tolist() == [1.0, -3.0]
+    assert state["d"].shape == () and state["d"].item() == 123456789012
+
+
+def test_safetensors_checkpoint_loads_into_a_backbone(tmp_path):
+    state = _checkpoint_like_torchvision(build_backbone("resnet18", width=0.25))
+    tensors = {
+        k: ("F32", list(v.shape), v.float().contiguous().numpy().astype("<f4").tobytes())
+        for k, v in state.items()
+        if v.is_floating_point()
+    }
+    (tmp_path / "r18.safetensors").write_bytes(_safetensors_bytes(tensors))
+    net = build_backbone("resnet18", width=0.25, pretrained=str(tmp_path / "r18.safetensors"))
+    torch.testing.assert_close(net.layer3[1].bn2.running_var, state["module.layer3.1.bn2.running_var"])
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b"\x01\x02", "shorter than the 8-byte header length"),
+        (struct.pack("<Q", 10**12) + b"{}", "header length 1000000000000 exceeds the file"),
+        (struct.pack("<Q", 3) + b"{x}", "header is not JSON"),
+        (
+            _safetensors_bytes({"a": ("F32", [4], b"\0" * 8)}),
+            r"tensor 'a': 8 bytes for shape \[4\] of F32 \(16 expected\)",
+        ),
+        (_safetensors_bytes({"a": ("C64", [1], b"\0" * 8)}), "tensor 'a': dtype 'C64' is not one of"),
+        (_safetensors_bytes({"a": ("F32", [1], b"\0" * 4)})[:-2], r"data_offsets \[0, 4\] outside the 2 data bytes"),
+    ],
+)
+def test_safetensors_damaged_files_are_named_errors(tmp_path, data, why):
+    p = tmp_path / "bad.safetensors"
+    p.write_bytes(data)
+    with pytest.raises(PretrainedError, match=f"bad\\.safetensors: not a valid \\.safetensors file: .*{why}"):
+        read_state_dict(p)
 
 
 def test_hrnet_pretrained_drops_classification_tail(tmp_path):
