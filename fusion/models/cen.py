@@ -15,7 +15,8 @@ their own head; with ``detach_ensemble`` (default, as official) the ensemble's l
 ``alpha``; ``ensemble: false`` replaces the learned weights by a plain mean that trains everything;
 the L1 term is returned once, already multiplied by the M + 1 outputs the official loop adds it for.
 Options: ``threshold`` (2e-2), ``l1_weight`` (2e-4), ``ensemble``, ``detach_ensemble``, ``deep_stem``,
-``head_mid``, ``freeze_bn`` (the official ``FREEZE_BN``: BatchNorm statistics fixed while training).
+``head_mid``, ``freeze_bn`` (the official ``FREEZE_BN``: the pretrained encoder's BatchNorm statistics fixed
+while training; the new decoder's BatchNorms still normalise with batch statistics).
 Backbones: resnet18/34/50/101.
 """
 
@@ -85,11 +86,14 @@ class CEN(nn.Module):
 
     def train(self, mode: bool = True) -> CEN:
         """With option ``freeze_bn`` (the official ``FREEZE_BN = True``, for a start from pretrained
-        weights) every BatchNorm stays in eval mode while training: its running statistics stay those it
-        started with, while its scale and shift, the gammas that channel exchange reads, still learn."""
+        weights) every BatchNorm of the encoder stays in eval mode while training: its running statistics
+        stay the pretrained ones, while its scale and shift, the gammas that channel exchange reads, still
+        learn. The decoder's BatchNorms are new, so they keep normalising with batch statistics: the
+        official code freezes every BatchNorm of its model, and all of them are the pretrained encoder's
+        (its RefineNet-LW decoder has none)."""
         super().train(mode)
         if mode and self.opts.freeze_bn:
-            for m in self.modules():
+            for m in self.encoder.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
         return self

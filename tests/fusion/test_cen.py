@@ -203,21 +203,31 @@ def test_clear_errors():
         to_parallel(BasicBlock(8, 8), 2)
 
 
-def test_freeze_bn_keeps_running_statistics_while_gammas_learn():
-    # The official CEN training (FREEZE_BN = True): every BN in eval mode inside model.train().
+def _bns(module):
+    return [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def test_freeze_bn_keeps_encoder_statistics_while_gammas_learn_and_the_new_head_normalises():
+    # The official CEN training (FREEZE_BN = True): the pretrained encoder's BNs in eval mode inside
+    # model.train(); the official decoder has no BN, ours is new and must keep normalising.
     frozen = build_model({**TINY, "options": {"freeze_bn": True}}).train()
-    bns = [m for m in frozen.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    assert bns and not any(m.training for m in bns) and frozen.training
-    before = [m.running_mean.clone() for m in bns]
+    enc_bns, head_bns = _bns(frozen.encoder), _bns(frozen.heads)
+    assert enc_bns and head_bns and frozen.training
+    assert not any(m.training for m in enc_bns) and all(m.training for m in head_bns)
+    enc_before = [m.running_mean.clone() for m in enc_bns]
+    head_before = [m.running_mean.clone() for m in head_bns]
     out = frozen(_inputs())
     (out["semseg"].mean() + sum(p.mean() for p in out["aux"].values() for p in p.values())).backward()
-    assert all(torch.equal(b, m.running_mean) for b, m in zip(before, bns, strict=True))
+    assert all(torch.equal(b, m.running_mean) for b, m in zip(enc_before, enc_bns, strict=True))
+    moved = [not torch.equal(b, m.running_mean) for b, m in zip(head_before, head_bns, strict=True)]
+    assert all(moved)  # the head's BNs use and track batch statistics
     bn = frozen.encoder.layer1[0].bn2
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in bn.parameters())  # the gammas still learn
     # By default BN trains as usual: its statistics move.
     free = build_model(TINY).train()
-    first = next(m for m in free.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+    first = _bns(free.encoder)[0]
     start = first.running_mean.clone()
     free(_inputs())
     assert first.training and not torch.equal(start, first.running_mean)
-    assert not any(m.training for m in bns) and not frozen.eval().training  # eval() still evaluates
+    frozen.eval()
+    assert not frozen.training and not any(m.training for m in enc_bns + head_bns)  # eval() still evaluates
