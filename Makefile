@@ -4,13 +4,22 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
-# Extra pip arguments for the torch install, e.g. a CPU or CUDA wheel index (see README).
+# Extra pip arguments for the torch install (see README).
 TORCH_PIP_ARGS ?=
+UNAME_S := $(shell uname -s)
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+# Which torch: the CUDA build from PyPI where `nvidia-smi` sees a GPU, PyPI's build on macOS (it has no
+# CUDA), else the CPU build. TORCH_INDEX_URL is the wheel index tried when the package sources pip is
+# configured with (pip config list) do not have TORCH_SPEC; empty: the configured sources only.
 ifeq ($(HAS_CUDA),1)
-TORCH_SPEC := torch==$(TORCH_VERSION)
+TORCH_SPEC ?= torch==$(TORCH_VERSION)
+TORCH_INDEX_URL ?=
+else ifeq ($(UNAME_S),Darwin)
+TORCH_SPEC ?= torch==$(TORCH_VERSION)
+TORCH_INDEX_URL ?=
 else
-TORCH_SPEC := torch==$(TORCH_VERSION)+cpu
+TORCH_SPEC ?= torch==$(TORCH_VERSION)+cpu
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 endif
 
 export RAY_USAGE_STATS_ENABLED := 0
@@ -22,7 +31,17 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
+	@# torch first, so that no dependency pulls another build. A dry run (no download) asks whether
+	@# the configured package sources have TORCH_SPEC; if not, TORCH_INDEX_URL is added.
+	@$(PY) -c "import torch" 2>/dev/null || \
+	if [ -z "$(TORCH_INDEX_URL)" ] || \
+	    $(PIP) install --dry-run --no-deps --quiet "$(TORCH_SPEC)" $(TORCH_PIP_ARGS) >/dev/null 2>&1; then \
+	  echo "$(PIP) install $(TORCH_SPEC) $(TORCH_PIP_ARGS)"; \
+	  $(PIP) install "$(TORCH_SPEC)" $(TORCH_PIP_ARGS); \
+	else \
+	  echo "$(PIP) install $(TORCH_SPEC) --extra-index-url $(TORCH_INDEX_URL) $(TORCH_PIP_ARGS)"; \
+	  $(PIP) install "$(TORCH_SPEC)" --extra-index-url "$(TORCH_INDEX_URL)" $(TORCH_PIP_ARGS); \
+	fi
 	$(PIP) install -e ".[dev]"
 	touch $@
 
