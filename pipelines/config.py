@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import importlib
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -225,6 +226,28 @@ class TrackingSection(_Section):
     log_model: Switch = Field(
         True, description="at the end, log the best checkpoint's model to MLflow (`mlflow.pytorch`, with its signature)"
     )
+    register_as: str | None = Field(
+        None,
+        description="register the run's best model in MLflow's model registry under this name at the end of "
+        "training (a new version each run; `models:/NAME/VERSION` in `predict` and `evaluate`); `fusionpipe "
+        "tune` registers only the best trial, under `register_alias` ([training.md](training.md#the-model-registry))",
+    )
+    register_alias: str = Field(
+        "best",
+        description="the alias `fusionpipe tune` gives the best trial's registered version (`models:/NAME@best`); "
+        "`train` sets it too when `register_alias_on_train` is true",
+    )
+    register_alias_on_train: Switch = Field(
+        False, description="`train` also moves `register_alias` to the version it registers"
+    )
+
+    @field_validator("register_as", "register_alias")
+    @classmethod
+    def _registry_name(cls, v: str | None, info: Any) -> str | None:
+        if v is not None:
+            check_registry_name(v, info.field_name)
+        return v
+
     max_outage_s: float = Field(
         600.0,
         ge=0,
@@ -342,6 +365,8 @@ class ExperimentConfig(_Section):
         base = base or project_root()
         cfg = self.model_copy(deep=True)
         cfg.data.shards = str(_abs(cfg.data.shards, base))
+        if cfg.model.pretrained:  # ImageNet weights: read like the shards, so a Tune trial or a job finds them
+            cfg.model.pretrained = str(_abs(cfg.model.pretrained, base))
         if "://" not in cfg.checkpoint.storage_path:
             cfg.checkpoint.storage_path = str(_abs(cfg.checkpoint.storage_path, base))
         cfg.tracking.uri = resolve_tracking_uri(cfg.tracking.uri, base)
@@ -351,6 +376,21 @@ class ExperimentConfig(_Section):
 def _abs(p: str, base: Path) -> Path:
     path = Path(os.path.expanduser(p))
     return path if path.is_absolute() else (base / path).resolve()
+
+
+_REGISTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def check_registry_name(name: str, field: str) -> str:
+    """``name`` when it can be a registered model's name or an alias in a ``models:/`` URI; else a ValueError."""
+    if not _REGISTRY_NAME.fullmatch(name):
+        raise ValueError(
+            f"{name!r} is not a registry name: letters, digits, '_', '.', '-', starting with a letter or digit, "
+            "at most 128 characters"
+        )
+    if field == "register_alias" and (name.lower() == "latest" or re.fullmatch(r"[vV]\d+", name)):
+        raise ValueError(f"{name!r} is reserved by MLflow ('latest' and v<N> name versions); pick another alias")
+    return name
 
 
 #: Schemes of the tracking stores MLflow has built in (a database scheme may name a driver: ``postgresql+psycopg2``).
