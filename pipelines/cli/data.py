@@ -23,7 +23,7 @@ def data() -> None:
 
 @data.group()
 def build() -> None:
-    """Build a shard dataset from a SOURCE (synthetic, nyud-mt, nyud-cen, nyud-mat, folder)."""
+    """Build a shard dataset from a SOURCE (synthetic, nyud-mt, nyud-cen, nyud-mat, folder, cityscapes, ade20k, pascal-context)."""
 
 
 _plugin = click.option(
@@ -398,3 +398,68 @@ def build_folder(
         as_json,
         plugins,
     )
+
+
+@build.command("cityscapes")
+@_common
+@_root
+@click.option(
+    "--depth/--no-depth",
+    default=False,
+    show_default=True,
+    help="add depth.png from disparity/ and camera/ (depth = baseline × fx / disparity)",
+)
+def build_cityscapes(
+    out: Path,
+    shard_size: int,
+    workers: int,
+    as_json: bool,
+    plugins: tuple[str, ...],
+    root: str,
+    depth: bool,
+) -> None:
+    """Cityscapes fine labels: leftImg8bit/ and gtFine/ (label ids -> the 19 train ids)."""
+    from datasets.sources.cityscapes import CityscapesSource
+
+    _write(lambda: CityscapesSource(root=root, depth=depth), out, shard_size, workers, as_json, plugins)
+
+
+@build.command("ade20k")
+@_common
+@_root
+def build_ade20k(
+    out: Path,
+    shard_size: int,
+    workers: int,
+    as_json: bool,
+    plugins: tuple[str, ...],
+    root: str,
+) -> None:
+    """ADE20K SceneParsing (ADEChallengeData2016): images/ and annotations/, 150 classes."""
+    from datasets.sources.ade20k import Ade20kSource
+
+    _write(lambda: Ade20kSource(root=root), out, shard_size, workers, as_json, plugins)
+
+
+@build.command("pascal-context")
+@_common
+@_root
+@click.option(
+    "--labels",
+    default="SegmentationClassContext",
+    show_default=True,
+    help="folder of 59-class label PNGs under VOC2010/",
+)
+def build_pascal_context(
+    out: Path,
+    shard_size: int,
+    workers: int,
+    as_json: bool,
+    plugins: tuple[str, ...],
+    root: str,
+    labels: str,
+) -> None:
+    """PASCAL-Context 59: VOC2010 JPEGImages/, 59-class label PNGs and ImageSets/SegmentationContext/."""
+    from datasets.sources.pascal_context import PascalContextSource
+
+    _write(lambda: PascalContextSource(root=root, labels=labels), out, shard_size, workers, as_json, plugins)
