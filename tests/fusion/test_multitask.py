@@ -120,6 +120,20 @@ def test_fpm_softmax_task_normalises_over_tasks_reference_over_adjacent_channels
     assert set(out) == {"a", "b", "c"} and out["a"].shape == (2, 4, 5, 5)
 
 
+def test_mtinet_fpm_defaults_to_the_official_adjacent_channel_softmax():
+    model = _build("mtinet", ["semseg", "depth"], options={"auxiliary_tasks": ["edge"]})
+    fpms = [m for m in model.modules() if isinstance(m, FeaturePropagation)]
+    assert len(fpms) == 3 and all(f.softmax == "reference" for f in fpms)
+    assert all(p.softmax == "reference" for p in model.propagation.values())
+    assert FeaturePropagation(["a", "b"], channels=2).softmax == "reference"
+    # The official FPM: F.softmax(shared.view(B, C // N, N, H, W), dim=2), with N = 3 tasks.
+    logits = torch.randn(2, 3 * 4, 3, 3)
+    official = torch.softmax(logits.view(2, 4, 3, 3, 3), dim=2).view(2, 12, 3, 3)
+    torch.testing.assert_close(fpms[0].attention(logits), official)
+    task = _build("mtinet", ["semseg", "depth"], options={"auxiliary_tasks": ["edge"], "fpm_softmax": "task"})
+    assert {m.softmax for m in task.modules() if isinstance(m, FeaturePropagation)} == {"task"}
+
+
 def test_distillation_adds_attention_messages_from_other_tasks():
     mmd = MultiModalDistillation(["a"], ["a", "b"], channels=2)
     for p in mmd.parameters():
@@ -129,11 +143,6 @@ def test_distillation_adds_attention_messages_from_other_tasks():
     msg = mmd.messages["a"]["b"]
     torch.nn.init.dirac_(msg.features.weight)  # identity features, zero attention logits -> gate 0.5
     torch.testing.assert_close(mmd(feats)["a"], feats["a"] + 0.5 * feats["b"])
-
-
-def test_fpm_defaults_to_the_papers_softmax_over_tasks():
-    model = fusion.build_model({"name": "mtinet", "tasks": ["semseg", "depth"], **TINY})
-    assert model.propagation and all(p.softmax == "task" for p in model.propagation.values())
 
 
 def test_fpm_adds_its_message_to_each_task_as_a_residual():

@@ -101,13 +101,14 @@ class FeaturePropagation(nn.Module):
     basic block, and re-weighted per task by squeeze-and-excitation; the result is added to
     ``F_t`` as a residual.
 
-    ``softmax="task"`` (default) is the paper's per-task attention: for every channel index and
-    pixel the softmax runs over the T tasks. ``softmax="reference"`` reproduces the official code,
-    which reshapes the task-major concatenation to (T·C/T, T) and so normalises over groups of T
-    *adjacent* channels, mostly of the same task.
+    ``softmax="reference"`` (default) is the official code (``models/mti_net.py``, ``FPM``), which
+    reshapes the task-major concatenation to (T·C/T, T) and so normalises over groups of T *adjacent*
+    channels, mostly of the same task; the published results come from it. ``softmax="task"`` is the
+    paper's text, a per-task attention: for every channel index and pixel the softmax runs over the T
+    tasks; an option, not what the published numbers used.
     """
 
-    def __init__(self, tasks: list[str], channels: int, softmax: str = "task") -> None:
+    def __init__(self, tasks: list[str], channels: int, softmax: str = "reference") -> None:
         super().__init__()
         if softmax not in FPM_SOFTMAX:
             raise ValueError(f"FeaturePropagation: softmax must be one of {FPM_SOFTMAX}, got {softmax!r}")

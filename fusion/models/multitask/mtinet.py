@@ -11,8 +11,8 @@ four distilled scales with an HRNetV2 head (Sec. 3.5: upsample, concatenate, 1×
 
 Options: ``auxiliary_tasks`` are predicted at the front end only (in ``aux``, never in the
 final outputs), e.g. ``["edge", "normals"]`` as the paper's NYUD setup; ``fpm_softmax`` is
-``task`` (the paper: softmax over tasks) or ``reference`` (the official code: softmax over groups
-of adjacent channels), see ``FeaturePropagation``. Per-scale task features have the backbone's
+``reference`` (default: the official code, softmax over groups of T adjacent channels) or ``task``
+(the paper's text: softmax over tasks), see ``FeaturePropagation``. Per-scale task features have the backbone's
 channels at that scale, as in the paper with HRNet-18 (18, 36, 72, 144); with ResNet backbones
 (64-512) the distillation at the coarse scales is much larger.
 """
@@ -33,7 +33,7 @@ from fusion.registry import parse_options, register_model
 @dataclass
 class MTINetOptions(FusionOptions):
     auxiliary_tasks: list[str] = field(default_factory=list)
-    fpm_softmax: str = "task"
+    fpm_softmax: str = "reference"
     head_channels: int | None = None  # hidden width of each aggregation head; None: min(sum of channels, 512)
     deep_supervision_weight: float = 1.0
 
