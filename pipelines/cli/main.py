@@ -12,6 +12,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import click  # noqa: E402
 
 from pipelines.cli.compare import compare  # noqa: E402
+from pipelines.cli.config import config  # noqa: E402
 from pipelines.cli.data import data  # noqa: E402
 from pipelines.cli.jobs import jobs, submit  # noqa: E402
 from pipelines.cli.run import evaluate, train  # noqa: E402
@@ -29,6 +30,7 @@ cli.add_command(train)
 cli.add_command(evaluate)
 cli.add_command(tune)
 cli.add_command(compare)
+cli.add_command(config)
 cli.add_command(submit)
 cli.add_command(jobs)
 
