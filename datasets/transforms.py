@@ -103,13 +103,16 @@ class Blur(_Strict):
 class AugmentConfig(_Strict):
     """Augmentation settings (the config's ``data.augment`` section); only ``hflip`` is on by default.
 
-    Training order: flip -> scale -> rotate -> crop/pad -> resize, then photometric on rgb.
+    Training order: flip -> scale -> zoom -> rotate -> crop/pad -> resize, then photometric on rgb.
     Evaluation (``train=False``) applies ``resize`` only.
     """
 
     hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
     vflip: float = Field(0.0, ge=0, le=1, description="probability of a vertical flip")
     scale: tuple[float, float] | None = Field(None, description="random isotropic scale (min, max)")
+    zoom: tuple[float, ...] | None = Field(
+        None, description="zoom about the image centre by a factor drawn from this list, keeping the image size"
+    )
     rotate: Rotate | None = None
     crop: tuple[PositiveInt, PositiveInt] | None = Field(None, description="random crop (H, W), padded if larger")
     resize: tuple[PositiveInt, PositiveInt] | None = Field(None, description="final resize (H, W), train and eval")
@@ -126,6 +129,12 @@ class AugmentConfig(_Strict):
                 raise ValueError(
                     "scale changes the image size per sample; set crop or resize so a batch shares one size"
                 )
+        if self.zoom is not None:
+            if not self.zoom:
+                raise ValueError("zoom must list at least one factor, e.g. [1.0, 1.2, 1.5]")
+            bad = [z for z in self.zoom if not 1e-3 <= z <= 1e3]
+            if bad:
+                raise ValueError(f"zoom factors must lie in [0.001, 1000], got {bad}")
         return self
 
 
@@ -172,6 +181,12 @@ def sample_warp(cfg: AugmentConfig, train: bool, hw: tuple[int, int], rng: np.ra
             s = rng.uniform(*cfg.scale)
             nh, nw = max(1, round(h * s)), max(1, round(w * s))
             m, h, w = resize_matrix(h, w, nh, nw) @ m, nh, nw
+        if cfg.zoom is not None:
+            # The official ScaleNRotate with fixed scales and rots=[0]: a zoom about the centre, same size.
+            z = float(cfg.zoom[int(rng.integers(len(cfg.zoom)))])
+            cx, cy = (w - 1) / 2, (h - 1) / 2
+            zoom = np.array([[z, 0, 0], [0, z, 0], [0, 0, 1]], dtype=np.float64)
+            m = translation_matrix(cx, cy) @ zoom @ translation_matrix(-cx, -cy) @ m
         if cfg.rotate is not None and rng.random() < cfg.rotate.p:
             m = rotation_matrix(h, w, rng.uniform(-cfg.rotate.degrees, cfg.rotate.degrees)) @ m
         if cfg.crop is not None:

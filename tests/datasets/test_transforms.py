@@ -137,6 +137,30 @@ def test_intrinsics_follow_scale_then_crop():
     assert out["depth"].shape == (5, 6)
 
 
+def test_zoom_draws_a_listed_factor_and_zooms_about_the_centre_keeping_the_size():
+    # The official NYUD augmentation: ScaleNRotate(rots=[0], scales=[1.0, 1.2, 1.5]), the size unchanged.
+    cols = np.tile(np.arange(9, dtype=np.uint8), (9, 1))  # label = column index
+    s = {"semseg": cols, "meta": {"id": "z", "intrinsics": [10.0, 10.0, 4.0, 4.0]}}
+    tf = build_transform({"hflip": 0.0, "zoom": [1.0, 2.0]}, train=True)
+    seen = {}
+    for seed in range(40):
+        out = tf(s, seed)
+        assert out["semseg"].shape == (9, 9)
+        seen[int(out["semseg"][4, 0])] = out
+    assert sorted(seen) == [0, 2]  # both factors drawn: column 0 reads column 0 (x1) or column 2 (x2)
+    np.testing.assert_array_equal(seen[0]["semseg"], cols)
+    # x2 about the centre (4, 4): output column x reads input column 4 + (x - 4) / 2.
+    np.testing.assert_array_equal(seen[2]["semseg"][:, ::2], np.tile(np.array([2, 3, 4, 5, 6], np.uint8), (9, 1)))
+    assert seen[2]["meta"]["intrinsics"] == pytest.approx([20.0, 20.0, 4.0, 4.0])
+    assert build_transform({"zoom": [1.5]}, train=False)(s, 0)["semseg"].tolist() == cols.tolist()  # eval: off
+
+
+@pytest.mark.parametrize("zoom, message", [([], "at least one factor"), ([1.0, 0.0], r"\[0.001, 1000\], got \[0.0\]")])
+def test_zoom_config_errors(zoom, message):
+    with pytest.raises(pydantic.ValidationError, match=message):
+        AugmentConfig(zoom=zoom)
+
+
 # ---------------------------------------------------------------- invalid values and padding
 @pytest.mark.parametrize("seed", range(6))
 def test_depth_and_labels_are_never_interpolated(seed):
