@@ -7,6 +7,12 @@ interrupted build never leaves a directory that looks complete, and an existing 
 destination survives a failed rebuild untouched. A build that was killed (no chance to clean up) leaves
 its hidden ``.NAME.tmp-PID`` directory behind: the next build of the same output removes those whose
 process is gone (:func:`clean_up_killed_builds`).
+
+With ``workers > 1`` samples are loaded and encoded in that many processes while this process writes
+them, in key order, into the shards: at most ``max_pending`` samples (``2 × workers`` unless given) are
+in flight or encoded and waiting, so memory stays bounded however large the dataset, and the bytes do
+not depend on the number of workers. Progress is a tqdm bar on a terminal, otherwise one line on stderr
+every ``log_every`` seconds.
 """
 
 from __future__ import annotations
@@ -18,7 +24,11 @@ import os
 import re
 import shutil
 import sys
+import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -62,44 +72,112 @@ def _encode_in_worker(job: tuple[str, str]) -> dict[str, bytes]:
     return _encode(_WORKER_SOURCE, *job)
 
 
-def _encoded(source: Source, split: str, keys: list[str], workers: int) -> Iterator[dict[str, bytes]]:
-    jobs = [(split, k) for k in keys]
-    if workers <= 1 or len(jobs) < 2 * workers:
-        for job in jobs:
-            yield _encode(source, *job)
+def _encoded(source: Source, split: str, keys: list[str], workers: int, max_pending: int) -> Iterator[dict[str, bytes]]:
+    """The encoded samples of ``keys``, in order; with ``workers > 1`` encoded by a process pool.
+
+    At most ``max_pending`` samples are submitted and not yet handed on, so a writer slower than the
+    workers holds a bounded number of encoded samples in memory. A worker that dies (killed, out of
+    memory) makes the pool raise ``BrokenProcessPool`` instead of waiting forever.
+    """
+    if workers <= 1 or len(keys) < 2:
+        for key in keys:
+            yield _encode(source, split, key)
         return
-    # fork keeps the source's state without pickling it per task; order is preserved by imap.
+    # fork keeps the source's state without pickling it; results are taken in submission order.
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(source,)) as pool:
-        yield from pool.imap(_encode_in_worker, jobs, chunksize=4)
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(source,)) as pool:
+        pending: deque[tuple[str, Future[dict[str, bytes]]]] = deque()
+        try:
+            for key in keys:
+                pending.append((key, pool.submit(_encode_in_worker, (split, key))))
+                if len(pending) >= max_pending:
+                    yield _result(source, split, *pending.popleft())
+            while pending:
+                yield _result(source, split, *pending.popleft())
+        finally:
+            for _, fut in pending:  # a failed sample or a closed generator: drop the rest of the queue
+                fut.cancel()
+
+
+def _result(source: Source, split: str, key: str, fut: Future[dict[str, bytes]]) -> dict[str, bytes]:
+    try:
+        return fut.result()
+    except BrokenProcessPool as e:
+        raise SourceError(
+            f"{source.name} {split}/{key}: a worker process died while encoding (killed, or out of memory); "
+            "nothing was written: rerun, with fewer --workers if memory is short"
+        ) from e
+
+
+class _Progress:
+    """A tqdm bar (``bar``), else one line on stderr every ``log_every`` seconds (None: silent)."""
+
+    def __init__(self, total: int, desc: str, bar: bool, log_every: float | None) -> None:
+        self.total, self.desc, self.done = total, desc, 0
+        self.bar = tqdm(total=total, desc=desc, unit="sample") if bar else None
+        self.log_every = None if bar else log_every
+        self.start = self.last = time.monotonic()
+        self.logged = 0  # the count of the last line printed
+
+    def update(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        elif self.log_every is not None:
+            now = time.monotonic()
+            if now - self.last >= self.log_every:
+                self.last = now
+                self._line(now)
+
+    def _line(self, now: float) -> None:
+        self.logged = self.done
+        rate = self.done / max(now - self.start, 1e-9)
+        pct = 100.0 * self.done / max(self.total, 1)
+        print(f"{self.desc}: {self.done}/{self.total} samples ({pct:.1f}%), {rate:.1f} samples/s", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.log_every is not None and 0 < self.logged < self.done:
+            self._line(time.monotonic())  # the final count, when an earlier line showed less
 
 
 def _write_split(
-    source: Source, split: str, tmp_root: Path, shard_size: int, workers: int, progress: bool
+    source: Source,
+    split: str,
+    tmp_root: Path,
+    shard_size: int,
+    workers: int,
+    progress: bool,
+    log_every: float | None = None,
+    max_pending: int | None = None,
 ) -> dict[str, Any]:
     keys = [check_key(k, f"{source.name} {split}") for k in source.keys(split)]
     if len(set(keys)) != len(keys):
         raise SourceError(f"{source.name} {split}: duplicate sample keys")
     (tmp_root / split).mkdir(parents=True, exist_ok=True)
     shards: list[dict[str, Any]] = []
-    bar = tqdm(total=len(keys), desc=f"{source.name}/{split}", unit="sample", disable=not progress)
-    encoded = _encoded(source, split, keys, workers)
-    for start in range(0, len(keys), shard_size):
-        rel = f"{split}/shard-{len(shards):06d}.tar"
-        buf = io.BytesIO()
-        count = 0
-        with wds.TarWriter(buf, encoder=False, mtime=TAR_MTIME, user=TAR_USER, group=TAR_USER) as tw:
-            for key in keys[start : start + shard_size]:
-                members = next(encoded)
-                tw.write({"__key__": key, **members})
-                count += 1
-                bar.update(1)
-        data = buf.getvalue()
-        (tmp_root / rel).write_bytes(data)
-        shards.append(
-            {"path": rel, "num_samples": count, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        )
-    bar.close()
+    bar = _Progress(len(keys), f"{source.name}/{split}", progress, log_every)
+    encoded = _encoded(source, split, keys, workers, max_pending or 2 * workers)
+    try:
+        for start in range(0, len(keys), shard_size):
+            rel = f"{split}/shard-{len(shards):06d}.tar"
+            buf = io.BytesIO()
+            count = 0
+            with wds.TarWriter(buf, encoder=False, mtime=TAR_MTIME, user=TAR_USER, group=TAR_USER) as tw:
+                for key in keys[start : start + shard_size]:
+                    members = next(encoded)
+                    tw.write({"__key__": key, **members})
+                    count += 1
+                    bar.update()
+            data = buf.getvalue()
+            (tmp_root / rel).write_bytes(data)
+            shards.append(
+                {"path": rel, "num_samples": count, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            )
+    finally:
+        encoded.close()  # on an error: stop the workers before the temporary directory is removed
+        bar.close()
     return {"num_samples": len(keys), "shards": shards}
 
 
@@ -173,10 +251,23 @@ def write_dataset(
     shard_size: int = 256,
     workers: int = 1,
     progress: bool | None = None,
+    log_every: float | None = None,
+    max_pending: int | None = None,
 ) -> dict[str, Any]:
-    """Write every split of ``source`` to ``out`` atomically; returns the manifest."""
+    """Write every split of ``source`` to ``out`` atomically; returns the manifest.
+
+    ``workers`` processes load and encode samples (1: this process); ``max_pending`` bounds the samples
+    in flight (default ``2 × workers``). ``progress``: a tqdm bar (default: when stderr is a terminal);
+    without one, ``log_every`` seconds between progress lines on stderr (None: none).
+    """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if max_pending is not None and max_pending < 1:
+        raise ValueError(f"max_pending must be >= 1, got {max_pending}")
+    if log_every is not None and not log_every > 0:
+        raise ValueError(f"log_every must be > 0 seconds, got {log_every}")
     out = Path(out)
     clean_up_killed_builds(out)
     if out.exists() and not out.is_dir():
@@ -194,7 +285,10 @@ def write_dataset(
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        splits = {s: _write_split(source, s, tmp, shard_size, workers, progress) for s in source.splits()}
+        splits = {
+            s: _write_split(source, s, tmp, shard_size, workers, progress, log_every, max_pending)
+            for s in source.splits()
+        }
         manifest = build_manifest(source, splits)
         mf.write_atomic(tmp / mf.MANIFEST, mf.dumps(manifest))
         _replace_dir(tmp, out)

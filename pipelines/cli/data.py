@@ -6,7 +6,6 @@ The components are imported inside each command, not at the top: they load torch
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,15 +44,28 @@ def _import_plugins(plugins: tuple[str, ...], as_json: bool) -> None:
         fail(str(e), as_json, code=2)
 
 
+_PROGRESS_EVERY = "fusionpipe.progress_every"
+
+
 def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = _plugin(fn)
     fn = click.option("--json", "as_json", is_flag=True, help="print one JSON object (the manifest summary)")(fn)
     fn = click.option(
+        "--progress-every",
+        type=click.FloatRange(min=0, min_open=True),
+        default=10.0,
+        show_default=True,
+        metavar="SECONDS",
+        expose_value=False,  # every build command has it; _write reads it from the context
+        callback=lambda ctx, _param, value: ctx.meta.__setitem__(_PROGRESS_EVERY, value),
+        help="when stderr is not a terminal (no progress bar): one progress line every SECONDS",
+    )(fn)
+    fn = click.option(
         "--workers",
         type=click.IntRange(min=1),
-        default=min(4, os.cpu_count() or 1),
+        default=1,
         show_default=True,
-        help="processes that render/encode samples",
+        help="processes that load and encode samples; one writer keeps the shards in order, same bytes for any N",
     )(fn)
     fn = click.option(
         "--shard-size", type=click.IntRange(min=1), default=256, show_default=True, help="samples per tar shard"
@@ -82,7 +94,13 @@ def _write(
     _import_plugins(plugins, as_json)
     try:
         source = source_factory()
-        manifest = write_dataset(source, out, shard_size=shard_size, workers=workers)
+        manifest = write_dataset(
+            source,
+            out,
+            shard_size=shard_size,
+            workers=workers,
+            log_every=click.get_current_context().meta.get(_PROGRESS_EVERY, 10.0),
+        )
     except (SourceError, ValueError, FileNotFoundError, FileExistsError) as e:  # the input or the output path
         fail(str(e), as_json, code=2)
         return

@@ -198,3 +198,91 @@ def test_a_build_killed_while_swapping_datasets_gets_the_previous_one_back(tmp_p
     shutil.copytree(out, tmp_path / f".ds.old-{dead}")
     assert clean_up_killed_builds(out) == [tmp_path / f".ds.old-{dead}"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"] and manifest_digest(out) == before
+
+
+class _CountingSource(ToySource):
+    """Counts its loads in memory shared with forked workers."""
+
+    def __init__(self, counter, **kw):
+        super().__init__(**kw)
+        self.counter = counter
+
+    def load(self, split, key):
+        with self.counter.get_lock():
+            self.counter.value += 1
+        return super().load(split, key)
+
+
+def test_parallel_build_holds_at_most_max_pending_samples():
+    import multiprocessing as mp
+
+    from datasets.writer import _encoded
+
+    counter = mp.get_context("fork").Value("i", 0)
+    source = _CountingSource(counter, num_train=40)
+    keys = source.keys("train")
+    gen = _encoded(source, "train", keys, workers=2, max_pending=3)
+    first = next(gen)
+    time.sleep(1.0)  # the workers would run ahead here if nothing bounded them
+    assert first == _encoded(ToySource(), "train", keys[:1], workers=1, max_pending=1).__next__()
+    assert 1 <= counter.value <= 4  # the sample handed on plus at most 3 submitted
+    rest = list(gen)
+    assert len(rest) == 39 and counter.value == 40
+
+
+def test_parallel_build_gives_the_same_bytes_for_any_worker_count(tmp_path):
+    one = write_dataset(ToySource(num_train=21), tmp_path / "one", shard_size=5, progress=False, workers=1)
+    two = write_dataset(ToySource(num_train=21), tmp_path / "two", shard_size=5, progress=False, workers=2)
+    three = write_dataset(
+        ToySource(num_train=21), tmp_path / "three", shard_size=5, progress=False, workers=3, max_pending=1
+    )
+    sha = [[s["sha256"] for s in m["splits"]["train"]["shards"]] for m in (one, two, three)]
+    assert sha[0] == sha[1] == sha[2] and len(sha[0]) == 5
+
+
+def test_a_failing_sample_in_a_worker_is_the_named_error_and_leaves_nothing(tmp_path):
+    with pytest.raises(SourceError, match=r"val/val0004: semseg class id 9 out of range"):
+        write_dataset(_BadAt(num_val=12), tmp_path / "out", shard_size=4, progress=False, workers=2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_progress_lines_without_a_terminal(tmp_path, capsys, monkeypatch):
+    clock = iter(float(t) for t in range(1000))
+    monkeypatch.setattr("datasets.writer.time.monotonic", lambda: next(clock))
+    write_dataset(ToySource(num_train=4, num_val=2), tmp_path / "out", progress=False, log_every=2.0)
+    lines = capsys.readouterr().err.splitlines()
+    # monotonic() ticks one second per call: a line every second sample; train's last line is its total
+    assert lines == [
+        "toy/train: 2/4 samples (50.0%), 1.0 samples/s",
+        "toy/train: 4/4 samples (100.0%), 1.0 samples/s",
+        "toy/val: 2/2 samples (100.0%), 1.0 samples/s",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"workers": 0}, "workers must be >= 1, got 0"),
+        ({"max_pending": 0}, "max_pending must be >= 1, got 0"),
+        ({"log_every": 0.0}, "log_every must be > 0 seconds, got 0.0"),
+    ],
+)
+def test_bad_build_options_are_named(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        write_dataset(ToySource(), tmp_path / "out", progress=False, **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+class _DiesAt(ToySource):
+    def load(self, split, key):
+        if key == "train0005" and os.getpid() != self.parent:
+            os._exit(1)  # a worker killed mid-sample (as by the OOM killer)
+        return super().load(split, key)
+
+
+def test_a_worker_that_dies_is_a_named_error_and_leaves_nothing(tmp_path):
+    source = _DiesAt(num_train=12)
+    source.parent = os.getpid()
+    with pytest.raises(SourceError, match=r"toy train/train\d{4}: a worker process died while encoding"):
+        write_dataset(source, tmp_path / "out", shard_size=4, progress=False, workers=2)
+    assert list(tmp_path.iterdir()) == []
