@@ -22,7 +22,8 @@ def data() -> None:
 
 @data.group()
 def build() -> None:
-    """Build a shard dataset from a SOURCE (synthetic, nyud-mt, nyud-cen, nyud-mat, folder, cityscapes, ade20k, pascal-context)."""
+    """Build a shard dataset from a SOURCE (synthetic, nyud-mt, nyud-cen, nyud-mat, folder, cityscapes, ade20k, pascal-context,
+    pascal-mt, sunrgbd)."""
 
 
 _plugin = click.option(
@@ -481,3 +482,81 @@ def build_pascal_context(
     from datasets.sources.pascal_context import PascalContextSource
 
     _write(lambda: PascalContextSource(root=root, labels=labels), out, shard_size, workers, as_json, plugins)
+
+
+@build.command("pascal-mt")
+@_common
+@_root
+def build_pascal_mt(
+    out: Path,
+    shard_size: int,
+    workers: int,
+    as_json: bool,
+    plugins: tuple[str, ...],
+    root: str,
+) -> None:
+    """PASCAL_MT (MTI-Net's PASCAL-Context multi-task set): semseg (21), human parts (7), saliency, normals, edges."""
+    from datasets.sources.pascal_mt import PascalMtSource
+
+    _write(lambda: PascalMtSource(root=root), out, shard_size, workers, as_json, plugins)
+
+
+@build.command("sunrgbd")
+@_common
+@_root
+@_intrinsics
+@click.option("--train-list", default=None, help="split list (default ROOT/train.txt)")
+@click.option("--test-list", default=None, help="split list (default ROOT/test.txt)")
+@click.option(
+    "--label-base",
+    type=click.IntRange(0, 1),
+    default=0,
+    show_default=True,
+    help="0: mask ids 0..36 and 255 = ignore (CEN); 1: 0 = void and 1..37 (the SUN RGB-D toolbox)",
+)
+@click.option(
+    "--depth-encoding",
+    type=click.Choice(["sunrgbd", "linear"]),
+    default="sunrgbd",
+    show_default=True,
+    help="sunrgbd: the toolbox's PNGs (value rotated by 3 bits, millimetres); linear: value × --depth-unit",
+)
+@click.option(
+    "--depth-unit", type=float, default=0.001, show_default=True, help="metres per PNG unit (linear encoding)"
+)
+@click.option("--edges/--no-edges", default=False, show_default=True, help="derive edge.png from the masks")
+def build_sunrgbd(
+    out: Path,
+    shard_size: int,
+    workers: int,
+    as_json: bool,
+    plugins: tuple[str, ...],
+    root: str,
+    intrinsics: str | None,
+    train_list: str | None,
+    test_list: str | None,
+    label_base: int,
+    depth_encoding: str,
+    depth_unit: float,
+    edges: bool,
+) -> None:
+    """SUN RGB-D 37 classes in CEN's layout: rgb/, depth/, masks/ listed in train.txt / test.txt."""
+    from datasets.sources.sunrgbd import SunrgbdSource
+
+    _write(
+        lambda: SunrgbdSource(
+            root=root,
+            train_list=train_list,
+            test_list=test_list,
+            label_base=label_base,
+            depth_encoding=depth_encoding,
+            depth_unit=depth_unit,
+            edges=edges,
+            intrinsics=intrinsics,
+        ),
+        out,
+        shard_size,
+        workers,
+        as_json,
+        plugins,
+    )
