@@ -9,6 +9,7 @@ from fusion.metrics.depth import DepthMetric
 from fusion.metrics.edge import EdgeMetric
 from fusion.metrics.multitask import DELTA_M_DIRECTIONS, MetricSet, build_metric, delta_m
 from fusion.metrics.normals import NormalsMetric
+from fusion.metrics.perclass import PerClassMetric
 from fusion.metrics.semseg import SegmentationMetric
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "Metric",
     "MetricSet",
     "NormalsMetric",
+    "PerClassMetric",
     "SegmentationMetric",
     "build_metric",
     "delta_m",

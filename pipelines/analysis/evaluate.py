@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,13 @@ from datasets.loader import ShardStream, make_loader
 from datasets.manifest import write_atomic
 from datasets.transforms import build_transform
 from fusion import build_model
-from fusion.metrics import DELTA_M_DIRECTIONS, MetricSet, delta_m
+from fusion.metrics import DELTA_M_DIRECTIONS, MetricSet, PerClassMetric, delta_m
 from pipelines.analysis.compare import require_store, union_of_references
+from pipelines.analysis.eval_report import log_to_run, pictures
 from pipelines.checkpoints import CheckpointError, check_compatible, load_model_state, read_meta
 from pipelines.config import ConfigError, ExperimentConfig, model_config
 from pipelines.jsonio import dumps
+from pipelines.progress import Progress, progress_every_s
 from pipelines.storage import copy_to_local, is_uri
 from pipelines.track.data_versions import resolve_data_rev
 from pipelines.track.redact import redact_url_password, restore_secrets
@@ -202,10 +205,17 @@ def run_evaluate(
     out: str | os.PathLike[str] | None = None,
     baselines: bool = False,
     device: str = "auto",
+    log_run: bool = False,
 ) -> dict[str, Any]:
+    """Exact metrics of a checkpoint on ``split`` and, with semseg among the tasks, per class (IoU with
+    the manifest's class names, depth RMSE and normals angle per target class, the confusion matrix).
+    ``out`` gets the JSON and, beside it, the pictures (``<stem>.confusion.png``, ``<stem>.per_class.png``);
+    ``log_run`` writes all of it into the MLflow run that trained the checkpoint
+    (:func:`pipelines.analysis.eval_report.log_to_run`)."""
     if (checkpoint is None) == (run_id is None):
         raise ConfigError("give exactly one of --checkpoint and --run-id")
     dev = resolve_device(device)
+    every_s = progress_every_s()
 
     cfg = resolve_data_rev(cfg)  # data.rev: the shards as they were at that git revision
     manifest = validate_experiment(cfg)
@@ -246,6 +256,7 @@ def run_evaluate(
         num_workers=0,
         transform=build_transform(cfg.data.augment, train=False),
     )  # `resize`, as in validation
+    per_class = PerClassMetric(len(manifest["classes"]), want["tasks"]) if "semseg" in want["tasks"] else None
     metrics = evaluate(
         model.to(dev),
         make_loader(stream, pin_memory=dev.type == "cuda"),
@@ -254,6 +265,10 @@ def run_evaluate(
         dev,
         amp=cfg.train.amp,
         edge_max_dist=cfg.data.edge_max_dist,
+        per_class=per_class,
+        progress=Progress(
+            f"evaluate {split}", -(-len(stream) // stream.batch_size), _say, every_s, unit="batch", final=True
+        ),
     )
     flat = {k[len("val/") :]: v for k, v in metrics.items()}
     result: dict[str, Any] = {
@@ -265,6 +280,10 @@ def run_evaluate(
         "device": str(dev),
         "metrics": flat,
     }
+    if per_class is not None:
+        result.update(
+            {("per_class" if k == "classes" else k): v for k, v in per_class.report(manifest["classes"]).items()}
+        )
     if baselines:
         ref = trivial_baselines(cfg, len(manifest["classes"]), split)
         result["trivial_baselines"] = ref
@@ -280,8 +299,23 @@ def run_evaluate(
         except ValueError as e:
             raise ConfigError(f"--baseline-run {', '.join(baseline_runs or [])}: {e}") from e
         result["baseline_runs"] = list(baseline_runs or [])
+    images = pictures(result) if out is not None or log_run else {}
     if out is not None:
         p = Path(out)
         p.parent.mkdir(parents=True, exist_ok=True)
+        for name, data in images.items():
+            write_atomic(p.with_name(f"{p.stem}.{name}"), data)
         write_atomic(p, (dumps(result, indent=2, sort_keys=True) + "\n").encode())  # NaN -> null: strict JSON
+    if log_run:
+        logged_to = run_id or meta.get("mlflow_run_id")
+        if not logged_to:
+            raise ConfigError(
+                f"--log-to-run: checkpoint {checkpoint} names no MLflow run (meta.json has no mlflow_run_id)"
+            )
+        result["logged_to_run"] = logged_to
+        result["logged_metrics"] = log_to_run(cfg.tracking.uri, logged_to, result, images)
     return result
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

@@ -132,6 +132,12 @@ def _best_from_summary(path: str, as_json: bool) -> str:
     show_default=True,
     help="auto (the GPU when there is one), cpu, cuda or cuda:N; bf16 autocast on GPU with train.amp",
 )
+@click.option(
+    "--log-to-run",
+    "log_run",
+    is_flag=True,
+    help="also log eval/<split>/* metrics and the pictures into the MLflow run that trained the checkpoint",
+)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @tracking_store_errors
 def evaluate(
@@ -145,9 +151,10 @@ def evaluate(
     out: Path | None,
     trivial_baselines: bool,
     device: str,
+    log_run: bool,
     as_json: bool,
 ) -> None:
-    """Evaluate a checkpoint on a split with exact metrics."""
+    """Evaluate a checkpoint on a split with exact metrics, per class too."""
     from pipelines.analysis.evaluate import run_evaluate
     from pipelines.checkpoints import CheckpointError
     from pipelines.config import ConfigError
@@ -167,6 +174,7 @@ def evaluate(
             out=out,
             baselines=trivial_baselines,
             device=device,
+            log_run=log_run,
         )
     except (ConfigError, CheckpointError) as e:
         fail(str(e), as_json, code=2)
@@ -182,6 +190,18 @@ def evaluate(
         lines.append(f"  {k:28s} {v:.3f}")
     if "delta_m" in result:
         lines.append(f"  delta_m vs {len(baseline_runs)} reference run(s): {result['delta_m']:+.2f}%")
+    for name, row in result.get("per_class", {}).items():
+        values = "  ".join(f"{k} {row[k]:.4f}" for k in ("iou", "depth_rmse", "normals_mean") if k in row)
+        lines.append(f"  class {name:22s} {values}")
     if out:
-        lines.append(f"  written to {out}")
+        beside = (
+            f" (pictures beside it: {out.stem}.confusion.png, {out.stem}.per_class.png)"
+            if "confusion" in result
+            else ""
+        )
+        lines.append(f"  written to {out}{beside}")
+    if "logged_to_run" in result:
+        lines.append(
+            f"  logged {result['logged_metrics']} eval/ metrics and the pictures to MLflow run {result['logged_to_run']}"
+        )
     emit(result, as_json, "\n".join(lines))
