@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from datasets.manifest import write_atomic
+from fusion import build_model
 from fusion.registry import upgrade_model_config
 from pipelines.jsonio import dumps
 
@@ -119,6 +120,34 @@ def verify_checkpoint(directory: str | os.PathLike[str], require: tuple[str, ...
         if (d / TRAIN_STATE).is_file():
             _load(d, TRAIN_STATE, meta)
     return {k: v for k, v in meta.items() if k not in INTEGRITY_KEYS}
+
+
+def build_checkpoint_model(model_config: dict[str, Any]) -> nn.Module:
+    """The model a checkpoint's ``model_config`` describes, built without loading ``model.pretrained``: the
+    checkpoint's ``model.pt`` holds every weight, and the ImageNet file may not exist where it is loaded."""
+    return build_model({**model_config, "pretrained": None})
+
+
+def write_weights_only(
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], extra: dict[str, Any] | None = None
+) -> Path:
+    """A copy of checkpoint ``src`` in ``dst`` without ``train_state.pt`` (the optimizer state, twice the
+    size of the weights with Adam): ``model.pt`` byte for byte and a meta.json that records only it, plus
+    ``weights_only: true`` and the keys of ``extra``. It loads and verifies like any checkpoint; a training
+    run cannot resume from it."""
+    s, d = Path(src), Path(dst)
+    meta = _read_meta(s)
+    data = _read_file(s, MODEL, meta)
+    d.mkdir(parents=True, exist_ok=True)
+    write_atomic(d / MODEL, data)
+    (d / TRAIN_STATE).unlink(missing_ok=True)
+    body = {k: v for k, v in meta.items() if k not in INTEGRITY_KEYS}
+    body.update({**(extra or {}), "weights_only": True, "checkpoint_format": FORMAT})
+    body["files"] = {MODEL: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}}
+    body = json.loads(dumps(body))
+    body["meta_sha256"] = hashlib.sha256(_canonical(body).encode()).hexdigest()
+    write_atomic(d / META, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode())
+    return d
 
 
 def check_compatible(meta_model: dict[str, Any], want: dict[str, Any], where: str) -> None:

@@ -15,6 +15,7 @@ from pipelines.cli.compare import compare  # noqa: E402
 from pipelines.cli.config import config  # noqa: E402
 from pipelines.cli.data import data  # noqa: E402
 from pipelines.cli.jobs import jobs, submit  # noqa: E402
+from pipelines.cli.predict import predict  # noqa: E402
 from pipelines.cli.run import evaluate, train  # noqa: E402
 from pipelines.cli.tune import tune  # noqa: E402
 
@@ -28,6 +29,7 @@ def cli() -> None:
 cli.add_command(data)
 cli.add_command(train)
 cli.add_command(evaluate)
+cli.add_command(predict)
 cli.add_command(tune)
 cli.add_command(compare)
 cli.add_command(config)
