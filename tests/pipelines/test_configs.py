@@ -37,6 +37,8 @@ def test_config_builds_and_trains_one_step(path):
         "depth": torch.rand(2, 1, 64, 64) * 5,
         "normals": torch.nn.functional.normalize(torch.randn(2, 3, 64, 64), dim=1),
         "edge": (torch.rand(2, 1, 64, 64) > 0.9).float(),
+        "parts": torch.randint(0, 7, (2, 64, 64)),  # PASCAL-MT's extra tasks
+        "sal": (torch.rand(2, 1, 64, 64) > 0.5).float(),
     }
     out = model({m: x[m] for m in cfg.data.modalities})
     loss, parts = MultiTaskLoss(mcfg["tasks"], cfg.loss.weights, ohem=cfg.loss.ohem)(out, targets, model)
