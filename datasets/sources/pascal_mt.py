@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import scipy.io
-from scipy import ndimage
 from scipy.io.matlab import MatReadError
 
 from datasets.codec import DEPTH_SCALE
@@ -111,8 +110,8 @@ NORMALS_VALID_CONTEXT_IDS = frozenset(
 )  # fmt: skip
 
 _SPLITS = ("train", "val")
-# The thinning look-up tables below are built once, at import.
-_NEIGHBOUR_WEIGHTS = np.array([[8, 4, 2], [16, 0, 1], [32, 64, 128]], dtype=np.uint8)
+# Neighbour weights of a pixel's 8-bit neighbourhood code (skimage's mask), as ``_neighbour_codes`` adds them:
+# [[NW 8, N 4, NE 2], [W 16, -, E 1], [SW 32, S 64, SE 128]]. The thinning tables are built once, at import.
 
 
 def _thin_luts() -> tuple[np.ndarray, np.ndarray]:
@@ -144,6 +143,22 @@ def _thin_luts() -> tuple[np.ndarray, np.ndarray]:
 _THIN_LUTS = _thin_luts()
 
 
+def _neighbour_codes(skel: np.ndarray) -> np.ndarray:
+    """The 8-bit neighbourhood code of every pixel of a {0, 1} uint8 map, 0 outside it, as eight shifted ORs:
+    what ``ndimage.correlate(skel, weights, mode="constant")`` gives, several times faster."""
+    p = np.pad(skel, 1)
+    return (
+        p[1:-1, 2:]  # E = 1
+        | (p[:-2, 2:] << 1)  # NE
+        | (p[:-2, 1:-1] << 2)  # N
+        | (p[:-2, :-2] << 3)  # NW
+        | (p[1:-1, :-2] << 4)  # W
+        | (p[2:, :-2] << 5)  # SW
+        | (p[2:, 1:-1] << 6)  # S
+        | (p[2:, 2:] << 7)  # SE = 128
+    )
+
+
 def thin(mask: np.ndarray) -> np.ndarray:
     """Morphological thinning of a binary map to one-pixel lines, as ``skimage.morphology.thin``
     (the official loader's ``thin``): both sub-iterations repeated until no pixel changes."""
@@ -152,8 +167,7 @@ def thin(mask: np.ndarray) -> np.ndarray:
     while before != after:
         before = after
         for lut in _THIN_LUTS:
-            codes = ndimage.correlate(skel, _NEIGHBOUR_WEIGHTS, mode="constant")
-            skel[np.take(lut, codes)] = 0
+            skel[np.take(lut, _neighbour_codes(skel))] = 0
         after = int(skel.sum())
     return skel.astype(bool)
 
