@@ -385,3 +385,24 @@ def test_sunrgbd_bad_input_is_a_named_error_and_writes_nothing(tmp_path, case):
     payload = json.loads(result.stdout)
     assert result.exit_code == 2 and payload["ok"] is False and re.search(message, payload["error"])
     assert [p.name for p in tmp_path.iterdir()] == ["sun"]
+
+
+@pytest.mark.parametrize("option", ["--workers", "--progress-every"])
+def test_build_refuses_a_zero_option_naming_it(tmp_path, option):
+    write_pascal(tmp_path / "P", train=("2008_000001",), val=("2010_000002",))
+    result = run_cli("pascal-mt", "--root", tmp_path / "P", "--out", tmp_path / "out", option, 0)
+    assert result.exit_code == 2 and option in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_build_progress_lines_name_the_converter_and_split(tmp_path):
+    write_pascal(tmp_path / "P")
+    result = CliRunner().invoke(
+        cli,
+        ["data", "build", "pascal-mt", "--root", str(tmp_path / "P"), "--out", str(tmp_path / "o")]
+        + ["--progress-every", "0.000001"],
+    )
+    assert result.exit_code == 0, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("pascal-mt/")]
+    assert lines[0].startswith("pascal-mt/train: 1/3 samples (33.3%), ")
+    assert lines[-1].startswith("pascal-mt/val: 2/2 samples (100.0%), ")
