@@ -1,5 +1,11 @@
-"""Compare MLflow runs: one row per run, the params that differ, final and best ``val/*`` metrics,
-training time, data version, the code versions that differ, and Δm of multi-task runs against single-task references.
+"""Compare MLflow runs: one row per run, the params that differ, final and best values of the chosen
+metrics, training time, data version, the code versions that differ, and Δm of multi-task runs against
+single-task references.
+
+Which runs: the FINISHED runs of an experiment or sweep unless other statuses are asked for, narrowed by
+an MLflow search filter string if given; run ids given one by one are compared whatever their status.
+Which metrics: by default each task's headline metric (the one it enters Δm with) and each run's
+checkpoint metric (param ``checkpoint.metric``); glob patterns or every ``val/`` metric on request.
 
 Δm follows MTI-Net (Vandenhende et al. ECCV 2020, section 4.1; Maninis et al. CVPR 2019):
 ``Δm = 100/T * sum_t (-1)^{l_t} (M_m,t - M_b,t) / M_b,t``. Besides the total (computed by
@@ -21,6 +27,7 @@ import io
 import math
 import os
 from collections.abc import Iterable
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +44,13 @@ PAGE_SIZE = 1000
 LOWER_LEAVES = ("rmse", "log_rmse", "abs_rel", "mean", "median")
 DIGEST_TAG = "data.manifest_digest"
 SHORT_DIGEST = 12
+#: MLflow's run statuses; ``compare`` keeps the FINISHED runs of an experiment or sweep by default.
+RUN_STATUSES = ("FINISHED", "RUNNING", "SCHEDULED", "FAILED", "KILLED")
+DEFAULT_STATUSES = ("FINISHED",)
+CHECKPOINT_METRIC_PARAM = "checkpoint.metric"
+#: Bar and curve panels: at most this many per row of a figure (a task with more metrics wraps).
+MAX_PANELS_PER_ROW = 4
+NAME_CHARS = 18
 
 
 class CompareError(ValueError):
@@ -68,16 +82,22 @@ def metric_direction(key: str) -> str:
 
 
 def fetch_runs(
-    client: Any, experiment: str | None = None, run_ids: Iterable[str] = (), sweep: str | None = None
+    client: Any,
+    experiment: str | None = None,
+    run_ids: Iterable[str] = (),
+    sweep: str | None = None,
+    filter_string: str | None = None,
 ) -> list[Any]:
     """All training runs of ``experiment`` (oldest first; a sweep's parent run holds no epochs and is
     left out), the runs ``run_ids`` in the given order, or the trials of the sweep whose parent run is
-    ``sweep``."""
+    ``sweep``; ``filter_string`` (an MLflow search filter) narrows an experiment's or a sweep's runs."""
     from mlflow.exceptions import MlflowException
 
     run_ids = list(run_ids)
     if sum([experiment is not None, bool(run_ids), sweep is not None]) != 1:
         raise CompareError("give exactly one of an experiment name, run ids and a sweep's parent run id")
+    if filter_string and run_ids:
+        raise CompareError("--filter narrows the runs of an experiment or a sweep, not runs given by id")
     if sweep is not None:
         try:
             parent = client.get_run(sweep)
@@ -87,7 +107,10 @@ def fetch_runs(
             raise CompareError(f"unknown run id {sweep!r}") from e
         if parent.data.tags.get("fusionpipe.kind") != "sweep":
             raise CompareError(f"run {sweep!r} is not a sweep's parent run (fusionpipe tune creates those)")
-        return _search_all(client, parent.info.experiment_id, f"tags.mlflow.parentRunId = '{sweep}'")
+        trials = f"tags.mlflow.parentRunId = '{sweep}'"
+        return _search_all(
+            client, parent.info.experiment_id, f"{trials} and {filter_string}" if filter_string else trials
+        )
     if run_ids:
         runs = []
         for rid in run_ids:
@@ -102,19 +125,27 @@ def fetch_runs(
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())
         raise CompareError(f"unknown experiment {experiment!r} (existing: {', '.join(names) or 'none'})")
-    return [r for r in _search_all(client, exp.experiment_id) if r.data.tags.get("fusionpipe.kind") != "sweep"]
+    runs = _search_all(client, exp.experiment_id, filter_string or "")
+    return [r for r in runs if r.data.tags.get("fusionpipe.kind") != "sweep"]
 
 
 def _search_all(client: Any, experiment_id: str, filter_string: str = "") -> list[Any]:
+    from mlflow.exceptions import MlflowException
+
     runs, token = [], None
     while True:
-        page = client.search_runs(
-            [experiment_id],
-            filter_string=filter_string,
-            max_results=PAGE_SIZE,
-            page_token=token,
-            order_by=["attributes.start_time ASC"],
-        )
+        try:
+            page = client.search_runs(
+                [experiment_id],
+                filter_string=filter_string,
+                max_results=PAGE_SIZE,
+                page_token=token,
+                order_by=["attributes.start_time ASC"],
+            )
+        except MlflowException as e:
+            if e.error_code != "INVALID_PARAMETER_VALUE":
+                raise
+            raise CompareError(f"filter {filter_string!r} is not a valid MLflow search filter: {e.message}") from e
         runs.extend(page)
         token = page.token
         if not token:
@@ -141,6 +172,47 @@ def differing_code(runs: list[Any]) -> list[str]:
 
 def val_metrics(runs: list[Any]) -> list[str]:
     return sorted({k for r in runs for k in r.data.metrics if k.startswith("val/")})
+
+
+def keep_statuses(runs: list[Any], statuses: Iterable[str] | None) -> tuple[list[Any], dict[str, int]]:
+    """The runs whose status is in ``statuses`` (``None``: every run), and how many of each other status
+    were left out."""
+    if statuses is None:
+        return runs, {}
+    wanted = {s.upper() for s in statuses}
+    unknown = sorted(wanted - set(RUN_STATUSES))
+    if unknown:
+        raise CompareError(f"unknown run status {', '.join(unknown)} (statuses: {', '.join(RUN_STATUSES)}, or any)")
+    left_out: dict[str, int] = {}
+    for r in runs:
+        if r.info.status not in wanted:
+            left_out[r.info.status] = left_out.get(r.info.status, 0) + 1
+    return [r for r in runs if r.info.status in wanted], dict(sorted(left_out.items()))
+
+
+def headline_metrics(runs: list[Any]) -> list[str]:
+    """Each registered task's headline metric (``val/<task>/<metric>`` of DELTA_M_DIRECTIONS) and each
+    run's checkpoint metric (param ``checkpoint.metric``), those that some run logged."""
+    wanted = {f"val/{k}" for k in DELTA_M_DIRECTIONS} | {
+        r.data.params[CHECKPOINT_METRIC_PARAM] for r in runs if CHECKPOINT_METRIC_PARAM in r.data.params
+    }
+    return sorted({k for r in runs for k in r.data.metrics if k in wanted})
+
+
+def select_metrics(runs: list[Any], patterns: Iterable[str] = (), all_metrics: bool = False) -> list[str]:
+    """The metrics the table, bars and curves show: every ``val/`` metric with ``all_metrics``; the
+    metrics matching any glob of ``patterns`` (``val/semseg/*``, ``train/loss/*``); else
+    :func:`headline_metrics`, or every ``val/`` metric when the runs have none of those."""
+    patterns = list(patterns)
+    existing = sorted({k for r in runs for k in r.data.metrics})
+    if all_metrics:
+        return val_metrics(runs)
+    if patterns:
+        for p in patterns:
+            if not any(fnmatchcase(k, p) for k in existing):
+                raise CompareError(f"--metrics {p!r} matches no metric (existing: {', '.join(existing) or 'none'})")
+        return [k for k in existing if any(fnmatchcase(k, p) for p in patterns)]
+    return headline_metrics(runs) or val_metrics(runs)
 
 
 def fetch_histories(client: Any, runs: list[Any], keys: list[str]) -> dict[str, dict[str, list[tuple[int, float]]]]:
@@ -178,8 +250,10 @@ def build_rows(
     code: Iterable[str] = (),
 ) -> list[dict[str, Any]]:
     """One flat row per run; ``best.<metric>`` is ``None`` when histories were not fetched; a
-    ``code.<tag>`` column per differing code tag, hashes cut to their first 12 characters."""
+    ``code.<tag>`` column per differing code tag, hashes cut to their first 12 characters; a ``status``
+    column when some run is not FINISHED."""
     rows = []
+    with_status = any(r.info.status != "FINISHED" for r in runs)
     for r in runs:
         rid, tags = r.info.run_id, r.data.tags
         row: dict[str, Any] = {
@@ -187,6 +261,8 @@ def build_rows(
             "run_name": r.info.run_name,
             "model": tags.get("fusionpipe.model", r.data.params.get("model.name")),
         }
+        if with_status:
+            row["status"] = r.info.status
         row.update({f"params.{k}": r.data.params.get(k) for k in params})
         for k in metrics:
             row[f"final.{k}"] = r.data.metrics.get(k)
@@ -258,28 +334,46 @@ def compare(
     out: str | os.PathLike[str] | None = None,
     best: bool | None = None,
     sweep: str | None = None,
+    metrics: Iterable[str] = (),
+    all_metrics: bool = False,
+    statuses: Iterable[str] | None = DEFAULT_STATUSES,
+    filter_string: str | None = None,
 ) -> dict[str, Any]:
     """The comparison as one JSON-able dict (see docs/compare.md); writes files under ``out`` if given.
 
     ``best=None`` fetches history (for best values) when there are at most AUTO_BEST_MAX_RUNS runs.
+    ``metrics`` (globs) and ``all_metrics`` choose the metrics (:func:`select_metrics`); ``statuses``
+    (``None``: any) and ``filter_string`` choose an experiment's or a sweep's runs.
     """
     from mlflow.tracking import MlflowClient
 
     require_store(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri)
-    runs = fetch_runs(client, experiment, run_ids, sweep)
+    runs = fetch_runs(client, experiment, run_ids, sweep, filter_string)
+    left_out: dict[str, int] = {}
+    if not run_ids:
+        runs, left_out = keep_statuses(runs, statuses)
     if not runs:
-        raise CompareError(f"sweep {sweep!r} has no trial runs" if sweep else f"experiment {experiment!r} has no runs")
-    metrics = val_metrics(runs)
+        what = f"sweep {sweep!r} has no trial runs" if sweep else f"experiment {experiment!r} has no runs"
+        asked = []
+        if filter_string:
+            asked.append(f"matching filter {filter_string!r}")
+        if left_out:
+            found = ", ".join(f"{n} {s}" for s, n in left_out.items())
+            asked.append(f"with status {'/'.join(statuses or ())} ({found}: --status any shows them)")
+        raise CompareError(what + (" " + " and ".join(asked) if asked else ""))
+    chosen = select_metrics(runs, metrics, all_metrics)
     if metric is None:
-        known_first = [f"val/{k}" for k in DELTA_M_DIRECTIONS if f"val/{k}" in metrics]
-        metric = (known_first or metrics or [None])[0]
+        known_first = [f"val/{k}" for k in DELTA_M_DIRECTIONS if f"val/{k}" in chosen]
+        metric = (known_first or chosen or [None])[0]
     if metric is None or not any(metric in r.data.metrics for r in runs):
         existing = sorted({k for r in runs for k in r.data.metrics})
         raise CompareError(f"no run has metric {metric!r} (existing: {', '.join(existing) or 'none'})")
+    if metric not in chosen:
+        chosen = sorted([*chosen, metric])
     if best is None:
         best = len(runs) <= AUTO_BEST_MAX_RUNS
-    histories = fetch_histories(client, runs, metrics) if best else None
+    histories = fetch_histories(client, runs, chosen) if best else None
     params = differing_params(runs)
     code = differing_code(runs)
     refs: list[Any] = []
@@ -289,9 +383,11 @@ def compare(
         refs = select_by_tag(runs, baseline_tag)
     known = {r.info.run_id for r in runs}
     result: dict[str, Any] = {
-        "runs": build_rows(runs, params, metrics, histories, code),
+        "runs": build_rows(runs, params, chosen, histories, code),
         "differing_params": params,
         "differing_code": code,
+        "metrics": chosen,
+        "left_out": left_out,
         "metric": metric,
         "direction": metric_direction(metric),
         "data_versions": data_version_groups(runs + [r for r in refs if r.info.run_id not in known]),
@@ -316,7 +412,7 @@ def compare(
                     raise CompareError(f"run {r.info.run_id}: {e}; reference runs {sorted(ref_ids)}") from e
         # A task this process does not know (its plugin was not imported) has no Δm direction.
 
-        unknown = sorted({k.split("/")[1] for k in metrics if k.count("/") >= 2} - set(TASKS))
+        unknown = sorted({k.split("/")[1] for k in val_metrics(runs) if k.count("/") >= 2} - set(TASKS))
         if unknown:
             result["delta_m_left_out"] = unknown
         if not result["delta_m"]:
@@ -334,14 +430,14 @@ def compare(
     # URI (checkpoint.storage_path s3://KEY:SECRET@...): none reaches the table, the files or the output.
     result = redact_value(result)
     if out is not None:
-        curves = histories if histories is not None else fetch_histories(client, runs, [metric])
+        curves = histories if histories is not None else fetch_histories(client, runs, chosen)
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         result["files"] = [str(out / n) for n in ("compare.csv", "compare.json", "curves.png", "bars.png")]
         write_atomic(out / "compare.csv", to_csv(result["runs"]).encode())
         write_atomic(out / "compare.json", (dumps(result, sort_keys=True, indent=2) + "\n").encode())
-        write_atomic(out / "curves.png", plot_curves(runs, curves, metric))
-        write_atomic(out / "bars.png", plot_bars(result["runs"], metrics))
+        write_atomic(out / "curves.png", plot_curves(runs, curves, chosen))
+        write_atomic(out / "bars.png", plot_bars(result["runs"], chosen))
     return result
 
 
@@ -385,35 +481,98 @@ def _figure_bytes(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def plot_curves(runs: list[Any], histories: dict[str, dict[str, list[tuple[int, float]]]], metric: str) -> bytes:
-    """PNG of ``metric`` against epoch (the logged step), one line per run, legend by run name."""
+def _run_label(row_or_name: Any) -> str:
+    name = str(row_or_name)
+    return name if len(name) <= NAME_CHARS else name[: NAME_CHARS - 1] + "…"
+
+
+def metric_group(key: str) -> str:
+    """The task a metric belongs to (``val/semseg/miou`` -> ``semseg``); other metrics group by their
+    path without the leaf (``train/loss/total`` -> ``train/loss``, ``system/cpu`` -> ``system``)."""
+    name = key[len("val/") :] if key.startswith("val/") else key
+    return name.rsplit("/", 1)[0] if "/" in name else name
+
+
+def panel_grid(metrics: list[str]) -> list[list[str]]:
+    """The metrics as rows of panels: one row per :func:`metric_group` (a task), in order of first
+    appearance, a row of more than MAX_PANELS_PER_ROW metrics wrapped onto the next."""
+    groups: dict[str, list[str]] = {}
+    for k in metrics:
+        groups.setdefault(metric_group(k), []).append(k)
+    return [ks[i : i + MAX_PANELS_PER_ROW] for ks in groups.values() for i in range(0, len(ks), MAX_PANELS_PER_ROW)]
+
+
+def _finite(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def bars_figure(rows: list[dict[str, Any]], metrics: list[str]) -> Any:
+    """A grid of bar panels, one row per task and one panel per metric, a bar per run with its final
+    value written on it; a run without the metric gets "n/a" where its bar would be, never a bar."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.add_subplot()
-    for r in runs:
-        hist = histories.get(r.info.run_id, {}).get(metric)
-        if hist:
-            ax.plot([s for s, _ in hist], [v for _, v in hist], marker=".", label=r.info.run_name or r.info.run_id)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{metric} ({metric_direction(metric)} is better)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    return _figure_bytes(fig)
+    grid = panel_grid(metrics) or [[]]
+    ncols = max(len(r) for r in grid) or 1
+    panel_w = max(2.8, 0.55 * len(rows) + 1.0)
+    fig = Figure(figsize=(panel_w * ncols, 2.5 * len(grid)), layout="constrained")
+    names = [_run_label(row["run_name"] or row["run_id"]) for row in rows]
+    for i, keys in enumerate(grid):
+        for j, k in enumerate(keys):
+            ax = fig.add_subplot(len(grid), ncols, i * ncols + j + 1)
+            values = [_finite(row.get(f"final.{k}")) for row in rows]
+            have = [x for x, v in enumerate(values) if v is not None]
+            bars = ax.bar(have, [values[x] for x in have], color=[f"C{x % 10}" for x in have])
+            ax.bar_label(bars, labels=[f"{values[x]:.4g}" for x in have], fontsize="x-small", padding=1)
+            for x, v in enumerate(values):
+                if v is None:
+                    ax.text(x, 0.02, "n/a", transform=ax.get_xaxis_transform(), ha="center", fontsize="x-small")
+            ax.set_xlim(-0.6, len(rows) - 0.4)
+            ax.margins(y=0.15)
+            ax.set_title(f"{k} ({metric_direction(k)} is better)", fontsize="small")
+            ax.set_xticks(range(len(rows)), names, rotation=30, ha="right", fontsize="x-small")
+    return fig
+
+
+def curves_figure(runs: list[Any], histories: dict[str, dict[str, list[tuple[int, float]]]], metrics: list[str]) -> Any:
+    """Small multiples: one panel per metric (rows by task as in :func:`bars_figure`), the metric
+    against epoch with one line per run, the same colour for a run in every panel, one legend."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    grid = panel_grid(metrics) or [[]]
+    ncols = max(len(r) for r in grid) or 1
+    fig = Figure(figsize=(3.4 * ncols, 2.5 * len(grid) + 0.5), layout="constrained")
+    handles: dict[str, Any] = {}
+    for i, keys in enumerate(grid):
+        for j, k in enumerate(keys):
+            ax = fig.add_subplot(len(grid), ncols, i * ncols + j + 1)
+            for n, r in enumerate(runs):
+                hist = histories.get(r.info.run_id, {}).get(k)
+                if hist:
+                    label = _run_label(r.info.run_name or r.info.run_id)
+                    (line,) = ax.plot([s for s, _ in hist], [v for _, v in hist], marker=".", color=f"C{n % 10}")
+                    handles.setdefault(label, line)
+            ax.set_title(f"{k} ({metric_direction(k)} is better)", fontsize="small")
+            ax.set_xlabel("epoch", fontsize="x-small")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.tick_params(labelsize="x-small")
+            ax.grid(alpha=0.3)
+    if handles:
+        fig.legend(
+            list(handles.values()),
+            list(handles),
+            loc="outside lower center",
+            ncols=min(len(handles), 4),
+            fontsize="small",
+        )
+    return fig
+
+
+def plot_curves(runs: list[Any], histories: dict[str, dict[str, list[tuple[int, float]]]], metrics: list[str]) -> bytes:
+    """PNG of :func:`curves_figure`."""
+    return _figure_bytes(curves_figure(runs, histories, metrics))
 
 
 def plot_bars(rows: list[dict[str, Any]], metrics: list[str]) -> bytes:
-    """PNG with one panel per ``val/`` metric: the final value of each run as a bar."""
-    from matplotlib.figure import Figure
-
-    n = max(len(metrics), 1)
-    fig = Figure(figsize=(max(4.0, 0.35 * len(rows) + 2), 2.6 * n))
-    names = [row["run_name"] or row["run_id"] for row in rows]
-    for i, k in enumerate(metrics):
-        ax = fig.add_subplot(n, 1, i + 1)
-        ax.bar(range(len(rows)), [row[f"final.{k}"] or 0.0 for row in rows])
-        ax.set_title(f"{k} ({metric_direction(k)} is better)", fontsize="small")
-        ax.set_xticks(
-            range(len(rows)), names if i == n - 1 else [""] * len(rows), rotation=45, ha="right", fontsize="x-small"
-        )
-    return _figure_bytes(fig)
+    """PNG of :func:`bars_figure`."""
+    return _figure_bytes(bars_figure(rows, metrics))

@@ -26,7 +26,34 @@ from pipelines.cli.output import emit, fail, tracking_store_errors
     help="MLflow store (default: MLFLOW_TRACKING_URI or sqlite:///<project root>/mlflow.db)",
 )
 @click.option(
-    "--metric", default=None, help="metric for curves.png, e.g. val/semseg/miou (default: first known val metric)"
+    "--metric",
+    default=None,
+    help="the metric that heads the comparison, e.g. val/semseg/miou (default: the first task's headline metric); "
+    "always shown",
+)
+@click.option(
+    "--metrics",
+    "metric_globs",
+    multiple=True,
+    metavar="GLOB",
+    help="show the metrics matching GLOB, e.g. 'val/semseg/*' or 'train/loss/*' (repeatable; default: each task's "
+    "headline metric and the checkpoint metric)",
+)
+@click.option("--all-metrics", is_flag=True, help="show every val/ metric")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    metavar="STATUS",
+    help="compare the runs with this status: FINISHED (default), RUNNING, FAILED, KILLED, SCHEDULED, or any "
+    "(repeatable; runs given by --run-ids are always compared)",
+)
+@click.option(
+    "--filter",
+    "filter_string",
+    default=None,
+    metavar="FILTER",
+    help="MLflow search filter string for the runs of --experiment or --sweep, e.g. 'params.`optim.lr` = \"0.01\"'",
 )
 @click.option(
     "--baseline-runs",
@@ -68,6 +95,10 @@ def compare(
     sweep: str | None,
     tracking_uri: str | None,
     metric: str | None,
+    metric_globs: tuple[str, ...],
+    all_metrics: bool,
+    statuses: tuple[str, ...],
+    filter_string: str | None,
     baseline_runs: tuple[str, ...],
     baseline_tag: str | None,
     best: bool | None,
@@ -76,7 +107,7 @@ def compare(
     plugins: tuple[str, ...],
 ) -> None:
     """Compare MLflow runs: params that differ, final and best val metrics, training time, data version."""
-    from pipelines.analysis.compare import CompareError, markdown_table
+    from pipelines.analysis.compare import DEFAULT_STATUSES, CompareError, markdown_table
     from pipelines.analysis.compare import compare as run_compare
     from pipelines.config import ConfigError, check_tracking_uri, import_plugins, resolve_tracking_uri
 
@@ -99,6 +130,10 @@ def compare(
         fail("give exactly one of --experiment, --run-ids and --sweep", as_json, code=2)
     if baseline_runs and baseline_tag:
         fail("give at most one of --baseline-runs and --baseline-tag", as_json, code=2)
+    if metric_globs and all_metrics:
+        fail("give at most one of --metrics and --all-metrics", as_json, code=2)
+    if "any" in (s.lower() for s in statuses) and len(statuses) > 1:
+        fail("--status any already takes every status; give it alone", as_json, code=2)
     try:
         result = run_compare(
             uri,
@@ -110,6 +145,10 @@ def compare(
             out=out,
             best=best,
             sweep=sweep,
+            metrics=metric_globs,
+            all_metrics=all_metrics,
+            statuses=None if [s.lower() for s in statuses] == ["any"] else (statuses or DEFAULT_STATUSES),
+            filter_string=filter_string,
         )
     except CompareError as e:
         fail(str(e), as_json, code=2)
@@ -120,6 +159,13 @@ def compare(
         click.echo(
             f"warning: runs used {len(groups)} different data versions ({detail}); "
             "their metrics are not directly comparable",
+            err=True,
+        )
+    if result["left_out"] and not as_json:
+        found = ", ".join(f"{n} {s}" for s, n in result["left_out"].items())
+        click.echo(
+            f"note: {sum(result['left_out'].values())} run(s) left out by their status ({found}); "
+            "--status any compares them too",
             err=True,
         )
     if result.get("delta_m_left_out") and not as_json:

@@ -438,3 +438,163 @@ def test_compare_names_a_malformed_tracking_uri(tmp_path, uri, why):
     shown = uri.replace("s3cr3t", "***")
     assert json.loads(out.stdout)["error"].startswith(f"--tracking-uri {shown!r}: {why}")
     assert "s3cr3t" not in out.output and "Traceback" not in out.output
+
+
+# Four runs that log what a real run logs: every val metric of four tasks, the training losses, throughput.
+FULL_VAL = {
+    "semseg": ("miou", "pixel_acc", "mean_acc"),
+    "depth": ("rmse", "log_rmse", "abs_rel", "delta1", "delta2", "delta3"),
+    "normals": ("mean", "median", "rmse", "11.25", "22.5", "30"),
+    "edge": ("odsF",),
+}
+TRAIN = ["train/loss/total", "train/loss/semseg", "train/loss/depth", "train/loss/normals", "train/loss/edge"]
+TRAIN += ["train/samples_per_s", "train/epoch_s", "train/lr"]
+
+
+def _full_metrics(scale: float, tasks=tuple(FULL_VAL)) -> dict[str, list[float]]:
+    out = {
+        f"val/{t}/{m}": [scale * (i + 1) / 10, scale * (i + 2) / 10] for t in tasks for i, m in enumerate(FULL_VAL[t])
+    }
+    out.update({k: [1.0 + scale, 0.5 + scale] for k in TRAIN})
+    return out
+
+
+def _params(model: str, ckpt: str = "val/semseg/miou") -> dict[str, str]:
+    return {"model.name": model, "checkpoint.metric": ckpt, "train.epochs": "2", "optim.lr": "0.002"}
+
+
+FOUR = {
+    "mtinet": (_params("mtinet"), {"fusionpipe.model": "mtinet", "data.manifest_digest": D1}, _full_metrics(1.0), 60.0),
+    "padnet": (
+        _params("padnet", "val/depth/abs_rel"),
+        {"fusionpipe.model": "padnet", "data.manifest_digest": D1},
+        _full_metrics(0.9),
+        70.0,
+    ),
+    "st_semseg": (
+        _params("single_task"),
+        {"fusionpipe.model": "single_task", "data.manifest_digest": D1},
+        _full_metrics(0.8, tasks=("semseg",)),
+        30.0,
+    ),
+    "running": (_params("mtinet"), {"fusionpipe.model": "mtinet", "data.manifest_digest": D1}, _full_metrics(0.5), 5.0),
+}
+
+
+@pytest.fixture(scope="module")
+def four(tmp_path_factory):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('four')}/m.db"
+    ids = _fill(uri, "four", FOUR)
+    MlflowClient(tracking_uri=uri).update_run(ids["running"], status="RUNNING")
+    return uri, ids
+
+
+def test_four_runs_show_the_headline_and_checkpoint_metrics_of_the_finished_runs(four):
+    uri, ids = four
+    result = compare(uri, experiment="four")
+    assert [r["run_name"] for r in result["runs"]] == ["mtinet", "padnet", "st_semseg"]
+    assert result["left_out"] == {"RUNNING": 1}
+    metrics = ["val/depth/abs_rel", "val/depth/rmse", "val/edge/odsF", "val/normals/mean", "val/semseg/miou"]
+    assert result["metrics"] == metrics
+    assert list(result["runs"][0]) == [
+        "run_id",
+        "run_name",
+        "model",
+        "params.checkpoint.metric",
+        "params.model.name",
+        *[f"{w}.{k}" for k in metrics for w in ("final", "best")],
+        "training_s",
+        "data_version",
+    ]
+    assert len(compare(uri, experiment="four", all_metrics=True)["runs"][0]) == 39  # every val metric's columns
+    # every run, and every val metric, on request
+    every = compare(uri, experiment="four", statuses=None, all_metrics=True)
+    assert [r["run_name"] for r in every["runs"]] == ["mtinet", "padnet", "st_semseg", "running"]
+    assert [r["status"] for r in every["runs"]] == ["FINISHED", "FINISHED", "FINISHED", "RUNNING"]
+    assert len(every["metrics"]) == 16 and every["left_out"] == {}
+    globbed = compare(uri, experiment="four", metrics=["val/semseg/*", "train/loss/t*"])
+    assert globbed["metrics"] == ["train/loss/total", "val/semseg/mean_acc", "val/semseg/miou", "val/semseg/pixel_acc"]
+    padnet = compare(uri, experiment="four", filter_string="params.`model.name` = 'padnet'")
+    assert [r["run_name"] for r in padnet["runs"]] == ["padnet"]
+
+
+def test_four_runs_bars_are_a_grid_by_task_with_value_labels_and_na(four, tmp_path):
+    from pipelines.analysis.compare import bars_figure
+
+    uri, ids = four
+    result = compare(uri, experiment="four", statuses=None, out=tmp_path / "cmp")
+    fig = bars_figure(result["runs"], result["metrics"])
+    w, h = fig.get_size_inches() * 100  # the PNG's dpi
+    assert (w, h) == (640, 1000)  # 4 task rows of at most 2 panels; was 370 x 3894 px for every metric stacked
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == [
+        "val/depth/abs_rel (lower is better)",
+        "val/depth/rmse (lower is better)",
+        "val/edge/odsF (higher is better)",
+        "val/normals/mean (lower is better)",
+        "val/semseg/miou (higher is better)",
+    ]
+    assert [ax.get_subplotspec().rowspan.start for ax in fig.axes] == [0, 0, 1, 2, 3]
+    rmse = fig.axes[1]
+    # st_semseg (third run) has no depth: no bar at x=2 but "n/a"; the others carry their value
+    assert [round(p.get_x() + p.get_width() / 2, 6) for p in rmse.patches] == [0, 1, 3]
+    assert [t.get_text() for t in rmse.texts] == ["0.2", "0.18", "0.1", "n/a"]
+    assert [t.get_text() for t in rmse.get_xticklabels()] == ["mtinet", "padnet", "st_semseg", "running"]
+    miou = fig.axes[4]
+    assert [t.get_text() for t in miou.texts] == ["0.2", "0.18", "0.16", "0.1"]
+    with Image.open(tmp_path / "cmp" / "bars.png") as im:
+        assert im.size[0] <= 700 and im.size[1] <= 1050
+    every = bars_figure(result["runs"], compare(uri, experiment="four", statuses=None, all_metrics=True)["metrics"])
+    # depth's 6 and normals' 6 metrics wrap at 4 panels: 6 rows of at most 4
+    assert tuple(every.get_size_inches() * 100) == (1280, 1500) and len(every.axes) == 16
+
+
+def test_four_runs_curves_are_small_multiples_with_one_legend(four, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.analysis.compare import curves_figure, fetch_histories, fetch_runs
+
+    uri, ids = four
+    result = compare(uri, experiment="four", statuses=None, out=tmp_path / "cmp")
+    client = MlflowClient(tracking_uri=uri)
+    runs = fetch_runs(client, run_ids=[r["run_id"] for r in result["runs"]])
+    fig = curves_figure(runs, fetch_histories(client, runs, result["metrics"]), result["metrics"])
+    assert len(fig.axes) == 5
+    assert [len(ax.get_lines()) for ax in fig.axes] == [3, 3, 3, 3, 4]  # st_semseg has only semseg
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["mtinet", "padnet", "running", "st_semseg"]
+    assert fig.axes[4].get_lines()[0].get_ydata().tolist() == [0.1, 0.2]
+    with Image.open(tmp_path / "cmp" / "curves.png") as im:
+        assert im.size[0] <= 750 and im.size[1] <= 1100
+
+
+def test_cli_metric_and_run_selection_and_their_errors(four):
+    uri, ids = four
+    runner = CliRunner()
+    res = runner.invoke(compare_cmd, ["--experiment", "four", "--tracking-uri", uri])
+    assert res.exit_code == 0, res.output
+    assert "note: 1 run(s) left out by their status (1 RUNNING); --status any compares them too" in res.stderr
+    header = res.stdout.splitlines()[0].split(" | ")
+    assert len(header) == 17
+    res = runner.invoke(compare_cmd, ["--experiment", "four", "--tracking-uri", uri, "--status", "any", "--json"])
+    assert len(json.loads(res.stdout)["runs"]) == 4
+    res = runner.invoke(compare_cmd, ["--experiment", "four", "--tracking-uri", uri, "--status", "running", "--json"])
+    assert [r["run_name"] for r in json.loads(res.stdout)["runs"]] == ["running"]
+    res = runner.invoke(compare_cmd, ["--experiment", "four", "--tracking-uri", uri, "--metrics", "val/semseg/*"])
+    header = res.stdout.splitlines()[0]
+    assert res.exit_code == 0 and "final.val/semseg/pixel_acc" in header and "val/depth" not in header
+    for args, message in [
+        (["--metrics", "val/nope/*"], "--metrics 'val/nope/*' matches no metric (existing: train/"),
+        (["--filter", "params.x =="], "filter 'params.x ==' is not a valid MLflow search filter"),
+        (["--status", "DONE"], "unknown run status DONE (statuses: FINISHED, RUNNING"),
+        (["--metrics", "val/*", "--all-metrics"], "give at most one of --metrics and --all-metrics"),
+        (["--filter", "params.`model.name` = 'nope'"], "experiment 'four' has no runs matching filter"),
+    ]:
+        res = runner.invoke(compare_cmd, ["--experiment", "four", "--tracking-uri", uri, *args, "--json"])
+        assert res.exit_code == 2, (args, res.output)
+        assert message in json.loads(res.stdout)["error"], res.stdout
+    res = runner.invoke(compare_cmd, ["--run-ids", ids["running"], "--tracking-uri", uri, "--filter", "x = 1"])
+    assert res.exit_code == 2 and "--filter narrows the runs of an experiment or a sweep" in res.stderr
+    res = runner.invoke(compare_cmd, ["--run-ids", ids["running"], "--tracking-uri", uri, "--json"])
+    assert [r["run_name"] for r in json.loads(res.stdout)["runs"]] == ["running"]  # asked for by id
