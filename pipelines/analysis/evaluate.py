@@ -19,6 +19,7 @@ from datasets.loader import ShardStream, make_loader
 from datasets.manifest import write_atomic
 from datasets.transforms import build_transform
 from fusion import build_model
+from fusion.inference import OFFICIAL_STRIDE_RATIO, TestTimeAugmented
 from fusion.metrics import DELTA_M_DIRECTIONS, MetricSet, PerClassMetric, delta_m
 from pipelines.analysis.compare import require_store, union_of_references
 from pipelines.analysis.eval_report import log_to_run, pictures
@@ -206,12 +207,18 @@ def run_evaluate(
     baselines: bool = False,
     device: str = "auto",
     log_run: bool = False,
+    scales: list[float] | None = None,
+    flip: bool = False,
+    window: tuple[int, int] | None = None,
+    stride_ratio: float = OFFICIAL_STRIDE_RATIO,
 ) -> dict[str, Any]:
     """Exact metrics of a checkpoint on ``split`` and, with semseg among the tasks, per class (IoU with
     the manifest's class names, depth RMSE and normals angle per target class, the confusion matrix).
     ``out`` gets the JSON and, beside it, the pictures (``<stem>.confusion.png``, ``<stem>.per_class.png``);
     ``log_run`` writes all of it into the MLflow run that trained the checkpoint
-    (:func:`pipelines.analysis.eval_report.log_to_run`)."""
+    (:func:`pipelines.analysis.eval_report.log_to_run`). ``scales``, ``flip`` and ``window`` (with
+    ``stride_ratio``) predict by :class:`fusion.inference.TestTimeAugmented`: multi-scale, flip and
+    sliding-window inference as the official ANN code does it; without them, one plain forward."""
     if (checkpoint is None) == (run_id is None):
         raise ConfigError("give exactly one of --checkpoint and --run-id")
     dev = resolve_device(device)
@@ -245,6 +252,15 @@ def run_evaluate(
             else None
         )
         meta, model = _load_checkpoint(ckpt, want, source)
+    tta = None
+    if scales is not None or flip or window is not None:
+        try:
+            tta = TestTimeAugmented(
+                model, want["tasks"], scales=scales or [1.0], flip=flip, window=window, stride_ratio=stride_ratio
+            )
+        except ValueError as e:  # --scales, --window or --stride-ratio
+            raise ConfigError(f"evaluate: {e}") from None
+        model = tta
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     stream = ShardStream(
         cfg.data.shards,
@@ -280,6 +296,8 @@ def run_evaluate(
         "device": str(dev),
         "metrics": flat,
     }
+    if tta is not None:
+        result["inference"] = tta.settings()
     if per_class is not None:
         result.update(
             {("per_class" if k == "classes" else k): v for k, v in per_class.report(manifest["classes"]).items()}

@@ -6,7 +6,9 @@ The components are imported inside each command, not at the top: they load torch
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -102,6 +104,34 @@ def _best_from_summary(path: str, as_json: bool) -> str:
     return best
 
 
+def _parse_scales(value: str | None, as_json: bool) -> list[float] | None:
+    """``--scales 0.75,1.0,1.25`` -> floats > 0, or exit 2 naming the option."""
+    if value is None:
+        return None
+    try:
+        scales = [float(v) for v in value.split(",")]
+    except ValueError:
+        scales = []
+    if not scales or not all(math.isfinite(s) and s > 0 for s in scales):
+        fail(f"--scales {value!r}: expected numbers > 0 separated by commas, e.g. 0.75,1.0,1.25", as_json, code=2)
+    return scales
+
+
+def _parse_window(value: str | None, cfg: Any, as_json: bool) -> tuple[int, int] | None:
+    """``--window H,W`` or ``--window crop`` (the config's data.augment.crop), or exit 2 naming it."""
+    if value is None:
+        return None
+    if value == "crop":
+        crop = cfg.data.augment.crop
+        if crop is None:
+            fail("--window crop: the config has no data.augment.crop; give the window as H,W", as_json, code=2)
+        return int(crop[0]), int(crop[1])
+    parts = value.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        fail(f"--window {value!r}: expected H,W in pixels (two whole numbers > 0) or 'crop'", as_json, code=2)
+    return int(parts[0]), int(parts[1])
+
+
 @click.command()
 @click.option("--config", type=click.Path(path_type=Path), required=True, help="experiment YAML (data, model)")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
@@ -138,6 +168,26 @@ def _best_from_summary(path: str, as_json: bool) -> str:
     is_flag=True,
     help="also log eval/<split>/* metrics and the pictures into the MLflow run that trained the checkpoint",
 )
+@click.option(
+    "--scales",
+    default=None,
+    metavar="S1,S2,...",
+    help="multi-scale inference: the mean prediction over these image scales, e.g. 0.75,1.0,1.25",
+)
+@click.option("--flip", is_flag=True, help="also predict on the mirrored image and average (flip inference)")
+@click.option(
+    "--window",
+    default=None,
+    metavar="H,W|crop",
+    help="sliding-window inference with windows of H×W pixels (crop: the config's data.augment.crop)",
+)
+@click.option(
+    "--stride-ratio",
+    type=float,
+    default=0.667,
+    show_default=True,
+    help="sliding-window stride as a fraction of the window (the official ANN code's 0.667)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @tracking_store_errors
 def evaluate(
@@ -152,9 +202,14 @@ def evaluate(
     trivial_baselines: bool,
     device: str,
     log_run: bool,
+    scales: str | None,
+    flip: bool,
+    window: str | None,
+    stride_ratio: float,
     as_json: bool,
 ) -> None:
-    """Evaluate a checkpoint on a split with exact metrics, per class too."""
+    """Evaluate a checkpoint on a split with exact metrics, per class too; optionally with multi-scale,
+    flip and sliding-window inference (docs/training.md)."""
     from pipelines.analysis.evaluate import run_evaluate
     from pipelines.checkpoints import CheckpointError
     from pipelines.config import ConfigError
@@ -175,6 +230,10 @@ def evaluate(
             baselines=trivial_baselines,
             device=device,
             log_run=log_run,
+            scales=_parse_scales(scales, as_json),
+            flip=flip,
+            window=_parse_window(window, cfg, as_json),
+            stride_ratio=stride_ratio,
         )
     except (ConfigError, CheckpointError) as e:
         fail(str(e), as_json, code=2)
