@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from datasets.codec import MEMBERS, decode_sample
 from datasets.manifest import ManifestError, load_manifest, manifest_digest
@@ -97,38 +96,140 @@ def check_split(root: Path, manifest: dict[str, Any], split: str | None) -> None
         raise ManifestError(f"{root}: no split {split!r}; splits: {', '.join(manifest['splits'])}")
 
 
-def read_samples(root: Path, split: str, count: int) -> list[dict[str, Any]]:
+def read_keyed_samples(root: Path, split: str, count: int) -> list[tuple[str, dict[str, Any]]]:
+    """The first ``count`` samples of ``split`` with their keys (the tar keys ``data verify`` names)."""
     m = load_manifest(root)
     check_split(root, m, split)
-    out: list[dict[str, Any]] = []
+    out: list[tuple[str, dict[str, Any]]] = []
     for shard in m["splits"][split]["shards"]:
         for key, members in iter_shard(root / shard["path"], shard):
-            out.append(decode_sample(members, f"{shard['path']} key {key!r}"))
+            out.append((key, decode_sample(members, f"{shard['path']} key {key!r}")))
             if len(out) == count:
                 return out
     return out
 
 
-def draw_grid(samples: list[dict[str, Any]], path: str | os.PathLike[str]) -> None:
-    """One row per sample: RGB, depth, semseg, normals, edge side by side, then any other member the
-    samples carry (parts, sal, registered ones), with a header."""
+def read_samples(root: Path, split: str, count: int) -> list[dict[str, Any]]:
+    return [sample for _, sample in read_keyed_samples(root, split, count)]
+
+
+def grid_columns(samples: list[dict[str, Any]]) -> list[str]:
+    """The members drawn, in order: rgb, depth, semseg, normals, edge, then any other member the
+    samples carry (parts, sal, registered ones); only those some sample has."""
+    present = {k for s in samples for k in s if k in MEMBERS}
+    return [c for c in COLUMNS if c in present] + [m for m in MEMBERS if m in present and m not in COLUMNS]
+
+
+def _scale_limits(samples: list[dict[str, Any]], column: str) -> tuple[float, float]:
+    """The valid (> 0) value range of a ``scalar16`` member over every sample: one scale for the column."""
+    valid = [s[column][s[column] > 0] for s in samples if column in s]
+    valid = [v for v in valid if v.size]
+    if not valid:
+        return 0.0, 1.0
+    lo, hi = min(float(v.min()) for v in valid), max(float(v.max()) for v in valid)
+    return (lo, hi) if hi > lo else (lo, lo + 1e-3)
+
+
+def grid_figure(
+    samples: list[dict[str, Any]],
+    keys: list[str] | None = None,
+    classes: list[str] | None = None,
+    ignore_index: int = 255,
+) -> Any:
+    """A matplotlib figure with one row per sample, labelled with its key, and a column per member
+    (:func:`grid_columns`), each drawn by its kind. ``depth`` (and any other ``scalar16`` member) uses
+    one colour scale for every row, from the smallest to the largest valid value of the drawn samples,
+    with a colour bar in metres below the column; missing pixels are black. ``semseg`` uses the fixed
+    palette, and a legend below names each class present in the drawn samples by its manifest name
+    (``classes``), with ``ignore`` for ``ignore_index``. Each panel's label (``Artist.get_label``) is
+    ``"<key>/<member>"``."""
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
     if not samples:
         raise ValueError("no samples to draw")
-    present = {k for s in samples for k in s}
-    columns = COLUMNS + tuple(m for m in MEMBERS if m in present and m not in COLUMNS)
-    h, w = samples[0]["rgb"].shape[:2] if "rgb" in samples[0] else next(iter(samples[0].values())).shape[:2]
-    header = 16
-    grid = Image.new("RGB", (w * len(columns), header + h * len(samples)), (255, 255, 255))
-    draw = ImageDraw.Draw(grid)
-    for c, name in enumerate(columns):
-        draw.text((c * w + 4, 2), name, fill=(0, 0, 0))
-    for r, s in enumerate(samples):
+    keys = list(keys) if keys is not None else [f"sample {i}" for i in range(len(samples))]
+    if len(keys) != len(samples):
+        raise ValueError(f"{len(keys)} keys for {len(samples)} samples")
+    columns = grid_columns(samples)
+    h, w = next(s[c] for s in samples for c in columns if c in s).shape[:2]
+    panel_w = 1.8
+    fig = Figure(figsize=(panel_w * len(columns) + 0.6, panel_w * h / w * len(samples) + 1.6), layout="constrained")
+    axes = fig.subplots(len(samples), len(columns), squeeze=False)
+    turbo = colormaps["turbo"].with_extremes(bad="black")
+    norms = {c: Normalize(*_scale_limits(samples, c)) for c in columns if MEMBERS[c].kind == "scalar16"}
+    mappables: dict[str, Any] = {}
+    for r, (key, sample) in enumerate(zip(keys, samples, strict=True)):
         for c, name in enumerate(columns):
-            grid.paste(Image.fromarray(_panel(s, name, (h, w))), (c * w, header + r * h))
+            ax = axes[r][c]
+            ax.set_label(f"{key}/{name}")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize="small")
+            if c == 0:
+                ax.set_ylabel(key, fontsize="small")
+            if name not in sample:
+                ax.imshow(np.full((h, w, 3), 40, np.uint8))
+            elif name in norms:
+                v = sample[name]
+                mappables[name] = ax.imshow(np.ma.masked_where(v <= 0, v), cmap=turbo, norm=norms[name])
+            else:
+                ax.imshow(_panel(sample, name, (h, w)), interpolation="nearest")
+    for name, mappable in mappables.items():
+        label = "depth (m)" if name == "depth" else name
+        fig.colorbar(mappable, ax=[row[columns.index(name)] for row in axes], location="bottom", label=label)
+    if "semseg" in columns:
+        ids = sorted({int(i) for s in samples if "semseg" in s for i in np.unique(s["semseg"])})
+        names = list(classes or [])
+        colours = colorize_semseg(np.array(ids, np.uint8))
+        handles = [
+            Patch(
+                facecolor=colours[n] / 255 if i != ignore_index else "black",
+                edgecolor="grey",
+                label="ignore" if i == ignore_index else (names[i] if i < len(names) else f"class {i}"),
+            )
+            for n, i in enumerate(ids)
+        ]
+        fig.legend(
+            handles=handles,
+            loc="outside lower center",
+            ncols=min(len(handles), 6),
+            fontsize="small",
+            title="semseg classes",
+            title_fontsize="small",
+        )
+    return fig
+
+
+def draw_grid(
+    samples: list[dict[str, Any]],
+    path: str | os.PathLike[str],
+    keys: list[str] | None = None,
+    classes: list[str] | None = None,
+    ignore_index: int = 255,
+) -> None:
+    """Write :func:`grid_figure` as a PNG, through a temporary file renamed into place."""
+    fig = grid_figure(samples, keys, classes, ignore_index)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    grid.save(tmp)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, format="png", dpi=100)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def draw_split_grid(root: str | os.PathLike[str], split: str, count: int, path: str | os.PathLike[str]) -> None:
+    """The grid of the first ``count`` samples of ``split``, with their keys and the manifest's class names."""
+    root = Path(root)
+    m = load_manifest(root)
+    keyed = read_keyed_samples(root, split, count)
+    if not keyed:
+        raise ValueError(f"{root}: split {split!r} has no samples to draw")
+    draw_grid([s for _, s in keyed], path, [k for k, _ in keyed], m["classes"], m["ignore_index"])
 
 
 def inspect_dataset(

@@ -185,7 +185,8 @@ def verify(root: Path, as_json: bool) -> None:
     "--grid",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="write a PNG grid (RGB, depth, semseg, normals, edge) of the first samples",
+    help="write a PNG grid of the first samples: a row per sample with its key, a column per member, "
+    "a class legend and one depth colour bar in metres",
 )
 @click.option("--grid-samples", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option(
@@ -204,7 +205,7 @@ def inspect(
 ) -> None:
     """Counts, class histogram, depth range; optionally a picture grid. Exit 2 on a malformed manifest,
     a bad shard or member, or an unknown split."""
-    from datasets.inspect import draw_grid, inspect_dataset, read_samples
+    from datasets.inspect import draw_split_grid, inspect_dataset
     from datasets.manifest import ManifestError
     from datasets.shards import ShardReadError
 
@@ -215,7 +216,7 @@ def inspect(
             first = split or next(iter(report["splits"]), None)
             if first is None:
                 raise ValueError(f"{root}: the manifest lists no split to draw")
-            draw_grid(read_samples(root, first, grid_samples), grid)
+            draw_split_grid(root, first, grid_samples, grid)
             report["grid"] = str(grid)
     except (ManifestError, ShardReadError, ValueError) as e:  # a bad member (ShardFormatError) is a ValueError
         fail(str(e), as_json, code=2)

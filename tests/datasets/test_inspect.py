@@ -5,11 +5,20 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
 from datasets.codec import MEMBERS, register_member
-from datasets.inspect import COLUMNS, colorize_semseg, draw_grid, inspect_dataset, read_samples
+from datasets.inspect import (
+    COLUMNS,
+    colorize_semseg,
+    draw_grid,
+    grid_figure,
+    inspect_dataset,
+    read_keyed_samples,
+    read_samples,
+)
 from pipelines.cli.main import cli
 
 
@@ -29,17 +38,51 @@ def test_report_matches_the_samples(toy_dataset, toy_source):
     assert inspect_dataset(toy_dataset, split="train", max_samples=4)["splits"]["train"]["inspected"] == 4
 
 
-def test_grid_has_a_column_per_member_and_the_cli_writes_it(toy_dataset, tmp_path):
-    samples = read_samples(toy_dataset, "val", 2)
-    path = tmp_path / "grid.png"
-    draw_grid(samples, path)
-    img = np.asarray(Image.open(path))
-    assert img.shape == (16 + 2 * 12, len(COLUMNS) * 16, 3)
-    semseg_panel = img[16 + 12 : 16 + 24, 2 * 16 : 3 * 16]  # row 1, column "semseg"
-    np.testing.assert_array_equal(semseg_panel, colorize_semseg(samples[1]["semseg"]))
+def _panel(fig, label):
+    return next(ax for ax in fig.axes if ax.get_label() == label)
+
+
+def test_grid_explains_itself_keys_class_legend_and_one_depth_scale(toy_dataset, toy_source):
+    keyed = read_keyed_samples(toy_dataset, "val", 3)
+    keys, samples = [k for k, _ in keyed], [s for _, s in keyed]
+    assert keys == ["val0000", "val0001", "val0002"]
+    fig = grid_figure(samples, keys, toy_source.classes)
+    # a row per sample, labelled with its key; a column per member, titled on the first row
+    assert [_panel(fig, f"{k}/rgb").get_ylabel() for k in keys] == keys
+    assert [_panel(fig, f"val0000/{c}").get_title() for c in COLUMNS] == list(COLUMNS)
+    # the class legend names the classes the drawn samples hold, from the manifest, and the ignore label
+    (legend,) = fig.legends
+    assert legend.get_title().get_text() == "semseg classes"
+    assert [t.get_text() for t in legend.get_texts()] == ["a", "b", "c", "d", "ignore"]
+    # one colour scale in metres for every row's depth: the drawn samples' valid range, and one colour bar
+    valid = np.concatenate([s["depth"][s["depth"] > 0] for s in samples])
+    limits = [_panel(fig, f"{k}/depth").get_images()[0].get_clim() for k in keys]
+    assert limits == [(float(valid.min()), float(valid.max()))] * 3
+    (bar,) = [ax for ax in fig.axes if ax.get_xlabel() == "depth (m)"]
+    assert bar.get_xlim() == pytest.approx((valid.min(), valid.max()))
+    # missing depth (0) is masked, drawn in the colour map's "bad" colour (black)
+    depth_img = _panel(fig, "val0000/depth").get_images()[0]
+    assert depth_img.get_array().mask[0, :3].all() and not depth_img.get_array().mask[1:].any()
+    assert tuple(depth_img.get_cmap().get_bad()) == (0.0, 0.0, 0.0, 1.0)
+    semseg_img = _panel(fig, "val0001/semseg").get_images()[0]
+    np.testing.assert_array_equal(semseg_img.get_array(), colorize_semseg(samples[1]["semseg"]))
+
+
+def test_grid_legend_lists_only_the_classes_shown(toy_dataset):
+    samples = read_samples(toy_dataset, "val", 1)
+    samples[0]["semseg"][:] = 2
+    fig = grid_figure(samples, ["k"], ["wall", "floor", "chair", "table"])
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["chair"]
+    assert grid_figure(samples, ["k"], ["wall"]).legends[0].get_texts()[0].get_text() == "class 2"
+
+
+def test_the_cli_writes_the_grid(toy_dataset, tmp_path):
     out = CliRunner().invoke(cli, ["data", "inspect", str(toy_dataset), "--grid", str(tmp_path / "g.png"), "--json"])
     assert out.exit_code == 0, out.output
-    assert json.loads(out.stdout)["grid"] == str(tmp_path / "g.png") and (tmp_path / "g.png").is_file()
+    assert json.loads(out.stdout)["grid"] == str(tmp_path / "g.png")
+    with Image.open(tmp_path / "g.png") as im:
+        assert im.format == "PNG" and im.size[0] > 400 and im.size[1] > 400
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png", "toy"]  # no temporary file left
 
 
 def test_grid_draws_a_registered_member_by_its_kind(toy_dataset, tmp_path):
@@ -47,10 +90,11 @@ def test_grid_draws_a_registered_member_by_its_kind(toy_dataset, tmp_path):
     try:
         samples = read_samples(toy_dataset, "val", 1)
         samples[0]["confidence"] = np.full((12, 16), 77, np.uint8)
-        draw_grid(samples, tmp_path / "grid.png")
-        img = np.asarray(Image.open(tmp_path / "grid.png"))
-        assert img.shape[1] == (len(COLUMNS) + 1) * 16
-        assert np.all(img[16:, len(COLUMNS) * 16 :] == 77)
+        fig = grid_figure(samples, ["k"])
+        assert [ax.get_title() for ax in fig.axes if ax.get_title()] == [*COLUMNS, "confidence"]
+        assert np.all(_panel(fig, "k/confidence").get_images()[0].get_array() == 77)
+        draw_grid(samples, tmp_path / "grid.png", ["k"])
+        assert (tmp_path / "grid.png").is_file()
     finally:
         MEMBERS.pop("confidence")
 
