@@ -68,6 +68,11 @@ def test_bad_inference_settings_are_config_errors(ckpt):
         (["--window", "big"], "--window 'big': expected H,W"),
         (["--scales", "1.0,x"], "--scales '1.0,x': expected numbers > 0"),
         (["--scales", "-1"], "--scales '-1': expected numbers > 0"),
+        (
+            ["--set", "data.augment.crop=null", "--set", "data.augment.scale=null", "--window", "crop"],
+            "--window crop: the config has no data.augment.crop",
+        ),
+        (["--window", "4,4", "--stride-ratio", "0"], "evaluate: stride_ratio must be in (0, 1]"),
     ],
 )
 def test_evaluate_cli_names_a_bad_inference_option_and_exits_2(ckpt, args, error):
