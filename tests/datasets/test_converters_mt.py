@@ -406,3 +406,9 @@ def test_build_progress_lines_name_the_converter_and_split(tmp_path):
     lines = [ln for ln in result.stderr.splitlines() if ln.startswith("pascal-mt/")]
     assert lines[0].startswith("pascal-mt/train: 1/3 samples (33.3%), ")
     assert lines[-1].startswith("pascal-mt/val: 2/2 samples (100.0%), ")
+
+
+def test_thin_gives_the_same_lines_for_a_fortran_ordered_map():
+    band = np.zeros((6, 8), bool)
+    band[:, 3:5] = True
+    assert np.array_equal(thin(np.asfortranarray(band)), thin(band)) and thin(band).sum() == 5
