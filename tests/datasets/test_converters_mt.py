@@ -17,6 +17,7 @@ from datasets.codec import decode_normals, encode_normals
 from datasets.loader import ShardStream
 from datasets.manifest import load_manifest
 from datasets.sources.base import SourceError
+from datasets.sources.nyud_mt import NyudMtSource
 from datasets.sources.pascal_mt import (
     HUMAN_PARTS_6,
     NORMALS_VALID_CONTEXT_IDS,
@@ -31,6 +32,7 @@ from datasets.sources.pascal_mt import (
 from datasets.sources.sunrgbd import SUNRGBD37_CLASSES, SunrgbdSource, sunrgbd_depth
 from datasets.writer import write_dataset
 from pipelines.cli.main import cli
+from tests.datasets.test_converters import N_OURS, plane
 
 H, W = 6, 8
 RNG = np.random.default_rng(0)
@@ -412,3 +414,25 @@ def test_thin_gives_the_same_lines_for_a_fortran_ordered_map():
     band = np.zeros((6, 8), bool)
     band[:, 3:5] = True
     assert np.array_equal(thin(np.asfortranarray(band)), thin(band)) and thin(band).sum() == 5
+
+
+@pytest.mark.parametrize("flip_z", [True, False])
+def test_nyud_mt_normals_check_at_native_size_reads_every_second_pixel_and_still_catches_a_flip(tmp_path, flip_z):
+    """At 480x640 the nyud-mt sign check runs on a 2x-subsampled grid (benchmarks/converters.py)."""
+    hw = (480, 640)
+    root = tmp_path / "nyud"
+    image(root / "images" / "0001.jpg", *hw)
+    for name, arr in (
+        ("depth", plane(hw)),
+        ("normals", np.broadcast_to(N_OURS * [1, 1, -1 if flip_z else 1], (*hw, 3)).astype(np.float32)),
+    ):
+        (root / name).mkdir(parents=True)
+        np.save(root / name / "0001.npy", arr)
+    (root / "gt_sets").mkdir()
+    (root / "gt_sets" / "train.txt").write_text("0001\n")
+    if flip_z:  # the release's convention (z towards the camera): the default flip makes it ours
+        n = NyudMtSource(root=str(root)).load("train", "0001")["normals"]
+        np.testing.assert_allclose(n[240, 320], N_OURS, atol=1e-6)
+    else:
+        with pytest.raises(SourceError, match=r"normals[/\\]0001\.npy.*axis z"):
+            NyudMtSource(root=str(root)).load("train", "0001")
