@@ -18,18 +18,24 @@ import torch
 from datasets.loader import ShardStream, make_loader
 from datasets.manifest import write_atomic
 from datasets.transforms import build_transform
-from fusion import build_model
 from fusion.inference import OFFICIAL_STRIDE_RATIO, TestTimeAugmented
 from fusion.metrics import DELTA_M_DIRECTIONS, MetricSet, PerClassMetric, delta_m
 from pipelines.analysis.compare import require_store, union_of_references
 from pipelines.analysis.eval_report import log_to_run, pictures
-from pipelines.checkpoints import CheckpointError, check_compatible, load_model_state, read_meta
+from pipelines.checkpoints import (
+    CheckpointError,
+    build_checkpoint_model,
+    check_compatible,
+    load_model_state,
+    read_meta,
+)
 from pipelines.config import ConfigError, ExperimentConfig, model_config
 from pipelines.jsonio import dumps
 from pipelines.progress import Progress, progress_every_s
 from pipelines.storage import copy_to_local, is_uri
 from pipelines.track.data_versions import resolve_data_rev
 from pipelines.track.redact import redact_url_password, restore_secrets
+from pipelines.track.registry import is_model_uri, resolve_model_uri
 from pipelines.track.tracker import run_not_found
 from pipelines.train.driver import validate_experiment
 from pipelines.train.steps import evaluate
@@ -62,7 +68,7 @@ def _load_checkpoint(ckpt: Path, want: dict[str, Any], source: str | None) -> tu
     try:
         meta = read_meta(ckpt, require=("model_config",))
         check_compatible(meta["model_config"], want, str(ckpt))
-        model = build_model(meta["model_config"])
+        model = build_checkpoint_model(meta["model_config"])  # model.pt has every weight: no ImageNet file read
         load_model_state(model, ckpt)
     except CheckpointError as e:
         if source is None:
@@ -155,7 +161,13 @@ def trivial_baselines(cfg: ExperimentConfig, num_classes: int, split: str) -> di
             valid = t["depth"][t["depth"] > 0]
             depth_sum, depth_n = depth_sum + float(valid.double().sum()), depth_n + valid.numel()
     majority, mean_depth = int(hist.argmax()), depth_sum / max(1, depth_n)
-    metrics = MetricSet(tasks, num_classes=num_classes, edge_max_dist=cfg.data.edge_max_dist)
+    metrics = MetricSet(
+        tasks,
+        num_classes=num_classes,
+        edge_max_dist=cfg.data.edge_max_dist,
+        miou_classes=cfg.data.miou_classes,
+        edge_protocol=cfg.data.edge_protocol,
+    )
     for batch in make_loader(stream(split)):
         t = batch["targets"]
         out: dict[str, torch.Tensor] = {}
@@ -225,8 +237,13 @@ def run_evaluate(
     every_s = progress_every_s()
 
     cfg = resolve_data_rev(cfg)  # data.rev: the shards as they were at that git revision
+    # The checkpoint holds every weight: the config's ImageNet file (model.pretrained) is neither read nor needed.
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained": None})})
     manifest = validate_experiment(cfg)
     cfg = cfg.resolved_paths()
+    registered = run_id if run_id is not None and is_model_uri(run_id) else None
+    if registered:  # models:/NAME/VERSION or models:/NAME@ALIAS: the run the version was logged in
+        run_id = resolve_model_uri(registered, cfg.tracking.uri).run_id
     split = split or cfg.data.val_split  # the split training validated on
     if split not in manifest["splits"]:
         raise ConfigError(f"{cfg.data.shards}: no split {split!r}; splits: {sorted(manifest['splits'])}")
@@ -282,6 +299,8 @@ def run_evaluate(
         amp=cfg.train.amp,
         edge_max_dist=cfg.data.edge_max_dist,
         per_class=per_class,
+        miou_classes=cfg.data.miou_classes,
+        edge_protocol=cfg.data.edge_protocol,
         progress=Progress(
             f"evaluate {split}", -(-len(stream) // stream.batch_size), _say, every_s, unit="batch", final=True
         ),
@@ -296,6 +315,8 @@ def run_evaluate(
         "device": str(dev),
         "metrics": flat,
     }
+    if registered:
+        result["model_uri"] = registered
     if tta is not None:
         result["inference"] = tta.settings()
     if per_class is not None:

@@ -39,22 +39,16 @@ from datasets.inspect import colorize_depth, colorize_semseg
 from datasets.manifest import ManifestError, load_manifest, write_atomic
 from datasets.shards import ShardReadError, iter_shard
 from datasets.tario import TarFormatError
-from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 from pipelines.analysis.evaluate import _download_checkpoint, resolve_device
 from pipelines.checkpoints import build_checkpoint_model, load_model_state, read_meta
 from pipelines.config import ConfigError
 from pipelines.jsonio import dumps
+from pipelines.track.export import NORMALISATION, STRIDE
 from pipelines.track.registry import is_model_uri, resolve_model_uri
 
-#: Inputs are padded to a multiple of this (the coarsest stride of every backbone) and cropped back.
-STRIDE = 32
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-#: What training fed the model (datasets.transforms.to_tensors): RGB / 255, then ImageNet mean and std;
-#: depth in metres. Checkpoints record it as ``normalisation`` in meta.json; this is for those that do not.
-DEFAULT_NORMALISATION: dict[str, Any] = {
-    "rgb": {"scale": 1 / 255, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-    "depth": {"unit": "m", "png_scale": MEMBERS["depth"].scale},
-}
+#: What training fed the model; checkpoints that record no ``normalisation`` in meta.json had this.
+DEFAULT_NORMALISATION: dict[str, Any] = NORMALISATION
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 

@@ -77,15 +77,30 @@ def resolve_model_uri(uri: str, tracking_uri: str) -> RegisteredModel:
     try:
         mv: Any = client.get_model_version(name, version) if version else client.get_model_version_by_alias(name, alias)
     except Exception as e:  # noqa: BLE001 - "not found" is the input's fault; a store failure is raised
-        if not run_not_found(e):
+        if not (run_not_found(e) or _unknown_alias(e)):
             raise
         try:
-            known = [v.version for v in client.search_model_versions(f"name='{name}'")]
+            known = [str(v.version) for v in client.search_model_versions(f"name='{name}'")]
         except Exception:  # noqa: BLE001 - only for the message
             known = []
         what = f"version {version}" if version else f"alias {alias!r}"
         have = f"; its versions: {', '.join(sorted(known, key=int))}" if known else " (no such registered model)"
+        if not known and _exists(client, name):
+            have = " (it has no versions)"
         raise ConfigError(f"model URI {uri!r}: {where} has no {what} of model {name!r}{have}") from None
     if not mv.run_id:
         raise ConfigError(f"model URI {uri!r}: version {mv.version} of {name!r} was not logged by a run")
     return RegisteredModel(name, str(mv.version), mv.run_id, f"models:/{name}/{mv.version}")
+
+
+def _unknown_alias(e: Exception) -> bool:
+    # MLflow reports an alias that does not exist as a bad parameter, not as a missing resource.
+    return getattr(e, "error_code", None) == "INVALID_PARAMETER_VALUE" and "alias" in str(e) and "not found" in str(e)
+
+
+def _exists(client: Any, name: str) -> bool:
+    try:
+        client.get_registered_model(name)
+    except Exception:  # noqa: BLE001 - only for the message
+        return False
+    return True
