@@ -191,8 +191,26 @@ def context_edges(label_map: np.ndarray) -> np.ndarray:
 
 def saliency(raw: np.ndarray) -> np.ndarray:
     """data/pascal_context.py, ``_load_sal_distilled``: ``raw / 255 > 0.5`` is salient, stored as 255
-    (the ``sal`` member: 255 = salient, 0 = not)."""
-    return np.where(raw.astype(np.float64) / 255.0 > 0.5, 255, 0).astype(np.uint8)
+    (the ``sal`` member: 255 = salient, 0 = not). For integer pixels that is ``raw >= 128``."""
+    return np.where(raw >= 128, 255, 0).astype(np.uint8)
+
+
+# 0..20 and 255 (ignore): the values a semseg PNG may hold.
+_SEMSEG_VALUES = np.zeros(256, dtype=bool)
+_SEMSEG_VALUES[: len(PASCAL_MT_CLASSES)] = True
+_SEMSEG_VALUES[255] = True
+
+
+def read_semseg(path: Path, hw: tuple[int, int]) -> np.ndarray:
+    """data/pascal_context.py, ``_load_semseg``: the PNG's values are the class ids, 255 = ignore; any other
+    value is an error naming the file. An 8-bit PNG is checked with a 256-entry table."""
+    raw, mode = c.read_png(path)
+    if raw.ndim != 2:
+        raise SourceError(f"{path}: label image must be single-channel, got mode {mode} with shape {raw.shape}")
+    c.check_hw(raw, hw, path)
+    if raw.dtype == np.uint8 and _SEMSEG_VALUES[raw].all():
+        return raw
+    return c.check_class_ids(raw.astype(np.int64), len(PASCAL_MT_CLASSES), 255, path)
 
 
 def distilled_normals(raw: np.ndarray, label_map: np.ndarray) -> np.ndarray:
@@ -359,13 +377,7 @@ class PascalMtSource(Source):
                 )
             label_map = c.check_hw(np.asarray(label_map), hw, files["context"])
         if "semseg" in self.tasks:
-            # data/pascal_context.py, _load_semseg: the PNG's values are the class ids; 255 = ignore.
-            sample["semseg"] = c.check_class_ids(
-                c.check_hw(c.read_label_png(files["semseg"]), hw, files["semseg"]),
-                len(self.classes),
-                255,
-                files["semseg"],
-            )
+            sample["semseg"] = read_semseg(files["semseg"], hw)
         if "parts" in self.tasks:
             sample["parts"] = human_parts(files["parts"], hw)
         if "sal" in self.tasks:
