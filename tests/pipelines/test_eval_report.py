@@ -121,3 +121,14 @@ def test_cli_log_to_run_exit_code_and_lines(checkpoint, tmp_path):
     r = CliRunner().invoke(cli, ["evaluate", "--config", str(config), "--checkpoint", str(ck), "--log-to-run"])
     assert r.exit_code == 0, r.output
     assert f"class {classes[0]}" in r.output and f"to MLflow run {run_id}" in r.output
+
+
+def test_log_to_run_of_a_checkpoint_without_a_run_is_named(checkpoint, tmp_path):
+    from pipelines.checkpoints import read_meta
+
+    cfg, ck, _, model, classes = checkpoint
+    meta = read_meta(ck)
+    del meta["mlflow_run_id"]
+    save_checkpoint(tmp_path / "bare", model, meta)
+    with pytest.raises(ConfigError, match="--log-to-run: checkpoint .*bare names no MLflow run"):
+        run_evaluate(cfg, checkpoint=str(tmp_path / "bare"), log_run=True)
