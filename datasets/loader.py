@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from datasets.codec import ShardFormatError, decode_sample
@@ -225,7 +226,12 @@ class ShardStream(IterableDataset):
 
     def _to_tensors(self, sample: dict[str, Any]) -> dict[str, Any]:
         inputs, targets = to_tensors(sample, self.tasks, self.modalities, self.mean, self.std)
-        return {"inputs": inputs, "targets": targets, "id": str(sample.get("meta", {}).get("id", ""))}
+        meta = sample.get("meta", {})
+        out = {"inputs": inputs, "targets": targets, "id": str(meta.get("id", ""))}
+        if "warp" in meta:  # a WarpSampler's draw, for the device to apply (datasets/device_augment.py)
+            out["warp"] = torch.from_numpy(np.asarray(meta["warp"], dtype=np.float64))
+            out["warp_size"] = torch.tensor(meta["warp_size"], dtype=torch.long)
+        return out
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, nworkers = self._worker()

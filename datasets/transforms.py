@@ -333,6 +333,39 @@ def _photometric(cfg: AugmentConfig) -> A.Compose | None:
     return A.Compose(ops, strict=True) if ops else None
 
 
+def _draw_warp(
+    cfg: AugmentConfig, train: bool, sample: dict[str, Any], rng_seed: int | None
+) -> tuple[tuple[int, int], Warp, np.random.SeedSequence]:
+    """The sample's size, its warp and the seed of its photometric ops, drawn from ``rng_seed``."""
+    if rng_seed is not None and (
+        isinstance(rng_seed, bool) or not isinstance(rng_seed, (int, np.integer)) or rng_seed < 0
+    ):
+        raise SampleError(f"sample {_sample_id(sample)}: rng_seed must be a non-negative int or None, got {rng_seed!r}")
+    hw = check_sample(sample)
+    geo_seq, photo_seq = np.random.SeedSequence(rng_seed).spawn(2)
+    return hw, sample_warp(cfg, train, hw, np.random.default_rng(geo_seq)), photo_seq
+
+
+@dataclass(frozen=True)
+class WarpSampler:
+    """Callable ``(sample, rng_seed) -> sample`` for augmentation on the device (``data.augment_on: device``):
+    it draws the warp :class:`SampleTransform` would draw for the same seed and applies nothing. The
+    sample comes back unresampled, with ``meta["warp"]`` (the 3×3 matrix, input -> output pixels) and
+    ``meta["warp_size"]`` (output H, W); the loader hands both on as ``batch["warp"]`` and
+    ``batch["warp_size"]``, and :func:`datasets.device_augment.warp_batch` applies them to the batch.
+    It has no photometric ops (the config refuses them with ``augment_on: device``).
+    """
+
+    cfg: AugmentConfig
+    train: bool
+
+    def __call__(self, sample: dict[str, Any], rng_seed: int | None = None) -> dict[str, Any]:
+        _, warp, _ = _draw_warp(self.cfg, self.train, sample, rng_seed)
+        meta = dict(sample.get("meta") or {})
+        meta["warp"], meta["warp_size"] = warp.matrix, warp.size
+        return {**sample, "meta": meta}
+
+
 @dataclass(frozen=True)
 class SampleTransform:
     """Callable ``(sample, rng_seed) -> sample``: same keys and dtypes, the input left untouched."""
@@ -345,15 +378,7 @@ class SampleTransform:
 
         Pass a seed from a seeded generator for a reproducible run (the loader does, per slot).
         """
-        if rng_seed is not None and (
-            isinstance(rng_seed, bool) or not isinstance(rng_seed, (int, np.integer)) or rng_seed < 0
-        ):
-            raise SampleError(
-                f"sample {_sample_id(sample)}: rng_seed must be a non-negative int or None, got {rng_seed!r}"
-            )
-        hw = check_sample(sample)
-        geo_seq, photo_seq = np.random.SeedSequence(rng_seed).spawn(2)
-        warp = sample_warp(self.cfg, self.train, hw, np.random.default_rng(geo_seq))
+        hw, warp, photo_seq = _draw_warp(self.cfg, self.train, sample, rng_seed)
         photometric = _photometric(self.cfg) if self.train else None
         if photometric is None and warp.size == hw and np.array_equal(warp.matrix, np.eye(3)):
             # Nothing to do (evaluation without `resize`): copies of the maps, without resampling.
@@ -368,9 +393,19 @@ class SampleTransform:
         return out
 
 
-def build_transform(cfg: AugmentConfig | dict[str, Any], train: bool) -> SampleTransform:
-    """A transform for training (random geometry + photometric) or evaluation (``resize`` only)."""
+def build_transform(
+    cfg: AugmentConfig | dict[str, Any], train: bool, on: Literal["cpu", "device"] = "cpu"
+) -> SampleTransform | WarpSampler:
+    """A transform for training (random geometry + photometric) or evaluation (``resize`` only).
+
+    ``on="device"``: a :class:`WarpSampler`, which only draws the warp for the device to apply.
+    """
     config = cfg if isinstance(cfg, AugmentConfig) else AugmentConfig.model_validate(cfg)
+    if on == "device":
+        photometric = [k for k in ("color_jitter", "gaussian_noise", "blur") if getattr(config, k) is not None]
+        if photometric:
+            raise ValueError(f"augmentation on the device has no photometric ops; the config sets {photometric}")
+        return WarpSampler(config, bool(train))
     # Build once so albumentations' own argument checks fail here, not on the first sample.
     _photometric(config)
     return SampleTransform(config, bool(train))
