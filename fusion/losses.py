@@ -139,6 +139,48 @@ def _resize_to(pred: Tensor, target: Tensor) -> Tensor:
     return F.interpolate(pred, size=size, mode="bilinear", align_corners=False)
 
 
+#: How ``aux_resolution="prediction"`` brings each built-in task's target down to an aux prediction's size:
+#: ``nearest`` (class maps: the block's centre pixel, 255 stays ignore), ``valid_mean`` (the mean of the
+#: block's valid pixels, invalid where it has none: depth's 0), ``valid_mean_unit`` (the same, renormalised:
+#: normals), ``any`` (a block is an edge where one of its pixels is: thin edges survive), ``mean``
+#: (saliency). A task without a rule (a plugin's) keeps the official upsampling of the prediction.
+AUX_TARGET_POOL: dict[str, str] = {
+    "semseg": "nearest",
+    "parts": "nearest",
+    "depth": "valid_mean",
+    "normals": "valid_mean_unit",
+    "edge": "any",
+    "sal": "mean",
+}
+
+
+def downsample_target(target: Tensor, size: tuple[int, int], rule: str) -> Tensor:
+    """``target`` (B×H×W class ids, or B×C×H×W) at ``size``, by one of the :data:`AUX_TARGET_POOL` rules.
+
+    Area rules average over each output pixel's footprint (``F.interpolate(mode="area")``, exact for
+    any size, integer factors or not); ``nearest`` takes the pixel nearest the footprint's centre."""
+    if rule == "nearest":
+        t = target if target.dim() == 4 else target.unsqueeze(1)
+        out = F.interpolate(t.float(), size=size, mode="nearest-exact").to(target.dtype)
+        return out if target.dim() == 4 else out[:, 0]
+    if rule == "mean":
+        return F.interpolate(target, size=size, mode="area")
+    if rule == "any":
+        return F.adaptive_max_pool2d(target, size)
+    if rule in ("valid_mean", "valid_mean_unit"):
+        valid = (target != 0).any(dim=1, keepdim=True).to(target.dtype)
+        total = F.interpolate(target * valid, size=size, mode="area")
+        count = F.interpolate(valid, size=size, mode="area")
+        out = torch.where(count > 0, total / count.clamp(min=torch.finfo(target.dtype).tiny), 0.0)
+        if rule == "valid_mean_unit":
+            norm = torch.linalg.vector_norm(out, dim=1, keepdim=True)
+            out = torch.where(norm > 0, out / norm.clamp(min=torch.finfo(target.dtype).tiny), 0.0)
+        return out
+    raise ValueError(
+        f"downsample_target: unknown rule {rule!r} (known: {', '.join(sorted(set(AUX_TARGET_POOL.values())))})"
+    )
+
+
 class MultiTaskLoss(nn.Module):
     """Weighted sum of final task losses, deep-supervision (aux) losses and regularisation terms.
 
@@ -149,6 +191,12 @@ class MultiTaskLoss(nn.Module):
     bilinearly upsampled to the target size, as there. Aux predictions of auxiliary tasks (e.g. an
     MTI-Net that predicts ``edge`` only at its front end) need a target and use weight
     ``weights.get(task, 1.0)``.
+
+    ``aux_resolution="prediction"`` computes each aux loss at its prediction's (lower) resolution
+    instead, on the target brought down by the task's :data:`AUX_TARGET_POOL` rule (once per task and
+    size per call): the same losses on 1/s² of the pixels at an aux scale of 1/s, not numerically equal
+    to the official ones (benchmarks/deep_supervision.py measures the difference). The final outputs
+    are always scored at the target's resolution.
     """
 
     def __init__(
@@ -160,8 +208,12 @@ class MultiTaskLoss(nn.Module):
         ohem_thresh: float = 0.7,
         ohem_min_kept: int = 100_000,
         edge_pos_weight: float = EDGE_POS_WEIGHT,
+        aux_resolution: str = "target",
     ) -> None:
         super().__init__()
+        if aux_resolution not in ("target", "prediction"):
+            raise ValueError(f"MultiTaskLoss: aux_resolution must be 'target' or 'prediction', got {aux_resolution!r}")
+        self.aux_resolution = aux_resolution
         weights = dict(weights or {})
         unknown = sorted(set(tasks) - set(TASKS)) + sorted(set(weights) - set(TASKS))
         if unknown:
@@ -181,10 +233,31 @@ class MultiTaskLoss(nn.Module):
         # official FSAuxOhemCELoss (OHEM cross-entropy on the output, plain cross-entropy on the dsn head).
         self._aux_fns = self._fns if not ohem else {t: task_loss_fn(t, edge_pos_weight=edge_pos_weight) for t in TASKS}
 
-    def _term(self, task: str, pred: Tensor, targets: Mapping[str, Tensor], where: str, aux: bool = False) -> Tensor:
+    def _term(
+        self,
+        task: str,
+        pred: Tensor,
+        targets: Mapping[str, Tensor],
+        where: str,
+        aux: bool = False,
+        pooled: dict[tuple[str, tuple[int, int]], Tensor] | None = None,
+    ) -> Tensor:
         if task not in targets:
             raise KeyError(f"MultiTaskLoss: targets have no {task!r} (needed by {where}); targets: {sorted(targets)}")
         target = targets[task]
+        size = (int(pred.shape[-2]), int(pred.shape[-1]))
+        th, tw = target.shape[-2:]
+        if (
+            aux
+            and pooled is not None
+            and task in AUX_TARGET_POOL
+            and size[0] <= th
+            and size[1] <= tw
+            and size != (th, tw)
+        ):
+            if (task, size) not in pooled:
+                pooled[(task, size)] = downsample_target(target, size, AUX_TARGET_POOL[task])
+            return self._aux_fns[task](pred, pooled[(task, size)])
         return (self._aux_fns if aux else self._fns)[task](_resize_to(pred, target), target)
 
     def forward(
@@ -202,10 +275,13 @@ class MultiTaskLoss(nn.Module):
             terms.append(self.weights[t] * loss)
         if self.deep_supervision:
             aux_weights = dict(getattr(inner, "aux_weights", {}) or {})
+            pooled: dict[tuple[str, tuple[int, int]], Tensor] | None = (
+                {} if self.aux_resolution == "prediction" else None
+            )
             for name, preds in (outputs.get("aux") or {}).items():
                 alpha = float(aux_weights.get(name, 1.0))
                 for t, pred in preds.items():
-                    loss = self._term(t, pred, targets, f"aux {name!r}", aux=True)
+                    loss = self._term(t, pred, targets, f"aux {name!r}", aux=True, pooled=pooled)
                     components[f"{name}/{t}"] = loss.detach()
                     terms.append(alpha * self.weights[t] * loss)
         if inner is not None and hasattr(inner, "regularization"):
