@@ -103,6 +103,12 @@ class DataSection(_Section):
         default_factory=AugmentConfig,
         description="augmentation, see [augmentation.md](augmentation.md); only `hflip: 0.5` is on by default",
     )
+    augment_on: Literal["cpu", "device"] = Field(
+        "cpu",
+        description="where the geometric augmentation runs: `cpu` in the loader workers, or `device`: the workers "
+        "only decode and the training worker warps each batch on its device before the forward "
+        "([augmentation.md](augmentation.md#on-the-device)); `device` takes no photometric ops",
+    )
     loader_workers: Count = Field(1, ge=0, description="DataLoader worker processes per training worker")
     shuffle_buffer: Count = Field(
         128,
@@ -132,6 +138,17 @@ class DataSection(_Section):
             raise ValueError(f"{v!r} is not a git revision (a tag, branch or commit, e.g. v1 or 3f2a9c1)")
         return v
 
+    @model_validator(mode="after")
+    def _device_augment(self) -> DataSection:
+        a = self.augment
+        photometric = [k for k in ("color_jitter", "gaussian_noise", "blur") if getattr(a, k) is not None]
+        if self.augment_on == "device" and photometric:
+            raise ValueError(
+                f"augment_on: device warps on the device and has no photometric ops; data.augment sets "
+                f"{', '.join(photometric)}: remove them or use augment_on: cpu"
+            )
+        return self
+
 
 class ModelSection(ModelFields):
     """The keys, bounds and descriptions of :class:`fusion.config.ModelFields` (what ``fusion.build_model``
@@ -148,6 +165,12 @@ class LossSection(_Section):
         "predictions, e.g. MTI-Net's scales, CEN's per-modality outputs, ANN's stage-4 head",
     )
     ohem: Switch = Field(False, description="online hard example mining for the semseg cross-entropy")
+    aux_resolution: Literal["target", "prediction"] = Field(
+        "target",
+        description="where each deep-supervision loss is computed: `target` upsamples the aux prediction to the "
+        "target (the official code), `prediction` downsamples the target to the prediction "
+        "([models.md](models.md#deep-supervision-at-the-predictions-resolution))",
+    )
 
     @field_validator("weights")
     @classmethod
@@ -184,6 +207,12 @@ class TrainSection(_Section):
     cpus_per_worker: Real = Field(1, gt=0, description="CPUs Ray reserves for each worker")
     use_gpu: Switch = Field(False, description="one GPU per worker (NCCL between workers)")
     amp: Switch = Field(False, description="bf16 autocast on GPU")
+    compile: Literal[False, "default", "reduce-overhead", "max-autotune"] = Field(
+        False,
+        description="`torch.compile` the forward and loss of the train step with this mode (`false`: eager); "
+        "see [training.md](training.md#speed-on-a-gpu)",
+    )
+    channels_last: Switch = Field(False, description="model and image inputs in the channels-last memory format")
     sync_batchnorm: Switch = Field(
         False,
         description="GPU workers: BatchNorm statistics over the global batch (SyncBatchNorm), not each worker's share",
@@ -193,6 +222,13 @@ class TrainSection(_Section):
     torch_threads: Count | None = Field(
         None, ge=1, description="intra-op threads per worker (default: cpus_per_worker)"
     )
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_not_coerced(cls, v: Any) -> Any:
+        if v is not False and not isinstance(v, str):  # 0 would otherwise pass as false
+            raise ValueError("must be false, 'default', 'reduce-overhead' or 'max-autotune'")
+        return v
 
     @model_validator(mode="after")
     def _sync_bn_on_gpu(self) -> TrainSection:

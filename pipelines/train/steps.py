@@ -16,15 +16,21 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from datasets.device_augment import warp_batch
 from fusion.losses import MultiTaskLoss
-from fusion.metrics import MetricSet, PerClassMetric
+from fusion.metrics import MetricSet
 from pipelines.checkpoints import CheckpointError, unwrap
 from pipelines.config import ExperimentConfig
-from pipelines.progress import Progress
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the message names the task."""
+
+
+#: ``forward_loss(inputs, targets) -> (total, parts)``: the model's forward and the loss of one batch.
+ForwardLoss = Callable[[dict[str, Tensor], dict[str, Tensor]], tuple[Tensor, dict[str, Tensor]]]
+#: ``batch_transform(batch, inputs, targets) -> (inputs, targets)``: work on a batch once it is on the device.
+BatchTransform = Callable[[Mapping[str, Any], dict[str, Tensor], dict[str, Tensor]], tuple[dict, dict]]
 
 
 def make_optimizer(cfg: ExperimentConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -108,6 +114,50 @@ def to_device(batch: Mapping[str, Any], device: torch.device) -> tuple[dict[str,
     return inputs, targets
 
 
+def channels_last_inputs(inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The 4-D inputs (images, depth) in the channels-last memory format (``train.channels_last``)."""
+    return {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in inputs.items()}
+
+
+def device_augment(rgb_pad: str = "zero") -> BatchTransform:
+    """The batch transform of ``data.augment_on: device``: the loader's ``batch["warp"]`` and
+    ``batch["warp_size"]`` applied to the batch on its device (:func:`datasets.device_augment.warp_batch`)."""
+
+    def transform(batch: Mapping[str, Any], inputs: dict[str, Tensor], targets: dict[str, Tensor]):
+        if "warp" not in batch:
+            raise ValueError("data.augment_on: device, but the loader's batch has no 'warp' (a WarpSampler draws it)")
+        return warp_batch(inputs, targets, batch["warp"], batch["warp_size"], rgb_pad=rgb_pad)
+
+    return transform
+
+
+def make_forward_loss(
+    model: nn.Module,
+    criterion: MultiTaskLoss,
+    device: torch.device,
+    amp: bool = False,
+    compile_mode: str | bool = False,
+    backend: str = "inductor",
+) -> ForwardLoss:
+    """The forward pass and the loss of one batch, as one function; ``compile_mode`` (``train.compile``:
+    ``"default"``, ``"reduce-overhead"``, ``"max-autotune"``) has ``torch.compile`` compile it, once per
+    run: the function is made once and keeps its compiled graphs across epochs. ``backend`` is
+    ``torch.compile``'s (``"aot_eager"`` captures the same graphs without generating kernels: the CPU tests
+    use it, since inductor's C++ build of the smoke model takes minutes on two cores)."""
+
+    def forward_loss(inputs: dict[str, Tensor], targets: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        with _autocast(device, amp):
+            outputs = model(inputs)
+        # The loss in float32, outside autocast: under it, the elementwise differences of the
+        # depth and normals losses would be taken in bf16 (8 bits of mantissa).
+        return criterion(float32_outputs(outputs), targets, model)
+
+    if compile_mode:
+        mode = None if compile_mode == "default" or backend != "inductor" else compile_mode
+        return torch.compile(forward_loss, mode=mode, backend=backend)
+    return forward_loss
+
+
 def all_reduce_sum(t: Tensor) -> Tensor:
     """Sum ``t`` over every rank; the result is on ``t``'s device.
 
@@ -159,7 +209,9 @@ def train_epoch(
     epoch: int = 0,
     num_batches: int | None = None,
     first_step: int = 0,
-    progress: Progress | None = None,
+    forward_loss: ForwardLoss | None = None,
+    batch_transform: BatchTransform | None = None,
+    channels_last: bool = False,
 ) -> dict[str, float]:
     """One pass; returns mean loss components over all ranks, samples/s and seconds.
 
@@ -172,8 +224,14 @@ def train_epoch(
     epoch takes ``ceil(num_batches / k)`` steps. Under DDP the count must be known, since the last
     batch of each group is the one whose gradients are all-reduced.
 
-    ``progress`` (rank 0's, :class:`pipelines.progress.Progress` over the epoch's batches) is told after
-    every batch; when a line is due it shows this rank's running mean loss, read from the device then only.
+    ``forward_loss`` (:func:`make_forward_loss`, compiled or not) runs the model and the loss; by default
+    an eager one. ``batch_transform`` (e.g. :func:`device_augment`) runs on each batch once it is on the
+    device, before ``channels_last`` puts its images in that memory format.
+
+    The loop does not wait for the device: losses are summed and a non-finite loss is noted on the
+    device, and the host reads them once, after the last batch. So a :class:`NonFiniteLossError` (naming
+    the first batch whose loss was not finite, and its tasks) comes at the end of the epoch, before any
+    metric or checkpoint of it is reported.
     """
     model.train()
     sums: dict[str, Tensor] = {}
@@ -191,9 +249,18 @@ def train_epoch(
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     pending = 0  # batches whose gradients wait for a step
+    if forward_loss is None:
+        forward_loss = make_forward_loss(model, criterion, device, amp)
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # the first batch with a non-finite loss
+    first_bad_parts: Tensor | None = None  # that batch's loss components
+    part_names: list[str] = []
     step = first_step  # the run's count of optimizer steps, this epoch's next one
     for i, batch in enumerate(loader):
         inputs, targets = to_device(batch, device)
+        if batch_transform is not None:
+            inputs, targets = batch_transform(batch, inputs, targets)
+        if channels_last:
+            inputs = channels_last_inputs(inputs)
         group = i - i % grad_accum  # the index of this group's first batch
         if num_batches is not None and i >= num_batches:
             raise RuntimeError(f"train_epoch: the loader yielded more than num_batches = {num_batches} batches")
@@ -201,17 +268,14 @@ def train_epoch(
         last_micro = (i + 1) % grad_accum == 0 or (num_batches is not None and i + 1 == num_batches)
         sync = nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
-            with _autocast(device, amp):
-                outputs = model(inputs)
-            # The loss in float32, outside autocast: under it, the elementwise differences of the
-            # depth and normals losses would be taken in bf16 (8 bits of mantissa).
-            total, parts = criterion(float32_outputs(outputs), targets, model)
-            if not torch.isfinite(total):
-                bad = [k for k, v in parts.items() if k != "total" and not torch.isfinite(v)]
-                raise NonFiniteLossError(
-                    f"non-finite loss at epoch {epoch}, batch {i}: task(s) {', '.join(bad) or 'total'} = "
-                    f"{', '.join(f'{parts[k].item()}' for k in bad) or total.item()}"
-                )
+            total, parts = forward_loss(inputs, targets)
+            # Noted on the device (no host sync per step); raised once the epoch's batches are done.
+            if not part_names:
+                part_names = sorted(parts)
+            vals = torch.stack([parts[k].detach().float() for k in part_names])
+            newly = (first_bad < 0) & ~torch.isfinite(total.detach())
+            first_bad = torch.where(newly, i, first_bad)
+            first_bad_parts = vals if first_bad_parts is None else torch.where(newly, vals, first_bad_parts)
             (total / group_size).backward()
         pending += 1
         if last_micro:
@@ -219,14 +283,11 @@ def train_epoch(
             step += 1
             pending = 0
         # Summed on the device: a float() here would make the host wait for the backward pass and the
-        # optimizer step on a GPU, so the next batch could not be loaded meanwhile. (The loss still
-        # syncs once per step, after the forward pass: the valid-pixel counts and the finiteness check.)
+        # optimizer step on a GPU, so the next batch could not be loaded meanwhile.
         for k, v in parts.items():
             sums[k] = sums[k] + v.detach().double() if k in sums else v.detach().double()
         batches += 1
         samples += next(iter(inputs.values())).shape[0]
-        if progress is not None:
-            progress.update(batches, samples, lambda n=batches: {"loss": float(sums["total"]) / n})
     if pending:
         # The loader ended inside a group (its length was not known, or was shorter than said): these
         # gradients were divided by group_size; step on their mean over the batches they came from.
@@ -243,7 +304,20 @@ def train_epoch(
         torch.cuda.synchronize(device)  # the epoch's time includes its last queued kernels
     seconds = time.perf_counter() - start
     keys = sorted(sums)
-    red = all_reduce_sum(torch.tensor([float(sums[k]) for k in keys] + [batches, samples], dtype=torch.float64))
+    # The epoch's one read from the device: the loss sums, and the first non-finite batch with its losses.
+    local = torch.cat(
+        [torch.stack([sums[k] for k in keys]) if keys else torch.zeros(0, dtype=torch.float64, device=device)]
+        + [first_bad.double().view(1)]
+        + ([first_bad_parts.double()] if first_bad_parts is not None else [])
+    ).cpu()
+    if local[len(keys)] >= 0:
+        bad_parts = dict(zip(part_names, local[len(keys) + 1 :].tolist(), strict=True))
+        bad = [k for k, v in bad_parts.items() if k != "total" and not math.isfinite(v)]
+        raise NonFiniteLossError(
+            f"non-finite loss at epoch {epoch}, batch {int(local[len(keys)])}: task(s) {', '.join(bad) or 'total'} = "
+            f"{', '.join(f'{bad_parts[k]}' for k in bad) or bad_parts['total']}"
+        )
+    red = all_reduce_sum(torch.cat([local[: len(keys)], torch.tensor([batches, samples], dtype=torch.float64)]))
     n_batches, n_samples = red[-2].item(), red[-1].item()
     out = {f"train/loss/{k}": red[j].item() / max(1.0, n_batches) for j, k in enumerate(keys)}
     out["train/samples_per_s"] = n_samples / max(seconds, 1e-9)
@@ -307,42 +381,18 @@ def evaluate(
     device: torch.device,
     amp: bool = False,
     edge_max_dist: float = 0.0075,
-    *,
-    per_class: PerClassMetric | None = None,
-    progress: Progress | None = None,
 ) -> dict[str, float]:
-    """Exact metrics over every sample of every rank (sums all-reduced, then computed).
-
-    ``per_class`` (:class:`fusion.metrics.PerClassMetric`), when given, is updated with every batch too
-    and holds the sums of every rank afterwards (all-reduced with the others), so its per-class IoU and
-    errors are exact under DDP. ``progress`` is told after every batch.
-    """
+    """Exact metrics over every sample of every rank (sums all-reduced, then computed)."""
     sync_buffers(model)
     net = unwrap(model)  # DDP's forward would broadcast buffers: a collective ranks may not match
     net.eval()
     metrics = MetricSet(tasks, num_classes=num_classes, edge_max_dist=edge_max_dist)
-    batches, samples = 0, 0
     for batch in loader:
         inputs, targets = to_device(batch, device)
         with _autocast(device, amp):
             outputs = net(inputs)
-        outputs = {t: outputs[t].float() for t in tasks}
-        metrics.update(outputs, targets)
-        if per_class is not None:
-            per_class.update(outputs, targets)
-        batches += 1
-        samples += next(iter(inputs.values())).shape[0]
-        if progress is not None:
-            progress.update(batches, samples)
-    state = metrics.state()
-    if per_class is None:
-        metrics.load_state(all_reduce_sum(state))
-    else:  # one collective for both
-        summed = all_reduce_sum(torch.cat([state, per_class.state()]))
-        metrics.load_state(summed[: state.numel()])
-        per_class.load_state(summed[state.numel() :])
-    if progress is not None:
-        progress.finish()
+        metrics.update({t: outputs[t].float() for t in tasks}, targets)
+    metrics.load_state(all_reduce_sum(metrics.state()))
     return {f"val/{k}": v for k, v in metrics.compute().items()}
 
 

@@ -49,9 +49,11 @@ from pipelines.train.previews import preview_grid
 from pipelines.train.resume import resume_from
 from pipelines.train.steps import (
     NonFiniteLossError,
+    device_augment,
     evaluate,
     load_optimizer_state,
     lr_at,
+    make_forward_loss,
     make_optimizer,
     predict,
     to_device,
@@ -175,8 +177,14 @@ def _train_loop(config: dict[str, Any]) -> None:
     # On the device before the optimizer exists: a resumed optimizer's state (Adam's moments) is cast to
     # the device of the parameters it is loaded into, and must not stay on the CPU behind a GPU model.
     model = with_sync_batchnorm(build_model(mcfg), cfg.train.sync_batchnorm, world).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     criterion = MultiTaskLoss(
-        mcfg["tasks"], cfg.loss.weights, deep_supervision=cfg.loss.deep_supervision, ohem=cfg.loss.ohem
+        mcfg["tasks"],
+        cfg.loss.weights,
+        deep_supervision=cfg.loss.deep_supervision,
+        ohem=cfg.loss.ohem,
+        aux_resolution=cfg.loss.aux_resolution,
     )
     d = cfg.data
     common = dict(
@@ -194,7 +202,7 @@ def _train_loop(config: dict[str, Any]) -> None:
         d.train_split,
         train=True,
         shuffle_buffer=d.shuffle_buffer,
-        transform=build_transform(d.augment, train=True),
+        transform=build_transform(d.augment, train=True, on=d.augment_on),
         **common,
     )
     val_stream = ShardStream(
@@ -221,6 +229,9 @@ def _train_loop(config: dict[str, Any]) -> None:
     # head, ...) get no gradient, and DDP must be told, or its second step fails waiting for them.
     unused_aux = not cfg.loss.deep_supervision and bool(getattr(model, "aux_weights", None))
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": unused_aux})
+    # Made once, so that a compiled step keeps its graphs across epochs.
+    forward_loss = make_forward_loss(model, criterion, device, cfg.train.amp, cfg.train.compile)
+    batch_transform = device_augment(d.augment.rgb_pad) if d.augment_on == "device" else None
 
     tracker = None
     if rank == 0:
@@ -258,6 +269,9 @@ def _train_loop(config: dict[str, Any]) -> None:
             epoch=epoch,
             num_batches=train_stream.batches_per_rank,
             first_step=epoch * steps_per_epoch,
+            forward_loss=forward_loss,
+            batch_transform=batch_transform,
+            channels_last=cfg.train.channels_last,
         )
         metrics.update(
             evaluate(
