@@ -179,7 +179,7 @@ def thin(mask: np.ndarray) -> np.ndarray:
 def laplacian_nonzero(labels: np.ndarray) -> np.ndarray:
     """``abs(cv2.Laplacian(labels, cv2.CV_64F)) > 0``: the 4-neighbour Laplacian (OpenCV's kernel for
     ksize=1) with OpenCV's default border, BORDER_REFLECT_101 (numpy's ``reflect``)."""
-    lab = np.pad(labels.astype(np.int64), 1, mode="reflect")
+    lab = np.pad(labels.astype(np.int32), 1, mode="reflect")  # 16-bit ids: the sums fit in 32 bits
     lap = lab[:-2, 1:-1] + lab[2:, 1:-1] + lab[1:-1, :-2] + lab[1:-1, 2:] - 4 * lab[1:-1, 1:-1]
     return lap != 0
 
@@ -213,15 +213,18 @@ def read_semseg(path: Path, hw: tuple[int, int]) -> np.ndarray:
     return c.check_class_ids(raw.astype(np.int64), len(PASCAL_MT_CLASSES), 255, path)
 
 
+# 2 c / 255 - 1 for every 8-bit value c, computed in float32 as the formula would be on each pixel.
+_NORMALS_DECODE = (2.0 * np.arange(256, dtype=np.float32) / 255.0 - 1.0).astype(np.float32)
+
+
 def distilled_normals(raw: np.ndarray, label_map: np.ndarray) -> np.ndarray:
     """data/pascal_context.py, ``_load_normals_distilled``: ``2 * c / 255 - 1``, kept where the context
     class is in NORMALS_VALID_CONTEXT_IDS, zero (missing) elsewhere. Not renormalised: the shard's
     8-bit encoding of these vectors gives back the distributed bytes exactly."""
-    n = (2.0 * raw.astype(np.float32) / 255.0 - 1.0).astype(np.float32)
     lut = np.zeros(max(int(label_map.max(initial=0)), max(NORMALS_VALID_CONTEXT_IDS)) + 1, dtype=bool)
     lut[sorted(NORMALS_VALID_CONTEXT_IDS)] = True
-    n[~lut[np.maximum(label_map, 0)]] = 0.0  # a look-up table: np.isin over 170 ids is several times slower
-    return n
+    valid = lut[np.maximum(label_map, 0)]  # a look-up table: np.isin over 170 ids is several times slower
+    return np.where(valid[..., None], _NORMALS_DECODE[raw], np.float32(0.0))
 
 
 def _load_mat(path: Path, key: str) -> Any:
