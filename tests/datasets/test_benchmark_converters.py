@@ -93,6 +93,14 @@ def test_cityscapes_depth_from_disparity(tmp_path):
     assert s["depth"][3, 3] == pytest.approx(0.2 * 2000.0 / 20.0)  # 20 m
     assert s["meta"]["intrinsics"] == [2000.0, 2001.0, 4.0, 3.0]
     assert depth_from_disparity(np.array([[257]], np.uint16), 1000.0, 0.5)[0, 0] == pytest.approx(500.0)
+    m = write_dataset(src, tmp_path / "ds")
+    assert m["members"] == ["rgb", "semseg", "depth"]
+    stream = ShardStream(
+        tmp_path / "ds", "train", tasks=["semseg", "depth"], modalities=["rgb"], batch_size=1, train=False
+    )
+    (item,) = list(stream)
+    depth = item["targets"]["depth"][0].numpy()
+    assert depth[0, 0] == 0 and depth[0, 1] == 0 and depth[3, 3] == pytest.approx(20.0, abs=0.0005)
     # a camera file without the baseline is named
     (root / "camera" / "train" / "ulm" / f"{stem}_camera.json").write_text(json.dumps({"intrinsic": cam["intrinsic"]}))
     with pytest.raises(SourceError, match=r"_camera\.json: field extrinsic\.baseline"):
