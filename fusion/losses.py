@@ -142,14 +142,15 @@ def _resize_to(pred: Tensor, target: Tensor) -> Tensor:
 #: How ``aux_resolution="prediction"`` brings each built-in task's target down to an aux prediction's size:
 #: ``nearest`` (class maps: the block's centre pixel, 255 stays ignore), ``valid_mean`` (the mean of the
 #: block's valid pixels, invalid where it has none: depth's 0), ``valid_mean_unit`` (the same, renormalised:
-#: normals), ``any`` (a block is an edge where one of its pixels is: thin edges survive), ``mean``
-#: (saliency). A task without a rule (a plugin's) keeps the official upsampling of the prediction.
+#: normals), ``mean`` (saliency). A task without a rule keeps the official upsampling of the prediction:
+#: a plugin's, and ``edge``, whose one-pixel edges have no faithful low-resolution target (``any``, a max
+#: pool, keeps them but multiplies the positive share and so the class-balanced loss: 0.8-3× the official
+#: value in benchmarks/deep_supervision.py).
 AUX_TARGET_POOL: dict[str, str] = {
     "semseg": "nearest",
     "parts": "nearest",
     "depth": "valid_mean",
     "normals": "valid_mean_unit",
-    "edge": "any",
     "sal": "mean",
 }
 

@@ -61,7 +61,9 @@ def _outputs_and_targets(seed: int = 0):
         return torch.randn(2, c, h // s, w // s, generator=g, requires_grad=True)
 
     outputs = {"semseg": pred(4, 1), "depth": pred(1, 1), "normals": pred(3, 1), "edge": pred(1, 1)}
-    outputs["aux"] = {f"scale_{k}": {"semseg": pred(4, s), "depth": pred(1, s), "edge": pred(1, s)} for k, s in enumerate((2, 4))}
+    outputs["aux"] = {
+        f"scale_{k}": {"semseg": pred(4, s), "depth": pred(1, s), "edge": pred(1, s)} for k, s in enumerate((2, 4))
+    }
     return outputs, targets
 
 
@@ -90,8 +92,12 @@ def test_at_the_targets_resolution_both_modes_are_identical():
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_every_builtin_task_has_a_rule():
+def test_every_builtin_task_but_edge_has_a_rule_and_edge_keeps_the_official_term():
     from fusion.tasks import TASKS
 
     assert {"semseg", "parts", "depth", "normals", "edge", "sal"} <= set(TASKS)
-    assert set(AUX_TARGET_POOL) == {"semseg", "parts", "depth", "normals", "edge", "sal"}
+    assert set(AUX_TARGET_POOL) == {"semseg", "parts", "depth", "normals", "sal"}
+    outputs, targets = _outputs_and_targets()
+    a = MultiTaskLoss(["edge"])(outputs, targets)[1]
+    b = MultiTaskLoss(["edge"], aux_resolution="prediction")(outputs, targets)[1]
+    assert torch.equal(a["scale_1/edge"], b["scale_1/edge"])
