@@ -17,11 +17,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from datasets.device_augment import warp_batch
+from fusion.inference import OFFICIAL_STRIDE_RATIO, predict_tta
 from fusion.losses import MultiTaskLoss
-from fusion.metrics import MetricSet, PerClassMetric
+from fusion.metrics import MetricSet
 from pipelines.checkpoints import CheckpointError, unwrap
 from pipelines.config import ExperimentConfig
-from pipelines.progress import Progress
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -213,7 +213,6 @@ def train_epoch(
     forward_loss: ForwardLoss | None = None,
     batch_transform: BatchTransform | None = None,
     channels_last: bool = False,
-    progress: Progress | None = None,
 ) -> dict[str, float]:
     """One pass; returns mean loss components over all ranks, samples/s and seconds.
 
@@ -234,9 +233,6 @@ def train_epoch(
     device, and the host reads them once, after the last batch. So a :class:`NonFiniteLossError` (naming
     the first batch whose loss was not finite, and its tasks) comes at the end of the epoch, before any
     metric or checkpoint of it is reported.
-
-    ``progress`` (rank 0's, :class:`pipelines.progress.Progress` over the epoch's batches) is told after
-    every batch; when a line is due it shows this rank's running mean loss, read from the device then only.
     """
     model.train()
     sums: dict[str, Tensor] = {}
@@ -293,8 +289,6 @@ def train_epoch(
             sums[k] = sums[k] + v.detach().double() if k in sums else v.detach().double()
         batches += 1
         samples += next(iter(inputs.values())).shape[0]
-        if progress is not None:
-            progress.update(batches, samples, lambda n=batches: {"loss": float(sums["total"]) / n})
     if pending:
         # The loader ended inside a group (its length was not known, or was shorter than said): these
         # gradients were divided by group_size; step on their mean over the batches they came from.
@@ -388,47 +382,38 @@ def evaluate(
     device: torch.device,
     amp: bool = False,
     edge_max_dist: float = 0.0075,
-    *,
-    per_class: PerClassMetric | None = None,
-    progress: Progress | None = None,
 ) -> dict[str, float]:
-    """Exact metrics over every sample of every rank (sums all-reduced, then computed).
-
-    ``per_class`` (:class:`fusion.metrics.PerClassMetric`), when given, is updated with every batch too
-    and holds the sums of every rank afterwards (all-reduced with the others), so its per-class IoU and
-    errors are exact under DDP. ``progress`` is told after every batch.
-    """
+    """Exact metrics over every sample of every rank (sums all-reduced, then computed)."""
     sync_buffers(model)
     net = unwrap(model)  # DDP's forward would broadcast buffers: a collective ranks may not match
     net.eval()
     metrics = MetricSet(tasks, num_classes=num_classes, edge_max_dist=edge_max_dist)
-    batches, samples = 0, 0
     for batch in loader:
         inputs, targets = to_device(batch, device)
         with _autocast(device, amp):
             outputs = net(inputs)
-        outputs = {t: outputs[t].float() for t in tasks}
-        metrics.update(outputs, targets)
-        if per_class is not None:
-            per_class.update(outputs, targets)
-        batches += 1
-        samples += next(iter(inputs.values())).shape[0]
-        if progress is not None:
-            progress.update(batches, samples)
-    state = metrics.state()
-    if per_class is None:
-        metrics.load_state(all_reduce_sum(state))
-    else:  # one collective for both
-        summed = all_reduce_sum(torch.cat([state, per_class.state()]))
-        metrics.load_state(summed[: state.numel()])
-        per_class.load_state(summed[state.numel() :])
-    if progress is not None:
-        progress.finish()
+        metrics.update({t: outputs[t].float() for t in tasks}, targets)
+    metrics.load_state(all_reduce_sum(metrics.state()))
     return {f"val/{k}": v for k, v in metrics.compute().items()}
 
 
 @torch.no_grad()
-def predict(model: nn.Module, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def predict(
+    model: nn.Module,
+    inputs: Mapping[str, Tensor],
+    *,
+    tasks: list[str] | None = None,
+    scales: list[float] | None = None,
+    flip: bool = False,
+    window: tuple[int, int] | None = None,
+    stride_ratio: float = OFFICIAL_STRIDE_RATIO,
+) -> dict[str, Tensor]:
+    """The model's outputs in eval mode. With ``scales``, ``flip`` or ``window``, the predictions of
+    ``tasks`` by multi-scale, flip and sliding-window inference (:func:`fusion.inference.predict_tta`)."""
     net = unwrap(model)
     net.eval()
-    return net(dict(inputs))
+    if scales is None and not flip and window is None:
+        return net(dict(inputs))
+    if not tasks:
+        raise ValueError("predict: test-time augmentation needs the tasks to predict")
+    return predict_tta(net, inputs, tasks, scales=scales or [1.0], flip=flip, window=window, stride_ratio=stride_ratio)

@@ -91,3 +91,22 @@ def test_evaluate_cli_window_crop_takes_the_configs_crop(ckpt):
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["inference"] == {"scales": [1.0, 1.5], "flip": True, "window": [4, 4], "stride_ratio": 0.667}
+
+
+def test_the_predict_helper_takes_the_same_inference_options():
+    import torch
+
+    from pipelines.train.steps import predict
+    from tests.fusion.test_inference import tiny_ann
+
+    net = tiny_ann()
+    x = {"rgb": torch.randn(1, 3, 24, 32)}
+    plain = predict(net, x)
+    assert set(plain) >= {"semseg", "aux"}  # the model's own outputs, aux included
+    whole = predict(net, x, tasks=["semseg"], window=(24, 32))
+    assert set(whole) == {"semseg"} and torch.equal(whole["semseg"], plain["semseg"])
+    mirrored = predict(net, {"rgb": x["rgb"].flip(-1)}, tasks=["semseg"], flip=True, scales=[0.75, 1.0])
+    both = predict(net, x, tasks=["semseg"], flip=True, scales=[0.75, 1.0])
+    assert (mirrored["semseg"] - both["semseg"].flip(-1)).abs().max() < 1e-6
+    with pytest.raises(ValueError, match="needs the tasks"):
+        predict(net, x, flip=True)
