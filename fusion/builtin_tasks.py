@@ -18,6 +18,7 @@ from fusion.losses import EDGE_POS_WEIGHT, balanced_bce, cross_entropy, depth_l1
 from fusion.metrics.depth import DepthMetric
 from fusion.metrics.edge import EdgeMetric
 from fusion.metrics.normals import NormalsMetric
+from fusion.metrics.saliency import SaliencyMetric
 from fusion.metrics.semseg import SegmentationMetric
 from fusion.tasks import Task, register_task
 
@@ -51,8 +52,8 @@ def _batch_balanced_bce(**_: Any) -> LossFn:
 
 
 def _segmentation_metric(field: str) -> Callable[..., SegmentationMetric]:
-    def make(num_classes: int = 13, num_parts: int = 7, **_: Any) -> SegmentationMetric:
-        return SegmentationMetric(num_classes if field == "num_classes" else num_parts)
+    def make(num_classes: int = 13, num_parts: int = 7, miou_classes: str = "present", **_: Any) -> SegmentationMetric:
+        return SegmentationMetric(num_classes if field == "num_classes" else num_parts, miou_classes=miou_classes)
 
     return make
 
@@ -65,12 +66,14 @@ def _normals_metric(**_: Any) -> NormalsMetric:
     return NormalsMetric()
 
 
-def _edge_metric(edge_tolerance_px: int | None = None, edge_max_dist: float = 0.0075, **_: Any) -> EdgeMetric:
-    return EdgeMetric(tolerance_px=edge_tolerance_px, max_dist=edge_max_dist)
+def _edge_metric(
+    edge_tolerance_px: int | None = None, edge_max_dist: float = 0.0075, edge_protocol: str = "bsds", **_: Any
+) -> EdgeMetric:
+    return EdgeMetric(tolerance_px=edge_tolerance_px, max_dist=edge_max_dist, protocol=edge_protocol)
 
 
-def _saliency_metric(**_: Any) -> EdgeMetric:
-    return EdgeMetric(tolerance_px=0)
+def _saliency_metric(**_: Any) -> SaliencyMetric:
+    return SaliencyMetric()
 
 
 BUILTIN_TASKS = (
@@ -79,7 +82,8 @@ BUILTIN_TASKS = (
     Task("normals", 3, _normals_l1, _normals_metric, ("mean", "lower")),
     Task("edge", 1, _edge_bce, _edge_metric, ("odsF", "higher")),
     Task("parts", "num_parts", _cross_entropy, _segmentation_metric("num_parts"), ("miou", "higher")),
-    Task("sal", 1, _batch_balanced_bce, _saliency_metric, ("odsF", "higher")),
+    # Saliency enters Δm by its mIoU, as in the official calculate_multi_task_performance; maxF is reported too.
+    Task("sal", 1, _batch_balanced_bce, _saliency_metric, ("miou", "higher")),
 )
 
 for _task in BUILTIN_TASKS:

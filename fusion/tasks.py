@@ -35,7 +35,7 @@ class Task:
     ``loss(**options)`` returns ``fn(pred, target) -> scalar``; ``metric(**options)`` returns a
     :class:`fusion.metrics.base.Metric`. Both receive every option (``ohem``, ``ohem_thresh``,
     ``ohem_min_kept``, ``edge_pos_weight``; ``num_classes``, ``num_parts``, ``edge_tolerance_px``,
-    ``edge_max_dist``) and take what they need. ``delta_m``: ``(metric name, "higher" | "lower")``.
+    ``edge_max_dist``, ``miou_classes``, ``edge_protocol``) and take what they need. ``delta_m``: ``(metric name, "higher" | "lower")``.
     """
 
     name: str

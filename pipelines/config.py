@@ -127,7 +127,24 @@ class DataSection(_Section):
         gt=0,
         lt=1,
         description="edge ODS matching tolerance as a fraction of the "
-        "image diagonal (SEISM's maxDist: 0.0075 for PASCAL, 0.011 for NYUD)",
+        "image diagonal (SEISM's maxDist, 0.0075 in the official evaluation)",
+    )
+    edge_protocol: Literal["bsds", "approximate"] = Field(
+        "bsds",
+        description="edge ODS of `fusionpipe evaluate`: `bsds` (the official protocol: thinned predictions matched "
+        "one-to-one within `edge_max_dist`, ODS and OIS) or `approximate` (a max-pool tolerance without thinning: "
+        "optimistic, far cheaper) ([models.md](models.md#metrics))",
+    )
+    val_edge_protocol: Literal["bsds", "approximate"] = Field(
+        "approximate",
+        description="edge ODS of the validation after every epoch (the metric checkpoints and sweeps select on): "
+        "`approximate` by default, as `bsds` costs about 20 times more ([models.md](models.md#metrics))",
+    )
+    miou_classes: Literal["present", "all"] = Field(
+        "present",
+        description="classes the semseg and parts mIoU averages, in validation and `fusionpipe evaluate`: `present` "
+        "(those in the target or the prediction; the official CEN and ANN code) or `all` (every class, an absent one "
+        "counting 0; the official MTI-Net code)",
     )
 
     @field_validator("rev")

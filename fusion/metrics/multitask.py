@@ -20,12 +20,23 @@ def build_metric(
     num_parts: int = 7,
     edge_tolerance_px: int | None = None,
     edge_max_dist: float = 0.0075,
+    miou_classes: str = "present",
+    edge_protocol: str = "bsds",
 ) -> Metric:
-    """The metric of ``task`` from the task dict (``fusion.tasks``)."""
+    """The metric of ``task`` from the task dict (``fusion.tasks``).
+
+    ``miou_classes``: ``"present"`` or ``"all"`` (:class:`fusion.metrics.semseg.SegmentationMetric`);
+    ``edge_protocol``: ``"bsds"`` or ``"approximate"`` (:class:`fusion.metrics.edge.EdgeMetric`).
+    """
     if task not in TASK_REGISTRY:
         raise ValueError(f"metrics: unknown task {task!r} (known: {', '.join(TASKS)})")
     return TASK_REGISTRY[task].metric(
-        num_classes=num_classes, num_parts=num_parts, edge_tolerance_px=edge_tolerance_px, edge_max_dist=edge_max_dist
+        num_classes=num_classes,
+        num_parts=num_parts,
+        edge_tolerance_px=edge_tolerance_px,
+        edge_max_dist=edge_max_dist,
+        miou_classes=miou_classes,
+        edge_protocol=edge_protocol,
     )
 
 
@@ -40,8 +51,13 @@ class MetricSet:
         num_parts: int = 7,
         edge_tolerance_px: int | None = None,
         edge_max_dist: float = 0.0075,
+        miou_classes: str = "present",
+        edge_protocol: str = "bsds",
     ) -> None:
-        self.metrics = {t: build_metric(t, num_classes, num_parts, edge_tolerance_px, edge_max_dist) for t in tasks}
+        self.metrics = {
+            t: build_metric(t, num_classes, num_parts, edge_tolerance_px, edge_max_dist, miou_classes, edge_protocol)
+            for t in tasks
+        }
 
     def update(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> None:
         for task, metric in self.metrics.items():

@@ -1,13 +1,19 @@
 """Semantic segmentation (and human parts): confusion matrix -> mIoU, pixel and mean class accuracy.
 
-mIoU is averaged over the classes that occur in the target or the prediction of the evaluated
-set (a class absent from both has an undefined 0/0 IoU and is skipped); the official MTL code
-(``evaluation/eval_semseg.py``) averages over all classes, which equals ours whenever every class
-occurs, as on the full NYUD-v2 and PASCAL-Context validation sets. Mean class accuracy averages
-over classes present in the target.
+``miou_classes`` says which classes mIoU averages, as the two official codes differ:
+
+- ``"present"`` (default): the classes that occur in the target or the prediction of the evaluated
+  set; a class absent from both has an undefined 0/0 IoU and is skipped. The official CEN code
+  (``utils/meter.py``, ``np.nanmean`` of the IoUs) and ANN's (``seg_running_score.py``) do this.
+- ``"all"``: every class, an absent one counting 0, as the official MTI-Net code
+  (``evaluation/eval_semseg.py``: ``tp / max(tp + fp + fn, 1e-8)`` averaged over all classes).
+
+Both equal whenever every class occurs. Mean class accuracy averages over classes present in the target.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -15,12 +21,19 @@ from torch import Tensor
 from fusion.losses import IGNORE_INDEX
 from fusion.metrics.base import Metric
 
+MIOU_CLASSES = ("present", "all")
+
 
 class SegmentationMetric(Metric):
-    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(
+        self, num_classes: int, ignore_index: int = IGNORE_INDEX, miou_classes: Literal["present", "all"] = "present"
+    ) -> None:
         if num_classes < 1:
             raise ValueError(f"SegmentationMetric: num_classes must be >= 1, got {num_classes}")
+        if miou_classes not in MIOU_CLASSES:
+            raise ValueError(f"SegmentationMetric: miou_classes must be one of {MIOU_CLASSES}, got {miou_classes!r}")
         self.num_classes = num_classes
+        self.miou_classes = miou_classes
         self.ignore_index = ignore_index
         self._state = torch.zeros(num_classes * num_classes, dtype=torch.float64)
 
@@ -59,7 +72,9 @@ class SegmentationMetric(Metric):
         if total == 0:
             return {"miou": float("nan"), "pixel_acc": float("nan"), "mean_acc": float("nan")}
         return {
-            "miou": (tp[present] / union[present]).mean().item(),
+            "miou": (tp / union.clamp(min=1)).mean().item()
+            if self.miou_classes == "all"
+            else (tp[present] / union[present]).mean().item(),
             "pixel_acc": (tp.sum() / total).item(),
             "mean_acc": (tp[gt > 0] / gt[gt > 0]).mean().item(),
         }

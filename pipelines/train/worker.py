@@ -282,6 +282,8 @@ def _train_loop(config: dict[str, Any]) -> None:
                 device,
                 amp=cfg.train.amp,
                 edge_max_dist=d.edge_max_dist,
+                miou_classes=d.miou_classes,
+                edge_protocol=d.val_edge_protocol,
             )
         )
         metrics["lr"] = lr_schedule((epoch + 1) * steps_per_epoch)  # the lr of the next epoch's first step
