@@ -19,9 +19,10 @@ from torch import Tensor, nn
 from datasets.device_augment import warp_batch
 from fusion.inference import OFFICIAL_STRIDE_RATIO, predict_tta
 from fusion.losses import MultiTaskLoss
-from fusion.metrics import MetricSet
+from fusion.metrics import MetricSet, PerClassMetric
 from pipelines.checkpoints import CheckpointError, unwrap
 from pipelines.config import ExperimentConfig
+from pipelines.progress import Progress
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -213,6 +214,7 @@ def train_epoch(
     forward_loss: ForwardLoss | None = None,
     batch_transform: BatchTransform | None = None,
     channels_last: bool = False,
+    progress: Progress | None = None,
 ) -> dict[str, float]:
     """One pass; returns mean loss components over all ranks, samples/s and seconds.
 
@@ -233,6 +235,9 @@ def train_epoch(
     device, and the host reads them once, after the last batch. So a :class:`NonFiniteLossError` (naming
     the first batch whose loss was not finite, and its tasks) comes at the end of the epoch, before any
     metric or checkpoint of it is reported.
+
+    ``progress`` (rank 0's, :class:`pipelines.progress.Progress` over the epoch's batches) is told after
+    every batch; when a line is due it shows this rank's running mean loss, read from the device then only.
     """
     model.train()
     sums: dict[str, Tensor] = {}
@@ -289,6 +294,8 @@ def train_epoch(
             sums[k] = sums[k] + v.detach().double() if k in sums else v.detach().double()
         batches += 1
         samples += next(iter(inputs.values())).shape[0]
+        if progress is not None:
+            progress.update(batches, samples, lambda n=batches: {"loss": float(sums["total"]) / n})
     if pending:
         # The loader ended inside a group (its length was not known, or was shorter than said): these
         # gradients were divided by group_size; step on their mean over the batches they came from.
@@ -382,26 +389,42 @@ def evaluate(
     device: torch.device,
     amp: bool = False,
     edge_max_dist: float = 0.0075,
-    miou_classes: str = "present",
-    edge_protocol: str = "bsds",
+    *,
+    per_class: PerClassMetric | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, float]:
-    """Exact metrics over every sample of every rank (sums all-reduced, then computed)."""
+    """Exact metrics over every sample of every rank (sums all-reduced, then computed).
+
+    ``per_class`` (:class:`fusion.metrics.PerClassMetric`), when given, is updated with every batch too
+    and holds the sums of every rank afterwards (all-reduced with the others), so its per-class IoU and
+    errors are exact under DDP. ``progress`` is told after every batch.
+    """
     sync_buffers(model)
     net = unwrap(model)  # DDP's forward would broadcast buffers: a collective ranks may not match
     net.eval()
-    metrics = MetricSet(
-        tasks,
-        num_classes=num_classes,
-        edge_max_dist=edge_max_dist,
-        miou_classes=miou_classes,
-        edge_protocol=edge_protocol,
-    )
+    metrics = MetricSet(tasks, num_classes=num_classes, edge_max_dist=edge_max_dist)
+    batches, samples = 0, 0
     for batch in loader:
         inputs, targets = to_device(batch, device)
         with _autocast(device, amp):
             outputs = net(inputs)
-        metrics.update({t: outputs[t].float() for t in tasks}, targets)
-    metrics.load_state(all_reduce_sum(metrics.state()))
+        outputs = {t: outputs[t].float() for t in tasks}
+        metrics.update(outputs, targets)
+        if per_class is not None:
+            per_class.update(outputs, targets)
+        batches += 1
+        samples += next(iter(inputs.values())).shape[0]
+        if progress is not None:
+            progress.update(batches, samples)
+    state = metrics.state()
+    if per_class is None:
+        metrics.load_state(all_reduce_sum(state))
+    else:  # one collective for both
+        summed = all_reduce_sum(torch.cat([state, per_class.state()]))
+        metrics.load_state(summed[: state.numel()])
+        per_class.load_state(summed[state.numel() :])
+    if progress is not None:
+        progress.finish()
     return {f"val/{k}": v for k, v in metrics.compute().items()}
 
 
