@@ -10,9 +10,12 @@ import sys
 from typing import Any
 
 
-def parse_args(description: str, devices: bool = False, argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(
+    description: str, devices: bool = False, argv: list[str] | None = None, cuda_optional: bool = False
+) -> argparse.Namespace:
     """``--quick`` and ``--json``; with ``devices``, also ``--only cpu|cuda`` for scripts that measure on
-    the CPU and, when CUDA is present, on the GPU as well."""
+    the CPU and, when CUDA is present, on the GPU as well. ``cuda_optional``: ``--only cuda`` without CUDA
+    is no error; the script reports its GPU measurements as skipped, with the reason."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="small sizes; finishes in under a minute")
     p.add_argument("--json", action="store_true", help="print only the JSON object")
@@ -25,7 +28,7 @@ def parse_args(description: str, devices: bool = False, argv: list[str] | None =
             "--only cuda without CUDA is an error",
         )
     args = p.parse_args(argv)
-    if devices and args.only == "cuda":
+    if devices and args.only == "cuda" and not cuda_optional:
         import torch
 
         if not torch.cuda.is_available():

@@ -7,10 +7,13 @@ worker start-up, imports and allocator warm-up), as ``train/samples_per_s`` from
 loop and Ray Train alternate in rounds, in reverse order every other round (plain, Ray, Ray, plain),
 so that a drift in the shared host's load cancels out of the ratio.
 
-With CUDA present it also measures GPU throughput on the paper set-up
+With CUDA present it also profiles the train step on one GPU (``gpu_step_profile``: images/s, the step
+split into data wait / forward / backward / optimizer, peak memory and MFU against :data:`BF16_PEAK_FLOPS`,
+eager, channels_last, augmentation on the device and ``torch.compile``), and measures GPU throughput on the paper set-up
 (``configs/nyud/mtinet_hrnet18.yaml``: MTI-Net, HRNet-18 at width 1, 480×640, bf16 autocast) on
 synthetic shards at 480×640: images/s of Ray Train with one GPU worker, and with two when the machine
-has two GPUs (ratio ``two_workers_vs_one:cuda``).
+has two GPUs (ratio ``two_workers_vs_one:cuda``). Without CUDA, ``--only cuda`` reports the GPU parts as
+skipped, with the reason, and exits 0.
 """
 
 from __future__ import annotations
@@ -124,6 +127,182 @@ def gpu_throughput(tmp: Path, quick: bool) -> tuple[list[dict], dict[str, float]
             }
         )
     return results, ({"two_workers_vs_one:cuda": steady[2] / steady[1]} if 2 in steady else {})
+
+
+#: Dense bf16 tensor-core peak (FLOP/s) by GPU name: the vendor's datasheet figures without sparsity.
+BF16_PEAK_FLOPS = {
+    "H100 SXM": 989e12,
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
+    "H100": 989e12,  # a name without the form factor: the SXM figure
+    "H200": 989e12,
+    "GH200": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "A10": 125e12,
+}
+
+
+def bf16_peak(name: str) -> float | None:
+    """The table's figure for the first key found in the GPU's name (longest keys first), else None."""
+    for key in sorted(BF16_PEAK_FLOPS, key=len, reverse=True):
+        if key.lower() in name.lower():
+            return BF16_PEAK_FLOPS[key]
+    return None
+
+
+STEP_VARIANTS = {
+    "eager": {},
+    "channels_last": {"channels_last": True},
+    "augment_on_device": {"augment_on": "device"},
+    "compile_default": {"compile": "default"},
+}
+
+
+def gpu_step_profile(tmp: Path, quick: bool) -> tuple[list[dict], dict[str, float]]:
+    """One process on one GPU, the NYUD MTI-Net HRNet-18 set-up (480×640, batch 8, bf16 autocast), for each
+    of :data:`STEP_VARIANTS`: images/s, the step split into data wait / forward+loss / backward / optimizer
+    (CUDA events, read once at the end), peak GPU memory and MFU (the model's FLOPs per image, counted by
+    ``torch.utils.flop_counter`` over forward and backward, times images/s, over the card's bf16 peak)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        reason = "no CUDA on this machine: the GPU step profile is not measured"
+        return [{"setup": "GPU step profile", "skipped": reason}], {}
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from datasets.loader import ShardStream, make_loader
+    from datasets.manifest import load_manifest
+    from datasets.sources.synthetic import SyntheticSource
+    from datasets.transforms import build_transform
+    from datasets.writer import write_dataset
+    from fusion import build_model
+    from fusion.losses import MultiTaskLoss
+    from pipelines.config import model_config
+    from pipelines.train.steps import (
+        channels_last_inputs,
+        device_augment,
+        make_forward_loss,
+        make_optimizer,
+        to_device,
+    )
+
+    device = torch.device("cuda")
+    name = torch.cuda.get_device_name(0)
+    peak = bf16_peak(name)
+    n, steps, warm = (48, 12, 4) if quick else (160, 40, 8)
+    shards = tmp / "shards-step-480x640"
+    if not shards.exists():
+        write_dataset(
+            SyntheticSource(num_train=n, num_val=8, height=480, width=640),
+            shards,
+            shard_size=16,
+            workers=min(8, os.cpu_count() or 1),
+            progress=False,
+        )
+    results, ratios = [], {}
+    for variant, opts in STEP_VARIANTS.items():
+        cfg = _gpu_config(shards, tmp, 1, os.cpu_count() or 1, 1)
+        mcfg = model_config(cfg, len(load_manifest(shards)["classes"]))
+        torch.manual_seed(0)
+        model = build_model(mcfg).to(device)
+        if opts.get("channels_last"):
+            model = model.to(memory_format=torch.channels_last)
+        crit = MultiTaskLoss(mcfg["tasks"], cfg.loss.weights)
+        opt = make_optimizer(cfg, model)
+        on = opts.get("augment_on", "cpu")
+        stream = ShardStream(
+            shards,
+            "train",
+            tasks=cfg.data.tasks,
+            modalities=cfg.data.modalities,
+            batch_size=cfg.train.batch_size,
+            train=True,
+            num_workers=cfg.data.loader_workers,
+            shuffle_buffer=16,
+            transform=build_transform(cfg.data.augment, train=True, on=on),
+        )
+        fwd = make_forward_loss(model, crit, device, amp=True, compile_mode=opts.get("compile", False))
+        transform = device_augment(cfg.data.augment.rgb_pad) if on == "device" else None
+        torch.cuda.reset_peak_memory_stats()
+        marks: list[tuple[float, list]] = []
+        flops_per_image = None
+        done, epoch = 0, 0
+        wall0 = None
+        while done < steps + warm:
+            stream.set_epoch(epoch)
+            epoch += 1
+            it = iter(make_loader(stream, pin_memory=True))
+            while done < steps + warm:
+                t0 = time.perf_counter()
+                batch = next(it, None)
+                wait = time.perf_counter() - t0
+                if batch is None:
+                    break
+                ev = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+                ev[0].record()
+                inputs, targets = to_device(batch, device)
+                if transform is not None:
+                    inputs, targets = transform(batch, inputs, targets)
+                if opts.get("channels_last"):
+                    inputs = channels_last_inputs(inputs)
+                if done == warm and flops_per_image is None and not opts.get("compile"):
+                    with FlopCounterMode(display=False) as fc:
+                        total, _ = fwd(inputs, targets)
+                        total.backward()
+                    flops_per_image = fc.get_total_flops() / cfg.train.batch_size
+                    opt.zero_grad(set_to_none=True)
+                    continue
+                total, _ = fwd(inputs, targets)
+                ev[1].record()
+                total.backward()
+                ev[2].record()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                ev[3].record()
+                if done == warm:
+                    torch.cuda.synchronize()
+                    wall0 = time.perf_counter()
+                if done >= warm:
+                    marks.append((wait, ev))
+                done += 1
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - wall0
+        images = len(marks) * cfg.train.batch_size
+        split = {
+            "data_wait_ms": 1000 * statistics.mean(w for w, _ in marks),
+            "forward_loss_ms": statistics.mean(e[0].elapsed_time(e[1]) for _, e in marks),
+            "backward_ms": statistics.mean(e[1].elapsed_time(e[2]) for _, e in marks),
+            "optimizer_ms": statistics.mean(e[2].elapsed_time(e[3]) for _, e in marks),
+        }
+        row = {
+            "setup": f"GPU step profile: {variant}",
+            "device": name,
+            "batch_size": cfg.train.batch_size,
+            "steps": len(marks),
+            "images_per_s": images / wall,
+            "step_ms": 1000 * wall / len(marks),
+            **split,
+            "max_memory_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "bf16_peak_flops": peak,
+        }
+        if flops_per_image is not None:
+            row["model_flops_per_image"] = flops_per_image
+            if peak:
+                row["mfu"] = flops_per_image * row["images_per_s"] / peak
+                ratios[f"mfu:{variant}:cuda"] = row["mfu"]
+        ratios[f"images_per_s:{variant}:cuda"] = row["images_per_s"]
+        results.append(row)
+        del model, opt, fwd
+        torch.cuda.empty_cache()
+    flops = next((r["model_flops_per_image"] for r in results if "model_flops_per_image" in r), None)
+    for r in results:  # compiled runs count no FLOPs themselves: the model is the same
+        if "mfu" not in r and flops is not None and peak:
+            r["model_flops_per_image"] = flops
+            r["mfu"] = flops * r["images_per_s"] / peak
+            ratios[f"mfu:{r['setup'].split(': ')[1]}:cuda"] = r["mfu"]
+    return results, ratios
 
 
 def plain_loop(cfg) -> list[float]:
@@ -295,14 +474,17 @@ def cpu_overheads(tmp: Path, quick: bool) -> tuple[list[dict], dict[str, float]]
     return results, ratios
 
 
-def main() -> None:
-    args = parse_args(__doc__.splitlines()[0], devices=True)
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(__doc__.splitlines()[0], devices=True, argv=argv, cuda_optional=True)
     results, ratios = [], {}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if args.only != "cuda":
             results, ratios = cpu_overheads(tmp, args.quick)
         if args.only != "cpu":
+            step_results, step_ratios = gpu_step_profile(tmp, args.quick)
+            results += step_results
+            ratios.update(step_ratios)
             gpu_results, gpu_ratios = gpu_throughput(tmp, args.quick)
             results += gpu_results
             ratios.update(gpu_ratios)
