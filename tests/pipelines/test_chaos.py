@@ -74,6 +74,9 @@ START_WAIT_S = 300  # a wait that includes starting a driver, its Ray and its wo
 HOOK_WAIT_S = 300  # a hook's wait for the test's signal: a worker of a test that died does not wait for good
 OUTAGE_S = 30
 MAX_OUTAGE_S = 150  # tracking.max_outage_s of the runs whose server stops: a server that stays down fails them
+# pytest-timeout's bound on a whole test, the last resort: the in-process runs (the uninterrupted run, set
+# up by the first test that needs it, and the resume) have no wait of the test's own to bound them.
+TEST_TIMEOUT_S = 900
 REL = 1e-5  # see the module docstring
 TIMING = {"train/samples_per_s", "train/epoch_s"}  # wall-clock measurements: differ from run to run
 # The tracker's warnings (pipelines/track/tracker.py), as rank 0's log lines reach the driver's stderr.
@@ -361,7 +364,7 @@ def _hook(name: str, **kwargs: Any) -> tuple[str, dict[str, Any]]:
     return name, {**kwargs, "timeout_s": HOOK_WAIT_S}
 
 
-@pytest.mark.timeout(900)  # the last resort: every wait of the test is bounded by WAIT_S
+@pytest.mark.timeout(TEST_TIMEOUT_S)
 def test_a_killed_worker_a_killed_driver_and_a_corrupt_checkpoint_lose_at_most_one_epoch(chaos, reference):
     uri = f"sqlite:///{chaos.root / 'chain.db'}"
     client = MlflowClient(tracking_uri=uri)
@@ -420,7 +423,7 @@ def test_a_killed_worker_a_killed_driver_and_a_corrupt_checkpoint_lose_at_most_o
     assert final == {k: pytest.approx(v, rel=REL, abs=1e-9) for k, v in want.items()}
 
 
-@pytest.mark.timeout(600)  # the last resort: every wait of the test is bounded by WAIT_S
+@pytest.mark.timeout(TEST_TIMEOUT_S)
 def test_an_mlflow_server_that_stops_for_30_s_loses_no_metric(chaos, reference, server):
     server.ensure_started()
     exp, _ = chaos.experiment("outage", server.uri, "train.preview_every=1", f"tracking.max_outage_s={MAX_OUTAGE_S}")
@@ -462,7 +465,7 @@ def test_an_mlflow_server_that_stops_for_30_s_loses_no_metric(chaos, reference, 
     assert "epoch_0001.png not logged: the MLflow tracking store cannot be reached" in log
 
 
-@pytest.mark.timeout(600)  # the last resort: every wait of the test is bounded by WAIT_S
+@pytest.mark.timeout(TEST_TIMEOUT_S)
 def test_rank_0_killed_during_an_outage_leaves_its_buffered_metrics_to_the_retried_worker(chaos, reference, server):
     server.ensure_started()
     name = "outage-kill"
