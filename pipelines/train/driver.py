@@ -26,12 +26,18 @@ from fusion import build_model, list_models
 from fusion.metrics import MetricSet
 from pipelines.compat import LOCAL_RAY_ENV, interruptible_trainer_cls, ray_start_address, stop_on_fatal_error
 from pipelines.config import ConfigError, ExperimentConfig, model_config
+from pipelines.progress import progress_every_s
 from pipelines.storage import remove
 from pipelines.track.data_versions import resolve_data_rev
 from pipelines.track.run_record import finish_run, open_run
 from pipelines.track.tracker import check_store_for_cluster
 from pipelines.train.cluster import alive_nodes, check_shared_storage
 from pipelines.train.worker import EpochHook, fatal_path, read_fatal, train_loop_per_worker
+
+
+def said(message: str) -> None:
+    """One line on stderr about what the driver is doing (stdout may be a ``--json`` object)."""
+    print(f"fusionpipe: {message}", file=sys.stderr, flush=True)
 
 
 def validate_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -169,15 +175,24 @@ def run_training(
     manifest = validate_experiment(cfg)
     cfg = cfg.resolved_paths()
     run_name = run_name or cfg.tracking.run_name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    every_s = progress_every_s()  # before Ray starts: a bad value is an error now
+    # What the driver is doing before the first epoch line (Ray's start and the workers' take seconds).
+    said(f"run {run_name}: starting Ray")
+    t0 = time.monotonic()
     init_ray(cfg)
+    said(f"run {run_name}: Ray is up ({time.monotonic() - t0:.1f} s)")
     check_store_for_cluster(cfg.tracking.uri, len(alive_nodes()))
     check_shared_storage(cfg.checkpoint.storage_path)
     tracker, resumed = open_run(cfg, run_name, manifest, extra_tags)
+    said(
+        f"run {run_name}: MLflow run {tracker.run_id} {'resumed' if resumed else 'created'}; starting "
+        f"{cfg.train.workers} Ray Train worker{'s' if cfg.train.workers > 1 else ''} ({cfg.train.epochs} epochs)"
+    )
     fatal = fatal_path(cfg.checkpoint.storage_path, run_name)
     remove(fatal)  # an earlier attempt's error; the config may have been fixed since
     # A worker's error that a retry cannot fix ends the run at once, also with failure.max_failures -1.
     stop = stop_on_fatal_error(functools.partial(read_fatal, fatal))
-    trainer = _trainer(cfg, run_name, manifest, tracker.run_id, [*(callbacks or []), stop], epoch_hooks)
+    trainer = _trainer(cfg, run_name, manifest, tracker.run_id, [*(callbacks or []), stop], epoch_hooks, every_s)
     result = _fit(trainer, tracker, fatal, close_on_error)
     try:
         return finish_run(cfg, tracker, result, run_name, resumed)
@@ -196,6 +211,7 @@ def _trainer(
     mlflow_run_id: str,
     callbacks: list[Any] | None,
     epoch_hooks: Sequence[EpochHook],
+    progress_every: float = 30.0,
 ) -> Any:
     """The Ray Train run of ``cfg`` (resolved paths): every rank runs :func:`train_loop_per_worker`."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -211,6 +227,7 @@ def _trainer(
             "epoch_hooks": list(epoch_hooks),
             "run_name": run_name,
             "storage_path": cfg.checkpoint.storage_path,
+            "progress_every_s": progress_every,
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.train.workers,

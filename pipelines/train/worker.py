@@ -17,6 +17,7 @@ import math
 import platform
 import random
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -42,6 +43,7 @@ from pipelines.checkpoints import (
 )
 from pipelines.compat import quiet_ray_train_reports
 from pipelines.config import ConfigError, ExperimentConfig
+from pipelines.progress import Progress, format_duration, run_eta_s
 from pipelines.storage import join, read_text, write_text
 from pipelines.track.redact import redact_url_password
 from pipelines.track.tracker import Tracker, TrackingStoreError, store_error
@@ -85,9 +87,12 @@ def headline_metrics() -> list[str]:
     return [f"val/{k}" for k in delta_m_directions()]
 
 
-def epoch_line(metrics: dict[str, Any], epoch: int, epochs: int, checkpoint_metric: str) -> str:
+def epoch_line(
+    metrics: dict[str, Any], epoch: int, epochs: int, checkpoint_metric: str, eta_s: float | None = None
+) -> str:
     """The one line rank 0 prints per epoch: loss, the checkpoint metric, each task's headline
-    metric, throughput and time. Metrics a run does not have are left out."""
+    metric, throughput, time and, with epochs left, the run's ETA (``eta_s``, :func:`run_eta_s`).
+    Metrics a run does not have are left out."""
     parts = [f"epoch {epoch + 1}/{epochs}"]
     if "train/loss/total" in metrics:
         parts.append(f"loss {metrics['train/loss/total']:.4f}")
@@ -97,6 +102,8 @@ def epoch_line(metrics: dict[str, Any], epoch: int, epochs: int, checkpoint_metr
         parts.append(f"{metrics['train/samples_per_s']:.1f} samples/s")
     if "train/epoch_s" in metrics:
         parts.append(f"{metrics['train/epoch_s']:.0f} s")
+    if eta_s is not None and epoch + 1 < epochs:
+        parts.append(f"run ETA {format_duration(eta_s)}")
     return "  ".join(parts)
 
 
@@ -252,10 +259,20 @@ def _train_loop(config: dict[str, Any]) -> None:
         tracker.requeue(unlogged, skip_steps=already_logged)
     num_classes = mcfg["num_classes"]
     hooks: list[EpochHook] = list(config.get("epoch_hooks") or [])
+    every_s = float(config.get("progress_every_s", 30.0))
+    started = time.monotonic()
     for epoch in range(start_epoch, cfg.train.epochs):
         for hook in hooks:
             hook(epoch, rank, unwrap(model))
         train_stream.set_epoch(epoch)
+        # Rank 0's lines inside the epoch; the rate is its own times the ranks (they take equal shares).
+        progress = (
+            Progress(
+                f"epoch {epoch + 1}/{cfg.train.epochs}", train_stream.batches_per_rank, log.info, every_s, scale=world
+            )
+            if rank == 0
+            else None
+        )
         metrics = train_epoch(
             model,
             make_loader(train_stream, pin_memory=device.type == "cuda"),
@@ -269,6 +286,7 @@ def _train_loop(config: dict[str, Any]) -> None:
             epoch=epoch,
             num_batches=train_stream.batches_per_rank,
             first_step=epoch * steps_per_epoch,
+            progress=progress,
             forward_loss=forward_loss,
             batch_transform=batch_transform,
             channels_last=cfg.train.channels_last,
@@ -313,7 +331,8 @@ def _train_loop(config: dict[str, Any]) -> None:
         if rank == 0:
             # Through logging, not print: Ray Train patches print in workers and, where Ray has
             # wrapped sys.stdout, writes each printed line twice.
-            log.info(epoch_line(metrics, epoch, cfg.train.epochs, cfg.checkpoint.metric))
+            eta = run_eta_s(time.monotonic() - started, epoch + 1 - start_epoch, cfg.train.epochs - epoch - 1)
+            log.info(epoch_line(metrics, epoch, cfg.train.epochs, cfg.checkpoint.metric, eta_s=eta))
         if tracker is not None and epoch not in already_logged:
             every = cfg.train.preview_every
             if every and (epoch % every == every - 1 or epoch == cfg.train.epochs - 1):
