@@ -10,7 +10,9 @@ atomic by itself).
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -119,3 +121,23 @@ def _authority(uri: str) -> tuple[str, str]:
     if at > 0 and ("/" not in head[:at] or ":" in head[:at].split("/", 1)[0]):
         return head[:at], head[at + 1 :].split("/", 1)[0]
     return "", head.split("/", 1)[0]
+
+
+def copy_checkpoint_to(location: str, dest: Path) -> Path:
+    """Copy the checkpoint directory at ``location`` (a path, or a URI: :func:`copy_to_local`) to ``dest``,
+    replacing what is there only once the copy is complete (``train --best-checkpoint``, a DVC output)."""
+    dest = Path(dest)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if is_uri(location):
+        copy_to_local(location, tmp)
+    elif not Path(location).is_dir():
+        raise CheckpointError(f"{location}: no such checkpoint directory")
+    else:
+        shutil.copytree(location, tmp)
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+    return dest

@@ -35,6 +35,13 @@ def _load(config: Path, overrides: tuple[str, ...], as_json: bool):
     type=click.Path(dir_okay=False),
     help="write every per-epoch metric as CSV here (for dvc plots)",
 )
+@click.option(
+    "--best-checkpoint",
+    "best_to",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="also copy the best checkpoint into this directory (the main job's DVC output outputs/best)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object with the run summary")
 @tracking_store_errors
 def train(
@@ -43,6 +50,7 @@ def train(
     run_name: str | None,
     summary: str | None,
     history: str | None,
+    best_to: str | None,
     as_json: bool,
 ) -> None:
     """Train with Ray Train; prints the MLflow run id and the best checkpoint."""
@@ -59,6 +67,12 @@ def train(
             try:
                 summary = run_training(cfg, run_name=run_name)
                 write_outputs(summary, summary_path, history, tracking_uri=cfg.resolved_paths().tracking.uri)
+                if best_to:
+                    from pipelines.storage import copy_checkpoint_to
+                    from pipelines.track.redact import restore_secrets
+
+                    storage = cfg.resolved_paths().checkpoint.storage_path
+                    copy_checkpoint_to(restore_secrets(summary["best_checkpoint"], storage), Path(best_to))
             finally:
                 shutdown_ray()  # while stdout is still redirected: Ray flushes worker output at shutdown
     except (ConfigError, CheckpointError) as e:

@@ -224,3 +224,13 @@ def data_version(shards: str | os.PathLike[str], rev: str | None = None, repo: P
     if h:
         tags["data.dvc_md5"] = h
     return tags
+
+
+#: What `dvc exp run` tells the commands of a stage (dvc.env, DVC 3): the experiment's name and the
+#: commit it branches from. Tagged on the MLflow run so `dvc exp show` and the MLflow UI match row to row.
+DVC_EXPERIMENT_ENV = {"DVC_EXP_NAME": "dvc.exp_name", "DVC_EXP_BASELINE_REV": "dvc.exp_baseline_rev"}
+
+
+def dvc_experiment_tags() -> dict[str, str]:
+    """``{"dvc.exp_name": ..., "dvc.exp_baseline_rev": ...}`` when running inside ``dvc exp run``, else ``{}``."""
+    return {tag: os.environ[env] for env, tag in DVC_EXPERIMENT_ENV.items() if os.environ.get(env)}

@@ -22,7 +22,7 @@ from pipelines.compat import mlflow_dataset_entity
 from pipelines.config import ConfigError, ExperimentConfig, flatten
 from pipelines.jsonio import dumps
 from pipelines.storage import checkpoint_uri, join, read_text, write_text
-from pipelines.track.data_versions import data_version
+from pipelines.track.data_versions import data_version, dvc_experiment_tags
 from pipelines.track.export import log_final_model
 from pipelines.track.redact import redact_url_password, redact_value
 from pipelines.track.tracker import (
@@ -86,7 +86,7 @@ def read_run_state(state: str, run_name: str) -> dict[str, Any] | None:
 def _record_resume(tracker: Any, cfg: ExperimentConfig, run_name: str, plugins: dict[str, str]) -> None:
     """Tag a resumed run: the Ray job, what this attempt changed (settings, plugin code), and drop the
     tags of plugins no longer listed."""
-    tags = {**ray_job_tags(), "fusionpipe.resumed": "true"}
+    tags = {**ray_job_tags(), **dvc_experiment_tags(), "fusionpipe.resumed": "true"}
     run = tracker.client.get_run(tracker.run_id)
     logged = run.data.tags
     # MLflow params cannot change, so they stay the run's first config; what this attempt changed
@@ -154,6 +154,7 @@ def open_run(
         **data_version(cfg.data.shards, cfg.data.rev),
         **plugins,
         **ray_job_tags(),
+        **dvc_experiment_tags(),
         **(extra_tags or {}),
     }
     tracker = Tracker.create_run(uri, cfg.tracking.experiment, run_name, tags)
