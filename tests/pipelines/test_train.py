@@ -18,11 +18,34 @@ def _steps(client, run_id, key):
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
-def test_two_worker_run_is_tracked_completely(ray_cluster, tiny_config, smoke_shards):
+def _worker_logs() -> str:
+    """Everything the session's Ray workers wrote (the session cluster does not log to the driver)."""
+    import ray
+
+    # This session's Ray (others may run on the machine): its raylet socket is <session>/sockets/raylet.
+    (node,) = [n for n in ray.nodes() if n["Alive"]]
+    logs = Path(node["RayletSocketName"]).parent.parent / "logs"
+    return "".join(f.read_text(errors="replace") for f in sorted(logs.glob("worker-*")))
+
+
+def test_two_worker_run_is_tracked_completely(ray_cluster, tiny_config, smoke_shards, monkeypatch, capfd):
+    import json
+    import math
+    import re
+
     from pipelines.analysis.evaluate import run_evaluate
 
+    monkeypatch.setenv("FUSIONPIPE_PROGRESS_EVERY_S", "0.001")  # a progress line after every step
     cfg = tiny_config()
     summary = run_training(cfg, run_name="full")
+    # The driver says what it does before the first epoch; rank 0 shows steps inside the epoch, and
+    # its epoch line the run's ETA.
+    err = capfd.readouterr().err
+    assert "fusionpipe: run full: starting Ray" in err and "starting 2 Ray Train workers (2 epochs)" in err
+    logs = _worker_logs()
+    step = r"epoch 1/2  step \d+/\d+ \(\d+%\)  loss \d+\.\d{4}  \d+\.\d samples/s  (ETA|\d+:\d\d elapsed)"
+    assert re.search(step, logs), logs[-3000:]
+    assert re.search(r"epoch 1/2  loss \d+\.\d{4} .* s  run ETA \d+:\d\d", logs), logs[-3000:]
     client = MlflowClient(tracking_uri=cfg.resolved_paths().tracking.uri)
     run = client.get_run(summary["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.info.run_name == "full"
@@ -72,11 +95,23 @@ def test_two_worker_run_is_tracked_completely(ray_cluster, tiny_config, smoke_sh
     assert 0.0 <= summary["final_metrics"]["val/semseg/miou"] <= 1.0
 
     # Evaluating the logged best checkpoint reproduces the metrics training reported for that epoch.
-    ev = run_evaluate(cfg, run_id=summary["mlflow_run_id"])
+    ev = run_evaluate(cfg, run_id=summary["mlflow_run_id"], log_run=True)
     best_epoch = int(run.data.tags["fusionpipe.best_epoch"])
     hist = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val/semseg/miou")}
     assert ev["epoch"] == best_epoch and ev["num_samples"] == 8 and ev["device"] == "cpu"
     assert ev["metrics"]["semseg/miou"] == pytest.approx(hist[best_epoch], abs=1e-6)
+    # Per class, by the manifest's names; the classes' IoUs average to the mIoU.
+    classes = json.loads((smoke_shards / "manifest.json").read_text())["classes"]
+    assert list(ev["per_class"]) == classes
+    present = [r["iou"] for r in ev["per_class"].values() if not math.isnan(r["iou"])]
+    assert sum(present) / len(present) == pytest.approx(ev["metrics"]["semseg/miou"])
+    # --log-to-run: eval/val/* at the evaluated epoch and the pictures, in the run it evaluated.
+    logged = client.get_run(run.info.run_id).data.metrics
+    assert logged["eval/val/semseg/miou"] == pytest.approx(ev["metrics"]["semseg/miou"])
+    assert {f"eval/val/iou/{c}" for c in classes} >= {k for k in logged if k.startswith("eval/val/iou/")} != set()
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/val/semseg/miou")] == [best_epoch]
+    pictures = {a.path for a in client.list_artifacts(run.info.run_id, "eval/val")}
+    assert {"eval/val/confusion.png", "eval/val/per_class.png", "eval/val/eval.json"} == pictures
 
 
 def test_ddp_without_deep_supervision_and_a_short_accumulation_group(ray_cluster, tiny_config):
