@@ -21,11 +21,11 @@ run() {  # run NAME SECONDS CMD...: stdout to NAME.json, stderr to NAME.err, bou
 # channels_last, augmentation on the device, torch.compile; then Ray Train's GPU throughput.
 run train_cuda 240 "$PY" benchmarks/train.py --only cuda --quick --json
 # The device augmentation's cost per batch at 480x640, and a loader worker's rate with and without it.
-run augment 90 "$PY" benchmarks/augment.py --quick --json
+run augment 75 "$PY" benchmarks/augment.py --quick --json
 # Attention blocks on the GPU (APNB/AFNB vs non-local).
-run attention_cuda 60 "$PY" benchmarks/attention.py --only cuda --quick --json
+run attention_cuda 45 "$PY" benchmarks/attention.py --only cuda --quick --json
 # The tests that need CUDA: no host sync in the step, the one-GPU run with bf16 and its resume.
-timeout 120 "$PY" -m pytest -p no:cacheprovider -q -rA \
+timeout 100 "$PY" -m pytest -p no:cacheprovider -q -rA \
     tests/pipelines/test_train_step.py::test_the_cuda_step_never_syncs_the_host tests/pipelines/test_cuda.py \
     > "$OUT/gpu_tests.log" 2>&1
 echo "gpu tests: exit $?" | tee -a "$OUT/summary.txt"

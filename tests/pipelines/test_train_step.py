@@ -209,3 +209,49 @@ def test_the_cuda_step_never_syncs_the_host():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert np.isfinite(out["train/loss/total"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            ["data.augment_on=device", "data.augment={color_jitter: {}}"],
+            "augment_on: device warps on the device and has no photometric ops; data.augment sets color_jitter",
+        ),
+        (["train.compile=0"], "train.compile: must be false, 'default', 'reduce-overhead' or 'max-autotune'"),
+        (["train.compile=true"], "train.compile: must be false, 'default', 'reduce-overhead' or 'max-autotune'"),
+        (["loss.aux_resolution=half"], "loss.aux_resolution: Input should be 'target' or 'prediction'"),
+    ],
+)
+def test_bad_speed_options_are_config_errors_naming_the_key(override, message):
+    from pipelines.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_config(REPO_ROOT / "configs" / "smoke.yaml", ["data.shards=/nonexistent", *override])
+    assert message in str(e.value)
+
+
+def test_the_speed_options_validate_and_default_off():
+    cfg = load_config(REPO_ROOT / "configs" / "smoke.yaml", ["data.shards=/nonexistent"])
+    assert (cfg.train.compile, cfg.train.channels_last, cfg.data.augment_on, cfg.loss.aux_resolution) == (
+        False,
+        False,
+        "cpu",
+        "target",
+    )
+    cfg = load_config(
+        REPO_ROOT / "configs" / "smoke.yaml",
+        [
+            "data.shards=/nonexistent",
+            "train.compile=max-autotune",
+            "train.channels_last=true",
+            "data.augment_on=device",
+            "loss.aux_resolution=prediction",
+        ],
+    )
+    assert (cfg.train.compile, cfg.train.channels_last, cfg.data.augment_on, cfg.loss.aux_resolution) == (
+        "max-autotune",
+        True,
+        "device",
+        "prediction",
+    )
