@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,38 @@ def mlflow_dataset_entity(dataset: Any) -> Any:
     builds.
     """
     return dataset._to_mlflow_entity()
+
+
+def system_metrics_monitor(run_id: str, tracking_uri: str, interval_s: float, resume: bool) -> Any:
+    """A started monitor that samples this machine's CPU, memory, disk, network and (with
+    ``nvidia-ml-py`` and an NVIDIA GPU) GPU use every ``interval_s`` seconds and logs each sample into
+    run ``run_id`` as ``system/...`` metrics, from a daemon thread; ``finish()`` stops it and sends
+    what it holds. It stops by itself once the run is no longer RUNNING.
+
+    MLflow 3.17.2 starts this monitor only from the fluent ``mlflow.start_run(log_system_metrics=True)``,
+    which makes the run this process's active run and ends it (FINISHED) at ``mlflow.end_run``; a
+    fusionpipe run is written through a client by run id and ended by the driver, so this starts the
+    same monitor, ``mlflow.system_metrics.system_metrics_monitor.SystemMetricsMonitor`` (an internal
+    module), directly. ``resume`` continues the step count after the run's last ``system/`` step.
+    ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` in the environment wins over ``interval_s`` (MLflow's rule).
+    """
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(
+        run_id, sampling_interval=interval_s, resume_logging=resume, tracking_uri=tracking_uri
+    )
+    monitor.start()
+    return monitor
+
+
+def stop_system_metrics(monitor: Any, timeout_s: float = 30.0) -> bool:
+    """Stop a :func:`system_metrics_monitor` and send its last samples, waiting at most ``timeout_s``:
+    ``finish()`` joins the monitor's thread, which may be inside a request to a tracking store that does
+    not answer. False when it did not finish in time (the daemon thread ends with the process)."""
+    done = threading.Thread(target=monitor.finish, daemon=True, name="stop-system-metrics")
+    done.start()
+    done.join(timeout_s)
+    return not done.is_alive()
 
 
 def ray_working_dir_files(working_dir: str | os.PathLike[str], excludes: list[str]) -> list[str]:

@@ -309,6 +309,17 @@ class TrackingSection(_Section):
         "a store still unreachable this many seconds after the first failed request fails the run (exit 3). "
         "`0`: fail at the first failed request",
     )
+    system_metrics: Switch = Field(
+        True,
+        description="while training, rank 0 logs its machine's CPU, memory, disk, network and, with an NVIDIA "
+        "GPU, GPU use as MLflow system metrics (`system/...`, MLflow's System Metrics tab); `false`: off "
+        "([training-internals.md](training-internals.md#system-metrics))",
+    )
+    system_metrics_interval_s: Real = Field(
+        10.0,
+        gt=0,
+        description="seconds between two system-metric samples (`MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL` wins)",
+    )
 
 
 class CheckpointSection(_Section):

@@ -36,6 +36,7 @@ from pipelines.track.tracker import (
     ray_job_tags,
     redacted_config,
     run_not_found,
+    source_tags,
 )
 
 RUN_STATE = "fusionpipe-run.json"
@@ -147,10 +148,12 @@ def open_run(
         tracker.client.update_run(tracker.run_id, status="RUNNING")
         _record_resume(tracker, cfg, run_name, plugins)
         return tracker, True
+    git = git_info()
     tags = {
         "fusionpipe.model": cfg.model.name,
         "fusionpipe.run_name": run_name,
-        **git_info(),
+        **git,
+        **source_tags("fusionpipe train", git),
         **data_version(cfg.data.shards, cfg.data.rev),
         **plugins,
         **ray_job_tags(),

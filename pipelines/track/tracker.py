@@ -15,6 +15,7 @@ run (:meth:`Tracker.flush`), for at most ``tracking.max_outage_s`` seconds of on
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import logging
 import math
@@ -94,6 +95,38 @@ def git_info(repo: Path | None = None) -> dict[str, str]:
             return {"git.commit": os.environ[GIT_COMMIT_ENV], "git.dirty": os.environ.get(GIT_DIRTY_ENV, "unknown")}
         return {}
     return {"git.commit": commit, "git.dirty": str(dirty).lower()}
+
+
+def source_tags(command: str, git: dict[str, str], repo: Path | None = None) -> dict[str, str]:
+    """The tags MLflow's own UI reads for a run's source and user, which ``mlflow.start_run`` sets and
+    ``MlflowClient.create_run`` does not: ``mlflow.source.name`` (the fusionpipe command that made the
+    run), ``mlflow.source.type`` (``JOB`` for a Ray job, else ``LOCAL``), ``mlflow.source.git.commit`` (the
+    ``git.commit`` of ``git``), ``mlflow.source.git.branch`` and ``mlflow.source.git.repoURL`` (the
+    ``origin`` remote, credentials hidden) where git knows them, and ``mlflow.user`` (which MLflow also
+    stores as the run's user)."""
+    repo = repo or project_root()
+    tags = {"mlflow.source.name": command, "mlflow.source.type": "JOB" if ray_job_submission_id() else "LOCAL"}
+    if git.get("git.commit"):
+        tags["mlflow.source.git.commit"] = git["git.commit"]
+
+    def git_out(*args: str) -> str:
+        try:
+            done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    branch = git_out("rev-parse", "--abbrev-ref", "HEAD")
+    if branch and branch != "HEAD":  # HEAD: a detached checkout has no branch
+        tags["mlflow.source.git.branch"] = branch
+    remote = git_out("remote", "get-url", "origin")
+    if remote:
+        tags["mlflow.source.git.repoURL"] = redact_url_password(remote)
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except (KeyError, OSError):  # no user name in the environment or the password database
+        pass
+    return tags
 
 
 def plugin_tags(names: list[str], repo: Path | None = None) -> dict[str, str]:

@@ -41,7 +41,7 @@ from pipelines.checkpoints import (
     save_checkpoint,
     unwrap,
 )
-from pipelines.compat import quiet_ray_train_reports
+from pipelines.compat import quiet_ray_train_reports, stop_system_metrics, system_metrics_monitor
 from pipelines.config import ConfigError, ExperimentConfig
 from pipelines.progress import Progress, format_duration, run_eta_s
 from pipelines.storage import join, read_text, write_text
@@ -240,7 +240,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     forward_loss = make_forward_loss(model, criterion, device, cfg.train.amp, cfg.train.compile)
     batch_transform = device_augment(d.augment.rgb_pad) if d.augment_on == "device" else None
 
-    tracker = None
+    tracker = monitor = None
     if rank == 0:
         log.info(
             f"training {mcfg['name']} on {world} worker{'s' if world > 1 else ''} ({device.type}), "
@@ -257,6 +257,10 @@ def _train_loop(config: dict[str, Any]) -> None:
             log.warning("resume: %s", fallback_note)
             tracker.set_tags({FALLBACK_TAG: fallback_note[:TAG_MAX]})
         tracker.requeue(unlogged, skip_steps=already_logged)
+        if cfg.tracking.system_metrics:  # this machine's CPU, memory, GPU use as MLflow system/ metrics
+            monitor = system_metrics_monitor(
+                run_id, config["tracking_uri"], cfg.tracking.system_metrics_interval_s, resume=start_epoch > 0
+            )
     num_classes = mcfg["num_classes"]
     hooks: list[EpochHook] = list(config.get("epoch_hooks") or [])
     every_s = float(config.get("progress_every_s", 30.0))
@@ -337,6 +341,8 @@ def _train_loop(config: dict[str, Any]) -> None:
             every = cfg.train.preview_every
             if every and (epoch % every == every - 1 or epoch == cfg.train.epochs - 1):
                 _log_preview(tracker, model, val_stream, mcfg["tasks"], epoch, device, predict)
+    if monitor is not None:
+        stop_system_metrics(monitor)
     if tracker is not None:
         tracker.flush(wait=True)  # what an outage of the tracking store left buffered, within its bound
 

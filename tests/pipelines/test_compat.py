@@ -180,6 +180,55 @@ def test_a_meta_dataset_converts_to_the_entity_that_log_inputs_takes(tmp_path):
     assert "DatasetInput" in annotation and DatasetInput(entity).dataset is entity
 
 
+def test_the_system_metrics_monitor_logs_into_a_client_made_run_and_resumes_its_steps(tmp_path):
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("x")).info.run_id
+    keys = {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"}
+
+    def sample(resume: bool) -> None:
+        before = len(client.get_metric_history(run_id, min(keys)))
+        monitor = compat.system_metrics_monitor(run_id, uri, 0.2, resume=resume)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(client.get_metric_history(run_id, min(keys))) < before + 2:
+            time.sleep(0.2)
+        assert compat.stop_system_metrics(monitor, timeout_s=60)
+
+    sample(resume=False)
+    assert keys <= set(client.get_run(run_id).data.metrics)
+    assert not [k for k in client.get_run(run_id).data.metrics if "gpu" in k]  # no GPU on this machine
+    first = sorted(m.step for m in client.get_metric_history(run_id, min(keys)))
+    assert first[0] == 0
+    sample(resume=True)  # a resumed run continues the steps
+    steps = sorted(m.step for m in client.get_metric_history(run_id, min(keys)))
+    assert steps[: len(first)] == first and steps[len(first)] == first[-1] + 1
+    # the monitor stops by itself once the run is no longer RUNNING
+    client.set_terminated(run_id)
+    monitor = compat.system_metrics_monitor(run_id, uri, 0.2, resume=True)
+    time.sleep(1.0)
+    assert compat.stop_system_metrics(monitor, timeout_s=5)
+
+
+def test_stopping_system_metrics_is_bounded_when_the_store_hangs():
+    import threading
+    import time
+
+    release = threading.Event()
+
+    class Stuck:
+        def finish(self) -> None:
+            release.wait(30)
+
+    started = time.monotonic()
+    assert compat.stop_system_metrics(Stuck(), timeout_s=0.3) is False
+    assert time.monotonic() - started < 5
+    release.set()
+
+
 def packaged_by_ray_job_client(working_dir, excludes) -> set[str]:
     """The files of the package Ray's job client builds and uploads for ``working_dir``: its own upload
     path (``JobSubmissionClient._upload_working_dir_if_needed``), with the HTTP request captured instead

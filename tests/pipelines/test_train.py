@@ -36,7 +36,7 @@ def test_two_worker_run_is_tracked_completely(ray_cluster, tiny_config, smoke_sh
     from pipelines.analysis.evaluate import run_evaluate
 
     monkeypatch.setenv("FUSIONPIPE_PROGRESS_EVERY_S", "0.001")  # a progress line after every step
-    cfg = tiny_config()
+    cfg = tiny_config("tracking.system_metrics_interval_s=0.5")
     summary = run_training(cfg, run_name="full")
     # The driver says what it does before the first epoch; rank 0 shows steps inside the epoch, and
     # its epoch line the run's ETA.
@@ -65,6 +65,15 @@ def test_two_worker_run_is_tracked_completely(ray_cluster, tiny_config, smoke_sh
 
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
     assert run.data.tags["git.commit"] == head and run.data.tags["git.dirty"] in ("true", "false")
+    # The tags MLflow's UI reads for the source and the user, as mlflow.start_run sets them.
+    assert run.data.tags["mlflow.source.git.commit"] == head
+    assert run.data.tags["mlflow.source.name"] == "fusionpipe train"
+    assert run.data.tags["mlflow.source.type"] == "LOCAL"
+    assert run.info.user_id == run.data.tags["mlflow.user"] != "unknown"
+    # rank 0 sampled its machine while training: MLflow system metrics, at steps 0, 1, ...
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
+    assert 0 <= run.data.metrics["system/cpu_utilization_percentage"] <= 100
+    assert _steps(client, run.info.run_id, "system/system_memory_usage_megabytes")[0] == 0
     (dataset_input,) = run.inputs.dataset_inputs  # the shards, as an MLflow dataset input of the run
     assert dataset_input.dataset.digest == manifest_digest(smoke_shards)[:32]
     assert {(t.key, t.value) for t in dataset_input.tags} == {("mlflow.data.context", "train")}
@@ -128,11 +137,14 @@ def test_ddp_without_deep_supervision_and_a_short_accumulation_group(ray_cluster
         "tracking.log_model=false",
         "train.preview_every=0",
         "optim.warmup_epochs=2",
+        "tracking.system_metrics=false",
+        "tracking.system_metrics_interval_s=0.5",
     )
     summary = run_training(cfg, run_name="no-deep-supervision")
     client = MlflowClient(tracking_uri=cfg.resolved_paths().tracking.uri)
     run = client.get_run(summary["mlflow_run_id"])
     assert run.info.status == "FINISHED" and summary["epochs"] == 2
+    assert not [k for k in run.data.metrics if k.startswith("system/")]  # tracking.system_metrics: false
     losses = [k for k in run.data.metrics if k.startswith("train/loss/")]
     assert sorted(losses) == [
         "train/loss/depth",
