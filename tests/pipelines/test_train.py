@@ -49,13 +49,20 @@ def test_two_worker_run_is_tracked_completely(ray_cluster, tiny_config, smoke_sh
     client = MlflowClient(tracking_uri=cfg.resolved_paths().tracking.uri)
     run = client.get_run(summary["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.info.run_name == "full"
-    # The run is configs/smoke.yaml: every param but the paths the fixture points at its own store.
+    # The run is configs/smoke.yaml: every param but the paths the fixture points at its own store, and
+    # the system-metric interval this test shortens.
     from pipelines.config import flatten, load_config
     from pipelines.track.tracker import _param_value
     from tests import REPO_ROOT
 
     smoke = flatten(load_config(REPO_ROOT / "configs" / "smoke.yaml").model_dump(mode="json"))
-    moved = {"data.shards", "tracking.uri", "tracking.experiment", "checkpoint.storage_path"}
+    moved = {
+        "data.shards",
+        "tracking.uri",
+        "tracking.experiment",
+        "checkpoint.storage_path",
+        "tracking.system_metrics_interval_s",
+    }
     assert {k: _param_value(v) for k, v in smoke.items() if k not in moved} == {
         k: v for k, v in run.data.params.items() if k in smoke and k not in moved
     }
