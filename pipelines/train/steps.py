@@ -389,6 +389,8 @@ def evaluate(
     device: torch.device,
     amp: bool = False,
     edge_max_dist: float = 0.0075,
+    miou_classes: str = "present",
+    edge_protocol: str = "bsds",
     *,
     per_class: PerClassMetric | None = None,
     progress: Progress | None = None,
@@ -402,7 +404,13 @@ def evaluate(
     sync_buffers(model)
     net = unwrap(model)  # DDP's forward would broadcast buffers: a collective ranks may not match
     net.eval()
-    metrics = MetricSet(tasks, num_classes=num_classes, edge_max_dist=edge_max_dist)
+    metrics = MetricSet(
+        tasks,
+        num_classes=num_classes,
+        edge_max_dist=edge_max_dist,
+        miou_classes=miou_classes,
+        edge_protocol=edge_protocol,
+    )
     batches, samples = 0, 0
     for batch in loader:
         inputs, targets = to_device(batch, device)
