@@ -231,3 +231,171 @@ def test_freeze_bn_keeps_encoder_statistics_while_gammas_learn_and_the_new_head_
     assert first.training and not torch.equal(start, first.running_mean)
     frozen.eval()
     assert not frozen.training and not any(m.training for m in enc_bns + head_bns)  # eval() still evaluates
+
+
+# ---------------------------------------------------------------- RefineNet-LW decoder (official port)
+class _Par(torch.nn.Module):  # the official ModuleParallel
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x_parallel):
+        return [self.module(x) for x in x_parallel]
+
+
+def _c3(i, o, bias=False):
+    return _Par(torch.nn.Conv2d(i, o, kernel_size=3, stride=1, padding=1, bias=bias))
+
+
+class _OfficialCRP(torch.nn.Module):
+    def __init__(self, in_planes, out_planes, num_stages, num_parallel):
+        super().__init__()
+        for i in range(num_stages):
+            setattr(
+                self, "{}_{}".format(i + 1, "outvar_dimred"), _c3(in_planes if (i == 0) else out_planes, out_planes)
+            )
+        self.num_stages, self.num_parallel = num_stages, num_parallel
+        self.maxpool = _Par(torch.nn.MaxPool2d(kernel_size=5, stride=1, padding=2))
+
+    def forward(self, x):
+        top = x
+        for i in range(self.num_stages):
+            top = self.maxpool(top)
+            top = getattr(self, "{}_{}".format(i + 1, "outvar_dimred"))(top)
+            x = [x[l] + top[l] for l in range(self.num_parallel)]  # noqa: E741
+        return x
+
+
+_SUFFIXES = {0: "_conv", 1: "_conv_relu_varout_dimred"}
+
+
+class _OfficialRCU(torch.nn.Module):
+    def __init__(self, in_planes, out_planes, num_blocks, num_stages, num_parallel):
+        super().__init__()
+        for i in range(num_blocks):
+            for j in range(num_stages):
+                setattr(
+                    self,
+                    f"{i + 1}{_SUFFIXES[j]}",
+                    _c3(in_planes if (i == 0) and (j == 0) else out_planes, out_planes, bias=(j == 0)),
+                )
+        self.num_blocks, self.num_stages, self.num_parallel = num_blocks, num_stages, num_parallel
+        self.relu = _Par(torch.nn.ReLU(inplace=True))
+
+    def forward(self, x):
+        for i in range(self.num_blocks):
+            residual = x
+            for j in range(self.num_stages):
+                x = self.relu(x)
+                x = getattr(self, f"{i + 1}{_SUFFIXES[j]}")(x)
+            x = [x[l] + residual[l] for l in range(self.num_parallel)]  # noqa: E741
+        return x
+
+
+class _OfficialDecoder(torch.nn.Module):
+    """The decoder half of the official RefineNet (CEN semantic_segmentation/models/model.py), for C1..C4 inputs."""
+
+    def __init__(self, chans, num_classes, num_parallel):
+        super().__init__()
+        c1, c2, c3, c4 = chans
+        n = self.num_parallel = num_parallel
+        self.dropout = _Par(torch.nn.Dropout(p=0.5))
+        self.relu = _Par(torch.nn.ReLU(inplace=True))
+        self.p_ims1d2_outl1_dimred = _c3(c4, 512)
+        self.adapt_stage1_b = torch.nn.Sequential(_OfficialRCU(512, 512, 2, 2, n))
+        self.mflow_conv_g1_pool = torch.nn.Sequential(_OfficialCRP(512, 512, 4, n))
+        self.mflow_conv_g1_b = torch.nn.Sequential(_OfficialRCU(512, 512, 3, 2, n))
+        self.mflow_conv_g1_b3_joint_varout_dimred = _c3(512, 256)
+        self.p_ims1d2_outl2_dimred = _c3(c3, 256)
+        self.adapt_stage2_b = torch.nn.Sequential(_OfficialRCU(256, 256, 2, 2, n))
+        self.adapt_stage2_b2_joint_varout_dimred = _c3(256, 256)
+        self.mflow_conv_g2_pool = torch.nn.Sequential(_OfficialCRP(256, 256, 4, n))
+        self.mflow_conv_g2_b = torch.nn.Sequential(_OfficialRCU(256, 256, 3, 2, n))
+        self.mflow_conv_g2_b3_joint_varout_dimred = _c3(256, 256)
+        self.p_ims1d2_outl3_dimred = _c3(c2, 256)
+        self.adapt_stage3_b = torch.nn.Sequential(_OfficialRCU(256, 256, 2, 2, n))
+        self.adapt_stage3_b2_joint_varout_dimred = _c3(256, 256)
+        self.mflow_conv_g3_pool = torch.nn.Sequential(_OfficialCRP(256, 256, 4, n))
+        self.mflow_conv_g3_b = torch.nn.Sequential(_OfficialRCU(256, 256, 3, 2, n))
+        self.mflow_conv_g3_b3_joint_varout_dimred = _c3(256, 256)
+        self.p_ims1d2_outl4_dimred = _c3(c1, 256)
+        self.adapt_stage4_b = torch.nn.Sequential(_OfficialRCU(256, 256, 2, 2, n))
+        self.adapt_stage4_b2_joint_varout_dimred = _c3(256, 256)
+        self.mflow_conv_g4_pool = torch.nn.Sequential(_OfficialCRP(256, 256, 4, n))
+        self.mflow_conv_g4_b = torch.nn.Sequential(_OfficialRCU(256, 256, 3, 2, n))
+        self.clf_conv = _c3(256, num_classes, bias=True)
+
+    def forward(self, l1, l2, l3, l4):
+        n = self.num_parallel
+        up = torch.nn.Upsample
+        l4 = self.dropout(l4)
+        l3 = self.dropout(l3)
+        x4 = self.p_ims1d2_outl1_dimred(l4)
+        x4 = self.adapt_stage1_b(x4)
+        x4 = self.relu(x4)
+        x4 = self.mflow_conv_g1_pool(x4)
+        x4 = self.mflow_conv_g1_b(x4)
+        x4 = self.mflow_conv_g1_b3_joint_varout_dimred(x4)
+        x4 = [up(size=l3[0].size()[2:], mode="bilinear", align_corners=True)(x4_) for x4_ in x4]
+        x3 = self.p_ims1d2_outl2_dimred(l3)
+        x3 = self.adapt_stage2_b(x3)
+        x3 = self.adapt_stage2_b2_joint_varout_dimred(x3)
+        x3 = [x3[l] + x4[l] for l in range(n)]  # noqa: E741
+        x3 = self.relu(x3)
+        x3 = self.mflow_conv_g2_pool(x3)
+        x3 = self.mflow_conv_g2_b(x3)
+        x3 = self.mflow_conv_g2_b3_joint_varout_dimred(x3)
+        x3 = [up(size=l2[0].size()[2:], mode="bilinear", align_corners=True)(x3_) for x3_ in x3]
+        x2 = self.p_ims1d2_outl3_dimred(l2)
+        x2 = self.adapt_stage3_b(x2)
+        x2 = self.adapt_stage3_b2_joint_varout_dimred(x2)
+        x2 = [x2[l] + x3[l] for l in range(n)]  # noqa: E741
+        x2 = self.relu(x2)
+        x2 = self.mflow_conv_g3_pool(x2)
+        x2 = self.mflow_conv_g3_b(x2)
+        x2 = self.mflow_conv_g3_b3_joint_varout_dimred(x2)
+        x2 = [up(size=l1[0].size()[2:], mode="bilinear", align_corners=True)(x2_) for x2_ in x2]
+        x1 = self.p_ims1d2_outl4_dimred(l1)
+        x1 = self.adapt_stage4_b(x1)
+        x1 = self.adapt_stage4_b2_joint_varout_dimred(x1)
+        x1 = [x1[l] + x2[l] for l in range(n)]  # noqa: E741
+        x1 = self.relu(x1)
+        x1 = self.mflow_conv_g4_pool(x1)
+        x1 = self.mflow_conv_g4_b(x1)
+        x1 = self.dropout(x1)
+        return self.clf_conv(x1)
+
+
+def test_refinenet_lw_decoder_equals_the_official_block_with_copied_weights():
+    from fusion.models.cen import RefineNetLW
+
+    torch.manual_seed(0)
+    chans = [16, 24, 32, 40]
+    ours, official = RefineNetLW(chans, 5), _OfficialDecoder(chans, 5, 2)
+    assert [k for k in ours.state_dict()] == [k for k in official.state_dict()]  # the official names
+    official.load_state_dict(ours.state_dict(), strict=True)
+    feats = [[torch.randn(2, c, 32 // 2**i, 48 // 2**i) for _ in range(2)] for i, c in enumerate(chans)]
+    ours.eval(), official.eval()
+    with torch.no_grad():
+        got, want = ours(feats), official(*feats)
+    assert len(got) == 2 and got[0].shape == (2, 5, 32, 48)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in ours.modules())
+    ours.train()
+    torch.manual_seed(1)
+    a = ours(feats)[0]
+    torch.manual_seed(2)
+    assert not torch.equal(a, ours(feats)[0])  # dropout is on while training
+
+
+def test_cen_with_the_refinenet_lw_decoder_predicts_every_task_and_freezes_only_encoder_bns():
+    model = build_model(
+        {**TINY, "tasks": ["semseg", "depth"], "options": {"decoder": "refinenet_lw", "freeze_bn": True}}
+    )
+    out = model.train()(_inputs(size=64))
+    assert out["semseg"].shape[-2:] == (64, 64) and out["depth"].shape[1] == 1
+    assert set(out["aux"]) == {"rgb", "depth"}
+    assert not any(m.training for m in _bns(model.encoder)) and not _bns(model.heads)
+    with pytest.raises(ValueError, match="option decoder must be one of"):
+        build_model({**TINY, "options": {"decoder": "fpn"}})
