@@ -63,7 +63,8 @@ FORWARDED_ENV = (
 REFUSED_ENV = (AUTH_TOKEN_ENV, AUTH_TOKEN_PATH_ENV, "RAY_AUTH_MODE", *ADDRESS_ENVS)
 SECRET_LIKE = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE_KEY|ACCESS_KEY", re.IGNORECASE)
 # Excluded even if .rayignore is edited away: uploading these would be slow, large, or leak data.
-ALWAYS_EXCLUDE = ("/data", "/.venv", "/.git", "/.dvc/cache", "/ray_results", "mlflow.db")
+#: /weights: ImageNet files (model.pretrained) are hundreds of MB; a job reads them from shared storage.
+ALWAYS_EXCLUDE = ("/data", "/.venv", "/.git", "/.dvc/cache", "/ray_results", "/weights", "mlflow.db")
 #: Files and directories that hold credentials, never uploaded with a job whatever .rayignore says
 #: (.gitignore syntax; a pattern without "/" matches at any depth). docs/cluster.md lists them.
 CREDENTIAL_PATTERNS = (
@@ -562,7 +563,8 @@ def check_config(config: Path, command: list[str], working_dir: Path | None = No
     """
     working_dir = working_dir or project_root()
     command = list(command) or ["fusionpipe", "train"]
-    load_config(config, option_values(command, "--set"))  # raises ConfigError listing every problem
+    cfg = load_config(config, option_values(command, "--set"))  # raises ConfigError listing every problem
+    check_pretrained(cfg.model.pretrained, working_dir)
     path = config.resolve()
     try:
         rel = path.relative_to(working_dir.resolve()).as_posix()
@@ -582,6 +584,20 @@ def check_config(config: Path, command: list[str], working_dir: Path | None = No
     if any((working_dir / g).resolve() != path for g in given):
         raise JobSpecError(f"--config {config} differs from the command's --config {given[0]}; give one")
     return command
+
+
+def check_pretrained(pretrained: str | None, working_dir: Path) -> None:
+    """A relative ``model.pretrained`` is read in the job's copy of the repository: refuse one the upload
+    leaves out (``weights/`` always is), before the job starts and fails on a worker."""
+    if not pretrained or Path(os.path.expanduser(pretrained)).is_absolute():
+        return
+    path = working_dir / pretrained
+    if not path.is_file() or not is_uploaded(path, working_dir):
+        raise JobSpecError(
+            f"model.pretrained {pretrained!r}: a relative path is read in the job's uploaded copy of the repository, "
+            "and this file is not uploaded (weights/ never is: ImageNet files are large). Put it on storage every "
+            "node mounts and give its absolute path: --set model.pretrained=/mnt/shared/weights/<file> (docs/cluster.md)"
+        )
 
 
 def job_metadata(command: list[str]) -> dict[str, str]:

@@ -283,7 +283,7 @@ def run_predict(
     shards: str | os.PathLike[str] | None = None,
     split: str = "val",
     limit: int | None = None,
-    device: str = "cpu",
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Predict every sample of ``images`` (a folder) or of ``shards``/``split`` into ``out``; the summary."""
     if (images is None) == (shards is None):

@@ -31,7 +31,9 @@ from pipelines.cli.output import emit, fail, tracking_store_errors
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="predict at most this many samples")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="output folder")
 @click.option("--tracking-uri", default=None, help="MLflow store of a run id or models:/ URI  [default: the project's]")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto")
+@click.option(
+    "--device", default="auto", show_default=True, help="auto (the GPU when there is one), cpu, cuda or cuda:N"
+)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @tracking_store_errors
 def predict(

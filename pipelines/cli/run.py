@@ -150,7 +150,11 @@ def _parse_window(value: str | None, cfg: Any, as_json: bool) -> tuple[int, int]
 @click.option("--config", type=click.Path(path_type=Path), required=True, help="experiment YAML (data, model)")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 @click.option("--checkpoint", default=None, help="checkpoint directory (model.pt + meta.json)")
-@click.option("--run-id", default=None, help="MLflow run id: evaluates its best checkpoint")
+@click.option(
+    "--run-id",
+    default=None,
+    help="MLflow run id, or a registered model models:/NAME/VERSION or models:/NAME@ALIAS: evaluates its best checkpoint",
+)
 @click.option(
     "--summary",
     "summary_file",

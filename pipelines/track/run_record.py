@@ -15,16 +15,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from datasets.inspect import read_samples
 from datasets.manifest import write_atomic
-from pipelines.checkpoints import CorruptCheckpointError, read_meta, verify_checkpoint
+from pipelines.checkpoints import CorruptCheckpointError, read_meta, verify_checkpoint, write_weights_only
 from pipelines.compat import mlflow_dataset_entity
 from pipelines.config import ConfigError, ExperimentConfig, flatten
 from pipelines.jsonio import dumps
 from pipelines.storage import checkpoint_uri, join, read_text, write_text
 from pipelines.track.data_versions import data_version, dvc_experiment_tags
-from pipelines.track.export import log_final_model
+from pipelines.track.export import NORMALISATION, log_final_model
 from pipelines.track.redact import redact_url_password, redact_value
+from pipelines.track.registry import register_logged_model
 from pipelines.track.tracker import (
     PARAM_MAX,
     Tracker,
@@ -245,7 +245,12 @@ def finish_run(cfg: ExperimentConfig, tracker: Any, result: Any, run_name: str, 
         # Written to tags and the summary: without the storage path's credentials (s3://KEY:***@BUCKET/...).
         best_at = redact_url_password(checkpoint_uri(cfg.checkpoint.storage_path, best_ckpt.path))
         last_at = redact_url_password(checkpoint_uri(cfg.checkpoint.storage_path, result.checkpoint.path))
-        tracker.log_artifacts(best_dir, "checkpoints/best")
+        # checkpoints/best is what evaluate, predict and the logged model read: the weights, without the
+        # optimizer state that only a resume needs (twice the weights' size with Adam); checkpoints/last keeps it.
+        best_weights = write_weights_only(
+            best_dir, stack.enter_context(tempfile.TemporaryDirectory()), {"normalisation": NORMALISATION}
+        )
+        tracker.log_artifacts(str(best_weights), "checkpoints/best")
         tracker.log_artifacts(last_dir, "checkpoints/last")
         tracker.set_tags(
             {
@@ -254,9 +259,14 @@ def finish_run(cfg: ExperimentConfig, tracker: Any, result: Any, run_name: str, 
                 "fusionpipe.best_epoch": str(best_metrics.get("epoch")),
             }
         )
-        if cfg.tracking.log_model:
-            h, w = _sample_hw(cfg)
-            log_final_model(tracker, best_dir, read_meta(best_dir, require=("model_config",)), (h, w))
+        registered = None
+        if cfg.tracking.log_model or cfg.tracking.register_as:  # a registered version is a logged model
+            model_uri = log_final_model(tracker, str(best_weights), read_meta(best_weights, require=("model_config",)))
+            if cfg.tracking.register_as:
+                alias = cfg.tracking.register_alias if cfg.tracking.register_alias_on_train else None
+                registered = register_logged_model(
+                    cfg.tracking.uri, tracker.run_id, model_uri, cfg.tracking.register_as, alias
+                ).model_uri
     tracker.end("FINISHED")
     # meta.json stores a NaN metric (nothing to measure) as null: it is NaN again here.
     final = {k: math.nan if v is None else v for k, v in last_meta["metrics"].items() if k.startswith("val/")}
@@ -272,6 +282,7 @@ def finish_run(cfg: ExperimentConfig, tracker: Any, result: Any, run_name: str, 
         "last_checkpoint": last_at,
         "best_metric": {cfg.checkpoint.metric: best_metrics.get(cfg.checkpoint.metric)},
         "final_metrics": final,
+        "registered_model": registered,
     }
 
 
@@ -305,11 +316,3 @@ def write_outputs(
         for step in sorted(rows):
             w.writerow({"epoch": step, **rows[step]})
         put(history_path, buf.getvalue())
-
-
-def _sample_hw(cfg: ExperimentConfig) -> tuple[int, int]:
-    if cfg.data.augment.resize:
-        return tuple(cfg.data.augment.resize)  # type: ignore[return-value]
-
-    s = read_samples(Path(cfg.data.shards), cfg.data.val_split, 1)[0]
-    return s["rgb"].shape[:2] if "rgb" in s else s["depth"].shape[:2]

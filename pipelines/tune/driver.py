@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from datasets.manifest import write_atomic
+from pipelines.checkpoints import read_meta, write_weights_only
 from pipelines.compat import tune_trials
 from pipelines.config import (
     PROJECT_ROOT_ENV,
@@ -43,7 +44,9 @@ from pipelines.config import (
     set_fields,
 )
 from pipelines.track.data_versions import data_version, resolve_data_rev
+from pipelines.track.export import NORMALISATION, log_final_model
 from pipelines.track.redact import redact_value, strip_secrets
+from pipelines.track.registry import register_logged_model
 from pipelines.track.tracker import (
     Tracker,
     check_store_for_cluster,
@@ -397,6 +400,10 @@ def _finish(
             "checkpoint": best["checkpoint"],
         }
         summary["best_config_path"] = str(out)
+        name = base_raw["tracking"].get("register_as")
+        if name and best["mlflow_run_id"] and best["checkpoint"]:
+            alias = base_raw["tracking"].get("register_alias") or "best"
+            summary["best"]["registered_model"] = register_best_trial(best, name, alias, parent.uri)
         parent.log_artifact(out)
         parent.log_metrics({f"best/{spec.metric}": best["best_metric"]}, step=0)
         parent.set_tags(
@@ -422,6 +429,17 @@ def _finish(
     return summary
 
 
+def register_best_trial(best: dict[str, Any], name: str, alias: str, uri: str) -> str:
+    """Log the best trial's model (from its best checkpoint, weights only) to its MLflow run and register
+    it as a new version of ``name`` with ``alias``; the ``models:/NAME@ALIAS`` URI."""
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = write_weights_only(best["checkpoint"], tmp, {"normalisation": NORMALISATION})
+        tracker = Tracker(uri, best["mlflow_run_id"])
+        model_uri = log_final_model(tracker, str(weights), read_meta(weights, require=("model_config",)))
+    reg = register_logged_model(uri, best["mlflow_run_id"], model_uri, name, alias)
+    return f"models:/{reg.name}@{alias}"
+
+
 def best_config(
     best: dict[str, Any], spec: SweepSpec, base_raw: dict[str, Any], out: Path
 ) -> tuple[dict[str, Any], str]:
@@ -430,7 +448,12 @@ def best_config(
     ``log_model``), and no password."""
     best_raw = trial_raw_config(base_raw, spec, best["params"])
     best_raw = set_fields(
-        best_raw, [("tracking.run_name", None), ("tracking.log_model", base_raw["tracking"]["log_model"])]
+        best_raw,
+        [
+            ("tracking.run_name", None),
+            ("tracking.log_model", base_raw["tracking"]["log_model"]),
+            ("tracking.register_as", base_raw["tracking"].get("register_as")),
+        ],
     )
     header = (
         f"# Best trial {best['trial_id']} of sweep {spec.name!r}: {spec.metric} = {best['best_metric']:.6g}"

@@ -208,6 +208,7 @@ def trial_raw_config(base: dict[str, Any], spec: SweepSpec, params: dict[str, An
         "checkpoint.metric": spec.metric,
         "checkpoint.mode": spec.mode,
         "tracking.log_model": spec.log_model,
+        "tracking.register_as": None,  # the sweep registers its best trial, not every trial
     }
     for field in ("workers", "cpus_per_worker", "use_gpu"):
         value = getattr(spec.trial, field)

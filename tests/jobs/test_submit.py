@@ -245,6 +245,21 @@ def test_config_is_checked_here_and_added_to_the_command(tmp_path):
         js.check_config(outside, ["fusionpipe", "train"])
 
 
+def test_relative_pretrained_weights_are_never_uploaded_and_refuse_the_submission(tmp_path):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "r50.pth").write_bytes(b"x" * 100)
+    (tmp_path / "configs" / "c.yaml").write_text("model: {pretrained: weights/r50.pth}\n")
+    assert "weights/r50.pth" not in {rel for rel, _ in js.upload_plan(tmp_path).files}
+    with pytest.raises(
+        js.JobSpecError, match=r"model.pretrained 'weights/r50.pth': .* --set model.pretrained=/mnt/shared"
+    ):
+        js.check_config(tmp_path / "configs" / "c.yaml", ["fusionpipe", "train"], working_dir=tmp_path)
+    # An absolute path (shared storage every node mounts) is the job's to read.
+    cmd = ["fusionpipe", "train", "--set", "model.pretrained=/mnt/shared/weights/r50.pth"]
+    assert js.check_config(tmp_path / "configs" / "c.yaml", cmd, working_dir=tmp_path)[-1] == "configs/c.yaml"
+
+
 # --- tokens ----------------------------------------------------------------------------------------
 
 

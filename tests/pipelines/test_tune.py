@@ -22,6 +22,7 @@ def test_sweep_stops_early_nests_runs_and_resumes_a_failed_trial(ray_cluster, sm
         f"tracking.uri={uri}",
         "tracking.experiment=sweeps",
         f"checkpoint.storage_path={tmp_path}/ray",
+        "tracking.register_as=sweep-best",
     ]
     sweep = REPO_ROOT / "configs" / "sweeps" / "smoke.yaml"
     # The first trial dies at the start of its second epoch (once): the sweep goes on without it.
@@ -102,3 +103,10 @@ def test_sweep_stops_early_nests_runs_and_resumes_a_failed_trial(ray_cluster, sm
     assert cfg.optim.lr == pytest.approx(best["params"]["optim.lr"])
     assert cfg.loss.weights["depth"] == best["params"]["loss.weights.depth"]
     assert cfg.data.shards == str(smoke_shards) and cfg.train.epochs == 3 and cfg.tracking.run_name is None
+    # Each sweep's end registered its best trial (trials register nothing); the alias names the latest.
+    assert cfg.tracking.register_as == "sweep-best"
+    assert best["registered_model"] == "models:/sweep-best@best"
+    assert len(client.search_model_versions("name='sweep-best'")) == 2
+    version = client.get_model_version_by_alias("sweep-best", "best")
+    assert str(version.version) == "2" and version.run_id == best["mlflow_run_id"]
+    assert client.get_run(best["mlflow_run_id"]).data.tags["fusionpipe.registered_model"] == "models:/sweep-best/2"
