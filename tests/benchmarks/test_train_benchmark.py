@@ -23,7 +23,8 @@ def test_gpu_config_is_the_nyud_mtinet_hrnet18_paper_setup(tmp_path):
     assert cfg.train.use_gpu and cfg.train.amp
     assert cfg.failure.max_failures == 0  # a failing GPU run reports at once, not after two retries
     assert (cfg.train.workers, cfg.train.batch_size, cfg.train.cpus_per_worker, cfg.train.epochs) == (2, 8, 8, 3)
-    assert cfg.data.augment.crop == (480, 640)
+    # the official flip + zoom in {1.0, 1.2, 1.5}, then a fixed resize to 480x640: every batch at that size
+    assert (cfg.data.augment.zoom, cfg.data.augment.resize) == ((1.0, 1.2, 1.5), (480, 640))
     assert cfg.data.loader_workers == 7  # one core of the worker's share left to the training loop
     assert str(cfg.data.shards) == str(tmp_path / "shards") and cfg.tracking.uri == f"sqlite:///{tmp_path}/mlflow.db"
     assert _gpu_config(tmp_path, tmp_path, 1, 1, 2).data.loader_workers == 1
