@@ -54,6 +54,7 @@ from pipelines.track.tracker import (
     ray_job_tags,
     redact_url_password,
     redacted_config,
+    source_tags,
 )
 from pipelines.train.cluster import alive_nodes
 from pipelines.train.driver import init_ray, run_training, validate_experiment
@@ -151,11 +152,13 @@ def _open_parent_run(
         tracker.client.update_run(tracker.run_id, status="RUNNING")
         tracker.set_tags({"fusionpipe.resumed": "true"})
         return tracker, True
+    git = git_info()
     tags = {
         "fusionpipe.kind": "sweep",
         "fusionpipe.sweep": spec.name,
         "fusionpipe.model": base.model.name,
-        **git_info(),
+        **git,
+        **source_tags("fusionpipe tune", git),
         **data_version(base.resolved_paths().data.shards, base.data.rev),
         **ray_job_tags(),
     }
