@@ -161,7 +161,11 @@ def match_counts(preds: np.ndarray, gt: np.ndarray, radius: float) -> np.ndarray
         idx = gt_index[((py + r) * wp + px + r)[:, None] + offsets[None, :]]  # P × D: the gt pixel there
         rows, slots = np.nonzero(idx >= 0)
         if rows.size:
-            graph = csr_matrix((np.ones(rows.size, np.int8), (rows, idx[rows, slots])), shape=(py.size, gy.size))
+            # Only the pixels with a candidate partner enter the graph: isolated ones cannot match, and
+            # scipy's matching slows down badly with many of them.
+            row_ids, rows = np.unique(rows, return_inverse=True)
+            col_ids, cols = np.unique(idx[row_ids[rows], slots], return_inverse=True)
+            graph = csr_matrix((np.ones(rows.size, np.int8), (rows, cols)), shape=(row_ids.size, col_ids.size))
             out[i] = int((maximum_bipartite_matching(graph, perm_type="column") >= 0).sum())
     return out
 
