@@ -77,9 +77,18 @@ def stdout_to_stderr(active: bool = True) -> Iterator[None]:
         os.close(saved)
 
 
-def shutdown_ray() -> None:
-    """Disconnect from (or stop the embedded) Ray now, not at interpreter exit, where Ray prints the
-    workers' last buffered lines to stdout after a command's JSON."""
+def ray_is_up() -> bool:
+    """Whether this process is connected to Ray (without importing it)."""
     ray = sys.modules.get("ray")  # only if this process imported it
-    if ray is not None and ray.is_initialized():
-        ray.shutdown()
+    return ray is not None and ray.is_initialized()
+
+
+def shutdown_ray(was_up: bool = False) -> None:
+    """Disconnect from (or stop the embedded) Ray now, not at interpreter exit, where Ray prints the
+    workers' last buffered lines to stdout after a command's JSON.
+
+    ``was_up``: the process was connected before the command ran (a command called in-process by a
+    program or test that runs its own Ray): that Ray is the caller's and stays up.
+    """
+    if ray_is_up() and not was_up:
+        sys.modules["ray"].shutdown()

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from pipelines.cli.output import emit, fail, shutdown_ray, stdout_to_stderr, tracking_store_errors
+from pipelines.cli.output import emit, fail, ray_is_up, shutdown_ray, stdout_to_stderr, tracking_store_errors
 
 
 def _load(config: Path, overrides: tuple[str, ...], as_json: bool):
@@ -62,6 +62,7 @@ def train(
 
     cfg = _load(config, overrides, as_json)
     summary_path = summary
+    ray_was_up = ray_is_up()
     try:
         with stdout_to_stderr(as_json):  # Ray's and the workers' output must not corrupt the JSON
             try:
@@ -74,7 +75,7 @@ def train(
                     storage = cfg.resolved_paths().checkpoint.storage_path
                     copy_checkpoint_to(restore_secrets(summary["best_checkpoint"], storage), Path(best_to))
             finally:
-                shutdown_ray()  # while stdout is still redirected: Ray flushes worker output at shutdown
+                shutdown_ray(ray_was_up)  # while stdout is still redirected: Ray flushes worker output
     except (ConfigError, CheckpointError) as e:
         fail(str(e), as_json, code=2)
         return

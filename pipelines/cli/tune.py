@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from pipelines.cli.output import emit, fail, shutdown_ray, stdout_to_stderr, tracking_store_errors
+from pipelines.cli.output import emit, fail, ray_is_up, shutdown_ray, stdout_to_stderr, tracking_store_errors
 
 
 @click.command()
@@ -39,6 +39,7 @@ def tune(
     from pipelines.config import ConfigError
     from pipelines.tune.driver import run_tune
 
+    ray_was_up = ray_is_up()
     try:
         # Ray Tune and the workers print progress on stdout; with --json stdout holds only the result.
         with stdout_to_stderr(as_json):
@@ -47,7 +48,7 @@ def tune(
                     config, sweep, list(overrides), name=name, best_config_out=best_config, verbose=0 if as_json else 1
                 )
             finally:
-                shutdown_ray()  # while stdout is still redirected: Ray flushes worker output at shutdown
+                shutdown_ray(ray_was_up)  # while stdout is still redirected: Ray flushes worker output
     except ConfigError as e:
         fail(str(e), as_json, code=2)
         return
