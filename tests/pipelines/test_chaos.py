@@ -196,16 +196,15 @@ class Chaos:
         path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
         return path, cfg
 
-    def train(self, exp: Path, run_name: str, hooks: list[tuple[str, dict[str, Any]]], *, own_ray: bool = False) -> Run:
-        """Start `fusionpipe train --json` with ``hooks``: on the session's Ray, or with ``own_ray`` on a
-        Ray of its own that dies with it."""
+    def train(self, exp: Path, run_name: str, hooks: list[tuple[str, dict[str, Any]]]) -> Run:
+        """Start `fusionpipe train --json` with ``hooks`` on a Ray of its own that dies with it. (A driver
+        process that joins the session's Ray leaves Ray Train's resource bookkeeping there behind when it
+        ends, and the session's next in-process run waits for resources forever.)"""
         n = len(self.runs)
-        if own_ray:
-            ray_tmp: Path | None = self.root / f"r{n}"
-            ray_tmp.mkdir()
-            env = self.env(RAY_TMPDIR=str(ray_tmp))
-        else:
-            ray_tmp, env = None, self.env(RAY_ADDRESS=self.ray_address)
+        ray_tmp: Path | None = self.root / f"r{n}"
+        ray_tmp.mkdir()
+        env = self.env(RAY_TMPDIR=str(ray_tmp))
+        env.pop("RAY_ADDRESS", None)
         args = ["train", "--config", str(exp), "--run-name", run_name, "--json"]
         out, err = self.root / f"run{n}.out", self.root / f"run{n}.err"
         with open(out, "wb") as o, open(err, "wb") as e:
@@ -382,7 +381,6 @@ def test_a_killed_worker_a_killed_driver_and_a_corrupt_checkpoint_lose_at_most_o
             _hook("SigkillOnce", epoch=1, rank=0, batch=1, marker=str(killed), after=str(kill)),
             _hook("HoldOnce", epoch=2, rank=0, batch=1, reached=str(held)),
         ],
-        own_ray=True,
     )
     _wait_for("Ray Train to record the checkpoint of epoch 0", lambda: _registered(exp, name, 1), run, START_WAIT_S)
     kill.touch()
