@@ -278,7 +278,7 @@ def test_train_json_prints_one_object_with_the_run_summary(ray_cluster, tiny_con
     import pipelines.cli.run
     from pipelines.cli.run import train
 
-    monkeypatch.setattr(pipelines.cli.run, "shutdown_ray", lambda: None)  # keep the session's cluster
+    monkeypatch.setattr(pipelines.cli.run, "shutdown_ray", lambda was_up=False: None)  # keep the session's cluster
     cfg = tiny_config("train.epochs=1", "tracking.log_model=false", "train.preview_every=0")
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
