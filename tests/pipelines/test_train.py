@@ -22,7 +22,7 @@ def _worker_logs() -> str:
     """Everything the session's Ray workers wrote (the session cluster does not log to the driver)."""
     import ray
 
-    # This session's Ray (others may run on the machine): its raylet socket is <session>/sockets/raylet.
+    # The pytest session's Ray (others may run on the machine): its raylet socket is <session>/sockets/raylet.
     (node,) = [n for n in ray.nodes() if n["Alive"]]
     logs = Path(node["RayletSocketName"]).parent.parent / "logs"
     return "".join(f.read_text(errors="replace") for f in sorted(logs.glob("worker-*")))
