@@ -139,6 +139,11 @@ class LooseFiles(Dataset):
         return {"inputs": inputs, "targets": targets, "id": str(sample.get("meta", {}).get("id", ""))}
 
 
+def _sig(x: float, digits: int = 4) -> float:
+    """``x`` to ``digits`` significant figures: a per-sample time of microseconds keeps its precision."""
+    return float(f"{x:.{digits}g}")
+
+
 def _batch_samples(loader: DataLoader) -> int:
     return sum(batch["inputs"][next(iter(batch["inputs"]))].shape[0] for batch in loader)
 
@@ -240,9 +245,9 @@ def measure(
                 "timed_rounds": rounds - 1,
                 "samples": n,
                 "samples_per_s_cpu": round(n / cpu, 2),
-                "cpu_ms_per_sample": round(1000 * cpu / n, 3),
+                "cpu_ms_per_sample": _sig(1000 * cpu / n),
                 "samples_per_s_wall": round(n / wall, 2),
-                "wall_ms_per_sample": round(1000 * wall / n, 3),
+                "wall_ms_per_sample": _sig(1000 * wall / n),
                 "round_samples_per_s_cpu": [round(t[0] / t[2], 2) for t in timings[method]],
             }
         )

@@ -59,7 +59,9 @@ def _rank(rank: int, world: int, store: str, results) -> None:
 def test_two_ranks_give_the_per_class_sums_of_one_pass(tmp_path):
     whole = PerClassMetric(C, TASKS)
     one = evaluate(Heads(), _batches(), TASKS, C, torch.device("cpu"), per_class=whole)
-    with mp.Manager() as manager:
+    # spawn, not fork: a forked copy of this process (which may hold the session's Ray driver) breaks the
+    # driver's connection to the Ray cluster.
+    with mp.get_context("spawn").Manager() as manager:
         results = manager.dict()
         mp.spawn(_rank, args=(2, str(tmp_path / "store"), results), nprocs=2, join=True)
         (state0, metrics0), (state1, metrics1) = results[0], results[1]
