@@ -21,6 +21,12 @@ from pipelines.cli.output import emit, fail, tracking_store_errors
     help="compare the trials of a `fusionpipe tune` sweep (its parent run id)",
 )
 @click.option(
+    "--study",
+    default=None,
+    metavar="RUN_ID_OR_NAME",
+    help="print the table of a `fusionpipe study` (its parent run id, or the study name: its newest run)",
+)
+@click.option(
     "--tracking-uri",
     default=None,
     help="MLflow store (default: MLFLOW_TRACKING_URI or sqlite:///<project root>/mlflow.db)",
@@ -93,6 +99,7 @@ def compare(
     experiment: str | None,
     run_ids: tuple[str, ...],
     sweep: str | None,
+    study: str | None,
     tracking_uri: str | None,
     metric: str | None,
     metric_globs: tuple[str, ...],
@@ -126,8 +133,11 @@ def compare(
     except ConfigError as e:
         fail(str(e), as_json, code=2)
         return
-    if sum([bool(experiment), bool(run_ids), bool(sweep)]) != 1:
-        fail("give exactly one of --experiment, --run-ids and --sweep", as_json, code=2)
+    if sum([bool(experiment), bool(run_ids), bool(sweep), bool(study)]) != 1:
+        fail("give exactly one of --experiment, --run-ids, --sweep and --study", as_json, code=2)
+    if study:
+        _study_table(uri, study, as_json)
+        return
     if baseline_runs and baseline_tag:
         fail("give at most one of --baseline-runs and --baseline-tag", as_json, code=2)
     if metric_globs and all_metrics:
@@ -180,3 +190,15 @@ def compare(
         lines.append(f"delta_m {rid}: {entry['delta_m']:+.2f}% ({terms})")
     lines += [f"written: {f}" for f in result["files"]]
     emit(result, as_json, "\n".join(lines))
+
+
+def _study_table(uri: str, ref: str, as_json: bool) -> None:
+    """``compare --study``: the table logged to a study's parent run, as markdown or JSON."""
+    from pipelines.study.table import StudyTableError, read_study_table, table_text
+
+    try:
+        table = read_study_table(uri, ref)
+    except StudyTableError as e:
+        fail(str(e), as_json, code=2)
+        return
+    emit(table, as_json, f"{table_text(table)}\nparent run: {table['parent_run_id']}")

@@ -17,6 +17,7 @@ from pipelines.cli.data import data  # noqa: E402
 from pipelines.cli.jobs import jobs, submit  # noqa: E402
 from pipelines.cli.predict import predict  # noqa: E402
 from pipelines.cli.run import evaluate, train  # noqa: E402
+from pipelines.cli.study import study  # noqa: E402
 from pipelines.cli.tune import tune  # noqa: E402
 
 
@@ -31,6 +32,7 @@ cli.add_command(train)
 cli.add_command(evaluate)
 cli.add_command(predict)
 cli.add_command(tune)
+cli.add_command(study)
 cli.add_command(compare)
 cli.add_command(config)
 cli.add_command(submit)
