@@ -270,8 +270,8 @@ def test_a_study_runs_rows_x_seeds_under_one_parent_and_resumes(ray_cluster, smo
     spec = _spec(
         tmp_path,
         "metrics: [val/semseg/miou, val/depth/rmse]\nseeds: [0, 1]\n"
-        "set: {train.epochs: 1, train.batch_size: 4, train.preview_every: 0}\n"
-        "trial: {workers: 1, cpus_per_worker: 1}\nmax_concurrent_trials: 2\n"
+        "set: {train.epochs: 1, train.batch_size: 4, train.preview_every: 0, data.tasks: [semseg, depth]}\n"
+        "trial: {workers: 1, cpus_per_worker: 0.5}\nmax_concurrent_trials: 4\n"
         "rows:\n"
         "  - {name: mtinet, config: configs/smoke.yaml}\n"
         "  - {name: slow_lr, config: configs/smoke.yaml, set: {optim.lr: 0.0005}}\n",
