@@ -20,5 +20,5 @@ def test_help_lists_every_command():
     out = subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "--help"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
     ).stdout
-    for command in ("data", "train", "evaluate", "tune", "compare", "config", "submit", "jobs"):
+    for command in ("data", "train", "evaluate", "tune", "study", "compare", "config", "submit", "jobs"):
         assert f"  {command} " in out, command
