@@ -183,6 +183,44 @@ class CENBackbone(nn.Module):
         """The BNs whose scales drive an exchange (and carry the L1 term)."""
         return [m.bn2 for m in self.modules() if isinstance(m, CENBlock)]
 
+    @torch.no_grad()
+    def exchanged_fractions(self) -> list[list[float]]:
+        """``[modality][stage]``: the fraction of the stage's exchange channels (the second BN of each of its
+        blocks) that modality ``m`` currently takes from the other modalities, ``|gamma_m| < threshold``.
+        All zeros with one modality, which has nothing to exchange with."""
+        out = [[0.0] * 4 for _ in range(self.num_modalities)]
+        if self.num_modalities < 2:
+            return out
+        for stage in range(4):
+            blocks = [b for b in getattr(self, f"layer{stage + 1}") if isinstance(b, CENBlock)]
+            total = sum(b.bn2.bns[0].num_features for b in blocks)
+            for m in range(self.num_modalities):
+                small = sum(int((b.bn2.bns[m].weight.abs() < b.exchange.threshold).sum()) for b in blocks)
+                out[m][stage] = small / total if total else 0.0
+        return out
+
+
+def exchange_diagnostics(backbone: CENBackbone, modalities: list[str]) -> dict[str, float]:
+    """What a CEN encoder exchanges now, as metrics: ``cen/exchanged/<modality>/layer<i>`` (i = 1..4, the
+    fraction of that stage's exchange channels the modality takes from the others, see
+    ``CENBackbone.exchanged_fractions``) and ``cen/exchanged/<modality>``, the fraction over the whole
+    encoder (stages weighted by their channel counts)."""
+    if len(modalities) != backbone.num_modalities:
+        raise ValueError(
+            f"exchange_diagnostics: the encoder has {backbone.num_modalities} modalities, got {modalities}"
+        )
+    fractions = backbone.exchanged_fractions()
+    sizes = [
+        sum(b.bn2.bns[0].num_features for b in getattr(backbone, f"layer{i}") if isinstance(b, CENBlock))
+        for i in range(1, 5)
+    ]
+    out: dict[str, float] = {}
+    for name, per_stage in zip(modalities, fractions, strict=True):
+        for i, f in enumerate(per_stage, start=1):
+            out[f"cen/exchanged/{name}/layer{i}"] = f
+        out[f"cen/exchanged/{name}"] = sum(f * n for f, n in zip(per_stage, sizes, strict=True)) / max(sum(sizes), 1)
+    return out
+
 
 def partition(num_channels: int, num_modalities: int, m: int) -> slice:
     """Channels of modality ``m``'s L1 region: ``[m*C//M, (m+1)*C//M)`` (M=2: the official halves)."""

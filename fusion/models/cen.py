@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from fusion.backbones import build_backbone
 from fusion.backbones.resnet import RESNET_SPECS
-from fusion.cen import CENBackbone, ModuleParallel, cen_l1, to_parallel
+from fusion.cen import CENBackbone, ModuleParallel, cen_l1, exchange_diagnostics, to_parallel
 from fusion.config import ModelConfig
 from fusion.heads import MultiScaleHead, concat_scales, upsample_to
 from fusion.models.fusion_baselines import BaselineOptions, SingleModal, gather_modalities
@@ -239,6 +239,15 @@ class CEN(nn.Module):
         # per-modality outputs and the ensemble. One term of (M + 1) * lamda is the same gradient.
         outputs = len(self.modalities) + 1
         return {"cen_l1": outputs * self.opts.l1_weight * cen_l1(self.encoder.exchange_bns())}
+
+    def diagnostics(self) -> dict[str, float]:
+        """The fraction of channels each modality exchanges (``fusion.cen.exchange_diagnostics``) and the
+        ensemble's weight of each modality per task, ``cen/ensemble/<task>/<modality>``."""
+        out = exchange_diagnostics(self.encoder, self.modalities)
+        for t, w in self.ensemble_weights().items():
+            for m, v in zip(self.modalities, w.tolist(), strict=True):
+                out[f"cen/ensemble/{t}/{m}"] = v
+        return out
 
 
 def _options(cfg: ModelConfig) -> CENOptions:

@@ -350,6 +350,22 @@ def _step(
     optimizer.zero_grad(set_to_none=True)
 
 
+def model_diagnostics(model: nn.Module) -> dict[str, float]:
+    """The model's ``diagnostics()`` (optional in the model contract: quantities of its current parameters,
+    such as the channels CEN exchanges) as ``model/<name>`` metrics; ``{}`` for a model without it. Every
+    DDP rank holds the same parameters, so every rank gets the same values."""
+    fn = getattr(unwrap(model), "diagnostics", None)
+    if fn is None:
+        return {}
+    out = {}
+    for name, value in fn().items():
+        v = float(value)
+        if not math.isfinite(v):
+            raise ValueError(f"model diagnostics: {name!r} is {v}")
+        out[f"model/{name}"] = v
+    return out
+
+
 def with_sync_batchnorm(model: nn.Module, enabled: bool, world_size: int) -> nn.Module:
     """``model`` with every BatchNorm a ``SyncBatchNorm`` when ``enabled`` and there are several ranks.
 

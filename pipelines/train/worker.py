@@ -57,6 +57,7 @@ from pipelines.train.steps import (
     lr_at,
     make_forward_loss,
     make_optimizer,
+    model_diagnostics,
     predict,
     to_device,
     train_epoch,
@@ -308,6 +309,7 @@ def _train_loop(config: dict[str, Any]) -> None:
                 edge_protocol=d.val_edge_protocol,
             )
         )
+        metrics.update(model_diagnostics(model))
         metrics["lr"] = lr_schedule((epoch + 1) * steps_per_epoch)  # the lr of the next epoch's first step
         metrics["epoch"] = epoch
         if tracker is not None and epoch not in already_logged:

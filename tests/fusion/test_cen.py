@@ -399,3 +399,65 @@ def test_cen_with_the_refinenet_lw_decoder_predicts_every_task_and_freezes_only_
     assert not any(m.training for m in _bns(model.encoder)) and not _bns(model.heads)
     with pytest.raises(ValueError, match="option decoder must be one of"):
         build_model({**TINY, "options": {"decoder": "fpn"}})
+
+
+def test_exchanged_fractions_count_small_gammas_per_stage_and_modality():
+    """Hand-set gammas: the fractions are the counts of |gamma| < threshold over each stage's second BNs."""
+    from fusion.cen import exchange_diagnostics
+
+    enc = CENBackbone(build_backbone("resnet18", width=0.25), 2, threshold=0.02)
+    with torch.no_grad():
+        for bn in enc.exchange_bns():
+            for m in bn.bns:
+                m.weight.fill_(1.0)
+        # layer1: two blocks of 16 channels; rgb takes 3 + 1 channels from depth, depth takes 8.
+        a, b = enc.layer1[0].bn2.bns, enc.layer1[1].bn2.bns
+        a[0].weight[:3] = 0.01
+        a[0].weight[3] = -0.019  # |gamma| counts, not gamma
+        b[0].weight[5] = 0.02  # the rule is strict: not exchanged
+        b[1].weight[:8] = 0.0
+        enc.layer4[1].bn2.bns[1].weight[:] = 0.001  # depth: every channel of layer4's second block
+        enc.layer1[0].bn1.bns[0].weight[:] = 0.0  # a first BN never drives an exchange
+    fractions = enc.exchanged_fractions()
+    c1, c4 = 2 * 16, 2 * 128
+    assert fractions[0] == [4 / c1, 0.0, 0.0, 0.0]
+    assert fractions[1] == [8 / c1, 0.0, 0.0, 128 / c4]
+    out = exchange_diagnostics(enc, ["rgb", "depth"])
+    assert out["cen/exchanged/rgb/layer1"] == 4 / c1 and out["cen/exchanged/depth/layer4"] == 0.5
+    total = 2 * (16 + 32 + 64 + 128)
+    assert out["cen/exchanged/rgb"] == pytest.approx(4 / total)
+    assert out["cen/exchanged/depth"] == pytest.approx((8 + 128) / total)
+    assert len(out) == 10
+    with pytest.raises(ValueError, match="has 2 modalities"):
+        exchange_diagnostics(enc, ["rgb"])
+    assert CENBackbone(build_backbone("resnet18", width=0.25), 1).exchanged_fractions() == [[0.0] * 4]
+
+
+def test_cen_and_cen_fused_multitask_models_report_their_exchange_and_ensemble():
+    torch.manual_seed(0)
+    cen = build_model({**TINY, "tasks": ["semseg", "depth"], "num_classes": 3, "options": {"threshold": 1.5}})
+    d = cen.diagnostics()
+    # Every gamma starts at 1.0, under this threshold: every channel is exchanged.
+    assert {k: v for k, v in d.items() if k.startswith("cen/exchanged/")} == {
+        f"cen/exchanged/{m}{s}": 1.0 for m in ("rgb", "depth") for s in ("", "/layer1", "/layer2", "/layer3", "/layer4")
+    }
+    with torch.no_grad():
+        cen.alpha[1] = torch.tensor([0.0, math.log(3.0)])
+    assert d["cen/ensemble/semseg/rgb"] == pytest.approx(0.5)
+    d = cen.diagnostics()
+    assert d["cen/ensemble/depth/rgb"] == pytest.approx(0.25) and d["cen/ensemble/depth/depth"] == pytest.approx(0.75)
+    mtl = build_model(
+        {
+            "name": "mtl_baseline",
+            "tasks": ["semseg", "depth"],
+            "modalities": ["rgb", "depth"],
+            "num_classes": 3,
+            "width": 0.25,
+            "options": {"fusion": "cen"},
+        }
+    )
+    assert mtl.diagnostics()["cen/exchanged/depth"] == 0.0  # the default threshold: nothing below it yet
+    early = build_model(
+        {**TINY, "name": "mtl_baseline", "tasks": ["semseg"], "num_classes": 3, "options": {"fusion": "early"}}
+    )
+    assert early.diagnostics() == {}

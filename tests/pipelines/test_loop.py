@@ -13,6 +13,7 @@ from pipelines.train.steps import (
     NonFiniteLossError,
     float32_outputs,
     lr_factor,
+    model_diagnostics,
     reduce_device,
     train_epoch,
     with_sync_batchnorm,
@@ -598,3 +599,18 @@ def test_a_fused_optimizer_state_resumes_unfused_and_steps():
     before = model.weight.detach().clone()
     resumed.step()
     assert not torch.equal(before, model.weight)
+
+
+def test_model_diagnostics_are_logged_under_model_and_must_be_finite():
+    class WithDiagnostics(nn.Module):
+        def __init__(self, value):
+            super().__init__()
+            self.value = value
+
+        def diagnostics(self):
+            return {"cen/exchanged/rgb": torch.tensor(self.value), "n": 3}
+
+    assert model_diagnostics(WithDiagnostics(0.25)) == {"model/cen/exchanged/rgb": 0.25, "model/n": 3.0}
+    assert model_diagnostics(nn.Linear(1, 1)) == {}  # the method is optional
+    with pytest.raises(ValueError, match=r"model diagnostics: 'cen/exchanged/rgb' is nan"):
+        model_diagnostics(WithDiagnostics(float("nan")))

@@ -192,14 +192,30 @@ def test_checkpoint_of_another_model_is_refused(ray_cluster, tiny_config):
 
 
 def test_rerun_with_same_name_resumes_the_same_mlflow_run(ray_cluster, tiny_config):
-    first = run_training(tiny_config("train.epochs=1", "tracking.log_model=false"), run_name="resume-me")
-    cfg = tiny_config("train.epochs=3", "tracking.log_model=false")
+    # RGB-D through the CEN encoder, with a threshold the BN scales (all 1.0 at the start) cross as they
+    # learn: the run logs the fraction of channels each modality exchanges, per stage, every epoch.
+    cen = ("data.modalities=[rgb, depth]", "model.options.fusion=cen", "model.options.cen_threshold=1.0")
+    first = run_training(tiny_config("train.epochs=1", "tracking.log_model=false", *cen), run_name="resume-me")
+    cfg = tiny_config("train.epochs=3", "tracking.log_model=false", *cen)
     second = run_training(cfg, run_name="resume-me")
     assert second["resumed"] and second["mlflow_run_id"] == first["mlflow_run_id"] and second["epochs"] == 3
     client = MlflowClient(tracking_uri=cfg.resolved_paths().tracking.uri)
     assert _steps(client, first["mlflow_run_id"], "val/semseg/miou") == [0, 1, 2]
     assert _steps(client, first["mlflow_run_id"], "train/loss/total") == [0, 1, 2]
     assert len(client.search_runs([client.get_experiment_by_name("test").experiment_id])) == 1
+    # The logged fractions are those of the weights the epoch ended with (its checkpoint).
+    from fusion.cen import exchange_diagnostics
+    from pipelines.checkpoints import build_checkpoint_model, load_model_state, read_meta
+
+    last = second["last_checkpoint"]
+    model = build_checkpoint_model(read_meta(last)["model_config"])
+    load_model_state(model, last)
+    want = exchange_diagnostics(model.encoder.backbone, ["rgb", "depth"])
+    assert len(want) == 10 and 0 < want["cen/exchanged/rgb"] < 1  # some scales fell below 1.0, not all
+    for name, value in want.items():
+        history = client.get_metric_history(first["mlflow_run_id"], f"model/{name}")
+        assert [m.step for m in history] == [0, 1, 2], name
+        assert history[-1].value == pytest.approx(value, abs=1e-12), name
 
 
 def test_dead_worker_is_recovered_with_max_failures(ray_cluster, tiny_config, tmp_path):

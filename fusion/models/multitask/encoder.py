@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from fusion.backbones import build_backbone
 from fusion.backbones.resnet import RESNET_SPECS
-from fusion.cen import CENBackbone, cen_l1
+from fusion.cen import CENBackbone, cen_l1, exchange_diagnostics
 from fusion.config import MODALITY_CHANNELS, TASKS, ModelConfig
 
 FUSIONS = ("none", "early", "cen")
@@ -135,6 +135,12 @@ class MultiTaskEncoder(nn.Module):
             return {}
         return {"cen_l1": self.cen_l1_weight * cen_l1(self.backbone.exchange_bns())}
 
+    def diagnostics(self) -> dict[str, float]:
+        """With fusion ``cen``, the fraction of channels each modality exchanges (``exchange_diagnostics``)."""
+        if self.fusion != "cen":
+            return {}
+        return exchange_diagnostics(self.backbone, self.modalities)
+
 
 class MultiTaskModel(nn.Module):
     """Common surface of the multi-task models: ``encoder``, ``tasks``, ``aux_weights`` and
@@ -162,3 +168,6 @@ class MultiTaskModel(nn.Module):
 
     def regularization(self) -> dict[str, Tensor]:
         return self.encoder.regularization()
+
+    def diagnostics(self) -> dict[str, float]:
+        return self.encoder.diagnostics()
