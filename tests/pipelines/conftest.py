@@ -28,7 +28,9 @@ def ray_cluster():
     from pipelines.train.driver import start_local_ray
 
     # As the commands start it: the dashboard serves the state API that Train V2 uses to free the
-    # resources of a stopped Tune trial.
+    # resources of a stopped Tune trial. While it is up, nothing in the session may fork this process
+    # (multiprocessing's fork start method, mp.Manager()): a forked copy breaks the driver's connection
+    # to Ray, and the next training waits forever. Use the spawn start method.
     start_local_ray(num_cpus=2, log_to_driver=False)
     yield
     ray.shutdown()

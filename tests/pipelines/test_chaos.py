@@ -22,9 +22,9 @@ Every wait is bounded (:data:`WAIT_S`, :data:`START_WAIT_S` where it includes st
 own waits by :data:`HOOK_WAIT_S`, the outages by ``tracking.max_outage_s``), and a wait that runs out
 fails the test saying what it waited for, with the end of the run's log. The test SIGKILLs what it
 started, and only that: a driver's process group, the processes of a driver's own Ray (found by the
-temporary directory in their environment), the MLflow server's process group. Only the driver that is
-SIGKILLed on purpose has a Ray of its own; the other drivers join the session's Ray (``ray_cluster``),
-and the resume and the uninterrupted run use it in-process.
+temporary directory in their environment), the MLflow server's process group. Every driver started as a
+process has a Ray of its own, so nothing a killed driver leaves behind reaches the session's Ray
+(``ray_cluster``), on which the uninterrupted run trains in-process.
 
 The tolerance on the metrics against the uninterrupted run: every source of difference between the two
 is pinned by the code, so they agree to float32 rounding (``rel=1e-5``). The data order and the
@@ -197,9 +197,9 @@ class Chaos:
         return path, cfg
 
     def train(self, exp: Path, run_name: str, hooks: list[tuple[str, dict[str, Any]]]) -> Run:
-        """Start `fusionpipe train --json` with ``hooks`` on a Ray of its own that dies with it. (A driver
-        process that joins the session's Ray leaves Ray Train's resource bookkeeping there behind when it
-        ends, and the session's next in-process run waits for resources forever.)"""
+        """Start `fusionpipe train --json` with ``hooks`` on a Ray of its own that dies with it: what a
+        killed driver leaves behind (its job, its controller, its placement groups) stays out of the
+        session's Ray."""
         n = len(self.runs)
         ray_tmp: Path | None = self.root / f"r{n}"
         ray_tmp.mkdir()

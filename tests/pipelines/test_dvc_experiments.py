@@ -60,8 +60,7 @@ def test_dvc_experiments_keep_their_curves_and_name_their_mlflow_runs(tmp_path):
         "GIT_COMMITTER_NAME": "test",
         "GIT_COMMITTER_EMAIL": "test@example.com",
     }
-    # Each training starts a Ray of its own: a job of another process on the session's Ray leaves Ray
-    # Train's resource bookkeeping there behind, and the session's next in-process run waits forever.
+    # Each training starts a Ray of its own, which ends with it: nothing of it stays on the session's Ray.
     env.pop("RAY_ADDRESS", None)
 
     def dvc(*args: str) -> str:
