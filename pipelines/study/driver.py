@@ -183,7 +183,8 @@ def _open_parent_run(
 
 def run_records(uri: str, parent_run_id: str) -> list[dict[str, Any]]:
     """One record per FINISHED trial run of the study: row, seed, run id, final ``val`` metrics (the
-    last logged value of each: the final epoch's) and the training time (the sum of ``train/epoch_s``)."""
+    last logged value of each: the final epoch's), final ``model`` diagnostics (``model/<name>``, e.g.
+    CEN's exchanged channels) and the training time (the sum of ``train/epoch_s``)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
@@ -205,6 +206,7 @@ def run_records(uri: str, parent_run_id: str) -> list[dict[str, Any]]:
                 "seed": int(tags["fusionpipe.seed"]),
                 "run_id": run.info.run_id,
                 "val": {k.removeprefix("val/"): v for k, v in run.data.metrics.items() if k.startswith("val/")},
+                "model": {k.removeprefix("model/"): v for k, v in run.data.metrics.items() if k.startswith("model/")},
                 "train_s": sum(by_step.values()),
             }
         )
@@ -353,6 +355,7 @@ def _finish(
                 "run_id": r["run_id"],
                 "train_s": r["train_s"],
                 **{m: r["val"].get(m.removeprefix("val/")) for m in spec.metrics},
+                "model": r["model"],
             }
             for r in records
         ],

@@ -69,6 +69,14 @@ def baseline_of(records: Sequence[dict[str, Any]], baselines: Sequence[str]) -> 
         raise ConfigError(f"baselines: {e}".replace("reference runs", "baseline rows")) from None
 
 
+EXCHANGED = "cen/exchanged/"
+
+
+def _whole(key: str) -> bool:
+    """A whole-encoder exchanged fraction, ``cen/exchanged/<modality>`` (not one stage's)."""
+    return key.startswith(EXCHANGED) and "/" not in key.removeprefix(EXCHANGED)
+
+
 def aggregate(
     records: Sequence[dict[str, Any]],
     rows: Sequence[dict[str, Any]],
@@ -78,9 +86,13 @@ def aggregate(
     """The table's rows.
 
     ``records``: one per finished run, ``{"row", "seed", "run_id", "val": {task/metric: final value},
-    "train_s": seconds}``. ``rows``: the spec's rows in order, ``{"row", "config", "model", "params",
-    "flops"}``. A metric no seed of a row reported (a depth-only row in a semseg column) is None."""
+    "train_s": seconds}`` and optionally ``"model": {diagnostic: final value}``. ``rows``: the spec's
+    rows in order, ``{"row", "config", "model", "params", "flops"}``. A metric no seed of a row reported
+    (a depth-only row in a semseg column) is None. When any run logged CEN's exchanged channels, every
+    row gets ``exchanged <modality> mean``: the mean over seeds of the final fraction of channels that
+    modality takes from the other over the whole encoder (None for a row without exchange)."""
     base = baseline_of(records, baselines) if baselines else None
+    exchanged = sorted({k.removeprefix(EXCHANGED) for r in records for k in r.get("model", {}) if _whole(k)})
     table = []
     for info in rows:
         runs = sorted((r for r in records if r["row"] == info["row"]), key=lambda r: r["seed"])
@@ -96,6 +108,8 @@ def aggregate(
                 except ValueError:  # no task in common with the baselines
                     continue
             out["delta_m mean"], out["delta_m std"], _ = mean_std(per_seed)
+        for m in exchanged:
+            out[f"exchanged {m} mean"] = mean_std(r.get("model", {}).get(EXCHANGED + m) for r in runs)[0]
         out["params"], out["flops"] = info.get("params"), info.get("flops")
         out["train_s mean"] = mean_std(r["train_s"] for r in runs)[0]
         out["model"], out["config"] = info.get("model"), info.get("config")
@@ -110,6 +124,12 @@ def markdown(table: dict[str, Any]) -> str:
     arrows = {"higher": "↑", "lower": "↓"}
     cols = ["row", "n", *(f"{m} {arrows[metric_direction(m)]}" for m in metrics)]
     cols += ["delta_m % ↑"] if has_dm else []
+    exchanged = (
+        [k.removeprefix("exchanged ").removesuffix(" mean") for k in table["rows"][0] if k.startswith("exchanged ")]
+        if table["rows"]
+        else []
+    )
+    cols += ["exchanged"] if exchanged else []
     cols += ["params (M)", "GFLOPs", "train s"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
 
@@ -126,6 +146,12 @@ def markdown(table: dict[str, Any]) -> str:
                 if r.get("delta_m mean") is None
                 else f"{r['delta_m mean']:+.2f}"
                 + (f" ± {r['delta_m std']:.2f}" if r["delta_m std"] is not None else "")
+            )
+        if exchanged:
+            cells.append(
+                ", ".join(
+                    f"{m} {r[f'exchanged {m} mean']:.3f}" for m in exchanged if r[f"exchanged {m} mean"] is not None
+                )
             )
         cells += [
             "" if r["params"] is None else f"{r['params'] / 1e6:.3g}",

@@ -11,7 +11,7 @@ import pytest
 
 from pipelines.config import ConfigError
 from pipelines.study.spec import load_study, validate_study
-from pipelines.study.table import TABLE_FILES, aggregate, baseline_of, mean_std, write_table
+from pipelines.study.table import TABLE_FILES, aggregate, baseline_of, markdown, mean_std, write_table
 from tests import REPO_ROOT
 
 SHIPPED = ["mtl", "rgbd", "context", "cen_ablations"]
@@ -147,6 +147,34 @@ def test_table_aggregates_seeds_and_delta_m_per_seed():
     assert st_d["delta_m mean"] == pytest.approx((50.0 + -50.0) / 2)
     # Without baselines there is no delta_m column.
     assert "delta_m mean" not in aggregate(_records(), ROWS, ["val/semseg/miou"])[0]
+
+
+def test_cen_rows_show_the_mean_fraction_of_channels_each_modality_exchanged():
+    exchange = {
+        0: {"cen/exchanged/rgb": 0.10, "cen/exchanged/depth": 0.30, "cen/exchanged/rgb/layer4": 0.9},
+        1: {"cen/exchanged/rgb": 0.20, "cen/exchanged/depth": 0.50, "cen/exchanged/rgb/layer4": 0.7},
+    }
+    records = [
+        {"row": "cen", "seed": s, "run_id": f"c{s}", "val": {"semseg/miou": 0.5}, "train_s": 1.0, "model": exchange[s]}
+        for s in (0, 1)
+    ]
+    records.append({"row": "rgb", "seed": 0, "run_id": "r", "val": {"semseg/miou": 0.4}, "train_s": 1.0, "model": {}})
+    rows = [
+        {"row": "cen", "config": "c.yaml", "model": "cen", "params": 1, "flops": 1},
+        {"row": "rgb", "config": "r.yaml", "model": "single_modal", "params": 1, "flops": 1},
+    ]
+    cen, rgb = aggregate(records, rows, ["val/semseg/miou"])
+    # Whole-encoder fractions only (a stage's stays in the runs' records); a row without exchange: blank.
+    assert cen["exchanged depth mean"] == pytest.approx(0.4) and cen["exchanged rgb mean"] == pytest.approx(0.15)
+    assert rgb["exchanged depth mean"] is None and rgb["exchanged rgb mean"] is None
+    assert not any("layer4" in k for k in cen)
+    text = markdown(
+        {"study": "s", "metrics": ["val/semseg/miou"], "seeds": [0, 1], "baselines": [], "rows": [cen, rgb]}
+    )
+    header, _, cen_line, rgb_line = text.splitlines()
+    assert "| exchanged |" in header and "| depth 0.400, rgb 0.150 |" in cen_line and "|  |" in rgb_line
+    # Studies without CEN have no such column.
+    assert not any(k.startswith("exchanged") for k in aggregate(records[2:], rows[1:], ["val/semseg/miou"])[0])
 
 
 def test_two_baselines_with_the_same_metric_are_refused():
