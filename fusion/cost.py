@@ -14,8 +14,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-#: Channels of each input modality (the model input contract, fusion/__init__.py).
-MODALITY_CHANNELS = {"rgb": 3, "depth": 1}
+from fusion.config import MODALITY_CHANNELS
 
 
 def count_parameters(model: nn.Module) -> int:
