@@ -230,7 +230,7 @@ def test_cli_human_and_json(store):
     res = runner.invoke(compare_cmd, ["--experiment", "missing", "--tracking-uri", uri, "--json"])
     assert res.exit_code == 2 and "unknown experiment 'missing'" in json.loads(res.stdout)["error"]
     res = runner.invoke(compare_cmd, ["--tracking-uri", uri])
-    assert res.exit_code == 2 and "exactly one of --experiment, --run-ids and --sweep" in res.stderr
+    assert res.exit_code == 2 and "exactly one of --experiment, --run-ids, --sweep and --study" in res.stderr
 
 
 def test_many_runs_page_and_skip_history(tmp_path, monkeypatch):

@@ -10,8 +10,9 @@ from fusion.losses import MultiTaskLoss
 from pipelines.config import load_config, model_config
 from tests import REPO_ROOT
 
-# Experiment configs (sweep specs under configs/sweeps/ are tested in test_sweep.py).
-CONFIGS = sorted(p for p in (REPO_ROOT / "configs").rglob("*.yaml") if "sweeps" not in p.parts) + [
+# Experiment configs (sweep specs under configs/sweeps/ are tested in test_sweep.py, study specs under
+# configs/studies/ in test_study.py).
+CONFIGS = sorted(p for p in (REPO_ROOT / "configs").rglob("*.yaml") if not {"sweeps", "studies"} & set(p.parts)) + [
     REPO_ROOT / "params.yaml"
 ]
 
