@@ -26,7 +26,6 @@ from datasets.manifest import load_manifest, write_atomic
 from fusion import build_model
 from fusion.cost import model_cost
 from pipelines.analysis.compare import metric_direction
-from pipelines.compat import tune_trials
 from pipelines.config import (
     PROJECT_ROOT_ENV,
     ConfigError,
@@ -53,7 +52,7 @@ from pipelines.train.cluster import alive_nodes
 from pipelines.train.driver import init_ray, run_training
 from pipelines.train.worker import EpochHook
 from pipelines.tune.callback import SweepCallback
-from pipelines.tune.driver import _report_callback
+from pipelines.tune.driver import _report_callback, run_under_parent
 from pipelines.tune.spec import SweepSpec
 from pipelines.tune.trials import set_driver_tracking_uri, trial_run_name, trial_state
 
@@ -274,7 +273,8 @@ def run_study(
         callbacks=[SweepCallback(str(study_dir), _callback_spec(spec, trials))],
     )
     set_driver_tracking_uri(uri)
-    try:
+
+    def fit() -> Any:
         if resumed and tune.Tuner.can_restore(str(study_dir)):
             tuner = tune.Tuner.restore(str(study_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
         else:
@@ -292,23 +292,15 @@ def run_study(
                 ),
                 run_config=run_config,
             )
-        results = tuner.fit()
-    except KeyboardInterrupt:
-        parent.end("KILLED")
-        raise
-    except BaseException:
-        parent.end("FAILED")
-        raise
-    done = tune_trials(results)
-    unfinished = [t.trial_id for t in done if t.status not in ("TERMINATED", "ERROR")]
-    if unfinished or len(done) < len(trials):
-        parent.end("KILLED")
-        raise KeyboardInterrupt(f"study {spec.name!r} interrupted with {len(unfinished)} trial(s) unfinished")
-    try:
-        return _finish(spec, trials, results, costs, study_dir, parent, resumed, uri, out)
-    except BaseException as e:  # the trials are done, the bookkeeping failed (artifact store, --out)
-        parent.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-        raise
+        return tuner.fit()
+
+    return run_under_parent(
+        parent,
+        fit,
+        len(trials),
+        f"study {spec.name!r}",
+        lambda results: _finish(spec, trials, results, costs, study_dir, parent, resumed, uri, out),
+    )
 
 
 def _finish(

@@ -43,7 +43,7 @@ from pipelines.config import (
 )
 from pipelines.track.data_versions import resolve_data_rev
 from pipelines.train.driver import validate_experiment
-from pipelines.tune.spec import TrialSpec, check_name
+from pipelines.tune.spec import TrialSpec, check_name, load_named_spec
 
 #: Fields a study sets itself: the seed of each trial, and where its runs and checkpoints go.
 RESERVED = (
@@ -150,18 +150,7 @@ class StudySpec(_Spec):
 
 def load_study(path: str | Path) -> StudySpec:
     """The study in ``path``; a missing file, bad YAML or a bad key is a ConfigError naming the file and key."""
-    p = Path(path)
-    raw = read_yaml_mapping(p, "study file", "top level must be a mapping")
-    try:
-        spec = StudySpec.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(_format_errors(e, str(p))) from e
-    if spec.name is None:
-        try:
-            spec.name = _plain_name(p.stem, "study name")
-        except ValueError as e:
-            raise ConfigError(f"{p}: {e}; set `name:` in the file") from e
-    return spec
+    return load_named_spec(path, StudySpec, "study", lambda stem: _plain_name(stem, "study name"))
 
 
 @dataclass(frozen=True)

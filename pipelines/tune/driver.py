@@ -24,7 +24,7 @@ import math
 import os
 import tempfile
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -239,6 +239,35 @@ def _check_candidates(base_raw: dict[str, Any], spec: SweepSpec) -> None:
         )
 
 
+def run_under_parent(
+    parent: Tracker, fit: Callable[[], Any], expected: int, what: str, finish: Callable[[Any], dict[str, Any]]
+) -> dict[str, Any]:
+    """Run a Tune grid (``fit`` builds or restores the Tuner and fits it) whose trials nest under the MLflow
+    run ``parent``, then ``finish(results)``; ``parent`` ends KILLED or FAILED on any way out but success.
+
+    On Ctrl-C (or `fusionpipe jobs stop`) Tune saves its state and fit() returns normally: a grid with
+    trials neither finished nor failed, or fewer than ``expected`` created, was interrupted, not done
+    (KeyboardInterrupt naming ``what``)."""
+    try:
+        results = fit()
+    except KeyboardInterrupt:
+        parent.end("KILLED")
+        raise
+    except BaseException:
+        parent.end("FAILED")
+        raise
+    trials = tune_trials(results)
+    unfinished = [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
+    if unfinished or len(trials) < expected:
+        parent.end("KILLED")
+        raise KeyboardInterrupt(f"{what} interrupted with {len(unfinished)} trial(s) unfinished")
+    try:
+        return finish(results)
+    except BaseException as e:  # the trials are done, the bookkeeping failed (artifact store, an output file)
+        parent.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+
+
 def run_tune(
     config: str | Path,
     sweep: str | Path,
@@ -307,7 +336,8 @@ def run_tune(
         callbacks=[SweepCallback(str(sweep_dir), spec.model_dump(mode="json"))],
     )
     set_driver_tracking_uri(uri)
-    try:
+
+    def fit() -> Any:
         if resumed and tune.Tuner.can_restore(str(sweep_dir)):
             tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
         else:
@@ -337,26 +367,18 @@ def run_tune(
                 ),
                 run_config=run_config,
             )
-        results = tuner.fit()
-    except KeyboardInterrupt:
-        parent.end("KILLED")
-        raise
-    except BaseException:
-        parent.end("FAILED")
-        raise
-    # On Ctrl-C (or `fusionpipe jobs stop`) Tune saves its state and fit() returns normally: a sweep with
-    # trials neither finished nor failed, or not all created, was interrupted, not done.
-    trials = tune_trials(results)
-    unfinished = [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
-    if unfinished or len(trials) < expected_trials(spec):
-        parent.end("KILLED")
-        raise KeyboardInterrupt(f"sweep {spec.name!r} interrupted with {len(unfinished)} trial(s) unfinished")
+        return tuner.fit()
+
     # The best config is written from the config as the user wrote it (relative paths, data.rev, log_model).
-    try:
-        return _finish(results, spec, loaded.model_dump(mode="json"), sweep_dir, parent, resumed, best_config_out)
-    except BaseException as e:  # the trials are done, the bookkeeping failed (artifact store, --best-config)
-        parent.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-        raise
+    return run_under_parent(
+        parent,
+        fit,
+        expected_trials(spec),
+        f"sweep {spec.name!r}",
+        lambda results: _finish(
+            results, spec, loaded.model_dump(mode="json"), sweep_dir, parent, resumed, best_config_out
+        ),
+    )
 
 
 def _finish(

@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -150,19 +151,26 @@ def _check_distribution(key: str, dist: dict[str, Any]) -> None:
         raise ValueError(f"space.{key}.randint: bounds must be integers, got {arg!r}")
 
 
-def load_sweep(path: str | Path) -> SweepSpec:
+def load_named_spec(path: str | Path, model: type[Any], kind: str, check: Callable[[str], str]) -> Any:
+    """The ``model`` spec in the YAML file ``path`` (a sweep's or a study's); without a ``name:`` it is the
+    file's stem, checked by ``check``. A missing file, bad YAML or a bad key is a ConfigError naming the
+    file and the key."""
     p = Path(path)
-    raw = read_yaml_mapping(p, "sweep file", "top level must be a mapping")
+    raw = read_yaml_mapping(p, f"{kind} file", "top level must be a mapping")
     try:
-        spec = SweepSpec.model_validate(raw)
+        spec = model.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_format_errors(e, str(p))) from e
     if spec.name is None:
         try:
-            spec.name = check_name(p.stem)
+            spec.name = check(p.stem)
         except ValueError as e:
             raise ConfigError(f"{p}: {e}; set `name:` in the file") from e
     return spec
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    return load_named_spec(path, SweepSpec, "sweep", check_name)
 
 
 def candidate_values(dist: dict[str, Any]) -> list[Any]:
